@@ -1,0 +1,13 @@
+// Each subcommand registers its options on the CLI11 app and returns the function that runs it.
+#pragma once
+#include <functional>
+
+#include <CLI/CLI.hpp>
+
+namespace moe::app {
+
+using Run = std::function<int()>;
+
+Run add_inspect(CLI::App& app);
+
+}  // namespace moe::app

@@ -1,0 +1,39 @@
+// moe: train, run and inspect small DeepSeek-V3-style MoE transformers on CPUs.
+// Parses the command line, runs one subcommand, turns every moe::Error into one line + exit 1.
+#include <cstdio>
+#include <exception>
+#include <new>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"moe: train and run small DeepSeek-V3-style Mixture-of-Experts transformers on CPUs,\n"
+               "and watch how the experts' load is balanced."};
+  app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  moe::app::Run inspect = moe::app::add_inspect(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto* sub : app.get_subcommands()) {
+      const std::string name = sub->get_name();
+      if (name == "inspect") return inspect();
+    }
+  } catch (const moe::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "moe: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "moe: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "moe: %s\n", e.what());
+    return 1;
+  }
+  return 1;
+}

@@ -1,0 +1,130 @@
+// oneDNN matmul primitives behind one small GEMM interface.
+#include "core/compute.hpp"
+
+#include "core/error.hpp"
+
+namespace moe {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+size_t GemmSpecHash::operator()(const GemmSpec& s) const {
+  size_t h = 1469598103934665603ull;
+  auto mix = [&h](int64_t v) { h = (h ^ size_t(v)) * 1099511628211ull; };
+  mix(s.batch0), mix(s.batch1), mix(s.M), mix(s.N), mix(s.K);
+  for (int i = 0; i < 4; ++i) mix(s.a_strides[i]), mix(s.b_strides[i]), mix(s.c_strides[i]);
+  mix(s.accumulate), mix(s.runtime_dims);
+  return h;
+}
+
+struct ComputeContext::Entry {
+  dnnl::matmul primitive;
+};
+
+ComputeContext::ComputeContext() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+
+namespace {
+
+bool batched(const GemmSpec& s) { return s.batch0 != 1 || s.batch1 != 1; }
+
+memory::desc make_desc(const GemmSpec& s, int64_t rows, int64_t cols,
+                       const std::array<int64_t, 4>& strides, bool runtime) {
+  const int64_t R = DNNL_RUNTIME_DIM_VAL;
+  if (runtime) return memory::desc({R, R}, dt::f32, memory::dims{R, R});
+  if (batched(s))
+    return memory::desc({s.batch0, s.batch1, rows, cols}, dt::f32,
+                        memory::dims{strides[0], strides[1], strides[2], strides[3]});
+  return memory::desc({rows, cols}, dt::f32, memory::dims{strides[2], strides[3]});
+}
+
+memory::desc concrete_desc(int64_t rows, int64_t cols, const std::array<int64_t, 4>& strides) {
+  return memory::desc({rows, cols}, dt::f32, memory::dims{strides[2], strides[3]});
+}
+
+}  // namespace
+
+ComputeContext::Entry& ComputeContext::lookup(const GemmSpec& spec) {
+  GemmSpec key = spec;
+  if (key.runtime_dims) {
+    // One primitive serves every shape with the same transposition pattern.
+    key.M = key.N = key.K = 0;
+    key.a_strides = {0, 0, spec.a_strides[2] == 1 ? 0 : 1, spec.a_strides[3] == 1 ? 0 : 1};
+    key.b_strides = {0, 0, spec.b_strides[2] == 1 ? 0 : 1, spec.b_strides[3] == 1 ? 0 : 1};
+    key.c_strides = {0, 0, 0, 0};
+  }
+  auto it = cache_.find(key);
+  if (it != cache_.end()) return *it->second;
+
+  const bool rt = spec.runtime_dims;
+  check(!(rt && batched(spec)), "internal: runtime-dimension GEMMs cannot be batched");
+  auto a_md = make_desc(spec, spec.M, spec.K, spec.a_strides, rt);
+  auto b_md = make_desc(spec, spec.K, spec.N, spec.b_strides, rt);
+  auto c_md = make_desc(spec, spec.M, spec.N, spec.c_strides, rt);
+  dnnl::primitive_attr attr;
+  if (spec.accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  auto entry = std::make_shared<Entry>();
+  dnnl::matmul::desc desc(a_md, b_md, c_md);
+  entry->primitive = dnnl::matmul(dnnl::matmul::primitive_desc(desc, attr, engine_));
+  cache_.emplace(key, entry);
+  return *entry;
+}
+
+void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, float* C) {
+  if (spec.M == 0 || spec.N == 0) return;
+  if (spec.K == 0) {
+    // oneDNN rejects K = 0; the product is zero.
+    if (!spec.accumulate)
+      for (int64_t b0 = 0; b0 < spec.batch0; ++b0)
+        for (int64_t b1 = 0; b1 < spec.batch1; ++b1)
+          for (int64_t i = 0; i < spec.M; ++i)
+            for (int64_t j = 0; j < spec.N; ++j)
+              C[b0 * spec.c_strides[0] + b1 * spec.c_strides[1] + i * spec.c_strides[2] +
+                j * spec.c_strides[3]] = 0.0f;
+    return;
+  }
+  Entry& entry = lookup(spec);
+  memory::desc a_md, b_md, c_md;
+  if (spec.runtime_dims) {
+    a_md = concrete_desc(spec.M, spec.K, spec.a_strides);
+    b_md = concrete_desc(spec.K, spec.N, spec.b_strides);
+    c_md = concrete_desc(spec.M, spec.N, spec.c_strides);
+  } else {
+    a_md = make_desc(spec, spec.M, spec.K, spec.a_strides, false);
+    b_md = make_desc(spec, spec.K, spec.N, spec.b_strides, false);
+    c_md = make_desc(spec, spec.M, spec.N, spec.c_strides, false);
+  }
+  memory a_mem(a_md, engine_, const_cast<float*>(A));
+  memory b_mem(b_md, engine_, const_cast<float*>(B));
+  memory c_mem(c_md, engine_, C);
+  entry.primitive.execute(stream_, {{DNNL_ARG_SRC, a_mem}, {DNNL_ARG_WEIGHTS, b_mem}, {DNNL_ARG_DST, c_mem}});
+  stream_.wait();
+}
+
+void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+          bool accumulate, bool runtime_dims) {
+  GemmSpec spec;
+  spec.M = M, spec.N = N, spec.K = K;
+  spec.a_strides = trans_a ? std::array<int64_t, 4>{0, 0, 1, lda} : std::array<int64_t, 4>{0, 0, lda, 1};
+  spec.b_strides = trans_b ? std::array<int64_t, 4>{0, 0, 1, ldb} : std::array<int64_t, 4>{0, 0, ldb, 1};
+  spec.c_strides = {0, 0, ldc, 1};
+  spec.accumulate = accumulate;
+  spec.runtime_dims = runtime_dims;
+  ctx.gemm(spec, A, B, C);
+}
+
+void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,
+                     float* dx, float* dW, int64_t rows, int64_t in, int64_t out,
+                     bool accumulate_dx, bool runtime_dims) {
+  // dx (rows, in) = dy (rows, out) · W (out, in)
+  if (dx) gemm(ctx, false, false, rows, in, out, dy, out, W, in, dx, in, accumulate_dx, runtime_dims);
+  // dW (out, in) += dyᵀ (out, rows) · x (rows, in)
+  if (dW) gemm(ctx, true, false, out, in, rows, dy, out, x, in, dW, in, true, runtime_dims);
+}
+
+}  // namespace moe

@@ -1,0 +1,70 @@
+// The compute context: the oneDNN engine and stream plus a cache of matmul primitives keyed by
+// shape, passed explicitly to every op that multiplies matrices (no globals). Primitive creation
+// costs far more than a small GEMM, so each distinct shape is created once and reused.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+namespace moe {
+
+// C (M×N) = A (M×K) · B (K×N) [+ C], all row-major with explicit strides, optionally batched over
+// two leading dimensions. Strides are in elements: {batch0, batch1, row, col}.
+struct GemmSpec {
+  int64_t batch0 = 1, batch1 = 1;
+  int64_t M = 0, N = 0, K = 0;
+  std::array<int64_t, 4> a_strides{}, b_strides{}, c_strides{};
+  bool accumulate = false;  // C += A·B instead of C = A·B
+  // Variable shapes (expert GEMMs whose row count changes every step) use one primitive with
+  // runtime dimensions instead of one primitive per row count.
+  bool runtime_dims = false;
+
+  bool operator==(const GemmSpec&) const = default;
+};
+
+struct GemmSpecHash {
+  size_t operator()(const GemmSpec& s) const;
+};
+
+class ComputeContext {
+ public:
+  ComputeContext();
+  ComputeContext(const ComputeContext&) = delete;
+  ComputeContext& operator=(const ComputeContext&) = delete;
+
+  void gemm(const GemmSpec& spec, const float* A, const float* B, float* C);
+  size_t cached_primitives() const { return cache_.size(); }
+
+  dnnl::engine& engine() { return engine_; }
+
+ private:
+  struct Entry;
+  Entry& lookup(const GemmSpec& spec);
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+  std::unordered_map<GemmSpec, std::shared_ptr<Entry>, GemmSpecHash> cache_;
+};
+
+// Row-major GEMM in BLAS terms: C (M×N) [+]= op(A) · op(B), where op(A) is M×K (stored K×M with
+// row stride lda when trans_a), op(B) is K×N (stored N×K when trans_b).
+void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+          const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+          bool accumulate, bool runtime_dims = false);
+
+// Linear layer y = x Wᵀ with W stored [out, in] (Hugging Face layout).
+// x (rows, in), W (out, in), y (rows, out).
+inline void linear_forward(ComputeContext& ctx, const float* x, const float* W, float* y,
+                           int64_t rows, int64_t in, int64_t out, bool runtime_dims = false) {
+  gemm(ctx, false, true, rows, out, in, x, in, W, in, y, out, false, runtime_dims);
+}
+
+// Backward of y = x Wᵀ: dx (=, or += when accumulate_dx) dy W; dW += dyᵀ x.
+// Pass dx == nullptr to skip the input gradient.
+void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,
+                     float* dx, float* dW, int64_t rows, int64_t in, int64_t out,
+                     bool accumulate_dx, bool runtime_dims = false);
+
+}  // namespace moe

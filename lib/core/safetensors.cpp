@@ -1,0 +1,188 @@
+#include "core/safetensors.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace moe {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr uint64_t kMaxHeader = 100ull << 20;
+
+std::string errno_text() { return std::strerror(errno); }
+
+void write_all(int fd, const char* p, size_t n, const std::string& path) {
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail(path + ": write failed (" + errno_text() + ")");
+    }
+    p += w, n -= size_t(w);
+  }
+}
+
+// Streams chunks into a temporary file next to `path`, then renames it into place, so a reader
+// never sees a half-written file and the previous version survives any failure.
+class AtomicWriter {
+ public:
+  explicit AtomicWriter(const std::string& path) : path_(path), tmp_(path + ".tmp" + std::to_string(::getpid())) {
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail(path + ": cannot create file (" + errno_text() + ")");
+  }
+  ~AtomicWriter() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+  void write(const char* p, size_t n) { write_all(fd_, p, n, path_); }
+  void commit() {
+    if (::fsync(fd_) != 0) fail(path_ + ": fsync failed (" + errno_text() + ")");
+    if (::close(fd_) != 0) {
+      fd_ = -1;
+      fail(path_ + ": close failed (" + errno_text() + ")");
+    }
+    fd_ = -1;
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail(path_ + ": rename failed (" + errno_text() + ")");
+    committed_ = true;
+    // Make the rename itself durable.
+    std::string dir = path_.substr(0, path_.find_last_of('/') == std::string::npos ? 0 : path_.find_last_of('/'));
+    if (dir.empty()) dir = ".";
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) ::fsync(dfd), ::close(dfd);
+  }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& contents) {
+  AtomicWriter out(path);
+  out.write(contents.data(), contents.size());
+  out.commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const TensorRef& t : tensors) {
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) numel *= uint64_t(d);
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * numel}}};
+    offset += 4 * numel;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  uint64_t n = text.size();
+  char length[8];
+  for (int i = 0; i < 8; ++i) length[i] = char((n >> (8 * i)) & 0xff);  // little-endian
+  AtomicWriter out(path);
+  out.write(length, 8);
+  out.write(text.data(), text.size());
+  for (const TensorRef& t : tensors) {
+    uint64_t numel = 1;
+    for (int64_t d : t.shape) numel *= uint64_t(d);
+    out.write(reinterpret_cast<const char*>(t.data), 4 * numel);
+  }
+  out.commit();
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  SafetensorsFile file;
+  file.path = path;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) fail(path + ": cannot open file (" + errno_text() + ")");
+  if (S_ISDIR(st.st_mode)) fail(path + ": is a directory, expected a .safetensors file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path + ": cannot open file");
+  const uint64_t size = uint64_t(st.st_size);
+  if (size < 8) fail(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header length)");
+  unsigned char length[8];
+  in.read(reinterpret_cast<char*>(length), 8);
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | length[i];
+  if (header_len > kMaxHeader)
+    fail(path + ": header length " + std::to_string(header_len) + " is absurdly large (limit 100 MiB)");
+  if (header_len > size - 8)
+    fail(path + ": header length " + std::to_string(header_len) + " runs past the end of the file (" +
+         std::to_string(size) + " bytes)");
+  std::string text(header_len, '\0');
+  in.read(text.data(), std::streamsize(header_len));
+  if (!in) fail(path + ": cannot read the header");
+  json header;
+  try {
+    header = json::parse(text);
+  } catch (const json::exception&) {
+    fail(path + ": header is not valid JSON");
+  }
+  if (!header.is_object()) fail(path + ": header is not a JSON object");
+  const uint64_t data_size = size - 8 - header_len;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  std::vector<std::string> names;
+  for (const auto& [name, v] : header.items()) {
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(path + ": __metadata__ is not an object");
+      for (const auto& [k, m] : v.items()) {
+        if (!m.is_string()) fail(path + ": __metadata__." + k + " is not a string");
+        file.metadata[k] = m.get<std::string>();
+      }
+      continue;
+    }
+    const std::string at = path + ": tensor \"" + name + "\"";
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets"))
+      fail(at + ": expected an object with dtype, shape and data_offsets");
+    SafetensorsEntry e;
+    if (!v["dtype"].is_string()) fail(at + ": dtype is not a string");
+    e.dtype = v["dtype"].get<std::string>();
+    if (e.dtype != "F32") fail(at + ": dtype " + e.dtype + " is not supported (expected F32)");
+    if (!v["shape"].is_array()) fail(at + ": shape is not an array");
+    uint64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0))
+        fail(at + ": shape holds a non-integer or negative dimension");
+      const uint64_t dim = d.get<uint64_t>();
+      if (dim > (1ull << 40) || (dim > 0 && numel > (1ull << 40) / dim)) fail(at + ": shape is absurdly large");
+      numel *= dim;
+      e.shape.push_back(int64_t(dim));
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      fail(at + ": data_offsets must be two non-negative integers");
+    e.begin = off[0].get<uint64_t>(), e.end = off[1].get<uint64_t>();
+    if (e.begin > e.end || e.end > data_size)
+      fail(at + ": data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+           "] out of range (data section is " + std::to_string(data_size) + " bytes)");
+    if (e.end - e.begin != numel * 4)
+      fail(at + ": data_offsets cover " + std::to_string(e.end - e.begin) + " bytes but shape needs " +
+           std::to_string(numel * 4));
+    if (e.begin % 4 != 0) fail(at + ": data offset is not 4-byte aligned");
+    ranges.push_back({e.begin, e.end});
+    file.tensors[name] = e;
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first < ranges[i - 1].second) fail(path + ": tensors overlap in the data section");
+  file.data.resize(data_size);
+  in.read(file.data.data(), std::streamsize(data_size));
+  if (!in) fail(path + ": truncated data section");
+  return file;
+}
+
+}  // namespace moe

@@ -1,0 +1,193 @@
+// Forward and backward of the whole model; backward mirrors forward in exact reverse order.
+#include "model/model.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "ops/attention.hpp"
+#include "ops/embedding.hpp"
+#include "ops/rmsnorm.hpp"
+#include "ops/swiglu.hpp"
+
+namespace moe {
+
+Model::Model(const ModelConfig& c)
+    : config(c), layout(make_layout(c)), params(layout.total), grads(layout.total),
+      weights(bind_weights(c, params.data())), grad(bind_weights(c, grads.data())),
+      rope(c.head_dim, c.max_position_embeddings, c.rope_theta) {}
+
+void Model::init(uint64_t seed) {
+  Rng rng(seed);
+  const double stddev = config.initializer_range;
+  for (const TensorSpec& spec : layout.tensors) {
+    float* p = params.data() + spec.offset;
+    if (spec.role == TensorRole::norm) std::fill_n(p, spec.numel, 1.0f);
+    else if (spec.role == TensorRole::router_bias) std::fill_n(p, spec.numel, 0.0f);
+    else
+      for (int64_t i = 0; i < spec.numel; ++i) p[i] = float(rng.normal() * stddev);
+  }
+}
+
+const TensorSpec* Model::find(const std::string& name) const {
+  for (const TensorSpec& spec : layout.tensors)
+    if (spec.name == name) return &spec;
+  return nullptr;
+}
+
+Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_) : B(B_), T(T_), training(training_) {
+  const int64_t N = B * T, D = c.hidden_size, H = c.num_attention_heads;
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size, L = c.num_hidden_layers;
+  const int64_t I = c.intermediate_size;
+  // Pass 1 counts, pass 2 hands out pointers: one allocation per element type.
+  auto plan = [&](Bump<float>& f, Bump<int32_t>& n) {
+    tokens = n.take(N);
+    targets = n.take(N);
+    resid.assign(size_t(L + 1), nullptr);
+    for (auto& r : resid) r = f.take(N * D);
+    layers.assign(size_t(L), LayerActivations{});
+    for (int64_t l = 0; l < L; ++l) {
+      LayerActivations& a = layers[size_t(l)];
+      a.xn1 = f.take(N * D), a.rstd1 = f.take(N);
+      a.q = f.take(N * qd), a.k = f.take(N * kvd), a.v = f.take(N * kvd);
+      a.probs = f.take(B * H * T * T);
+      a.attn_heads = f.take(N * qd), a.attn = f.take(N * qd);
+      a.h = f.take(N * D), a.xn2 = f.take(N * D), a.rstd2 = f.take(N);
+      if (!c.is_moe_layer(l)) {
+        a.dense = {f.take(N * I), f.take(N * I), f.take(N * I)};
+        continue;
+      }
+      const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts, Im = c.moe_intermediate_size;
+      const int64_t Is = c.shared_intermediate();
+      MoeSaved& m = a.moe;
+      m.scores = f.take(N * E), m.weight = f.take(N * K);
+      m.x_rows = f.take(N * K * D), m.y_rows = f.take(N * K * D);
+      m.g = f.take(N * K * Im), m.u = f.take(N * K * Im), m.a = f.take(N * K * Im);
+      m.shared_g = f.take(N * Is), m.shared_u = f.take(N * Is), m.shared_a = f.take(N * Is);
+      m.expert = n.take(N * K), m.counts = n.take(E), m.offsets = n.take(E + 1);
+      m.slot_row = n.take(N * K), m.row_token = n.take(N * K), m.cursor = n.take(E);
+    }
+    xnf = f.take(N * D), rstdf = f.take(N), logits = f.take(N * V);
+    q_flat = f.take(N * qd), k_flat = f.take(N * kvd), v_flat = f.take(N * kvd);
+    ffn_out = f.take(N * D);
+    if (!training) return;
+    d_resid = f.take(N * D), d_norm = f.take(N * D);
+    d_heads = f.take(N * qd), dq = f.take(N * qd), dk = f.take(N * kvd), dv = f.take(N * kvd);
+    d_probs = f.take(B * H * T * T);
+    d_logits = f.take(N * V);
+    ffn_scratch = f.take(2 * N * I);
+    if (c.num_moe_layers() > 0) {
+      const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts;
+      MoeScratch& m = moe_scratch;
+      m.d_rows = f.take(N * K * D), m.dx_rows = f.take(N * K * D);
+      m.ffn = f.take(2 * std::max(N * K * c.moe_intermediate_size, N * c.shared_intermediate()));
+      m.d_weight = f.take(N * K), m.d_scores = f.take(N * E), m.d_logits = f.take(N * E);
+    }
+  };
+  Bump<float> count_f;
+  Bump<int32_t> count_i;
+  plan(count_f, count_i);
+  floats.resize(count_f.used());
+  ints.resize(count_i.used());
+  Bump<float> take_f(floats.data());
+  Bump<int32_t> take_i(ints.data());
+  plan(take_f, take_i);
+}
+
+double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, const int32_t* tokens,
+                     const int32_t* targets, const BalanceLossConfig& balance) {
+  const ModelConfig& c = model.config;
+  const ModelWeights& w = model.weights;
+  const int64_t B = ws.B, T = ws.T, N = B * T, D = c.hidden_size, V = c.vocab_size;
+  const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
+  const float eps = float(c.rms_norm_eps);
+  for (int64_t i = 0; i < N; ++i)
+    check(tokens[i] >= 0 && tokens[i] < V, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
+  std::copy_n(tokens, N, ws.tokens);
+  if (targets) std::copy_n(targets, N, ws.targets);
+
+  embedding_forward(w.embed_tokens, ws.tokens, ws.resid[0], N, D);
+  ws.balance_loss = 0.0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = w.layers[size_t(l)];
+    LayerActivations& a = ws.layers[size_t(l)];
+    const float* x = ws.resid[size_t(l)];
+    // h = x + o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x)
+    rmsnorm_forward(x, lw.input_layernorm, a.xn1, a.rstd1, N, D, eps);
+    linear_forward(ctx, a.xn1, lw.q_proj, ws.q_flat, N, D, c.q_dim());
+    linear_forward(ctx, a.xn1, lw.k_proj, ws.k_flat, N, D, c.kv_dim());
+    linear_forward(ctx, a.xn1, lw.v_proj, ws.v_flat, N, D, c.kv_dim());
+    rope_forward(model.rope, ws.q_flat, a.q, B, T, H, 0);
+    rope_forward(model.rope, ws.k_flat, a.k, B, T, Hkv, 0);
+    split_heads(ws.v_flat, a.v, B, T, Hkv, hd);
+    attention_forward(ctx, {B, T, H, Hkv, hd}, a.q, a.k, a.v, a.probs, a.attn_heads);
+    merge_heads(a.attn_heads, a.attn, B, T, H, hd);
+    std::copy_n(x, N * D, a.h);
+    gemm(ctx, false, true, N, D, c.q_dim(), a.attn, c.q_dim(), lw.o_proj, c.q_dim(), a.h, D, /*accumulate=*/true);
+    // x' = h + ffn(rmsnorm(h))
+    rmsnorm_forward(a.h, lw.post_attention_layernorm, a.xn2, a.rstd2, N, D, eps);
+    if (c.is_moe_layer(l)) {
+      moe_forward(ctx, c, lw, a.xn2, ws.ffn_out, a.moe, B, T, balance);
+      ws.balance_loss += a.moe.balance_loss;
+    } else {
+      ffn_forward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, a.xn2, ws.ffn_out, a.dense, N, D,
+                  c.intermediate_size);
+    }
+    float* out = ws.resid[size_t(l + 1)];
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * D; ++i) out[i] = a.h[i] + ws.ffn_out[i];
+  }
+  rmsnorm_forward(ws.resid.back(), w.norm, ws.xnf, ws.rstdf, N, D, eps);
+  linear_forward(ctx, ws.xnf, w.lm_head, ws.logits, N, D, V);
+  if (!targets) return 0.0;
+  for (int64_t i = 0; i < N; ++i)
+    check(targets[i] >= 0 && targets[i] < V, "target id " + std::to_string(targets[i]) + " is outside the vocabulary");
+  return cross_entropy_forward_backward(ws.logits, ws.targets, nullptr, N, V, 0.0f) / double(N);
+}
+
+void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const BalanceLossConfig& balance,
+                    float loss_scale) {
+  check(ws.training, "internal: backward needs a training workspace");
+  const ModelConfig& c = model.config;
+  const ModelWeights& w = model.weights;
+  const ModelWeights& g = model.grad;
+  const int64_t B = ws.B, T = ws.T, N = B * T, D = c.hidden_size, V = c.vocab_size;
+  const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
+
+  cross_entropy_forward_backward(ws.logits, ws.targets, ws.d_logits, N, V, loss_scale / float(N));
+  linear_backward(ctx, ws.xnf, w.lm_head, ws.d_logits, ws.d_norm, g.lm_head, N, D, V, false);
+  std::fill_n(ws.d_resid, N * D, 0.0f);
+  rmsnorm_backward(ws.resid.back(), w.norm, ws.rstdf, ws.d_norm, ws.d_resid, g.norm, N, D);
+
+  for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
+    const LayerWeights& lw = w.layers[size_t(l)];
+    const LayerWeights& lg = g.layers[size_t(l)];
+    LayerActivations& a = ws.layers[size_t(l)];
+    // x' = h + ffn(rmsnorm(h)): d_resid flows straight to h and through the FFN branch.
+    if (c.is_moe_layer(l)) {
+      moe_backward(ctx, c, lw, lg, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale);
+    } else {
+      ffn_backward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, {lg.gate_proj, lg.up_proj, lg.down_proj}, a.xn2,
+                   ws.d_resid, ws.d_norm, a.dense, ws.ffn_scratch, N, D, c.intermediate_size, false);
+    }
+    rmsnorm_backward(a.h, lw.post_attention_layernorm, a.rstd2, ws.d_norm, ws.d_resid, lg.post_attention_layernorm,
+                     N, D);
+    // h = x + o_proj(attn)
+    float* d_attn = ws.q_flat;  // (N, H*hd), forward scratch is free in backward
+    linear_backward(ctx, a.attn, lw.o_proj, ws.d_resid, d_attn, lg.o_proj, N, c.q_dim(), D, false);
+    split_heads(d_attn, ws.d_heads, B, T, H, hd);
+    attention_backward(ctx, {B, T, H, Hkv, hd}, a.q, a.k, a.v, a.probs, ws.d_heads, ws.d_probs, ws.dq, ws.dk, ws.dv);
+    rope_backward(model.rope, ws.dq, ws.q_flat, B, T, H, 0);
+    rope_backward(model.rope, ws.dk, ws.k_flat, B, T, Hkv, 0);
+    merge_heads(ws.dv, ws.v_flat, B, T, Hkv, hd);
+    linear_backward(ctx, a.xn1, lw.q_proj, ws.q_flat, ws.d_norm, lg.q_proj, N, D, c.q_dim(), false);
+    linear_backward(ctx, a.xn1, lw.k_proj, ws.k_flat, ws.d_norm, lg.k_proj, N, D, c.kv_dim(), true);
+    linear_backward(ctx, a.xn1, lw.v_proj, ws.v_flat, ws.d_norm, lg.v_proj, N, D, c.kv_dim(), true);
+    rmsnorm_backward(ws.resid[size_t(l)], lw.input_layernorm, a.rstd1, ws.d_norm, ws.d_resid, lg.input_layernorm, N,
+                     D);
+  }
+  embedding_backward(ws.tokens, ws.d_resid, g.embed_tokens, N, D);
+}
+
+}  // namespace moe

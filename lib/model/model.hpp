@@ -1,0 +1,94 @@
+// The MoE transformer: parameters and gradients in one arena each (one layout from the tensor
+// list), a workspace of activations sized once for (B, T), and the forward/backward pass.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/arena.hpp"
+#include "core/compute.hpp"
+#include "model/config.hpp"
+#include "model/params.hpp"
+#include "moe/moe_layer.hpp"
+#include "ops/rope.hpp"
+#include "ops/swiglu.hpp"
+
+namespace moe {
+
+struct Model {
+  ModelConfig config;
+  ParamLayout layout;
+  Buffer<float> params;  // (layout.total)
+  Buffer<float> grads;   // (layout.total), same layout
+  ModelWeights weights;  // views into params
+  ModelWeights grad;     // views into grads
+  RopeTable rope;
+
+  explicit Model(const ModelConfig& config);
+  Model(const Model&) = delete;
+  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0.
+  void init(uint64_t seed);
+  const TensorSpec* find(const std::string& name) const;
+};
+
+// Activations of one layer, saved in forward for backward.
+struct LayerActivations {
+  float* xn1 = nullptr;         // (N, D) input_layernorm output
+  float* rstd1 = nullptr;       // (N)
+  float* q = nullptr;           // (B, H, T, hd) after RoPE
+  float* k = nullptr;           // (B, Hkv, T, hd) after RoPE
+  float* v = nullptr;           // (B, Hkv, T, hd)
+  float* probs = nullptr;       // (B, H, T, T)
+  float* attn_heads = nullptr;  // (B, H, T, hd)
+  float* attn = nullptr;        // (N, H*hd) merged heads, o_proj input
+  float* h = nullptr;           // (N, D) residual after attention
+  float* xn2 = nullptr;         // (N, D) post_attention_layernorm output
+  float* rstd2 = nullptr;       // (N)
+  FfnSaved dense{};             // (N, I) each, dense layers
+  MoeSaved moe{};               // MoE layers
+};
+
+// Everything a forward/backward over B sequences of T tokens needs, allocated once.
+struct Workspace {
+  int64_t B = 0, T = 0;
+  bool training = false;
+  Buffer<float> floats;
+  Buffer<int32_t> ints;
+  int32_t* tokens = nullptr;   // (N)
+  int32_t* targets = nullptr;  // (N)
+  std::vector<float*> resid;   // L + 1 residual states (N, D); resid[0] = embeddings
+  std::vector<LayerActivations> layers;
+  float* xnf = nullptr;     // (N, D) final norm output
+  float* rstdf = nullptr;   // (N)
+  float* logits = nullptr;  // (N, V)
+  // Scratch, reused by every layer.
+  float* q_flat = nullptr;    // (N, H*hd)
+  float* k_flat = nullptr;    // (N, Hkv*hd)
+  float* v_flat = nullptr;    // (N, Hkv*hd)
+  float* ffn_out = nullptr;   // (N, D)
+  float* d_resid = nullptr;   // (N, D)
+  float* d_norm = nullptr;    // (N, D)
+  float* d_heads = nullptr;   // (B, H, T, hd)
+  float* dq = nullptr;        // (B, H, T, hd)
+  float* dk = nullptr;        // (B, Hkv, T, hd)
+  float* dv = nullptr;        // (B, Hkv, T, hd)
+  float* d_probs = nullptr;   // (B, H, T, T)
+  float* d_logits = nullptr;  // (N, V)
+  float* ffn_scratch = nullptr;  // dense FFN backward
+  MoeScratch moe_scratch{};
+  double balance_loss = 0.0;  // sum over MoE layers of the last forward's balance losses
+
+  Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training);
+  int64_t tokens_count() const { return B * T; }
+};
+
+// tokens (B, T) -> ws.logits; returns the mean cross-entropy over the B*T positions when targets
+// is given (else 0). Tokens must lie in [0, vocab_size).
+double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, const int32_t* tokens,
+                     const int32_t* targets, const BalanceLossConfig& balance = {});
+
+// Accumulates into model.grads the gradient of loss_scale · (mean CE + balance losses) of the last
+// forward (the workspace must be a training workspace).
+void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const BalanceLossConfig& balance = {},
+                    float loss_scale = 1.0f);
+
+}  // namespace moe

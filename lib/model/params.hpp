@@ -1,0 +1,70 @@
+// The one list of tensors. A single walker names every model tensor with its shape and role; it
+// drives the arena layout, pointer binding (params and grads share the layout), checkpoint names,
+// loading, saving, the parameter summary and the optimizer.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/config.hpp"
+
+namespace moe {
+
+enum class TensorRole { embedding, attention, norm, dense_ffn, shared_expert, routed_expert, router, router_bias, head };
+const char* to_string(TensorRole role);
+
+struct TensorSpec {
+  std::string name;            // Hugging Face DeepSeek-V3 checkpoint name
+  std::vector<int64_t> shape;  // row-major, [out, in] for matrices
+  int64_t offset = 0;          // in floats, within the arena
+  int64_t numel = 0;
+  TensorRole role = TensorRole::attention;
+  int64_t layer = -1;          // -1 for tensors outside the layers
+  bool trainable = true;       // the routing bias is state updated by balancing, not by AdamW
+  bool decay = false;          // weight decay applies to matrices only
+};
+
+struct LayerWeights {
+  float* input_layernorm = nullptr;           // (D)
+  float* q_proj = nullptr;                    // (H*hd, D)
+  float* k_proj = nullptr;                    // (Hkv*hd, D)
+  float* v_proj = nullptr;                    // (Hkv*hd, D)
+  float* o_proj = nullptr;                    // (D, H*hd)
+  float* post_attention_layernorm = nullptr;  // (D)
+  // Dense FFN (layer < first_k_dense_replace).
+  float* gate_proj = nullptr;  // (I, D)
+  float* up_proj = nullptr;    // (I, D)
+  float* down_proj = nullptr;  // (D, I)
+  // MoE FFN. Routed experts are stacked: expert j's matrix starts at j * (its size).
+  float* router = nullptr;        // (E, D)
+  float* router_bias = nullptr;   // (E) e_score_correction_bias
+  float* experts_gate = nullptr;  // (E, Im, D)
+  float* experts_up = nullptr;    // (E, Im, D)
+  float* experts_down = nullptr;  // (E, D, Im)
+  float* shared_gate = nullptr;   // (Is, D), Is = n_shared_experts * Im
+  float* shared_up = nullptr;     // (Is, D)
+  float* shared_down = nullptr;   // (D, Is)
+};
+
+struct ModelWeights {
+  float* embed_tokens = nullptr;  // (V, D)
+  std::vector<LayerWeights> layers;
+  float* norm = nullptr;     // (D)
+  float* lm_head = nullptr;  // (V, D)
+};
+
+// Calls `visit(spec, field)` for every tensor in arena order. `field` is where the tensor's pointer
+// belongs in `weights`; it is null for experts 1..E-1, which follow expert 0 contiguously.
+void for_each_tensor(const ModelConfig& config, ModelWeights& weights,
+                     const std::function<void(const TensorSpec&, float**)>& visit);
+
+struct ParamLayout {
+  std::vector<TensorSpec> tensors;
+  int64_t total = 0;  // floats
+};
+
+ParamLayout make_layout(const ModelConfig& config);
+ModelWeights bind_weights(const ModelConfig& config, float* base);
+
+}  // namespace moe

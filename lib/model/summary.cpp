@@ -1,0 +1,103 @@
+#include "model/summary.hpp"
+
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "model/params.hpp"
+
+namespace moe {
+
+ParamSummary summarize_params(const ModelConfig& c) {
+  ParamSummary s;
+  const TensorRole order[] = {TensorRole::embedding, TensorRole::attention, TensorRole::norm,
+                              TensorRole::dense_ffn, TensorRole::shared_expert, TensorRole::routed_expert,
+                              TensorRole::router, TensorRole::head};
+  for (TensorRole role : order) s.rows.push_back({to_string(role), 0, 0});
+  for (const TensorSpec& spec : make_layout(c).tensors) {
+    if (spec.role == TensorRole::router_bias) {
+      s.state += spec.numel;
+      continue;
+    }
+    for (size_t i = 0; i < std::size(order); ++i)
+      if (order[i] == spec.role) {
+        s.rows[i].total += spec.numel;
+        // A token runs K of the E routed experts; everything else is used in full.
+        s.rows[i].activated += spec.role == TensorRole::routed_expert
+                                   ? spec.numel * c.num_experts_per_tok / c.n_routed_experts
+                                   : spec.numel;
+      }
+  }
+  for (const auto& r : s.rows) s.total += r.total, s.activated += r.activated;
+  return s;
+}
+
+namespace {
+
+std::string human(int64_t n) {
+  char buf[32];
+  if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", double(n) / 1e6);
+  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", double(n) / 1e3);
+  else std::snprintf(buf, sizeof buf, "%lld", (long long)n);
+  return buf;
+}
+
+}  // namespace
+
+std::string format_model_summary(const ModelConfig& c, const std::string& source) {
+  const ParamSummary s = summarize_params(c);
+  std::string out;
+  char line[256];
+  std::snprintf(line, sizeof line, "model %s\n", source.c_str());
+  out += line;
+  std::snprintf(line, sizeof line,
+                "  %lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads (%lld kv) x %lld, context %lld\n",
+                (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+                (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.num_key_value_heads,
+                (long long)c.head_dim, (long long)c.max_position_embeddings);
+  out += line;
+  if (c.num_moe_layers() > 0) {
+    std::snprintf(line, sizeof line,
+                  "  MoE: %lld routed experts of width %lld, top-%lld, %lld shared, %lld groups keep %lld, %s scores%s, "
+                  "scale %g\n",
+                  (long long)c.n_routed_experts, (long long)c.moe_intermediate_size, (long long)c.num_experts_per_tok,
+                  (long long)c.n_shared_experts, (long long)c.n_group, (long long)c.topk_group,
+                  to_string(c.scoring_func), c.norm_topk_prob ? " (normalised top-k)" : "", c.routed_scaling_factor);
+    out += line;
+  }
+  out += "\n  part                    total   activated/token\n";
+  for (const auto& r : s.rows) {
+    if (r.total == 0) continue;
+    std::snprintf(line, sizeof line, "  %-16s %12s %12s\n", r.role.c_str(), human(r.total).c_str(),
+                  human(r.activated).c_str());
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "  %-16s %12s %12s\n", "all", human(s.total).c_str(), human(s.activated).c_str());
+  out += line;
+  std::snprintf(line, sizeof line,
+                "\n  %lld parameters, %lld activated per token (%.1f%%): each token uses %.2fx fewer than the model "
+                "holds.\n",
+                (long long)s.total, (long long)s.activated, 100.0 * double(s.activated) / double(s.total),
+                double(s.total) / double(s.activated));
+  out += line;
+  if (s.state > 0) {
+    std::snprintf(line, sizeof line, "  plus %lld routing-bias values (balancing state, not trained by gradients)\n",
+                  (long long)s.state);
+    out += line;
+  }
+  return out;
+}
+
+nlohmann::json summary_json(const ModelConfig& c) {
+  const ParamSummary s = summarize_params(c);
+  nlohmann::json parts = nlohmann::json::array();
+  for (const auto& r : s.rows) parts.push_back({{"part", r.role}, {"total", r.total}, {"activated", r.activated}});
+  return {{"config", to_json(c)},
+          {"parameters", s.total},
+          {"activated_per_token", s.activated},
+          {"activated_ratio", double(s.activated) / double(s.total)},
+          {"routing_bias_state", s.state},
+          {"parts", parts}};
+}
+
+}  // namespace moe

@@ -1,0 +1,83 @@
+#include "moe/balance.hpp"
+
+#include <vector>
+
+namespace moe {
+
+void update_bias(float* bias, const int64_t* counts, int64_t E, float rate) {
+  double mean = 0.0;
+  for (int64_t i = 0; i < E; ++i) mean += double(counts[i]);
+  mean /= double(E);
+  for (int64_t i = 0; i < E; ++i) {
+    const double diff = mean - double(counts[i]);
+    bias[i] += rate * float((diff > 0) - (diff < 0));
+  }
+}
+
+namespace {
+
+// Shared by both losses: given per-expert coefficients coef_i = dL/ds'_{t,i} (the same for every
+// token of a block), add scale · dL/ds for tokens [t0, t1) through s' = s / Σ s.
+void add_normalised_grad(const float* scores, int64_t t0, int64_t t1, int64_t E, const double* coef,
+                         float* d_scores, float scale) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* s = scores + t * E;
+    float* ds = d_scores + t * E;
+    double sum = 0.0, dot = 0.0;
+    for (int64_t i = 0; i < E; ++i) sum += s[i];
+    for (int64_t i = 0; i < E; ++i) dot += coef[i] * s[i] / sum;
+    for (int64_t i = 0; i < E; ++i) ds[i] += float(scale * (coef[i] - dot) / sum);
+  }
+}
+
+// Σ_t over [t0, t1) of s_t / Σ s_t, into P (E), not yet divided by the token count.
+void sum_normalised(const float* scores, int64_t t0, int64_t t1, int64_t E, double* P) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const float* s = scores + t * E;
+    double sum = 0.0;
+    for (int64_t i = 0; i < E; ++i) sum += s[i];
+    for (int64_t i = 0; i < E; ++i) P[i] += s[i] / sum;
+  }
+}
+
+}  // namespace
+
+double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E, int64_t K, float alpha,
+                float* d_scores, float scale) {
+  std::vector<double> f(size_t(E), 0.0), P(size_t(E), 0.0);
+  for (int64_t j = 0; j < N * K; ++j) f[size_t(expert[j])] += 1.0;
+  for (auto& v : f) v /= double(N * K);
+  sum_normalised(scores, 0, N, E, P.data());
+  double loss = 0.0;
+  for (int64_t i = 0; i < E; ++i) loss += f[size_t(i)] * P[size_t(i)] / double(N);
+  loss *= double(alpha) * double(E);
+  if (d_scores) {
+    std::vector<double> coef(static_cast<size_t>(E));
+    for (int64_t i = 0; i < E; ++i) coef[size_t(i)] = double(alpha) * double(E) * f[size_t(i)] / double(N);
+    add_normalised_grad(scores, 0, N, E, coef.data(), d_scores, scale);
+  }
+  return loss;
+}
+
+double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K,
+                    float alpha, float* d_scores, float scale) {
+  double loss = 0.0;
+  std::vector<double> f(static_cast<size_t>(E)), P(static_cast<size_t>(E)), coef(static_cast<size_t>(E));
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(f.begin(), f.end(), 0.0);
+    std::fill(P.begin(), P.end(), 0.0);
+    for (int64_t j = b * T * K; j < (b + 1) * T * K; ++j) f[size_t(expert[j])] += 1.0;
+    for (auto& v : f) v *= double(E) / double(K * T);
+    sum_normalised(scores, b * T, (b + 1) * T, E, P.data());
+    double seq_loss = 0.0;
+    for (int64_t i = 0; i < E; ++i) seq_loss += f[size_t(i)] * P[size_t(i)] / double(T);
+    loss += double(alpha) * seq_loss / double(B);
+    if (d_scores) {
+      for (int64_t i = 0; i < E; ++i) coef[size_t(i)] = double(alpha) * f[size_t(i)] / double(T * B);
+      add_normalised_grad(scores, b * T, (b + 1) * T, E, coef.data(), d_scores, scale);
+    }
+  }
+  return loss;
+}
+
+}  // namespace moe

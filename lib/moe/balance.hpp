@@ -1,0 +1,24 @@
+// Load balancing: the auxiliary-loss-free bias update of DeepSeek-V3 and the two balance losses
+// (classic batch-wise auxiliary loss, DeepSeek-V3 complementary sequence-wise loss).
+#pragma once
+#include <cstdint>
+
+#include "model/config.hpp"
+
+namespace moe {
+
+// b_i += rate · sign(mean(c) - c_i): overloaded experts lose selection priority, idle ones gain it.
+void update_bias(float* bias, const int64_t* counts, int64_t E, float rate);
+
+// Classic auxiliary loss α·E·Σ_i f_i P_i over N tokens: f_i = (tokens routed to i)/(N·K), P_i = mean
+// over tokens of the scores normalised to sum 1. Returns the loss; when d_scores is given, adds
+// scale·dL/ds into it (f_i is a count and carries no gradient).
+double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E, int64_t K, float alpha,
+                float* d_scores, float scale);
+
+// Sequence-wise loss: per sequence of T tokens, α·Σ_i f_i P_i with f_i = E/(K·T)·(tokens of the
+// sequence routed to i) and P_i the sequence's mean normalised score; averaged over the B sequences.
+double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K,
+                    float alpha, float* d_scores, float scale);
+
+}  // namespace moe

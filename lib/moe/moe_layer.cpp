@@ -1,0 +1,155 @@
+#include "moe/moe_layer.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "moe/balance.hpp"
+#include "moe/router.hpp"
+#include "ops/swiglu.hpp"
+
+namespace moe {
+
+int64_t moe_saved_floats(const ModelConfig& c, int64_t N) {
+  const int64_t K = c.num_experts_per_tok, D = c.hidden_size, Im = c.moe_intermediate_size;
+  return N * c.n_routed_experts + N * K + 2 * N * K * D + 3 * N * K * Im + 3 * N * c.shared_intermediate();
+}
+
+int64_t moe_saved_ints(const ModelConfig& c, int64_t N) {
+  return 3 * N * c.num_experts_per_tok + 3 * c.n_routed_experts + 1;
+}
+
+int64_t moe_scratch_floats(const ModelConfig& c, int64_t N) {
+  const int64_t K = c.num_experts_per_tok, D = c.hidden_size;
+  return 2 * N * K * D + 2 * std::max(N * K * c.moe_intermediate_size, N * c.shared_intermediate()) + N * K +
+         2 * N * c.n_routed_experts;
+}
+
+double max_violation(const int64_t* counts, int64_t E) {
+  double total = 0.0, max = 0.0;
+  for (int64_t i = 0; i < E; ++i) total += double(counts[i]), max = std::max(max, double(counts[i]));
+  if (total == 0.0) return 0.0;
+  const double mean = total / double(E);
+  return (max - mean) / mean;
+}
+
+namespace {
+
+// Expert j's slice of the stacked expert tensors.
+FfnWeights expert_weights(const LayerWeights& w, int64_t j, int64_t D, int64_t Im) {
+  return {w.experts_gate + j * Im * D, w.experts_up + j * Im * D, w.experts_down + j * D * Im};
+}
+
+}  // namespace
+
+void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
+                 MoeSaved& s, int64_t B, int64_t T, const BalanceLossConfig& balance) {
+  const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_intermediate();
+
+  // Router: scores in fp32, then bias-corrected selection.
+  linear_forward(ctx, x, w.router, s.scores, N, D, E);
+  router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
+  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N);
+
+  // Counting sort of the N*K (token, expert) slots by expert, in token order within an expert.
+  std::fill_n(s.counts, E, 0);
+  for (int64_t j = 0; j < N * K; ++j) ++s.counts[s.expert[j]];
+  s.offsets[0] = 0;
+  for (int64_t e = 0; e < E; ++e) s.offsets[e + 1] = s.offsets[e] + s.counts[e];
+  std::copy_n(s.offsets, E, s.cursor);
+  for (int64_t j = 0; j < N * K; ++j) {
+    const int32_t row = s.cursor[s.expert[j]]++;
+    s.slot_row[j] = row;
+    s.row_token[row] = int32_t(j / K);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < N * K; ++r) std::memcpy(s.x_rows + r * D, x + int64_t(s.row_token[r]) * D, sizeof(float) * D);
+
+  // One SwiGLU per active expert over its contiguous rows.
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t rows = s.counts[e], r0 = s.offsets[e];
+    if (rows == 0) continue;
+    ffn_forward(ctx, expert_weights(w, e, D, Im), s.x_rows + r0 * D, s.y_rows + r0 * D,
+                {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im, /*runtime_dims=*/true);
+  }
+
+  if (Is > 0)
+    ffn_forward(ctx, {w.shared_gate, w.shared_up, w.shared_down}, x, out, {s.shared_g, s.shared_u, s.shared_a}, N, D,
+                Is);
+  else
+    std::fill_n(out, N * D, 0.0f);
+
+  // Scatter back: out[t] += Σ_k w_tk · y[row(t, k)].
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) {
+    float* o = out + t * D;
+    for (int64_t k = 0; k < K; ++k) {
+      const float wk = s.weight[t * K + k];
+      const float* y = s.y_rows + int64_t(s.slot_row[t * K + k]) * D;
+      for (int64_t i = 0; i < D; ++i) o[i] += wk * y[i];
+    }
+  }
+
+  s.balance_loss = 0.0;
+  if (balance.aux_alpha > 0) s.balance_loss += aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, nullptr, 0);
+  if (balance.seq_aux_alpha > 0)
+    s.balance_loss += seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, nullptr, 0);
+}
+
+void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+                  const float* x, const float* d_out, float* dx, const MoeSaved& s, const MoeScratch& scratch,
+                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale) {
+  const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_intermediate();
+
+  // Through the weighted sum: d_rows = w · d_out[token], d_weight = <d_out[token], y_row>.
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* g = d_out + t * D;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t row = s.slot_row[t * K + k];
+      const float wk = s.weight[t * K + k];
+      const float* y = s.y_rows + row * D;
+      float* d = scratch.d_rows + row * D;
+      float dot = 0.0f;
+      for (int64_t i = 0; i < D; ++i) dot += g[i] * y[i], d[i] = wk * g[i];
+      scratch.d_weight[t * K + k] = dot;
+    }
+  }
+
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t rows = s.counts[e], r0 = s.offsets[e];
+    if (rows == 0) continue;
+    const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
+    ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
+                 scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn, rows, D, Im,
+                 /*accumulate_dx=*/false, /*runtime_dims=*/true);
+  }
+
+  if (Is > 0)
+    ffn_backward(ctx, {w.shared_gate, w.shared_up, w.shared_down}, {gw.shared_gate, gw.shared_up, gw.shared_down}, x,
+                 d_out, dx, {s.shared_g, s.shared_u, s.shared_a}, scratch.ffn, N, D, Is, false);
+  else
+    std::fill_n(dx, N * D, 0.0f);
+
+  // Gather the routed rows' input gradients back to their tokens.
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) {
+    float* d = dx + t * D;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* r = scratch.dx_rows + int64_t(s.slot_row[t * K + k]) * D;
+      for (int64_t i = 0; i < D; ++i) d[i] += r[i];
+    }
+  }
+
+  // Router: gradients reach the scores through the gate weights and the balance losses.
+  std::fill_n(scratch.d_scores, N * E, 0.0f);
+  route_weights_backward(c, s.scores, s.expert, scratch.d_weight, scratch.d_scores, N);
+  if (balance.aux_alpha > 0) aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, scratch.d_scores, loss_scale);
+  if (balance.seq_aux_alpha > 0)
+    seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, scratch.d_scores, loss_scale);
+  router_scores_backward(s.scores, scratch.d_scores, scratch.d_logits, N, E, c.scoring_func);
+  linear_backward(ctx, x, w.router, scratch.d_logits, dx, gw.router, N, D, E, /*accumulate_dx=*/true);
+}
+
+}  // namespace moe

@@ -1,0 +1,70 @@
+// The DeepSeek-V3 MoE feed-forward: shared experts on every token plus the top-K routed experts,
+// computed llama.cpp-style as one stacked expert tensor driven by routing indices: count tokens
+// per expert, lay their rows out contiguously once, one GEMM per active expert and projection,
+// scatter back with the gate weights. The counts built for the layout are the load statistics.
+#pragma once
+#include <cstdint>
+
+#include "core/compute.hpp"
+#include "model/config.hpp"
+#include "model/params.hpp"
+
+namespace moe {
+
+// Balance-loss settings for one forward pass (zero alphas switch a loss off).
+struct BalanceLossConfig {
+  float aux_alpha = 0.0f;      // classic α·E·Σ f_i P_i over the batch
+  float seq_aux_alpha = 0.0f;  // DeepSeek-V3 sequence-wise α·Σ f_i P_i, averaged over sequences
+};
+
+// Everything one MoE layer saves in forward for backward; N = tokens, K = experts per token.
+struct MoeSaved {
+  float* scores = nullptr;       // (N, E) unbiased affinities
+  int32_t* expert = nullptr;     // (N, K) chosen experts
+  float* weight = nullptr;       // (N, K) gate weights
+  int32_t* counts = nullptr;     // (E) tokens routed to each expert = this pass's load
+  int32_t* offsets = nullptr;    // (E + 1) first gathered row of each expert
+  int32_t* slot_row = nullptr;   // (N, K) gathered row of (token, k)
+  int32_t* row_token = nullptr;  // (N*K) token of each gathered row
+  int32_t* cursor = nullptr;     // (E) counting-sort fill position
+  float* x_rows = nullptr;       // (N*K, D) gathered inputs
+  float* g = nullptr;            // (N*K, Im) gate projections
+  float* u = nullptr;            // (N*K, Im) up projections
+  float* a = nullptr;            // (N*K, Im) silu(g) ⊙ u
+  float* y_rows = nullptr;       // (N*K, D) expert outputs before weighting
+  float* shared_g = nullptr;     // (N, Is)
+  float* shared_u = nullptr;     // (N, Is)
+  float* shared_a = nullptr;     // (N, Is)
+  double balance_loss = 0.0;     // value of the enabled balance losses (already times α)
+};
+
+// Scratch for backward (not saved between passes).
+struct MoeScratch {
+  float* d_rows = nullptr;    // (N*K, D)
+  float* dx_rows = nullptr;   // (N*K, D)
+  float* ffn = nullptr;       // 2 * max(N*K*Im, N*Is)
+  float* d_weight = nullptr;  // (N, K)
+  float* d_scores = nullptr;  // (N, E)
+  float* d_logits = nullptr;  // (N, E)
+};
+
+// Floats/ints needed by MoeSaved and MoeScratch for N tokens.
+int64_t moe_saved_floats(const ModelConfig& c, int64_t N);
+int64_t moe_saved_ints(const ModelConfig& c, int64_t N);
+int64_t moe_scratch_floats(const ModelConfig& c, int64_t N);
+
+// x (N, D) normalised input -> out (N, D) written. Tokens are B sequences of T (for the
+// sequence-wise loss). bias may be null.
+void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
+                 MoeSaved& saved, int64_t B, int64_t T, const BalanceLossConfig& balance);
+
+// d_out (N, D) -> dx (N, D) written; weight grads accumulate into gw. loss_scale multiplies the
+// balance-loss gradient (the same factor the caller applied to the main loss, e.g. 1/accum).
+void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+                  const float* x, const float* d_out, float* dx, const MoeSaved& saved, const MoeScratch& scratch,
+                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale);
+
+// MaxVio = (max_i c_i - mean c) / mean c; 0 when nothing was routed.
+double max_violation(const int64_t* counts, int64_t E);
+
+}  // namespace moe

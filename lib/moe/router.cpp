@@ -1,0 +1,122 @@
+#include "moe/router.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace moe {
+
+void router_scores_forward(const float* logits, float* scores, int64_t N, int64_t E, ScoringFunc func) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* z = logits + t * E;
+    float* s = scores + t * E;
+    if (func == ScoringFunc::sigmoid) {
+      for (int64_t i = 0; i < E; ++i) s[i] = 1.0f / (1.0f + std::exp(-z[i]));
+    } else {
+      float max = z[0];
+      for (int64_t i = 1; i < E; ++i) max = std::max(max, z[i]);
+      float sum = 0.0f;
+      for (int64_t i = 0; i < E; ++i) sum += (s[i] = std::exp(z[i] - max));
+      for (int64_t i = 0; i < E; ++i) s[i] /= sum;
+    }
+  }
+}
+
+void router_scores_backward(const float* scores, const float* d_scores, float* d_logits, int64_t N, int64_t E,
+                            ScoringFunc func) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* s = scores + t * E;
+    const float* ds = d_scores + t * E;
+    float* dz = d_logits + t * E;
+    if (func == ScoringFunc::sigmoid) {
+      for (int64_t i = 0; i < E; ++i) dz[i] = ds[i] * s[i] * (1.0f - s[i]);
+    } else {
+      float dot = 0.0f;
+      for (int64_t i = 0; i < E; ++i) dot += ds[i] * s[i];
+      for (int64_t i = 0; i < E; ++i) dz[i] = s[i] * (ds[i] - dot);
+    }
+  }
+}
+
+void route_tokens(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert, float* weight,
+                  int64_t N) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group;
+  const int64_t group_size = E / G;
+#pragma omp parallel
+  {
+    std::vector<float> keys(static_cast<size_t>(E));
+    std::vector<float> group_score(static_cast<size_t>(G));
+    std::vector<char> kept(static_cast<size_t>(G));
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < N; ++t) {
+      const float* s = scores + t * E;
+      for (int64_t i = 0; i < E; ++i) keys[size_t(i)] = s[i] + (bias ? bias[i] : 0.0f);
+      if (G > 1) {
+        for (int64_t g = 0; g < G; ++g) {
+          // Sum of the two largest keys of the group (the one key when a group has one expert).
+          float best = -INFINITY, second = -INFINITY;
+          for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
+            const float k = keys[size_t(i)];
+            if (k > best) second = best, best = k;
+            else if (k > second) second = k;
+          }
+          group_score[size_t(g)] = group_size >= 2 ? best + second : best;
+        }
+        // Keep the topk_group best groups (ties to the lower index); mask the rest to -inf.
+        std::fill(kept.begin(), kept.end(), 0);
+        for (int64_t pick = 0; pick < c.topk_group; ++pick) {
+          int64_t best_g = -1;
+          for (int64_t g = 0; g < G; ++g)
+            if (!kept[size_t(g)] && (best_g < 0 || group_score[size_t(g)] > group_score[size_t(best_g)])) best_g = g;
+          kept[size_t(best_g)] = 1;
+        }
+        for (int64_t g = 0; g < G; ++g)
+          if (!kept[size_t(g)])
+            for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) keys[size_t(i)] = -INFINITY;
+      }
+      int32_t* chosen = expert + t * K;
+      float* w = weight + t * K;
+      float sum = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        int64_t best = -1;
+        for (int64_t i = 0; i < E; ++i) {
+          if (keys[size_t(i)] == -INFINITY) continue;  // masked group or already chosen
+          if (best < 0 || keys[size_t(i)] > keys[size_t(best)]) best = i;
+        }
+        chosen[k] = int32_t(best);
+        keys[size_t(best)] = -INFINITY;
+        w[k] = s[best];
+        sum += s[best];
+      }
+      const float scale = float(c.routed_scaling_factor);
+      const float norm = c.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
+      for (int64_t k = 0; k < K; ++k) w[k] *= norm * scale;
+    }
+  }
+}
+
+void route_weights_backward(const ModelConfig& c, const float* scores, const int32_t* expert, const float* d_weight,
+                            float* d_scores, int64_t N) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const float scale = float(c.routed_scaling_factor);
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) {
+    const float* s = scores + t * E;
+    const int32_t* chosen = expert + t * K;
+    const float* dw = d_weight + t * K;
+    float* ds = d_scores + t * E;
+    if (!c.norm_topk_prob) {
+      for (int64_t k = 0; k < K; ++k) ds[chosen[k]] += scale * dw[k];
+      continue;
+    }
+    // w_k = scale · s_k / S, S = Σ_j s_j + ε  =>  ds_j = scale (dw_j / S - Σ_k dw_k s_k / S²)
+    float sum = 0.0f, dot = 0.0f;
+    for (int64_t k = 0; k < K; ++k) sum += s[chosen[k]], dot += dw[k] * s[chosen[k]];
+    const float S = sum + 1e-20f;
+    for (int64_t k = 0; k < K; ++k) ds[chosen[k]] += scale * (dw[k] / S - dot / (S * S));
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,29 @@
+// The DeepSeek-V3 gate: affinity scores, bias-corrected group-limited top-K selection, and the
+// gate weights (from the *unbiased* scores) that scale each chosen expert's output.
+#pragma once
+#include <cstdint>
+
+#include "model/config.hpp"
+
+namespace moe {
+
+// logits (N, E) -> scores (N, E): sigmoid elementwise, or softmax over experts.
+void router_scores_forward(const float* logits, float* scores, int64_t N, int64_t E, ScoringFunc func);
+// d_scores (N, E) -> d_logits (N, E) written.
+void router_scores_backward(const float* scores, const float* d_scores, float* d_logits, int64_t N, int64_t E,
+                            ScoringFunc func);
+
+// Selection for each token: keys = scores + bias; with n_group > 1 only the topk_group groups with
+// the largest sum of their two best keys stay eligible; then the K largest eligible keys (ties go
+// to the lower index), in descending key order.
+// expert (N, K) and weight (N, K) written: weight = scaling · s_e / (Σ_chosen s + 1e-20) when
+// norm_topk_prob, else scaling · s_e. bias may be null (all zero).
+void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert,
+                  float* weight, int64_t N);
+
+// Gradient of the weight formula: d_weight (N, K) -> d_scores (N, E) accumulated at the chosen
+// experts. The choice itself is not differentiable and the bias receives no gradient.
+void route_weights_backward(const ModelConfig& config, const float* scores, const int32_t* expert,
+                            const float* d_weight, float* d_scores, int64_t N);
+
+}  // namespace moe

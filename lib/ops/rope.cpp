@@ -1,0 +1,85 @@
+#include "ops/rope.hpp"
+
+#include <cmath>
+
+namespace moe {
+
+RopeTable::RopeTable(int64_t hd, int64_t max_pos, double theta) : head_dim(hd), max_positions(max_pos) {
+  const int64_t half = hd / 2;
+  cos.resize(size_t(max_pos * half));
+  sin.resize(size_t(max_pos * half));
+  for (int64_t p = 0; p < max_pos; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      // Computed in double so long contexts keep accurate angles.
+      const double inv_freq = std::pow(theta, -2.0 * double(i) / double(hd));
+      const double angle = double(p) * inv_freq;
+      cos[size_t(p * half + i)] = float(std::cos(angle));
+      sin[size_t(p * half + i)] = float(std::sin(angle));
+    }
+}
+
+void rope_forward(const RopeTable& table, const float* in, float* out, int64_t B, int64_t T, int64_t heads,
+                  int64_t pos0) {
+  const int64_t hd = table.head_dim, half = hd / 2;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* c = table.cos.data() + (pos0 + t) * half;
+      const float* s = table.sin.data() + (pos0 + t) * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* x = in + ((b * T + t) * heads + h) * hd;
+        float* y = out + ((b * heads + h) * T + t) * hd;
+        // q' = q cos + rotate_half(q) sin, rotate_half(q) = [-q2, q1]
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = x[i], x2 = x[i + half];
+          y[i] = x1 * c[i] - x2 * s[i];
+          y[i + half] = x2 * c[i] + x1 * s[i];
+        }
+      }
+    }
+}
+
+void rope_backward(const RopeTable& table, const float* d_out, float* d_in, int64_t B, int64_t T, int64_t heads,
+                   int64_t pos0) {
+  const int64_t hd = table.head_dim, half = hd / 2;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* c = table.cos.data() + (pos0 + t) * half;
+      const float* s = table.sin.data() + (pos0 + t) * half;
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* dy = d_out + ((b * heads + h) * T + t) * hd;
+        float* dx = d_in + ((b * T + t) * heads + h) * hd;
+        // The rotation is orthogonal: its transpose rotates by -angle.
+        for (int64_t i = 0; i < half; ++i) {
+          const float g1 = dy[i], g2 = dy[i + half];
+          dx[i] = g1 * c[i] + g2 * s[i];
+          dx[i + half] = g2 * c[i] - g1 * s[i];
+        }
+      }
+    }
+}
+
+void split_heads(const float* in, float* out, int64_t B, int64_t T, int64_t heads, int64_t hd) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* x = in + ((b * T + t) * heads + h) * hd;
+        float* y = out + ((b * heads + h) * T + t) * hd;
+        for (int64_t i = 0; i < hd; ++i) y[i] = x[i];
+      }
+}
+
+void merge_heads(const float* in, float* out, int64_t B, int64_t T, int64_t heads, int64_t hd) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* x = in + ((b * heads + h) * T + t) * hd;
+        float* y = out + ((b * T + t) * heads + h) * hd;
+        for (int64_t i = 0; i < hd; ++i) y[i] = x[i];
+      }
+}
+
+}  // namespace moe
