@@ -9,5 +9,7 @@ namespace moe::app {
 using Run = std::function<int()>;
 
 Run add_inspect(CLI::App& app);
+Run add_train(CLI::App& app);
+Run add_data(CLI::App& app);
 
 }  // namespace moe::app

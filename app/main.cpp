@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
+#include <utility>
 
 #include "commands.hpp"
 #include "core/error.hpp"
@@ -13,17 +15,20 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
-  moe::app::Run inspect = moe::app::add_inspect(app);
+  const std::pair<std::string, moe::app::Run> commands[] = {
+      {"train", moe::app::add_train(app)},
+      {"inspect", moe::app::add_inspect(app)},
+      {"data", moe::app::add_data(app)},
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
   try {
-    for (auto* sub : app.get_subcommands()) {
-      const std::string name = sub->get_name();
-      if (name == "inspect") return inspect();
-    }
+    for (auto* sub : app.get_subcommands())
+      for (const auto& [name, run] : commands)
+        if (sub->get_name() == name) return run();
   } catch (const moe::Error& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "moe: %s\n", e.what());

@@ -31,7 +31,9 @@ bool batched(const GemmSpec& s) { return s.batch0 != 1 || s.batch1 != 1; }
 memory::desc make_desc(const GemmSpec& s, int64_t rows, int64_t cols,
                        const std::array<int64_t, 4>& strides, bool runtime) {
   const int64_t R = DNNL_RUNTIME_DIM_VAL;
-  if (runtime) return memory::desc({R, R}, dt::f32, memory::dims{R, R});
+  // Runtime sizes with concrete strides: oneDNN 2.6 then picks its JIT GEMM; runtime strides
+  // would send it to the (very slow) reference implementation.
+  if (runtime) return memory::desc({R, R}, dt::f32, memory::dims{strides[2], strides[3]});
   if (batched(s))
     return memory::desc({s.batch0, s.batch1, rows, cols}, dt::f32,
                         memory::dims{strides[0], strides[1], strides[2], strides[3]});
@@ -49,9 +51,6 @@ ComputeContext::Entry& ComputeContext::lookup(const GemmSpec& spec) {
   if (key.runtime_dims) {
     // One primitive serves every shape with the same transposition pattern.
     key.M = key.N = key.K = 0;
-    key.a_strides = {0, 0, spec.a_strides[2] == 1 ? 0 : 1, spec.a_strides[3] == 1 ? 0 : 1};
-    key.b_strides = {0, 0, spec.b_strides[2] == 1 ? 0 : 1, spec.b_strides[3] == 1 ? 0 : 1};
-    key.c_strides = {0, 0, 0, 0};
   }
   auto it = cache_.find(key);
   if (it != cache_.end()) return *it->second;

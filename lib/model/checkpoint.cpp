@@ -35,9 +35,9 @@ ModelConfig load_checkpoint_config(const std::string& dir) {
   return model_config_from_json(read_json_file(path), path, true);
 }
 
-void load_tensors_into(const SafetensorsFile& file, const Model& model, float* dest, const std::string& prefix) {
+void load_tensors_into(const SafetensorsFile& file, const Model& model, float* dest) {
   for (const TensorSpec& spec : model.layout.tensors) {
-    const std::string name = prefix + spec.name;
+    const std::string& name = spec.name;
     auto it = file.tensors.find(name);
     if (it == file.tensors.end()) fail(file.path + ": missing tensor \"" + name + "\"");
     if (it->second.shape != spec.shape)
@@ -51,7 +51,7 @@ void load_tensors_into(const SafetensorsFile& file, const Model& model, float* d
   if (file.tensors.size() != model.layout.tensors.size())
     for (const auto& [name, entry] : file.tensors) {
       (void)entry;
-      if (name.compare(0, prefix.size(), prefix) != 0 || !model.find(name.substr(prefix.size())))
+      if (!model.find(name))
         fail(file.path + ": unknown tensor \"" + name + "\" (not part of this config's model)");
     }
 }
@@ -62,7 +62,7 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   if (!S_ISDIR(st.st_mode)) fail(dir + ": expected a checkpoint directory (config.json + model.safetensors)");
   auto model = std::make_unique<Model>(load_checkpoint_config(dir));
   const SafetensorsFile file = read_safetensors(dir + "/model.safetensors");
-  load_tensors_into(file, *model, model->params.data(), "");
+  load_tensors_into(file, *model, model->params.data());
   return model;
 }
 

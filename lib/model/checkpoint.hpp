@@ -17,8 +17,8 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir);
 
 ModelConfig load_checkpoint_config(const std::string& dir);
 
-// Copies tensors named by `model`'s layout from a safetensors file into `dest` (an arena with the
-// model's layout), prefixing names with `prefix`. Used for weights and optimizer moments.
-void load_tensors_into(const SafetensorsFile& file, const Model& model, float* dest, const std::string& prefix);
+// Copies every tensor of `model`'s layout from a checked safetensors file into `dest` (an arena
+// with the model's layout); rejects missing, unknown, mis-shaped and non-finite tensors.
+void load_tensors_into(const SafetensorsFile& file, const Model& model, float* dest);
 
 }  // namespace moe

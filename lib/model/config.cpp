@@ -1,7 +1,10 @@
 // Config parsing with one-line errors that name the file and field.
 #include "model/config.hpp"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -66,6 +69,8 @@ std::string show(const json& v) {
 
 // Readers that insist on the JSON type; `where` is "file: section.field".
 int64_t get_int(const json& v, const std::string& where) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX))
+    fail(where + ": expected an integer, got " + show(v) + " (too large)");
   if (v.is_number_integer() || v.is_number_unsigned()) return v.get<int64_t>();
   if (v.is_number_float()) {
     const double d = v.get<double>();
@@ -180,6 +185,19 @@ ModelConfig model_config_from_json(const json& j, const std::string& where, bool
 
 void validate(const ModelConfig& m, const std::string& where) {
   const std::string at = where + ": ";
+  // Bound every size before any product of sizes is formed, so nothing below can overflow.
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", m.vocab_size},           {"hidden_size", m.hidden_size},
+      {"num_hidden_layers", m.num_hidden_layers}, {"num_attention_heads", m.num_attention_heads},
+      {"num_key_value_heads", m.num_key_value_heads}, {"head_dim", m.head_dim},
+      {"intermediate_size", m.intermediate_size}, {"moe_intermediate_size", m.moe_intermediate_size},
+      {"first_k_dense_replace", m.first_k_dense_replace}, {"n_shared_experts", m.n_shared_experts},
+      {"n_routed_experts", m.n_routed_experts}, {"num_experts_per_tok", m.num_experts_per_tok},
+      {"n_group", m.n_group},                 {"topk_group", m.topk_group},
+      {"max_position_embeddings", m.max_position_embeddings}};
+  for (const auto& [name, value] : sizes)
+    if (value > (int64_t(1) << 24))
+      fail(at + name + ": expected at most 16777216, got " + std::to_string(value));
   positive(m.vocab_size, at + "vocab_size");
   if (m.vocab_size < 256)
     fail(at + "vocab_size: expected at least 256 (tokens are bytes), got " + std::to_string(m.vocab_size));
@@ -311,6 +329,8 @@ Config config_from_json(const json& j, const std::string& where) {
   require_object(j, where);
   Config c;
   bool has_model = false;
+  if (j.contains("train") && !j["train"].is_object())
+    fail(where + ": train: expected a JSON object, got " + show(j["train"]));
   json train = json::object();
   for (const auto& [key, v] : j.items()) {
     if (key == "model") has_model = true;
@@ -325,6 +345,8 @@ Config config_from_json(const json& j, const std::string& where) {
 }
 
 json read_json_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) fail(path + ": is a directory, expected a JSON file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path + ": cannot open file");
   std::stringstream buffer;

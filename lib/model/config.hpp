@@ -16,7 +16,7 @@ struct ModelConfig {
   int64_t num_hidden_layers = 2;
   int64_t num_attention_heads = 4;
   int64_t num_key_value_heads = 4;
-  int64_t head_dim = 0;  // 0 in a file means hidden_size / num_attention_heads
+  int64_t head_dim = 0;  // absent (or null) in a file: hidden_size / num_attention_heads
   int64_t intermediate_size = 192;
   int64_t moe_intermediate_size = 32;
   int64_t first_k_dense_replace = 1;

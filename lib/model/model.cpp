@@ -62,11 +62,12 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
       const int64_t Is = c.shared_intermediate();
       MoeSaved& m = a.moe;
       m.scores = f.take(N * E), m.weight = f.take(N * K);
-      m.x_rows = f.take(N * K * D), m.y_rows = f.take(N * K * D);
-      m.g = f.take(N * K * Im), m.u = f.take(N * K * Im), m.a = f.take(N * K * Im);
+      const int64_t R = moe_row_capacity(c, N);
+      m.x_rows = f.take(R * D), m.y_rows = f.take(R * D);
+      m.g = f.take(R * Im), m.u = f.take(R * Im), m.a = f.take(R * Im);
       m.shared_g = f.take(N * Is), m.shared_u = f.take(N * Is), m.shared_a = f.take(N * Is);
       m.expert = n.take(N * K), m.counts = n.take(E), m.offsets = n.take(E + 1);
-      m.slot_row = n.take(N * K), m.row_token = n.take(N * K), m.cursor = n.take(E);
+      m.slot_row = n.take(N * K), m.row_token = n.take(R), m.cursor = n.take(E);
     }
     xnf = f.take(N * D), rstdf = f.take(N), logits = f.take(N * V);
     q_flat = f.take(N * qd), k_flat = f.take(N * kvd), v_flat = f.take(N * kvd);
@@ -80,8 +81,9 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
     if (c.num_moe_layers() > 0) {
       const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts;
       MoeScratch& m = moe_scratch;
-      m.d_rows = f.take(N * K * D), m.dx_rows = f.take(N * K * D);
-      m.ffn = f.take(2 * std::max(N * K * c.moe_intermediate_size, N * c.shared_intermediate()));
+      const int64_t R = moe_row_capacity(c, N);
+      m.d_rows = f.take(R * D), m.dx_rows = f.take(R * D);
+      m.ffn = f.take(2 * std::max(R * c.moe_intermediate_size, N * c.shared_intermediate()));
       m.d_weight = f.take(N * K), m.d_scores = f.take(N * E), m.d_logits = f.take(N * E);
     }
   };

@@ -9,20 +9,29 @@
 
 namespace moe {
 
+int64_t moe_row_capacity(const ModelConfig& c, int64_t N) {
+  return N * c.num_experts_per_tok + c.n_routed_experts * (kExpertRowAlign - 1);
+}
+
 int64_t moe_saved_floats(const ModelConfig& c, int64_t N) {
   const int64_t K = c.num_experts_per_tok, D = c.hidden_size, Im = c.moe_intermediate_size;
-  return N * c.n_routed_experts + N * K + 2 * N * K * D + 3 * N * K * Im + 3 * N * c.shared_intermediate();
+  const int64_t R = moe_row_capacity(c, N);
+  return N * c.n_routed_experts + N * K + 2 * R * D + 3 * R * Im + 3 * N * c.shared_intermediate();
 }
 
 int64_t moe_saved_ints(const ModelConfig& c, int64_t N) {
-  return 3 * N * c.num_experts_per_tok + 3 * c.n_routed_experts + 1;
+  return 2 * N * c.num_experts_per_tok + moe_row_capacity(c, N) + 3 * c.n_routed_experts + 1;
 }
 
 int64_t moe_scratch_floats(const ModelConfig& c, int64_t N) {
-  const int64_t K = c.num_experts_per_tok, D = c.hidden_size;
-  return 2 * N * K * D + 2 * std::max(N * K * c.moe_intermediate_size, N * c.shared_intermediate()) + N * K +
+  const int64_t K = c.num_experts_per_tok, D = c.hidden_size, R = moe_row_capacity(c, N);
+  return 2 * R * D + 2 * std::max(R * c.moe_intermediate_size, N * c.shared_intermediate()) + N * K +
          2 * N * c.n_routed_experts;
 }
+
+namespace {
+int32_t padded(int32_t rows) { return int32_t((rows + kExpertRowAlign - 1) / kExpertRowAlign * kExpertRowAlign); }
+}  // namespace
 
 double max_violation(const int64_t* counts, int64_t E) {
   double total = 0.0, max = 0.0;
@@ -55,22 +64,27 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
   std::fill_n(s.counts, E, 0);
   for (int64_t j = 0; j < N * K; ++j) ++s.counts[s.expert[j]];
   s.offsets[0] = 0;
-  for (int64_t e = 0; e < E; ++e) s.offsets[e + 1] = s.offsets[e] + s.counts[e];
+  for (int64_t e = 0; e < E; ++e) s.offsets[e + 1] = s.offsets[e] + padded(s.counts[e]);
+  std::fill_n(s.row_token, s.offsets[E], -1);
   std::copy_n(s.offsets, E, s.cursor);
   for (int64_t j = 0; j < N * K; ++j) {
     const int32_t row = s.cursor[s.expert[j]]++;
     s.slot_row[j] = row;
     s.row_token[row] = int32_t(j / K);
   }
+  const int64_t R = s.offsets[E];
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < N * K; ++r) std::memcpy(s.x_rows + r * D, x + int64_t(s.row_token[r]) * D, sizeof(float) * D);
+  for (int64_t r = 0; r < R; ++r) {
+    if (s.row_token[r] >= 0) std::memcpy(s.x_rows + r * D, x + int64_t(s.row_token[r]) * D, sizeof(float) * D);
+    else std::memset(s.x_rows + r * D, 0, sizeof(float) * D);  // padding rows compute zeros
+  }
 
-  // One SwiGLU per active expert over its contiguous rows.
+  // One SwiGLU per active expert over its contiguous (padded) rows.
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t rows = s.counts[e], r0 = s.offsets[e];
+    const int64_t rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
     if (rows == 0) continue;
     ffn_forward(ctx, expert_weights(w, e, D, Im), s.x_rows + r0 * D, s.y_rows + r0 * D,
-                {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im, /*runtime_dims=*/true);
+                {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im);
   }
 
   if (Is > 0)
@@ -116,14 +130,18 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights&
       scratch.d_weight[t * K + k] = dot;
     }
   }
+  // Padding rows carry no gradient, so they add nothing to the expert weight gradients.
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < s.offsets[E]; ++r)
+    if (s.row_token[r] < 0) std::memset(scratch.d_rows + r * D, 0, sizeof(float) * D);
 
   for (int64_t e = 0; e < E; ++e) {
-    const int64_t rows = s.counts[e], r0 = s.offsets[e];
+    const int64_t rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
     if (rows == 0) continue;
     const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
     ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
                  scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn, rows, D, Im,
-                 /*accumulate_dx=*/false, /*runtime_dims=*/true);
+                 /*accumulate_dx=*/false);
   }
 
   if (Is > 0)

@@ -23,15 +23,15 @@ struct MoeSaved {
   int32_t* expert = nullptr;     // (N, K) chosen experts
   float* weight = nullptr;       // (N, K) gate weights
   int32_t* counts = nullptr;     // (E) tokens routed to each expert = this pass's load
-  int32_t* offsets = nullptr;    // (E + 1) first gathered row of each expert
+  int32_t* offsets = nullptr;    // (E + 1) first gathered row of each expert (aligned)
   int32_t* slot_row = nullptr;   // (N, K) gathered row of (token, k)
-  int32_t* row_token = nullptr;  // (N*K) token of each gathered row
+  int32_t* row_token = nullptr;  // (R) token of each gathered row, -1 for padding; R = row capacity
   int32_t* cursor = nullptr;     // (E) counting-sort fill position
-  float* x_rows = nullptr;       // (N*K, D) gathered inputs
-  float* g = nullptr;            // (N*K, Im) gate projections
-  float* u = nullptr;            // (N*K, Im) up projections
-  float* a = nullptr;            // (N*K, Im) silu(g) ⊙ u
-  float* y_rows = nullptr;       // (N*K, D) expert outputs before weighting
+  float* x_rows = nullptr;       // (R, D) gathered inputs, padding rows zero
+  float* g = nullptr;            // (R, Im) gate projections
+  float* u = nullptr;            // (R, Im) up projections
+  float* a = nullptr;            // (R, Im) silu(g) ⊙ u
+  float* y_rows = nullptr;       // (R, D) expert outputs before weighting
   float* shared_g = nullptr;     // (N, Is)
   float* shared_u = nullptr;     // (N, Is)
   float* shared_a = nullptr;     // (N, Is)
@@ -40,13 +40,21 @@ struct MoeSaved {
 
 // Scratch for backward (not saved between passes).
 struct MoeScratch {
-  float* d_rows = nullptr;    // (N*K, D)
-  float* dx_rows = nullptr;   // (N*K, D)
-  float* ffn = nullptr;       // 2 * max(N*K*Im, N*Is)
+  float* d_rows = nullptr;    // (R, D)
+  float* dx_rows = nullptr;   // (R, D)
+  float* ffn = nullptr;       // 2 * max(R*Im, N*Is)
   float* d_weight = nullptr;  // (N, K)
   float* d_scores = nullptr;  // (N, E)
   float* d_logits = nullptr;  // (N, E)
 };
+
+// Each expert's rows start at a multiple of kExpertRowAlign and are zero-padded up to the next
+// one: expert GEMMs then come in few distinct shapes, each a cached fixed-shape oneDNN primitive
+// (several times faster than one runtime-shape primitive), at the cost of < kExpertRowAlign
+// wasted rows per expert.
+constexpr int64_t kExpertRowAlign = 16;
+// Rows of the gathered layout for N tokens: N*K plus the worst-case padding.
+int64_t moe_row_capacity(const ModelConfig& c, int64_t N);
 
 // Floats/ints needed by MoeSaved and MoeScratch for N tokens.
 int64_t moe_saved_floats(const ModelConfig& c, int64_t N);

@@ -1,5 +1,7 @@
 #include "ops/embedding.hpp"
 
+#include "core/threads.hpp"
+
 #include <algorithm>
 #include <cmath>
 
@@ -27,23 +29,21 @@ void embedding_backward(const int32_t* tokens, const float* dx, float* d_table, 
 
 double cross_entropy_forward_backward(const float* logits, const int32_t* targets, float* d_logits, int64_t rows,
                                       int64_t V, float scale) {
-  double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
-  for (int64_t r = 0; r < rows; ++r) {
+  return parallel_sum(rows, [&](int64_t r) {
     const float* z = logits + r * V;
     float max = z[0];
     for (int64_t i = 1; i < V; ++i) max = std::max(max, z[i]);
     double sum = 0.0;
     for (int64_t i = 0; i < V; ++i) sum += std::exp(double(z[i] - max));
     const double log_sum = std::log(sum) + double(max);
-    total += log_sum - double(z[targets[r]]);
+    const double loss = log_sum - double(z[targets[r]]);
     if (d_logits) {
       float* d = d_logits + r * V;
       for (int64_t i = 0; i < V; ++i) d[i] = float(std::exp(double(z[i]) - log_sum)) * scale;
       d[targets[r]] -= scale;
     }
-  }
-  return total;
+    return loss;
+  });
 }
 
 }  // namespace moe

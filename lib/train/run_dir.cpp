@@ -1,0 +1,100 @@
+#include "train/run_dir.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.hpp"
+#include "core/safetensors.hpp"
+#include "model/checkpoint.hpp"
+
+namespace moe {
+
+namespace fs = std::filesystem;
+
+namespace {
+const char* kCheckpointFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"};
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+void make_directories(const std::string& path) {
+  std::error_code ec;
+  fs::create_directories(path, ec);
+  if (ec || !is_directory(path)) fail(path + ": cannot create directory (" + (ec ? ec.message() : "not a directory") + ")");
+}
+
+void remove_tree(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+}
+
+void save_training_checkpoint(const std::string& dir, const Model& model, const AdamW& adam,
+                              const nlohmann::json& trainer_state) {
+  const std::string pending = dir + "/.pending";
+  remove_tree(pending);
+  make_directories(pending);
+  save_checkpoint(pending, model);
+  std::vector<TensorRef> moments;
+  for (const TensorSpec& spec : model.layout.tensors) {
+    if (!spec.trainable) continue;
+    moments.push_back({"exp_avg." + spec.name, spec.shape, adam.m.data() + spec.offset});
+    moments.push_back({"exp_avg_sq." + spec.name, spec.shape, adam.v.data() + spec.offset});
+  }
+  write_safetensors(pending + "/optimizer.safetensors", moments,
+                    {{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(trainer_state.at("step").get<int64_t>())}});
+  write_file_atomic(pending + "/trainer_state.json", trainer_state.dump(2) + "\n");
+  write_file_atomic(pending + "/COMPLETE", "");
+  recover_pending_checkpoint(dir);
+}
+
+void recover_pending_checkpoint(const std::string& dir) {
+  const std::string pending = dir + "/.pending";
+  if (!is_directory(pending)) return;
+  if (!path_exists(pending + "/COMPLETE")) {
+    remove_tree(pending);  // an interrupted save: the previous checkpoint in dir is intact
+    return;
+  }
+  for (const char* name : kCheckpointFiles) {
+    const std::string from = pending + "/" + name, to = dir + "/" + name;
+    if (!path_exists(from)) continue;  // already moved by an earlier, interrupted recovery
+    if (::rename(from.c_str(), to.c_str()) != 0)
+      fail(to + ": cannot move the new checkpoint into place (" + std::strerror(errno) + ")");
+  }
+  remove_tree(pending);
+}
+
+void load_optimizer_state(const std::string& dir, const Model& model, AdamW& adam) {
+  const SafetensorsFile file = read_safetensors(dir + "/optimizer.safetensors");
+  for (const TensorSpec& spec : model.layout.tensors) {
+    if (!spec.trainable) continue;
+    for (const auto& [prefix, dest] : {std::pair{"exp_avg.", adam.m.data()}, std::pair{"exp_avg_sq.", adam.v.data()}}) {
+      const std::string name = prefix + spec.name;
+      auto it = file.tensors.find(name);
+      if (it == file.tensors.end()) fail(file.path + ": missing tensor \"" + name + "\"");
+      if (it->second.shape != spec.shape) fail(file.path + ": tensor \"" + name + "\" has the wrong shape for this model");
+      const float* src = file.f32(name);
+      std::copy_n(src, spec.numel, dest + spec.offset);
+    }
+  }
+  auto it = file.metadata.find("adam_step");
+  if (it == file.metadata.end()) fail(file.path + ": missing adam_step in __metadata__");
+  try {
+    adam.t = std::stoll(it->second);
+  } catch (const std::exception&) {
+    fail(file.path + ": adam_step is not an integer");
+  }
+}
+
+}  // namespace moe

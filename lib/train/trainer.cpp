@@ -1,0 +1,375 @@
+// The training loop. One step: `accum` micro-batches of forward + backward (gradients and expert
+// counts accumulate), global-norm clipping, AdamW, then the loss-free bias update from the whole
+// step's counts; then the records, evaluation and checkpoints.
+#include "train/trainer.hpp"
+
+#include <omp.h>
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "core/rng.hpp"
+#include "model/checkpoint.hpp"
+#include "moe/balance.hpp"
+#include "ops/embedding.hpp"
+#include "train/data.hpp"
+#include "train/optimizer.hpp"
+#include "train/run_dir.hpp"
+#include "train/synth.hpp"
+
+namespace moe {
+
+using nlohmann::json;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_signal(int sig) {
+  if (g_stop_signal != 0 && sig == SIGINT) _exit(130);  // second Ctrl-C: leave now, checkpoint is intact
+  g_stop_signal = sig;
+}
+
+struct SignalGuard {
+  struct sigaction old_int {}, old_term {};
+  SignalGuard() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+  }
+  ~SignalGuard() {
+    sigaction(SIGINT, &old_int, nullptr);
+    sigaction(SIGTERM, &old_term, nullptr);
+  }
+};
+
+json layer_json(const LayerLoad& l, bool with_bias) {
+  json j = {{"layer", l.layer}, {"counts", l.counts}, {"maxvio", l.maxvio}};
+  if (with_bias) j["bias"] = l.bias, j["balance_loss"] = l.balance_loss;
+  return j;
+}
+
+json step_json(const StepRecord& r, bool skipped) {
+  json layers = json::array();
+  for (const auto& l : r.layers) layers.push_back(layer_json(l, true));
+  json j = {{"kind", "train"},       {"step", r.step},      {"loss", r.loss},
+            {"lr", r.lr},            {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
+            {"seconds", r.seconds},  {"balance_loss", r.balance_loss}, {"layers", layers}};
+  if (skipped) j["skipped"] = true;
+  return j;
+}
+
+json eval_json(const EvalRecord& r) {
+  json layers = json::array();
+  for (const auto& l : r.layers) layers.push_back(layer_json(l, false));
+  return {{"kind", "eval"}, {"step", r.step}, {"val_loss", r.val_loss}, {"tokens", r.tokens}, {"layers", layers}};
+}
+
+EvalRecord eval_from_json(const json& j) {
+  EvalRecord r;
+  r.step = j.at("step").get<int64_t>();
+  r.val_loss = j.at("val_loss").get<double>();
+  r.tokens = j.at("tokens").get<int64_t>();
+  for (const auto& l : j.at("layers")) {
+    LayerLoad load;
+    load.layer = l.at("layer").get<int64_t>();
+    load.counts = l.at("counts").get<std::vector<int64_t>>();
+    load.maxvio = l.at("maxvio").get<double>();
+    r.layers.push_back(load);
+  }
+  return r;
+}
+
+// Tokens of the first `tokens` positions routed to each expert, per MoE layer.
+void add_counts(const ModelConfig& c, const Workspace& ws, int64_t tokens, std::vector<std::vector<int64_t>>& counts) {
+  const int64_t K = c.num_experts_per_tok;
+  size_t m = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    const int32_t* expert = ws.layers[size_t(l)].moe.expert;
+    for (int64_t j = 0; j < tokens * K; ++j) ++counts[m][size_t(expert[j])];
+    ++m;
+  }
+}
+
+EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, const TextData& data, int64_t eval_tokens,
+                    int64_t step) {
+  const ModelConfig& c = model.config;
+  const int64_t B = ws.B, T = ws.T, V = c.vocab_size;
+  const int64_t available = (data.val_size() - 1) / T;  // whole windows with their next-byte targets
+  const int64_t windows = std::max<int64_t>(1, std::min(available, (eval_tokens + T - 1) / T));
+  std::vector<std::vector<int64_t>> counts(size_t(c.num_moe_layers()), std::vector<int64_t>(size_t(c.n_routed_experts)));
+  std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
+  double loss_sum = 0.0;
+  for (int64_t w0 = 0; w0 < windows; w0 += B) {
+    const int64_t rows = std::min(B, windows - w0);
+    for (int64_t b = 0; b < B; ++b) {
+      // Rows past the last window repeat it; they are left out of the loss and the counts.
+      const int64_t s = data.train_end + std::min(w0 + b, windows - 1) * T;
+      for (int64_t t = 0; t < T; ++t) {
+        inputs[size_t(b * T + t)] = data.bytes[size_t(s + t)];
+        targets[size_t(b * T + t)] = data.bytes[size_t(s + t + 1)];
+      }
+    }
+    model_forward(ctx, model, ws, inputs.data(), nullptr);
+    loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);
+    add_counts(c, ws, rows * T, counts);
+  }
+  EvalRecord r;
+  r.step = step;
+  r.tokens = windows * T;
+  r.val_loss = loss_sum / double(r.tokens);
+  size_t m = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    LayerLoad load;
+    load.layer = l;
+    load.counts = counts[m++];
+    load.maxvio = max_violation(load.counts.data(), c.n_routed_experts);
+    r.layers.push_back(std::move(load));
+  }
+  return r;
+}
+
+std::string read_file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Keeps the metrics lines up to `step` (inclusive), dropping what a killed run wrote past its
+// last checkpoint, so a resumed run's log reads as one run.
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!path_exists(path)) return;
+  std::istringstream in(read_file_text(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      const json j = json::parse(line);
+      if (j.at("step").get<int64_t>() <= step) kept += line + "\n";
+    } catch (const json::exception&) {
+      // a torn last line from a kill: drop it
+    }
+  }
+  write_file_atomic(path, kept);
+}
+
+}  // namespace
+
+std::string default_run_dir(const std::string& config_path) {
+  std::string name = config_path.substr(config_path.find_last_of('/') == std::string::npos ? 0 : config_path.find_last_of('/') + 1);
+  if (name.size() > 5 && name.substr(name.size() - 5) == ".json") name.resize(name.size() - 5);
+  return "runs/" + name;
+}
+
+int64_t train(const TrainOptions& options, TrainObserver& observer) {
+  const Config& cfg = options.config;
+  const ModelConfig& mc = cfg.model;
+  const TrainConfig& tc = cfg.train;
+  const std::string& dir = options.out_dir;
+  validate(mc, "config");
+  validate(tc, mc, "config");
+
+  const int threads = tc.threads > 0 ? int(tc.threads) : int(std::max(1u, std::thread::hardware_concurrency()));
+  omp_set_num_threads(threads);
+
+  // Data first: a bad --data fails before anything is written.
+  TextData data = options.data_path.empty() ? synthetic_text(kDefaultSynthBytes, kDefaultSynthSeed)
+                                            : load_text_file(options.data_path);
+  check_data_fits(data, tc.seq);
+  if (data.val_size() < tc.seq + 1)
+    fail(data.source + ": validation part (last 10%, " + std::to_string(data.val_size()) +
+         " bytes) is shorter than one window of seq+1 = " + std::to_string(tc.seq + 1) + " bytes; use more data or a smaller --seq");
+
+  // Run directory: refuse to overwrite a previous run by accident.
+  const std::string state_path = dir + "/trainer_state.json";
+  if (options.resume) {
+    recover_pending_checkpoint(dir);
+    if (!path_exists(state_path)) fail(dir + ": nothing to resume (no trainer_state.json); start without --resume");
+  } else {
+    if (path_exists(dir) && !is_directory(dir)) fail(dir + ": exists and is not a directory");
+    if (is_directory(dir) && !std::filesystem::is_empty(dir) && !options.force)
+      fail(dir + ": run directory already exists; use --resume to continue it or --force to overwrite it");
+    if (options.force && is_directory(dir))
+      for (const char* f : {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"})
+        std::remove((dir + "/" + f).c_str());
+    make_directories(dir);
+  }
+  if (::access(dir.c_str(), W_OK) != 0) fail(dir + ": run directory is not writable");
+
+  ComputeContext ctx;
+  Model model(mc);
+  AdamW adam(model.layout);
+  Rng rng(tc.seed);
+  int64_t start_step = 0;
+  std::optional<EvalRecord> first_eval;
+  if (options.resume) {
+    const json state = read_json_file(state_path);
+    try {
+      const Config stored = config_from_json(state.at("config"), state_path + ": config");
+      if (to_json(stored.model) != to_json(mc))
+        fail(state_path + ": the run was trained with a different model config; resume with the same one");
+      if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data.bytes))
+        fail(state_path + ": the run was trained on different data (" + state.at("data").at("source").get<std::string>() +
+             "); pass the same --data to resume");
+      start_step = state.at("step").get<int64_t>();
+      rng.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
+      if (state.contains("first_eval")) first_eval = eval_from_json(state.at("first_eval"));
+    } catch (const json::exception& e) {
+      fail(state_path + ": malformed trainer state (" + std::string(e.what()) + ")");
+    }
+    const SafetensorsFile weights = read_safetensors(dir + "/model.safetensors");
+    load_tensors_into(weights, model, model.params.data());
+    load_optimizer_state(dir, model, adam);
+    if (start_step >= tc.steps)
+      fail(dir + ": already trained " + std::to_string(start_step) + " of " + std::to_string(tc.steps) +
+           " steps; pass a larger --steps to continue");
+  } else {
+    model.init(tc.seed);
+  }
+
+  const std::string metrics_path = dir + "/metrics.jsonl";
+  if (options.resume) truncate_metrics(metrics_path, start_step);
+  else write_file_atomic(metrics_path, "");
+  std::ofstream metrics(metrics_path, std::ios::app);
+  if (!metrics) fail(metrics_path + ": cannot open for writing");
+  write_file_atomic(dir + "/train_config.json", json{{"model", to_json(mc)}, {"train", to_json(tc)}}.dump(2) + "\n");
+
+  const int64_t B = tc.batch, T = tc.seq, E = mc.n_routed_experts, M = mc.num_moe_layers();
+  Workspace ws(mc, B, T, /*training=*/true);
+  std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
+  BalanceLossConfig balance;
+  if (tc.balance == Balance::aux) balance.aux_alpha = float(tc.aux_alpha);
+  if (tc.balance == Balance::loss_free_seq) balance.seq_aux_alpha = float(tc.seq_aux_alpha);
+  const bool bias_balancing = tc.balance == Balance::loss_free || tc.balance == Balance::loss_free_seq;
+  const int64_t end_step = options.stop_at > 0 ? std::min(options.stop_at, tc.steps) : tc.steps;
+
+  observer.on_start(cfg, dir, data.source, start_step);
+
+  auto state_json = [&](int64_t step) {
+    json s = {{"format", 1},
+              {"step", step},
+              {"rng", rng.state()},
+              {"adam_step", adam.t},
+              {"threads", threads},
+              {"data", {{"source", data.source}, {"bytes", data.size()}, {"fingerprint", fingerprint(data.bytes)}}},
+              {"config", {{"model", to_json(mc)}, {"train", to_json(tc)}}}};
+    if (first_eval) s["first_eval"] = eval_json(*first_eval);
+    return s;
+  };
+  auto save = [&](int64_t step) {
+    save_training_checkpoint(dir, model, adam, state_json(step));
+    observer.on_save(dir, step);
+  };
+  std::optional<EvalRecord> last_eval;
+  auto run_eval = [&](int64_t step) {
+    EvalRecord r = evaluate(ctx, model, ws, data, tc.eval_tokens, step);
+    metrics << eval_json(r).dump() << "\n" << std::flush;
+    if (!first_eval) first_eval = r;
+    last_eval = r;
+    observer.on_eval(r);
+  };
+
+  SignalGuard signals;
+  if (start_step == 0) run_eval(0);
+
+  std::vector<std::vector<int64_t>> counts(static_cast<size_t>(M), std::vector<int64_t>(static_cast<size_t>(E)));
+  std::vector<double> layer_balance(static_cast<size_t>(M));
+  StepRecord last;
+  double total_seconds = 0.0;
+  int64_t total_tokens = 0, bad_steps = 0, step = start_step;
+  while (step < end_step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    model.grads.zero();
+    for (auto& c : counts) std::fill(c.begin(), c.end(), 0);
+    std::fill(layer_balance.begin(), layer_balance.end(), 0.0);
+    double loss = 0.0;
+    for (int64_t micro = 0; micro < tc.accum; ++micro) {
+      sample_batch(data, rng, B, T, inputs.data(), targets.data());
+      loss += model_forward(ctx, model, ws, inputs.data(), targets.data(), balance) / double(tc.accum);
+      model_backward(ctx, model, ws, balance, float(1.0 / double(tc.accum)));
+      size_t m = 0;
+      for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+        if (!mc.is_moe_layer(l)) continue;
+        const MoeSaved& saved = ws.layers[size_t(l)].moe;
+        for (int64_t e = 0; e < E; ++e) counts[m][size_t(e)] += saved.counts[e];
+        layer_balance[m] += saved.balance_loss / double(tc.accum);
+        ++m;
+      }
+    }
+    const double norm = grad_norm(model);
+    const double lr = learning_rate(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
+    const bool finite = std::isfinite(loss) && std::isfinite(norm);
+    if (finite) {
+      clip_grads(model, norm, tc.grad_clip);
+      adam.step(model, lr, tc.weight_decay);
+      bad_steps = 0;
+    } else {
+      ++bad_steps;  // no optimizer update and no bias update for a step that went non-finite
+    }
+    StepRecord r;
+    r.step = ++step;
+    r.steps = tc.steps;
+    r.loss = loss, r.lr = lr, r.grad_norm = norm;
+    size_t m = 0;
+    for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+      if (!mc.is_moe_layer(l)) continue;
+      float* bias = model.weights.layers[size_t(l)].router_bias;
+      if (bias_balancing && finite) update_bias(bias, counts[m].data(), E, float(tc.bias_rate));
+      LayerLoad load;
+      load.layer = l;
+      load.counts = counts[m];
+      load.bias.assign(bias, bias + E);
+      load.maxvio = max_violation(counts[m].data(), E);
+      load.balance_loss = layer_balance[m];
+      r.balance_loss += layer_balance[m];
+      r.layers.push_back(std::move(load));
+      ++m;
+    }
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.tokens_per_s = double(B * T * tc.accum) / r.seconds;
+    total_seconds += r.seconds;
+    total_tokens += B * T * tc.accum;
+    metrics << step_json(r, !finite).dump() << "\n" << std::flush;
+    last = r;
+    observer.on_step(r, last_eval ? last_eval->val_loss : NAN);
+    if (bad_steps >= 10)
+      fail("training stopped: " + std::to_string(bad_steps) +
+           " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir +
+           " (try a smaller --lr)");
+
+    const bool final_step = step == end_step;
+    if ((tc.eval_every > 0 && step % tc.eval_every == 0) || step == tc.steps) run_eval(step);
+    if ((tc.save_every > 0 && step % tc.save_every == 0) || final_step || g_stop_signal) save(step);
+    if (g_stop_signal) {
+      const int sig = g_stop_signal;
+      metrics.close();
+      observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
+                      total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
+      std::fprintf(stderr, "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out %s --resume\n",
+                   (long long)step, dir.c_str(), dir.c_str());
+      std::exit(sig == SIGINT ? 130 : 143);
+    }
+  }
+  observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
+                  total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
+  return step;
+}
+
+}  // namespace moe

@@ -1,0 +1,66 @@
+// `moe train`: the training loop — sample, forward, backward, clip, AdamW, balance, record —
+// with evaluation, atomic checkpoints and exact resume. Observers (the terminal UI in app/)
+// receive every record; metrics.jsonl is written here.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "model/config.hpp"
+
+namespace moe {
+
+struct TrainOptions {
+  Config config;            // effective config (file + flags)
+  std::string data_path;    // empty: the embedded synthetic corpus
+  std::string out_dir;
+  bool resume = false;      // continue the run in out_dir
+  bool force = false;       // overwrite an existing run directory
+  int64_t stop_at = 0;      // stop (with a checkpoint) after this step; 0: config.train.steps
+  // Flags given on the command line on --resume override the stored config (train section only).
+  nlohmann::json* resume_overrides = nullptr;
+};
+
+struct LayerLoad {
+  int64_t layer = 0;
+  std::vector<int64_t> counts;  // tokens routed to each expert
+  std::vector<float> bias;      // routing bias after this step's update (train records only)
+  double maxvio = 0.0;
+  double balance_loss = 0.0;    // enabled balance losses of this layer (train records only)
+};
+
+struct StepRecord {
+  int64_t step = 0;  // optimizer steps completed
+  int64_t steps = 0;
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
+  std::vector<LayerLoad> layers;
+};
+
+struct EvalRecord {
+  int64_t step = 0;
+  double val_loss = 0;
+  int64_t tokens = 0;
+  std::vector<LayerLoad> layers;
+};
+
+class TrainObserver {
+ public:
+  virtual ~TrainObserver() = default;
+  virtual void on_start(const Config& effective, const std::string& out_dir, const std::string& data_source,
+                        int64_t start_step) = 0;
+  virtual void on_step(const StepRecord& record, double last_val_loss) = 0;
+  virtual void on_eval(const EvalRecord& record) = 0;
+  virtual void on_save(const std::string& dir, int64_t step) = 0;
+  virtual void on_end(const EvalRecord* first_eval, const EvalRecord* last_eval, const StepRecord& last_step,
+                      double mean_tokens_per_s) = 0;
+};
+
+// Runs training; returns the number of the last completed step.
+int64_t train(const TrainOptions& options, TrainObserver& observer);
+
+// Default run directory for a config path: runs/<file name without .json>.
+std::string default_run_dir(const std::string& config_path);
+
+}  // namespace moe
