@@ -11,5 +11,7 @@ using Run = std::function<int()>;
 Run add_inspect(CLI::App& app);
 Run add_train(CLI::App& app);
 Run add_data(CLI::App& app);
+Run add_infer(CLI::App& app);
+Run add_eval(CLI::App& app);
 
 }  // namespace moe::app

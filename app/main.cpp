@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   app.fallthrough(false);
   const std::pair<std::string, moe::app::Run> commands[] = {
       {"train", moe::app::add_train(app)},
+      {"infer", moe::app::add_infer(app)},
+      {"eval", moe::app::add_eval(app)},
       {"inspect", moe::app::add_inspect(app)},
       {"data", moe::app::add_data(app)},
   };

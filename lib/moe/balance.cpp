@@ -44,7 +44,7 @@ void sum_normalised(const float* scores, int64_t t0, int64_t t1, int64_t E, doub
 
 double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E, int64_t K, float alpha,
                 float* d_scores, float scale) {
-  std::vector<double> f(size_t(E), 0.0), P(size_t(E), 0.0);
+  std::vector<double> f(static_cast<size_t>(E), 0.0), P(size_t(E), 0.0);
   for (int64_t j = 0; j < N * K; ++j) f[size_t(expert[j])] += 1.0;
   for (auto& v : f) v /= double(N * K);
   sum_normalised(scores, 0, N, E, P.data());

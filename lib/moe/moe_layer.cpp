@@ -30,7 +30,7 @@ int64_t moe_scratch_floats(const ModelConfig& c, int64_t N) {
 }
 
 namespace {
-int32_t padded(int32_t rows) { return int32_t((rows + kExpertRowAlign - 1) / kExpertRowAlign * kExpertRowAlign); }
+int32_t padded(int32_t rows, int32_t align) { return (rows + align - 1) / align * align; }
 }  // namespace
 
 double max_violation(const int64_t* counts, int64_t E) {
@@ -64,7 +64,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
   std::fill_n(s.counts, E, 0);
   for (int64_t j = 0; j < N * K; ++j) ++s.counts[s.expert[j]];
   s.offsets[0] = 0;
-  for (int64_t e = 0; e < E; ++e) s.offsets[e + 1] = s.offsets[e] + padded(s.counts[e]);
+  for (int64_t e = 0; e < E; ++e) s.offsets[e + 1] = s.offsets[e] + padded(s.counts[e], s.row_align);
   std::fill_n(s.row_token, s.offsets[E], -1);
   std::copy_n(s.offsets, E, s.cursor);
   for (int64_t j = 0; j < N * K; ++j) {

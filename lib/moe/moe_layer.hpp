@@ -11,6 +11,12 @@
 
 namespace moe {
 
+// Each expert's rows start at a multiple of kExpertRowAlign and are zero-padded up to the next
+// one: expert GEMMs then come in few distinct shapes, each a cached fixed-shape oneDNN primitive
+// (several times faster than one runtime-shape primitive), at the cost of < kExpertRowAlign
+// wasted rows per expert.
+constexpr int64_t kExpertRowAlign = 16;
+
 // Balance-loss settings for one forward pass (zero alphas switch a loss off).
 struct BalanceLossConfig {
   float aux_alpha = 0.0f;      // classic α·E·Σ f_i P_i over the batch
@@ -27,6 +33,9 @@ struct MoeSaved {
   int32_t* slot_row = nullptr;   // (N, K) gathered row of (token, k)
   int32_t* row_token = nullptr;  // (R) token of each gathered row, -1 for padding; R = row capacity
   int32_t* cursor = nullptr;     // (E) counting-sort fill position
+  // Row alignment of each expert's block; 1 for decoding, where a padded row would cost as much
+  // as a real token.
+  int32_t row_align = int32_t(kExpertRowAlign);
   float* x_rows = nullptr;       // (R, D) gathered inputs, padding rows zero
   float* g = nullptr;            // (R, Im) gate projections
   float* u = nullptr;            // (R, Im) up projections
@@ -48,11 +57,6 @@ struct MoeScratch {
   float* d_logits = nullptr;  // (N, E)
 };
 
-// Each expert's rows start at a multiple of kExpertRowAlign and are zero-padded up to the next
-// one: expert GEMMs then come in few distinct shapes, each a cached fixed-shape oneDNN primitive
-// (several times faster than one runtime-shape primitive), at the cost of < kExpertRowAlign
-// wasted rows per expert.
-constexpr int64_t kExpertRowAlign = 16;
 // Rows of the gathered layout for N tokens: N*K plus the worst-case padding.
 int64_t moe_row_capacity(const ModelConfig& c, int64_t N);
 

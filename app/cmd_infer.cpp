@@ -1,0 +1,230 @@
+// `moe infer` (generate text from a checkpoint) and `moe eval` (exact perplexity of a file).
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+#include "infer/generate.hpp"
+#include "model/checkpoint.hpp"
+#include "moe/moe_layer.hpp"
+#include "report/expert_table.hpp"
+#include "train/data.hpp"
+
+namespace moe::app {
+
+namespace {
+
+struct InferFlags {
+  std::string model, prompt, prompt_file, prompts_file;
+  int64_t n_predict = 256;
+  SamplerConfig sampler;
+  int64_t seed = -1;
+  int64_t threads = 0;
+  bool expert_stats = false, json = false;
+};
+
+void set_threads(int64_t threads) {
+  omp_set_num_threads(threads > 0 ? int(threads) : int(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path + ": cannot open file");
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally) {
+  nlohmann::json layers = nlohmann::json::array();
+  size_t m = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (!c.is_moe_layer(l)) continue;
+    const auto& counts = tally.counts[m++];
+    layers.push_back({{"layer", l}, {"counts", counts}, {"maxvio", max_violation(counts.data(), c.n_routed_experts)}});
+  }
+  return layers;
+}
+
+}  // namespace
+
+Run add_infer(CLI::App& app) {
+  auto f = std::make_shared<InferFlags>();
+  auto* cmd = app.add_subcommand("infer", "Generate text from a trained checkpoint (KV-cached decoding)");
+  cmd->add_option("-m,--model", f->model, "Checkpoint directory (a run directory of `moe train`)")->required();
+  auto* p = cmd->add_option("-p,--prompt", f->prompt, "Prompt text");
+  auto* pf = cmd->add_option("-f,--file", f->prompt_file, "Read the prompt from a file");
+  auto* pp = cmd->add_option("--prompts-file", f->prompts_file, "One prompt per line, generated together as a batch");
+  p->excludes(pf)->excludes(pp);
+  pf->excludes(pp);
+  cmd->add_option("-n,--n-predict", f->n_predict, "Tokens (bytes) to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--temp", f->sampler.temp, "Temperature; 0 is greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", f->sampler.top_k, "Keep the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-p", f->sampler.top_p, "Nucleus: smallest set with this probability mass, in (0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0))
+      ->check([](const std::string& s) { return std::stod(s) > 0 ? std::string() : std::string("top-p must be > 0"); });
+  cmd->add_option("--min-p", f->sampler.min_p, "Drop tokens below min-p x the best probability, in [0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  cmd->add_option("--repeat-penalty", f->sampler.repeat_penalty, "Penalty for tokens among the last 64 (1: off)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--repeat-last-n", f->sampler.repeat_last_n, "How many recent tokens the penalty covers")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("-s,--seed", f->seed, "Sampling seed (default: random, reported)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");
+  cmd->add_flag("--json", f->json, "Print one JSON document instead of streaming text");
+
+  return [f, p, pf, pp]() {
+    set_threads(f->threads);
+    if (p->count() == 0 && pf->count() == 0 && pp->count() == 0)
+      fail("infer: give a prompt with -p TEXT, -f FILE or --prompts-file FILE");
+    const auto t_load = std::chrono::steady_clock::now();
+    const auto model = load_checkpoint(f->model);
+    const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+
+    GenerateRequest request;
+    request.n_predict = f->n_predict;
+    request.sampler = f->sampler;
+    request.seed = f->seed >= 0 ? uint64_t(f->seed) : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
+    if (pp->count() > 0) {
+      std::istringstream lines(read_text(f->prompts_file));
+      std::string line;
+      while (std::getline(lines, line)) request.prompts.push_back(line);
+      if (request.prompts.empty()) fail(f->prompts_file + ": no prompts (the file is empty)");
+    } else {
+      request.prompts.push_back(pf->count() > 0 ? read_text(f->prompt_file) : f->prompt);
+    }
+    const bool stream = !f->json && request.prompts.size() == 1;
+    if (stream) std::fwrite(request.prompts[0].data(), 1, request.prompts[0].size(), stdout), std::fflush(stdout);
+
+    ComputeContext ctx;
+    ExpertTally tally(model->config);
+    GenerateTimings timings;
+    const auto outputs = generate(
+        ctx, *model, request,
+        [&](size_t, int32_t token) {
+          if (!stream) return;
+          std::fputc(token, stdout);
+          std::fflush(stdout);
+        },
+        timings, &tally);
+
+    const ModelConfig& c = model->config;
+    if (stream) std::fputc('\n', stdout), std::fflush(stdout);
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      if (outputs[i].prompt_truncated)
+        std::fprintf(stderr, "moe: note: prompt %zu was longer than the context (%lld); only its last %lld bytes were used\n",
+                     i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].prompt_tokens);
+      if (outputs[i].hit_context_limit)
+        std::fprintf(stderr, "moe: note: generation %zu stopped at the context limit of %lld tokens (after %lld of %lld)\n",
+                     i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].generated, (long long)f->n_predict);
+    }
+    const double prompt_tps = timings.prompt_seconds > 0 ? double(timings.prompt_tokens) / timings.prompt_seconds : 0;
+    const double gen_tps = timings.generate_seconds > 0 ? double(timings.generated_tokens) / timings.generate_seconds : 0;
+    if (f->json) {
+      nlohmann::json results = nlohmann::json::array();
+      for (const auto& o : outputs)
+        results.push_back({{"prompt", o.prompt},
+                           {"text", o.text},
+                           {"prompt_tokens", o.prompt_tokens},
+                           {"generated_tokens", o.generated},
+                           {"context_limit", o.hit_context_limit}});
+      nlohmann::json doc = {{"model", f->model},
+                            {"seed", request.seed},
+                            {"timings",
+                             {{"load_ms", load_seconds * 1e3},
+                              {"prompt_ms", timings.prompt_seconds * 1e3},
+                              {"prompt_tokens", timings.prompt_tokens},
+                              {"prompt_tokens_per_s", prompt_tps},
+                              {"generate_ms", timings.generate_seconds * 1e3},
+                              {"generated_tokens", timings.generated_tokens},
+                              {"generate_tokens_per_s", gen_tps}}},
+                            {"expert_stats", stats_json(c, tally)}};
+      if (outputs.size() == 1) {
+        for (const auto& [k, v] : results[0].items()) doc[k] = v;
+      } else {
+        doc["results"] = results;
+      }
+      std::cout << doc.dump(2) << "\n";
+      return 0;
+    }
+    if (!stream) {
+      for (size_t i = 0; i < outputs.size(); ++i)
+        std::printf("=== %zu ===\n%s%s\n", i + 1, outputs[i].prompt.c_str(), outputs[i].text.c_str());
+    }
+    std::fflush(stdout);
+    if (f->expert_stats) std::fputs(format_expert_table(c, tally.counts, "inference expert load").c_str(), stderr);
+    std::fprintf(stderr, "\nseed %llu\n", (unsigned long long)request.seed);
+    std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
+    std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
+                 timings.prompt_seconds * 1e3, (long long)timings.prompt_tokens, prompt_tps);
+    std::fprintf(stderr, "generation  = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
+                 timings.generate_seconds * 1e3, (long long)timings.generated_tokens, gen_tps);
+    return 0;
+  };
+}
+
+namespace {
+struct EvalFlags {
+  std::string model, data;
+  int64_t ctx = 0, threads = 0;
+  bool json = false, expert_stats = false;
+};
+}  // namespace
+
+Run add_eval(CLI::App& app) {
+  auto f = std::make_shared<EvalFlags>();
+  auto* cmd = app.add_subcommand("eval", "Exact cross-entropy and perplexity of a checkpoint on a text file");
+  cmd->add_option("-m,--model", f->model, "Checkpoint directory")->required();
+  cmd->add_option("--data", f->data, "Text file to score")->required();
+  cmd->add_option("--ctx", f->ctx, "Window length T (default: max_position_embeddings)")->check(CLI::PositiveNumber);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--json", f->json, "Print {loss, perplexity, tokens, layers} as JSON");
+  return [f]() {
+    set_threads(f->threads);
+    const auto model = load_checkpoint(f->model);
+    const ModelConfig& c = model->config;
+    const int64_t T = f->ctx > 0 ? f->ctx : c.max_position_embeddings;
+    if (T > c.max_position_embeddings)
+      fail("--ctx " + std::to_string(T) + " exceeds the model's max_position_embeddings (" +
+           std::to_string(c.max_position_embeddings) + ")");
+    const TextData data = load_text_file(f->data);
+    if (data.size() < 2) fail(f->data + ": needs at least 2 bytes to score one prediction");
+    ComputeContext ctx;
+    ExpertTally tally(c);
+    const auto t0 = std::chrono::steady_clock::now();
+    const EvalResult r = evaluate_bytes(ctx, *model, data.bytes, T, &tally);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (f->json) {
+      std::cout << nlohmann::json{{"loss", r.loss},
+                                  {"perplexity", r.perplexity},
+                                  {"tokens", r.tokens},
+                                  {"ctx", T},
+                                  {"seconds", seconds},
+                                  {"layers", stats_json(c, tally)}}
+                       .dump(2)
+                << "\n";
+      return 0;
+    }
+    std::printf("%s on %s (ctx %lld)\n", f->model.c_str(), f->data.c_str(), (long long)T);
+    std::printf("  cross-entropy %.4f nats/byte (%.4f bits/byte), perplexity %.3f over %lld predicted bytes, %.1f s\n",
+                r.loss, r.loss / std::log(2.0), r.perplexity, (long long)r.tokens, seconds);
+    std::fputs(format_expert_table(c, tally.counts, "expert load over the file").c_str(), stdout);
+    return 0;
+  };
+}
+
+}  // namespace moe::app
