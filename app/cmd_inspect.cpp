@@ -1,36 +1,243 @@
-// `moe inspect PATH`: model summary of a config file or checkpoint directory.
-#include <sys/stat.h>
+// `moe inspect PATH...`: model summary, load report of runs (live with --follow), comparison of
+// several runs, HTML report, and routing analysis of a checkpoint (--text / --data).
+#include <omp.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <memory>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "commands.hpp"
+#include "core/error.hpp"
+#include "core/safetensors.hpp"
+#include "infer/routing.hpp"
 #include "model/checkpoint.hpp"
 #include "model/summary.hpp"
+#include "report/html.hpp"
+#include "report/load_console.hpp"
+#include "report/metrics.hpp"
+#include "train/data.hpp"
+#include "train/run_dir.hpp"
+#include "train/synth.hpp"
 
 namespace moe::app {
 
 namespace {
-struct InspectOptions {
-  std::string path;
-  bool json = false;
+
+struct InspectFlags {
+  std::vector<std::string> paths;
+  std::string html, text, data;
+  bool json = false, follow = false;
+  int64_t layer = -1, window = 0, threads = 0;
+  double interval = 1.0;
 };
+
+// What a PATH names.
+struct Target {
+  std::string path, name;
+  std::string metrics;  // metrics.jsonl, if any
+  bool checkpoint = false;  // config.json + model.safetensors
+  std::optional<ModelConfig> model;
+};
+
+Target classify(const std::string& path) {
+  Target t;
+  t.path = path;
+  std::string trimmed = path;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  t.name = trimmed.substr(trimmed.find_last_of('/') == std::string::npos ? 0 : trimmed.find_last_of('/') + 1);
+  if (is_directory(path)) {
+    if (path_exists(path + "/metrics.jsonl")) t.metrics = path + "/metrics.jsonl";
+    if (path_exists(path + "/config.json")) t.model = load_checkpoint_config(path);
+    t.checkpoint = t.model && path_exists(path + "/model.safetensors");
+    if (t.metrics.empty() && !t.model)
+      fail(path + ": not a run or checkpoint directory (no metrics.jsonl, no config.json)");
+    return t;
+  }
+  if (!path_exists(path)) fail(path + ": no such file or directory");
+  if (path.size() > 6 && path.substr(path.size() - 6) == ".jsonl") {
+    t.metrics = path;
+    return t;
+  }
+  t.model = load_config_file(path).model;
+  return t;
+}
+
+RunMetrics filter_layer(RunMetrics run, int64_t layer) {
+  if (layer < 0) return run;
+  auto keep = [layer](std::vector<LayerPoint>& layers) {
+    std::vector<LayerPoint> kept;
+    for (auto& l : layers)
+      if (l.layer == layer) kept.push_back(std::move(l));
+    layers = std::move(kept);
+  };
+  for (auto& p : run.train) keep(p.layers);
+  for (auto& p : run.eval) keep(p.layers);
+  return run;
+}
+
+int follow(const InspectFlags& f, const Target& t, bool color) {
+  if (t.metrics.empty()) fail(t.path + ": --follow needs a run directory or metrics.jsonl");
+  for (;;) {
+    std::string screen;
+    if (!path_exists(t.metrics)) {
+      screen = "waiting for " + t.metrics + " ...\n";
+    } else {
+      RunMetrics run = filter_layer(read_metrics(t.metrics), f.layer);
+      run.name = t.name;
+      const LoadReport report = build_load_report(run, f.window);
+      screen = format_load_report(run, report, color);
+      if (run.ended) {
+        std::printf("\033[H\033[2J%s", screen.c_str());
+        std::fflush(stdout);
+        return 0;
+      }
+    }
+    std::printf("\033[H\033[2J%s\n(following %s; Ctrl-C to stop)\n", screen.c_str(), t.metrics.c_str());
+    std::fflush(stdout);
+    std::this_thread::sleep_for(std::chrono::duration<double>(f.interval));
+  }
+}
+
+int routing(const InspectFlags& f, const Target& t, bool color) {
+  if (!t.checkpoint) fail(t.path + ": --text and --data need a checkpoint directory (config.json + model.safetensors)");
+  const auto model = load_checkpoint(t.path);
+  const ModelConfig& c = model->config;
+  if (c.num_moe_layers() == 0) fail(t.path + ": the model has no MoE layers to analyse");
+  ComputeContext ctx;
+  if (!f.text.empty()) {
+    // Every character of the text is routed: a trailing newline is the (unscored) last target.
+    std::vector<uint8_t> bytes(f.text.begin(), f.text.end());
+    bytes.push_back('\n');
+    const RoutingTrace trace = trace_routing(ctx, *model, bytes, c.max_position_embeddings);
+    if (f.json) {
+      std::cout << routing_trace_json(trace, c.num_experts_per_tok).dump(2) << "\n";
+    } else {
+      std::printf("routing of %zu tokens through %s\n", trace.tokens.size(), t.path.c_str());
+      std::fputs(format_routing_text(trace, c.num_experts_per_tok).c_str(), stdout);
+    }
+    return 0;
+  }
+  TextData data;
+  if (f.data == "@synthetic") {
+    data = synthetic_text(kDefaultSynthBytes, kDefaultSynthSeed);
+    // The validation part: text the model did not train on.
+    data.bytes.erase(data.bytes.begin(), data.bytes.begin() + data.train_end);
+    data.domain.erase(data.domain.begin(), data.domain.begin() + data.train_end);
+  } else {
+    data = load_text_file(f.data);
+    load_domains_if_present(data, f.data);
+  }
+  if (data.size() < 2) fail(f.data + ": needs at least 2 bytes");
+  const RoutingTrace trace = trace_routing(ctx, *model, data.bytes, c.max_position_embeddings);
+  const auto layers = aggregate_routing(trace, data.domain, kNumDomains, c.n_routed_experts);
+  std::vector<std::string> names;
+  for (int d = 0; d < kNumDomains; ++d) names.push_back(domain_name(d));
+  if (f.json) {
+    std::cout << nlohmann::json{{"data", f.data},
+                                {"tokens", trace.tokens.size()},
+                                {"domains_known", !data.domain.empty()},
+                                {"layers", domain_routing_json(layers, names)}}
+                     .dump(2)
+              << "\n";
+    return 0;
+  }
+  std::printf("routing over %s: %zu tokens%s\n\n", f.data.c_str(), trace.tokens.size(),
+              data.domain.empty() ? " (no domain labels: FILE.domains not found)" : ", by domain");
+  std::fputs(format_domain_routing(layers, names, color).c_str(), stdout);
+  return 0;
+}
+
 }  // namespace
 
 Run add_inspect(CLI::App& app) {
-  auto opts = std::make_shared<InspectOptions>();
-  auto* cmd = app.add_subcommand("inspect", "Show a model's parameters: total vs activated per token, by part");
-  cmd->add_option("path", opts->path, "A config file (configs/*.json) or a checkpoint directory")->required();
-  cmd->add_flag("--json", opts->json, "Print one JSON document instead of tables");
-  return [opts]() {
-    struct stat st {};
-    ModelConfig config;
-    if (::stat(opts->path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) config = load_checkpoint_config(opts->path);
-    else config = load_config_file(opts->path).model;
-    if (opts->json) std::cout << summary_json(config).dump(2) << "\n";
-    else std::cout << format_model_summary(config, opts->path);
+  auto f = std::make_shared<InspectFlags>();
+  auto* cmd = app.add_subcommand(
+      "inspect", "Model summary, expert-load reports of runs, comparisons, HTML report, routing analysis");
+  cmd->add_option("paths", f->paths, "Run directories, checkpoint directories, config files or metrics.jsonl files")
+      ->required();
+  cmd->add_option("--html", f->html, "Write a self-contained HTML report to FILE");
+  cmd->add_flag("--json", f->json, "Print JSON instead of tables");
+  cmd->add_option("--layer", f->layer, "Only this MoE layer")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--window", f->window, "Steps in the early and recent windows (default: steps/10, at most 50)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("--follow", f->follow, "Redraw the load report as training appends to metrics.jsonl, until it ends");
+  cmd->add_option("--interval", f->interval, "Seconds between redraws with --follow")->check(CLI::Range(0.05, 3600.0));
+  auto* text = cmd->add_option("--text", f->text, "Show the experts each token of this text goes to");
+  auto* data = cmd->add_option("--data", f->data,
+                               "Aggregate routing over a file (by domain when FILE.domains exists; "
+                               "@synthetic: the embedded corpus' validation part)");
+  text->excludes(data);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+
+  return [f]() {
+    if (f->threads > 0) omp_set_num_threads(int(f->threads));
+    const bool color = ::isatty(STDOUT_FILENO) != 0 && !f->json;
+    std::vector<Target> targets;
+    for (const auto& p : f->paths) targets.push_back(classify(p));
+    if (f->follow) {
+      if (targets.size() != 1) fail("--follow takes one run directory");
+      return follow(*f, targets[0], color);
+    }
+    if (!f->text.empty() || !f->data.empty()) {
+      if (targets.size() != 1) fail("--text / --data take one checkpoint directory");
+      return routing(*f, targets[0], color);
+    }
+
+    std::vector<std::unique_ptr<RunMetrics>> runs;
+    std::vector<std::unique_ptr<LoadReport>> reports;
+    for (const auto& t : targets) {
+      if (t.metrics.empty()) {
+        runs.emplace_back(), reports.emplace_back();
+        continue;
+      }
+      auto run = std::make_unique<RunMetrics>(filter_layer(read_metrics(t.metrics), f->layer));
+      run->name = t.name;
+      if (f->layer >= 0 && !run->train.empty() && run->train.front().layers.empty())
+        fail("--layer " + std::to_string(f->layer) + ": " + t.metrics + " has no such MoE layer");
+      reports.push_back(std::make_unique<LoadReport>(build_load_report(*run, f->window)));
+      runs.push_back(std::move(run));
+    }
+
+    if (!f->html.empty()) {
+      std::vector<HtmlRun> html_runs;
+      for (size_t i = 0; i < targets.size(); ++i)
+        if (runs[i]) html_runs.push_back({targets[i].name, runs[i].get(), reports[i].get(), targets[i].model ? &*targets[i].model : nullptr});
+      if (html_runs.empty()) fail("--html needs at least one run directory (with metrics.jsonl)");
+      write_file_atomic(f->html, render_html_report(html_runs, "moe report: " + html_runs[0].label +
+                                                                   (html_runs.size() > 1 ? " and others" : "")));
+      std::fprintf(stderr, "wrote %s\n", f->html.c_str());
+    }
+
+    if (f->json) {
+      nlohmann::json out = nlohmann::json::array();
+      for (size_t i = 0; i < targets.size(); ++i) {
+        nlohmann::json j = {{"path", targets[i].path}};
+        if (targets[i].model) j["model"] = summary_json(*targets[i].model);
+        if (runs[i]) j["load"] = load_report_json(*runs[i], *reports[i]);
+        out.push_back(j);
+      }
+      std::cout << (out.size() == 1 ? out[0] : out).dump(2) << "\n";
+      return 0;
+    }
+    if (!f->html.empty() && !::isatty(STDOUT_FILENO)) return 0;
+    std::vector<const RunMetrics*> compared;
+    std::vector<const LoadReport*> compared_reports;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      if (targets[i].model) std::fputs(format_model_summary(*targets[i].model, targets[i].path).c_str(), stdout);
+      if (runs[i]) {
+        std::fputs("\n", stdout);
+        std::fputs(format_load_report(*runs[i], *reports[i], color).c_str(), stdout);
+        compared.push_back(runs[i].get()), compared_reports.push_back(reports[i].get());
+      }
+      if (i + 1 < targets.size()) std::fputs("\n", stdout);
+    }
+    if (compared.size() > 1) std::fputs(("\n" + format_comparison(compared, compared_reports, color)).c_str(), stdout);
     return 0;
   };
 }

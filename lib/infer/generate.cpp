@@ -92,7 +92,7 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
 }
 
 EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T,
-                          ExpertTally* tally) {
+                          ExpertTally* tally, const RoutingSink& sink) {
   const int64_t n = int64_t(bytes.size()) - 1;  // predicted positions
   check(n >= 1, "needs at least 2 bytes to score one prediction");
   const int64_t V = model.config.vocab_size;
@@ -108,6 +108,7 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
     model_forward(ctx, model, ws, x.data(), nullptr);
     loss_sum += cross_entropy_forward_backward(ws.logits, y.data(), nullptr, rows * len, V, 0.0f);
     if (tally) tally->add(model.config, ws, rows * len);
+    if (sink) sink(ws, first_window * T, rows * len);  // consecutive windows: one contiguous run
   };
   if (full > 0) {
     Workspace ws(model.config, std::min(kBatch, full), T, false);

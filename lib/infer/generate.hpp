@@ -45,7 +45,10 @@ struct EvalResult {
   double loss = 0, perplexity = 0;
   int64_t tokens = 0;  // predicted positions = bytes - 1
 };
+// Called after each forward with the workspace and the run of tokens [first_token, first_token +
+// tokens) it holds, in order, at the start of the workspace (routing analysis reads it there).
+using RoutingSink = std::function<void(const Workspace& ws, int64_t first_token, int64_t tokens)>;
 EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T,
-                          ExpertTally* tally);
+                          ExpertTally* tally, const RoutingSink& sink = {});
 
 }  // namespace moe

@@ -162,7 +162,8 @@ void truncate_metrics(const std::string& path, int64_t step) {
   while (std::getline(in, line)) {
     try {
       const json j = json::parse(line);
-      if (j.at("step").get<int64_t>() <= step) kept += line + "\n";
+      // "end" lines close a run; a resumed run is still going.
+      if (j.at("step").get<int64_t>() <= step && j.value("kind", "") != "end") kept += line + "\n";
     } catch (const json::exception&) {
       // a torn last line from a kill: drop it
     }
@@ -349,16 +350,19 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
     metrics << step_json(r, !finite).dump() << "\n" << std::flush;
     last = r;
     observer.on_step(r, last_eval ? last_eval->val_loss : NAN);
-    if (bad_steps >= 10)
+    if (bad_steps >= 10) {
+      metrics << json{{"kind", "end"}, {"step", step}, {"reason", "non-finite"}}.dump() << "\n" << std::flush;
       fail("training stopped: " + std::to_string(bad_steps) +
            " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir +
            " (try a smaller --lr)");
+    }
 
     const bool final_step = step == end_step;
     if ((tc.eval_every > 0 && step % tc.eval_every == 0) || step == tc.steps) run_eval(step);
     if ((tc.save_every > 0 && step % tc.save_every == 0) || final_step || g_stop_signal) save(step);
     if (g_stop_signal) {
       const int sig = g_stop_signal;
+      metrics << json{{"kind", "end"}, {"step", step}, {"reason", "signal"}}.dump() << "\n";
       metrics.close();
       observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
                       total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
@@ -367,6 +371,8 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
       std::exit(sig == SIGINT ? 130 : 143);
     }
   }
+  metrics << json{{"kind", "end"}, {"step", step}, {"reason", step == tc.steps ? "completed" : "stop-at"}}.dump()
+          << "\n" << std::flush;
   observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
                   total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
   return step;

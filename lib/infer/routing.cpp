@@ -1,0 +1,193 @@
+#include "infer/routing.hpp"
+
+#include <cmath>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "infer/generate.hpp"
+#include "moe/moe_layer.hpp"
+
+namespace moe {
+
+RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T) {
+  const ModelConfig& c = model.config;
+  check(!bytes.empty(), "routing analysis needs at least one byte of text");
+  // One byte alone: route it by adding a dummy target (it is not scored).
+  std::vector<uint8_t> input = bytes;
+  if (input.size() == 1) input.push_back('\n');
+  const int64_t n = int64_t(input.size()) - 1, K = c.num_experts_per_tok;
+  RoutingTrace trace;
+  trace.tokens.assign(input.begin(), input.end() - 1);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.is_moe_layer(l)) trace.layers.push_back(l);
+  trace.experts.assign(trace.layers.size(), std::vector<int32_t>(size_t(n * K)));
+  trace.weights.assign(trace.layers.size(), std::vector<float>(size_t(n * K)));
+  evaluate_bytes(ctx, model, input, T, nullptr, [&](const Workspace& ws, int64_t first, int64_t tokens) {
+    for (size_t m = 0; m < trace.layers.size(); ++m) {
+      const MoeSaved& saved = ws.layers[size_t(trace.layers[m])].moe;
+      std::copy_n(saved.expert, tokens * K, trace.experts[m].begin() + first * K);
+      std::copy_n(saved.weight, tokens * K, trace.weights[m].begin() + first * K);
+    }
+  });
+  return trace;
+}
+
+double normalised_mutual_information(const std::vector<std::vector<int64_t>>& table) {
+  double total = 0;
+  std::vector<double> row_sum(table.size(), 0.0), col_sum;
+  for (size_t d = 0; d < table.size(); ++d) {
+    if (col_sum.size() < table[d].size()) col_sum.resize(table[d].size(), 0.0);
+    for (size_t e = 0; e < table[d].size(); ++e) {
+      row_sum[d] += double(table[d][e]);
+      col_sum[e] += double(table[d][e]);
+      total += double(table[d][e]);
+    }
+  }
+  if (total <= 0) return 0.0;
+  double h_d = 0, mi = 0;
+  for (double r : row_sum)
+    if (r > 0) h_d -= r / total * std::log(r / total);
+  for (size_t d = 0; d < table.size(); ++d)
+    for (size_t e = 0; e < table[d].size(); ++e) {
+      const double p = double(table[d][e]) / total;
+      if (p > 0) mi += p * std::log(p / (row_sum[d] / total * col_sum[e] / total));
+    }
+  return h_d > 0 ? std::max(0.0, mi / h_d) : 0.0;
+}
+
+std::vector<DomainRouting> aggregate_routing(const RoutingTrace& trace, const std::vector<uint8_t>& domain,
+                                             int num_domains, int64_t E) {
+  const int64_t n = int64_t(trace.tokens.size());
+  std::vector<DomainRouting> out;
+  for (size_t m = 0; m < trace.layers.size(); ++m) {
+    DomainRouting r;
+    r.layer = trace.layers[m];
+    r.counts.assign(size_t(E), 0);
+    if (!domain.empty()) r.by_domain.assign(size_t(num_domains), std::vector<int64_t>(size_t(E), 0));
+    const int64_t K = n > 0 ? int64_t(trace.experts[m].size()) / n : 0;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = trace.experts[m][size_t(t * K + k)];
+        ++r.counts[size_t(e)];
+        if (!domain.empty()) ++r.by_domain[domain[size_t(t)]][size_t(e)];
+      }
+    if (!domain.empty()) r.specialisation = normalised_mutual_information(r.by_domain);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+namespace {
+
+std::string show_byte(uint8_t b) {
+  if (b == '\n') return "\\n";
+  if (b == ' ') return "_";
+  if (b == '\t') return "\\t";
+  if (b < 32 || b >= 127) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%02x", b);
+    return buf;
+  }
+  return std::string(1, char(b));
+}
+
+}  // namespace
+
+std::string format_routing_text(const RoutingTrace& trace, int64_t K) {
+  std::string out;
+  const int64_t n = int64_t(trace.tokens.size());
+  constexpr int64_t kPerBlock = 24;
+  char buf[32];
+  out += "experts chosen for each token (best first; '_' is a space)\n";
+  for (int64_t t0 = 0; t0 < n; t0 += kPerBlock) {
+    const int64_t t1 = std::min(n, t0 + kPerBlock);
+    out += "\n  token   ";
+    for (int64_t t = t0; t < t1; ++t) std::snprintf(buf, sizeof buf, "%4s", show_byte(trace.tokens[size_t(t)]).c_str()), out += buf;
+    out += "\n";
+    for (size_t m = 0; m < trace.layers.size(); ++m)
+      for (int64_t k = 0; k < K; ++k) {
+        if (k == 0) std::snprintf(buf, sizeof buf, "  L%-2lld #%lld  ", (long long)trace.layers[m], (long long)k + 1);
+        else std::snprintf(buf, sizeof buf, "      #%lld  ", (long long)k + 1);
+        out += buf;
+        for (int64_t t = t0; t < t1; ++t)
+          std::snprintf(buf, sizeof buf, "%4d", trace.experts[m][size_t(t * K + k)]), out += buf;
+        out += "\n";
+      }
+  }
+  return out;
+}
+
+std::string format_domain_routing(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names,
+                                  bool color) {
+  std::string out;
+  char buf[64];
+  for (const auto& r : layers) {
+    const int64_t E = int64_t(r.counts.size());
+    std::snprintf(buf, sizeof buf, "layer %lld  MaxVio_global %.3f", (long long)r.layer,
+                  max_violation(r.counts.data(), E));
+    out += buf;
+    if (!r.by_domain.empty()) {
+      std::snprintf(buf, sizeof buf, "  specialisation %.3f (0 none, 1 each domain its own experts)", r.specialisation);
+      out += buf;
+    }
+    out += "\n  share of each row's routed tokens per expert (%)\n  " + std::string(12, ' ');
+    for (int64_t e = 0; e < E; ++e) std::snprintf(buf, sizeof buf, "%5lld", (long long)e), out += buf;
+    out += "\n";
+    auto row = [&](const std::string& label, const std::vector<int64_t>& counts) {
+      double total = 0;
+      for (int64_t v : counts) total += double(v);
+      std::snprintf(buf, sizeof buf, "  %-12s", label.c_str());
+      out += buf;
+      for (int64_t v : counts) {
+        const double share = total > 0 ? 100.0 * double(v) / total : 0.0;
+        const double uniform = 100.0 / double(E);
+        // Bold where an expert takes over twice its uniform share: a specialist.
+        const bool strong = color && share >= 2 * uniform;
+        std::snprintf(buf, sizeof buf, "%s%5.1f%s", strong ? "\033[1;33m" : "", share, strong ? "\033[0m" : "");
+        out += buf;
+      }
+      out += "\n";
+    };
+    for (size_t d = 0; d < r.by_domain.size(); ++d) row(d < names.size() ? names[d] : std::to_string(d), r.by_domain[d]);
+    row("all", r.counts);
+    out += "\n";
+  }
+  return out;
+}
+
+nlohmann::json routing_trace_json(const RoutingTrace& trace, int64_t K) {
+  nlohmann::json tokens = nlohmann::json::array();
+  for (uint8_t b : trace.tokens) tokens.push_back(std::string(1, char(b)));
+  nlohmann::json layers = nlohmann::json::array();
+  const int64_t n = int64_t(trace.tokens.size());
+  for (size_t m = 0; m < trace.layers.size(); ++m) {
+    nlohmann::json experts = nlohmann::json::array(), weights = nlohmann::json::array();
+    for (int64_t t = 0; t < n; ++t) {
+      experts.push_back(std::vector<int32_t>(trace.experts[m].begin() + t * K, trace.experts[m].begin() + (t + 1) * K));
+      weights.push_back(std::vector<float>(trace.weights[m].begin() + t * K, trace.weights[m].begin() + (t + 1) * K));
+    }
+    layers.push_back({{"layer", trace.layers[m]}, {"experts", experts}, {"weights", weights}});
+  }
+  return {{"token_bytes", trace.tokens}, {"tokens", tokens}, {"layers", layers}};
+}
+
+nlohmann::json domain_routing_json(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : layers) {
+    nlohmann::json j = {{"layer", r.layer},
+                        {"counts", r.counts},
+                        {"maxvio", max_violation(r.counts.data(), int64_t(r.counts.size()))}};
+    if (!r.by_domain.empty()) {
+      nlohmann::json domains = nlohmann::json::object();
+      for (size_t d = 0; d < r.by_domain.size(); ++d) domains[d < names.size() ? names[d] : std::to_string(d)] = r.by_domain[d];
+      j["by_domain"] = domains;
+      j["specialisation"] = r.specialisation;
+    }
+    out.push_back(j);
+  }
+  return out;
+}
+
+}  // namespace moe

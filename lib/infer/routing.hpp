@@ -1,0 +1,49 @@
+// Routing analysis of a checkpoint: which experts each token goes to (for a short text), and how
+// routing spreads over a file, by domain when the domain of every byte is known (the synthetic
+// corpus), with a specialisation score. Uses the same windows and forward as `moe eval`, so its
+// counts are exactly eval's.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/compute.hpp"
+#include "model/model.hpp"
+
+namespace moe {
+
+struct RoutingTrace {
+  std::vector<uint8_t> tokens;                  // the routed input bytes (all but the last byte)
+  std::vector<int64_t> layers;                  // MoE layer indices
+  std::vector<std::vector<int32_t>> experts;    // per MoE layer: (tokens, K) chosen experts
+  std::vector<std::vector<float>> weights;      // per MoE layer: (tokens, K) gate weights
+};
+
+// Routes every byte of `bytes` but the last, in eval windows of T. A text of one byte is routed
+// as itself (there is nothing to predict, but its routing is still defined).
+RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T);
+
+struct DomainRouting {
+  int64_t layer = 0;
+  std::vector<int64_t> counts;                    // (E) all routed slots
+  std::vector<std::vector<int64_t>> by_domain;    // (domains, E) routed slots of tokens of each domain
+  double specialisation = 0;  // I(domain; expert) / H(domain), in [0, 1]
+};
+
+// domain: one label per byte (same length as the traced bytes + 1, or empty for no domains).
+std::vector<DomainRouting> aggregate_routing(const RoutingTrace& trace, const std::vector<uint8_t>& domain,
+                                             int num_domains, int64_t num_experts);
+
+// Normalised mutual information between the rows (domains) and columns (experts) of a table of
+// counts: I(D; X) / H(D); 0 when H(D) = 0.
+double normalised_mutual_information(const std::vector<std::vector<int64_t>>& table);
+
+std::string format_routing_text(const RoutingTrace& trace, int64_t K);
+std::string format_domain_routing(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names,
+                                  bool color);
+nlohmann::json routing_trace_json(const RoutingTrace& trace, int64_t K);
+nlohmann::json domain_routing_json(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names);
+
+}  // namespace moe

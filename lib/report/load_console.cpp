@@ -1,0 +1,157 @@
+#include "report/load_console.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace moe {
+
+namespace {
+
+const char* kBlocks[] = {"\u2581", "\u2582", "\u2583", "\u2584", "\u2585", "\u2586", "\u2587", "\u2588"};
+
+std::string verdict_text(Verdict v, bool color) {
+  const char* code = v == Verdict::balanced ? "\033[32m" : v == Verdict::converging ? "\033[33m" : "\033[31m";
+  return color ? std::string(code) + to_string(v) + "\033[0m" : std::string(to_string(v));
+}
+
+std::string bar(double fraction, int width) {
+  const int cells = int(std::lround(std::clamp(fraction, 0.0, 1.0) * width * 8));
+  std::string s;
+  for (int i = 0; i < cells / 8; ++i) s += kBlocks[7];
+  if (cells % 8) s += kBlocks[cells % 8 - 1];
+  return s;
+}
+
+double mean_tokens_per_s(const RunMetrics& run) {
+  double sum = 0;
+  int64_t n = 0;
+  // Skip the first steps: they include one-time primitive creation.
+  for (size_t i = run.train.size() / 10; i < run.train.size(); ++i)
+    if (std::isfinite(run.train[i].tokens_per_s)) sum += run.train[i].tokens_per_s, ++n;
+  return n ? sum / double(n) : 0.0;
+}
+
+}  // namespace
+
+std::string sparkline(const std::vector<double>& values, size_t width) {
+  if (values.empty() || width == 0) return "";
+  const size_t bins = std::min(width, values.size());
+  std::vector<double> binned(bins, 0.0);
+  for (size_t b = 0; b < bins; ++b) {
+    const size_t lo = b * values.size() / bins, hi = std::max(lo + 1, (b + 1) * values.size() / bins);
+    double sum = 0;
+    size_t n = 0;
+    for (size_t i = lo; i < hi; ++i)
+      if (std::isfinite(values[i])) sum += values[i], ++n;
+    binned[b] = n ? sum / double(n) : 0.0;
+  }
+  const double max = *std::max_element(binned.begin(), binned.end());
+  std::string s;
+  for (double v : binned) s += kBlocks[max > 0 ? std::clamp(int(v / max * 7.999), 0, 7) : 0];
+  return s;
+}
+
+std::string format_load_report(const RunMetrics& run, const LoadReport& report, bool color) {
+  std::string out;
+  char buf[256];
+  const int64_t last = run.train.empty() ? 0 : run.train.back().step;
+  std::snprintf(buf, sizeof buf, "load report: %s — %zu train steps (last %lld), %zu evaluations, %s\n",
+                run.path.c_str(), run.train.size(), (long long)last, run.eval.size(),
+                run.ended ? "finished" : "in progress");
+  out += buf;
+  for (const auto& note : run.notes) out += "  note: " + note + "\n";
+  if (run.train.empty()) {
+    out += "  no training steps logged yet\n";
+    return out;
+  }
+  if (run.eval.empty()) out += "  note: no evaluation lines yet, so no MaxVio_global\n";
+  std::snprintf(buf, sizeof buf, "  early window: steps %lld-%lld, recent window: steps %lld-%lld (%lld steps each)\n",
+                (long long)report.early_from, (long long)report.early_to, (long long)report.recent_from,
+                (long long)report.recent_to, (long long)report.window);
+  out += buf;
+  for (const auto& l : report.layers) {
+    const double uniform = l.experts.empty() ? 0.0 : 1.0 / double(l.experts.size());
+    std::snprintf(buf, sizeof buf, "\nlayer %lld: ", (long long)l.layer);
+    out += buf + verdict_text(l.verdict, color);
+    std::snprintf(buf, sizeof buf, "   MaxVio_batch %.3f (early) -> %.3f (recent)", l.early_maxvio, l.recent_maxvio);
+    out += buf;
+    if (l.global_first && l.global_last) {
+      std::snprintf(buf, sizeof buf, "   MaxVio_global %.3f @%lld -> %.3f @%lld", *l.global_first,
+                    (long long)l.global_first_step, *l.global_last, (long long)l.global_last_step);
+      out += buf;
+    }
+    double max_v = 0;
+    for (double v : l.maxvio_batch)
+      if (std::isfinite(v)) max_v = std::max(max_v, v);
+    std::snprintf(buf, sizeof buf, "\n  MaxVio_batch over steps %lld-%lld (0 .. %.2f): ", (long long)l.steps.front(),
+                  (long long)l.steps.back(), max_v);
+    out += buf + sparkline(l.maxvio_batch, 60) + "\n";
+    std::snprintf(buf, sizeof buf, "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%)\n", "expert", "early",
+                  "recent", "min", "max", "bias", 100 * uniform);
+    out += buf;
+    const double scale = std::max(2.0 * uniform, 1e-9);  // bars span 0 .. twice the uniform share
+    for (const auto& e : l.experts) {
+      std::snprintf(buf, sizeof buf, "  %-6lld %6.1f%% %6.1f%% %6.1f%% %6.1f%% %+9.4f  ", (long long)e.expert,
+                    100 * e.early, 100 * e.recent, 100 * e.min, 100 * e.max, e.bias);
+      out += buf;
+      std::string b = bar(e.recent / scale, 20);
+      const bool over = e.recent > uniform * 1.2, under = e.recent < uniform * 0.8;
+      if (color && over) out += "\033[31m" + b + "\033[0m";
+      else if (color && under) out += "\033[34m" + b + "\033[0m";
+      else out += b;
+      out += "\n";
+    }
+  }
+  return out;
+}
+
+std::string format_comparison(const std::vector<const RunMetrics*>& runs, const std::vector<const LoadReport*>& reports,
+                              bool color) {
+  std::string out = "comparison\n";
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "  %-24s %7s %10s %16s %16s %10s\n", "run", "steps", "val loss", "MaxVio_global",
+                "MaxVio_batch", "tok/s");
+  out += buf;
+  std::snprintf(buf, sizeof buf, "  %-24s %7s %10s %16s %16s %10s\n", "", "", "(last)", "(last, mean L)",
+                "(recent, mean L)", "(mean)");
+  out += buf;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const RunMetrics& r = *runs[i];
+    const LoadReport& rep = *reports[i];
+    double global = 0, batch = 0;
+    int64_t n_global = 0;
+    for (const auto& l : rep.layers) {
+      if (l.global_last) global += *l.global_last, ++n_global;
+      batch += l.recent_maxvio;
+    }
+    const double layers = std::max<double>(1.0, double(rep.layers.size()));
+    char val[32] = "-", glob[32] = "-";
+    if (!r.eval.empty()) std::snprintf(val, sizeof val, "%.4f", r.eval.back().val_loss);
+    if (n_global) std::snprintf(glob, sizeof glob, "%.3f", global / double(n_global));
+    std::string name = r.name.size() > 24 ? r.name.substr(r.name.size() - 24) : r.name;
+    std::snprintf(buf, sizeof buf, "  %-24s %7lld %10s %16s %16.3f %10.0f\n", name.c_str(),
+                  (long long)(r.train.empty() ? 0 : r.train.back().step), val, glob, batch / layers,
+                  mean_tokens_per_s(r));
+    out += buf;
+  }
+  out += "\n  MaxVio_batch over training (mean over layers; each line scaled to its own max)\n";
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const RunMetrics& r = *runs[i];
+    std::vector<double> mean;
+    for (const auto& p : r.train) {
+      double s = 0;
+      for (const auto& l : p.layers) s += l.maxvio;
+      mean.push_back(p.layers.empty() ? 0.0 : s / double(p.layers.size()));
+    }
+    double max_v = 0;
+    for (double v : mean) max_v = std::max(max_v, v);
+    std::string name = r.name.size() > 24 ? r.name.substr(r.name.size() - 24) : r.name;
+    std::snprintf(buf, sizeof buf, "  %-24s (max %5.2f) ", name.c_str(), max_v);
+    out += buf + sparkline(mean, 50) + "\n";
+  }
+  (void)color;
+  return out;
+}
+
+}  // namespace moe

@@ -1,0 +1,18 @@
+// Terminal rendering of load reports: per-layer expert tables with share bars, MaxVio sparklines,
+// verdicts (coloured on a TTY only), and the side-by-side comparison of several runs.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "report/metrics.hpp"
+
+namespace moe {
+
+// Unicode sparkline of `values` squeezed into at most `width` columns (bin means).
+std::string sparkline(const std::vector<double>& values, size_t width);
+
+std::string format_load_report(const RunMetrics& run, const LoadReport& report, bool color);
+std::string format_comparison(const std::vector<const RunMetrics*>& runs, const std::vector<const LoadReport*>& reports,
+                              bool color);
+
+}  // namespace moe

@@ -1,0 +1,228 @@
+#include "report/metrics.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace moe {
+
+using nlohmann::json;
+
+const char* to_string(Verdict v) {
+  switch (v) {
+    case Verdict::balanced: return "balanced";
+    case Verdict::converging: return "still converging";
+    case Verdict::diverging: return "diverging";
+  }
+  return "?";
+}
+
+int64_t RunMetrics::num_experts() const {
+  if (!train.empty() && !train.back().layers.empty()) return int64_t(train.back().layers[0].counts.size());
+  if (!eval.empty() && !eval.back().layers.empty()) return int64_t(eval.back().layers[0].counts.size());
+  return 0;
+}
+
+namespace {
+
+template <class T>
+T field(const json& j, const char* key, const std::string& where) {
+  if (!j.contains(key)) fail(where + ": missing field \"" + key + "\"");
+  try {
+    return j.at(key).get<T>();
+  } catch (const json::exception&) {
+    fail(where + ": field \"" + key + "\" has the wrong type (" + j.at(key).dump().substr(0, 40) + ")");
+  }
+}
+
+std::vector<LayerPoint> parse_layers(const json& j, const std::string& where, bool with_bias) {
+  if (!j.contains("layers") || !j["layers"].is_array()) fail(where + ": missing array field \"layers\"");
+  std::vector<LayerPoint> layers;
+  for (const json& l : j["layers"]) {
+    if (!l.is_object()) fail(where + ": a \"layers\" entry is not an object");
+    LayerPoint p;
+    p.layer = field<int64_t>(l, "layer", where);
+    p.counts = field<std::vector<int64_t>>(l, "counts", where);
+    p.maxvio = field<double>(l, "maxvio", where);
+    if (with_bias && l.contains("bias")) p.bias = field<std::vector<double>>(l, "bias", where);
+    for (int64_t c : p.counts)
+      if (c < 0) fail(where + ": negative expert count");
+    if (!p.bias.empty() && p.bias.size() != p.counts.size())
+      fail(where + ": layer " + std::to_string(p.layer) + " has " + std::to_string(p.bias.size()) + " bias values for " +
+           std::to_string(p.counts.size()) + " experts");
+    layers.push_back(std::move(p));
+  }
+  return layers;
+}
+
+}  // namespace
+
+RunMetrics read_metrics(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path + ": cannot open metrics file");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  RunMetrics run;
+  run.path = path;
+  size_t start = 0;
+  int64_t line_number = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    const bool complete = end != std::string::npos;
+    if (!complete) end = text.size();
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    ++line_number;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(line_number);
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception&) {
+      if (!complete) {
+        run.notes.push_back("the last line is incomplete (training is writing it); it was skipped");
+        break;
+      }
+      fail(where + ": not valid JSON");
+    }
+    if (!j.is_object()) fail(where + ": expected a JSON object");
+    const std::string kind = field<std::string>(j, "kind", where);
+    if (kind == "train") {
+      TrainPoint p;
+      p.step = field<int64_t>(j, "step", where);
+      p.loss = field<double>(j, "loss", where);
+      p.lr = j.contains("lr") ? field<double>(j, "lr", where) : 0.0;
+      p.grad_norm = j.contains("grad_norm") ? field<double>(j, "grad_norm", where) : 0.0;
+      p.tokens_per_s = j.contains("tokens_per_s") ? field<double>(j, "tokens_per_s", where) : 0.0;
+      p.balance_loss = j.contains("balance_loss") ? field<double>(j, "balance_loss", where) : 0.0;
+      p.skipped = j.contains("skipped") && j["skipped"].is_boolean() && j["skipped"].get<bool>();
+      p.layers = parse_layers(j, where, true);
+      run.train.push_back(std::move(p));
+    } else if (kind == "eval") {
+      EvalPoint p;
+      p.step = field<int64_t>(j, "step", where);
+      p.val_loss = field<double>(j, "val_loss", where);
+      p.tokens = j.contains("tokens") ? field<int64_t>(j, "tokens", where) : 0;
+      p.layers = parse_layers(j, where, false);
+      run.eval.push_back(std::move(p));
+    } else if (kind == "end") {
+      run.ended = true;
+    } else {
+      fail(where + ": unknown kind \"" + kind + "\" (expected train, eval or end)");
+    }
+  }
+  return run;
+}
+
+LoadReport build_load_report(const RunMetrics& run, int64_t window) {
+  LoadReport report;
+  const int64_t n = int64_t(run.train.size());
+  if (window <= 0) window = std::max<int64_t>(1, std::min<int64_t>(50, n / 10));
+  window = std::max<int64_t>(1, std::min(window, std::max<int64_t>(n, 1)));
+  report.window = window;
+  if (n > 0) {
+    report.early_from = run.train.front().step;
+    report.early_to = run.train[size_t(window - 1)].step;
+    report.recent_from = run.train[size_t(n - window)].step;
+    report.recent_to = run.train.back().step;
+  }
+  const size_t layers = n > 0 ? run.train.front().layers.size() : (run.eval.empty() ? 0 : run.eval.front().layers.size());
+  for (size_t li = 0; li < layers; ++li) {
+    LayerLoadReport lr;
+    lr.layer = n > 0 ? run.train.front().layers[li].layer : run.eval.front().layers[li].layer;
+    const size_t E = n > 0 ? run.train.front().layers[li].counts.size() : run.eval.front().layers[li].counts.size();
+    std::vector<double> early(E), recent(E), min(E, 1.0), max(E, 0.0);
+    double early_total = 0, recent_total = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      const TrainPoint& p = run.train[size_t(s)];
+      if (li >= p.layers.size() || p.layers[li].counts.size() != E)
+        fail(run.path + ": step " + std::to_string(p.step) + " has a different number of layers or experts");
+      const LayerPoint& lp = p.layers[li];
+      double total = 0;
+      for (int64_t c : lp.counts) total += double(c);
+      for (size_t e = 0; e < E; ++e) {
+        const double share = total > 0 ? double(lp.counts[e]) / total : 0.0;
+        min[e] = std::min(min[e], share), max[e] = std::max(max[e], share);
+        if (s < window) early[e] += double(lp.counts[e]);
+        if (s >= n - window) recent[e] += double(lp.counts[e]);
+      }
+      if (s < window) early_total += total, lr.early_maxvio += lp.maxvio / double(window);
+      if (s >= n - window) recent_total += total, lr.recent_maxvio += lp.maxvio / double(window);
+      lr.steps.push_back(p.step);
+      lr.maxvio_batch.push_back(lp.maxvio);
+    }
+    for (size_t e = 0; e < E; ++e) {
+      ExpertShare share;
+      share.expert = int64_t(e);
+      share.early = early_total > 0 ? early[e] / early_total : 0.0;
+      share.recent = recent_total > 0 ? recent[e] / recent_total : 0.0;
+      share.min = n > 0 ? min[e] : 0.0;
+      share.max = max[e];
+      const auto& bias = n > 0 ? run.train.back().layers[li].bias : std::vector<double>{};
+      share.bias = e < bias.size() ? bias[e] : 0.0;
+      lr.experts.push_back(share);
+    }
+    if (!run.eval.empty()) {
+      for (const EvalPoint* p : {&run.eval.front(), &run.eval.back()}) {
+        if (li >= p->layers.size()) continue;
+        if (p == &run.eval.front()) lr.global_first = p->layers[li].maxvio, lr.global_first_step = p->step;
+        if (p == &run.eval.back()) lr.global_last = p->layers[li].maxvio, lr.global_last_step = p->step;
+      }
+    }
+    // Verdict from MaxVio_batch: low now -> balanced; high but falling -> still converging;
+    // high and not falling -> diverging.
+    if (lr.recent_maxvio <= kBalancedMaxVio) lr.verdict = Verdict::balanced;
+    else if (lr.recent_maxvio < lr.early_maxvio) lr.verdict = Verdict::converging;
+    else lr.verdict = Verdict::diverging;
+    report.layers.push_back(std::move(lr));
+  }
+  return report;
+}
+
+nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report) {
+  json layers = json::array();
+  for (const auto& l : report.layers) {
+    json experts = json::array();
+    for (const auto& e : l.experts)
+      experts.push_back({{"expert", e.expert},
+                         {"early_share", e.early},
+                         {"recent_share", e.recent},
+                         {"min_share", e.min},
+                         {"max_share", e.max},
+                         {"bias", e.bias}});
+    json layer = {{"layer", l.layer},
+                  {"experts", experts},
+                  {"early_maxvio_batch", l.early_maxvio},
+                  {"recent_maxvio_batch", l.recent_maxvio},
+                  {"maxvio_batch", {{"steps", l.steps}, {"values", l.maxvio_batch}}},
+                  {"verdict", to_string(l.verdict)}};
+    layer["maxvio_global_first"] = l.global_first ? json(*l.global_first) : json(nullptr);
+    layer["maxvio_global_last"] = l.global_last ? json(*l.global_last) : json(nullptr);
+    layer["maxvio_global_first_step"] = l.global_first ? json(l.global_first_step) : json(nullptr);
+    layer["maxvio_global_last_step"] = l.global_last ? json(l.global_last_step) : json(nullptr);
+    layers.push_back(layer);
+  }
+  json losses = json::array();
+  for (const auto& p : run.train) losses.push_back({p.step, p.loss});
+  json evals = json::array();
+  for (const auto& p : run.eval) evals.push_back({p.step, p.val_loss});
+  return {{"metrics", run.path},
+          {"train_steps", run.train.size()},
+          {"last_step", run.train.empty() ? 0 : run.train.back().step},
+          {"ended", run.ended},
+          {"notes", run.notes},
+          {"window", report.window},
+          {"early_steps", {report.early_from, report.early_to}},
+          {"recent_steps", {report.recent_from, report.recent_to}},
+          {"final_val_loss", run.eval.empty() ? json(nullptr) : json(run.eval.back().val_loss)},
+          {"train_loss", losses},
+          {"val_loss", evals},
+          {"layers", layers}};
+}
+
+}  // namespace moe

@@ -1,0 +1,82 @@
+// Reading a run's metrics.jsonl (possibly still growing) and turning it into the load report:
+// per-expert shares early vs recent, bias, MaxVio over training, and a verdict per layer.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace moe {
+
+struct LayerPoint {
+  int64_t layer = 0;
+  std::vector<int64_t> counts;
+  std::vector<double> bias;  // empty on eval lines
+  double maxvio = 0;
+};
+
+struct TrainPoint {
+  int64_t step = 0;
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, balance_loss = 0;
+  bool skipped = false;
+  std::vector<LayerPoint> layers;
+};
+
+struct EvalPoint {
+  int64_t step = 0;
+  double val_loss = 0;
+  int64_t tokens = 0;
+  std::vector<LayerPoint> layers;
+};
+
+struct RunMetrics {
+  std::string path;  // the metrics.jsonl file
+  std::string name;  // short label (the run directory's name)
+  std::vector<TrainPoint> train;
+  std::vector<EvalPoint> eval;
+  bool ended = false;                 // an "end" line was read: training finished or stopped
+  std::vector<std::string> notes;     // e.g. a torn last line of a run in progress
+  int64_t num_experts() const;
+};
+
+// Parses metrics.jsonl. A torn (incomplete) last line is skipped with a note, as training may be
+// writing it right now; any other malformed line is an Error naming the file and line number.
+RunMetrics read_metrics(const std::string& path);
+
+enum class Verdict { balanced, converging, diverging };
+const char* to_string(Verdict v);
+
+struct ExpertShare {
+  int64_t expert = 0;
+  double early = 0, recent = 0;        // share of routed tokens in the early / recent window
+  double min = 0, max = 0;             // smallest / largest per-step share over the run
+  double bias = 0;                     // current (last logged) routing bias
+};
+
+struct LayerLoadReport {
+  int64_t layer = 0;
+  std::vector<ExpertShare> experts;
+  std::vector<int64_t> steps;          // train steps, for the series below
+  std::vector<double> maxvio_batch;    // MaxVio_batch per step
+  double early_maxvio = 0, recent_maxvio = 0;  // mean MaxVio_batch over each window
+  std::optional<double> global_first, global_last;  // MaxVio_global at the first / last eval
+  int64_t global_first_step = 0, global_last_step = 0;
+  Verdict verdict = Verdict::balanced;
+};
+
+struct LoadReport {
+  int64_t window = 0;                  // steps per window
+  int64_t early_from = 0, early_to = 0, recent_from = 0, recent_to = 0;  // step ranges (inclusive)
+  std::vector<LayerLoadReport> layers;
+};
+
+// Balanced when the recent window's mean MaxVio_batch is at most this.
+constexpr double kBalancedMaxVio = 0.2;
+
+// window <= 0 picks max(1, min(50, steps / 10)).
+LoadReport build_load_report(const RunMetrics& run, int64_t window);
+nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report);
+
+}  // namespace moe
