@@ -138,7 +138,8 @@ Run add_infer(CLI::App& app) {
       nlohmann::json results = nlohmann::json::array();
       for (const auto& o : outputs)
         results.push_back({{"prompt", o.prompt},
-                           {"text", o.text},
+                           {"text", o.text},  // invalid UTF-8 shows as U+FFFD; text_bytes is exact
+                           {"text_bytes", std::vector<uint8_t>(o.text.begin(), o.text.end())},
                            {"prompt_tokens", o.prompt_tokens},
                            {"generated_tokens", o.generated},
                            {"context_limit", o.hit_context_limit}});
@@ -158,7 +159,7 @@ Run add_infer(CLI::App& app) {
       } else {
         doc["results"] = results;
       }
-      std::cout << doc.dump(2) << "\n";
+      std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
     if (!stream) {
@@ -215,7 +216,7 @@ Run add_eval(CLI::App& app) {
                                   {"ctx", T},
                                   {"seconds", seconds},
                                   {"layers", stats_json(c, tally)}}
-                       .dump(2)
+                       .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
                 << "\n";
       return 0;
     }

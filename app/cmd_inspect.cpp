@@ -116,7 +116,7 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
     bytes.push_back('\n');
     const RoutingTrace trace = trace_routing(ctx, *model, bytes, c.max_position_embeddings);
     if (f.json) {
-      std::cout << routing_trace_json(trace, c.num_experts_per_tok).dump(2) << "\n";
+      std::cout << routing_trace_json(trace, c.num_experts_per_tok).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {
       std::printf("routing of %zu tokens through %s\n", trace.tokens.size(), t.path.c_str());
       std::fputs(format_routing_text(trace, c.num_experts_per_tok).c_str(), stdout);
@@ -143,7 +143,7 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
                                 {"tokens", trace.tokens.size()},
                                 {"domains_known", !data.domain.empty()},
                                 {"layers", domain_routing_json(layers, names)}}
-                     .dump(2)
+                     .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
               << "\n";
     return 0;
   }
@@ -222,7 +222,7 @@ Run add_inspect(CLI::App& app) {
         if (runs[i]) j["load"] = load_report_json(*runs[i], *reports[i]);
         out.push_back(j);
       }
-      std::cout << (out.size() == 1 ? out[0] : out).dump(2) << "\n";
+      std::cout << (out.size() == 1 ? out[0] : out).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
     if (!f->html.empty() && !::isatty(STDOUT_FILENO)) return 0;

@@ -352,13 +352,21 @@ struct LegendEntry {
   double opacity = 1.0;
 };
 
+// Many series (e.g. 64 experts) would bury the chart under its legend: the first few are named,
+// the rest are summarised, and every line names itself on hover.
+constexpr size_t kMaxLegendEntries = 16;
+
 std::string legend_html(const std::vector<LegendEntry>& entries, const std::vector<std::string>& dashed) {
   if (entries.empty() && dashed.empty()) return "";
   std::string out = "<ul class=\"legend\">";
-  for (const auto& e : entries)
-    out += "<li><span class=\"swatch\" style=\"background:" + e.color +
-           (e.opacity < 1 ? format(";opacity:%.2g", e.opacity) : std::string()) + "\"></span>" + escape(e.name) +
-           "</li>";
+  const size_t shown = entries.size() > kMaxLegendEntries ? 6 : entries.size();
+  for (size_t i = 0; i < shown; ++i)
+    out += "<li><span class=\"swatch\" style=\"background:" + entries[i].color +
+           (entries[i].opacity < 1 ? format(";opacity:%.2g", entries[i].opacity) : std::string()) + "\"></span>" +
+           escape(entries[i].name) + "</li>";
+  if (shown < entries.size())
+    out += "<li>" + std::string("\xe2\x80\xa6 ") + escape(entries.back().name) + " (" +
+           std::to_string(entries.size()) + " lines; hover a line for its name)</li>";
   for (const auto& name : dashed) out += "<li><span class=\"swatch dashed\"></span>" + escape(name) + "</li>";
   return out + "</ul>\n";
 }
@@ -416,8 +424,8 @@ std::string render_line_chart(const LineChart& chart) {
   for (size_t si = 0; si < chart.series.size(); ++si) {
     const Series& s = chart.series[si];
     const Points& p = drawn[si];
-    if (s.in_legend) legend.push_back({s.name, s.color, std::max(s.opacity, 0.45)});
     if (p.size() == 0) continue;
+    if (s.in_legend) legend.push_back({s.name, s.color, std::max(s.opacity, 0.45)});
     std::string d;
     d.reserve(p.size() * 14);
     for (size_t i = 0; i < p.size(); ++i) {
@@ -429,7 +437,8 @@ std::string render_line_chart(const LineChart& chart) {
     svg += "<path class=\"series\" data-series=\"" + escape(s.name) + "\" data-role=\"" + escape(s.role) +
            "\" data-points=\"" + std::to_string(p.size()) + "\"" + s.attributes + " d=\"" + d + "\" stroke=\"" +
            s.color + "\" stroke-width=\"" + format("%.2g", s.width) + "\"" +
-           (s.opacity < 1 ? " stroke-opacity=\"" + format("%.2g", s.opacity) + "\"" : "") + "/>\n";
+           (s.opacity < 1 ? " stroke-opacity=\"" + format("%.2g", s.opacity) + "\"" : "") + "><title>" +
+           escape(s.name) + "</title></path>\n";
     // A lone point draws no line, so it always gets a dot.
     if (s.markers || p.size() == 1) {
       svg += "<g class=\"markers\" fill=\"" + s.color + "\">";
@@ -762,7 +771,11 @@ std::string load_table(const HtmlRun& r, size_t li) {
   auto bar_width = [&](double share) {
     return format("%.1f", bar_scale > 0 && std::isfinite(share) ? 100 * std::clamp(share / bar_scale, 0.0, 1.0) : 0.0);
   };
-  std::string out = "<div class=\"table-wrap\"><table class=\"load\" data-layer=\"" + std::to_string(layer.layer) +
+  // A long table is folded away (no script needed): the heatmap above already gives the overview.
+  std::string out = experts > kMaxLegendEntries ? "<details><summary>Load table of " + std::to_string(experts) +
+                                                      " experts</summary>\n"
+                                                : "";
+  out += "<div class=\"table-wrap\"><table class=\"load\" data-layer=\"" + std::to_string(layer.layer) +
                     "\">\n<thead><tr><th>expert</th><th>early share<br><small>steps " +
                     format("%lld%s%lld", (long long)report.early_from, kDash, (long long)report.early_to) +
                     "</small></th><th>recent share<br><small>steps " +
@@ -779,6 +792,7 @@ std::string load_table(const HtmlRun& r, size_t li) {
            percent(e.min) + "</td><td>" + percent(e.max) + "</td><td>" + signed_fixed(e.bias, 4) + "</td></tr>\n";
   }
   out += "</tbody></table></div>\n";
+  if (experts > kMaxLegendEntries) out += "</details>\n";
   return out;
 }
 
@@ -843,7 +857,7 @@ std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
   out += escape(r.label.empty() ? m.path : r.label) + " " +
          (m.ended ? "<span class=\"badge ended\">ended</span>" : "<span class=\"badge running\">in progress</span>") +
          "</h2>\n<dl class=\"facts\">";
-  out += fact("metrics", "<code>" + escape(m.path) + "</code>");
+  out += fact("metrics", m.path.empty() ? kDash : "<code>" + escape(m.path) + "</code>");
   if (m.train.empty()) out += fact("steps", "no train lines yet");
   else
     out += fact("steps", thousands(int64_t(m.train.size())) + " logged (" + thousands(m.train.front().step) + kDash +
@@ -857,7 +871,7 @@ std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
   const double tps = mean_tokens_per_s(m);
   out += fact("mean throughput", std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) + " tokens/s" : kDash);
   if (!m.train.empty())
-    out += fact("windows", std::to_string(report.window) + " steps: early " + std::to_string(report.early_from) +
+    out += fact("windows", std::to_string(report.window) + (report.window == 1 ? " step" : " steps") + ": early " + std::to_string(report.early_from) +
                                kDash + std::to_string(report.early_to) + ", recent " +
                                std::to_string(report.recent_from) + kDash + std::to_string(report.recent_to));
   if (!report.layers.empty()) {
@@ -1002,7 +1016,7 @@ h2 { font-size: 20px; margin: 0 0 12px; display: flex; align-items: center; gap:
 h3 { font-size: 16px; margin: 24px 0 10px; }
 h3 small, th small { color: var(--muted); font-weight: 400; }
 section.layer { border-top: 1px solid var(--soft); margin-top: 22px; }
-.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 16px; }
+.grid2 { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 16px; }
 figure.chart-box { margin: 0; border: 1px solid var(--soft); border-radius: 10px; padding: 10px 12px 10px; }
 figure.chart-box.wide { margin-top: 16px; }
 figcaption { font-weight: 600; font-size: 14px; margin: 0 0 6px 2px; }
@@ -1060,6 +1074,7 @@ th.bar-col, td.bar-col { min-width: 170px; }
 .verdict-item { margin-right: 12px; white-space: nowrap; }
 .notes { background: #fff8c5; border: 1px solid #eed888; border-radius: 8px; padding: 8px 12px 8px 30px; margin: 10px 0; }
 .verdict-line, .model-line, .note { color: #424a53; margin: 6px 0; }
+details summary { cursor: pointer; color: #424a53; margin: 10px 0 4px; font-weight: 600; }
 footer { color: var(--muted); font-size: 12px; margin-top: 28px; }
 )css";
 

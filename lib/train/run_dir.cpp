@@ -54,7 +54,7 @@ void save_training_checkpoint(const std::string& dir, const Model& model, const 
   }
   write_safetensors(pending + "/optimizer.safetensors", moments,
                     {{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(trainer_state.at("step").get<int64_t>())}});
-  write_file_atomic(pending + "/trainer_state.json", trainer_state.dump(2) + "\n");
+  write_file_atomic(pending + "/trainer_state.json", trainer_state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   write_file_atomic(pending + "/COMPLETE", "");
   recover_pending_checkpoint(dir);
 }
