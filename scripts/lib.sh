@@ -1,7 +1,7 @@
 # Shared steps of scripts/test and scripts/demo (sourced, not run): install the Debian packages
 # that are missing, configure and build. Each step is a function so later scripts can add their own.
 
-MOE_PACKAGES=(cmake ninja-build g++ ccache libdnnl-dev ocl-icd-opencl-dev libcli11-dev nlohmann-json3-dev catch2 python3)
+MOE_PACKAGES=(cmake ninja-build g++ ccache libdnnl-dev ocl-icd-opencl-dev libcli11-dev nlohmann-json3-dev catch2 python3 chromium)
 MOE_BUILD_DIR="${MOE_BUILD_DIR:-build}"
 MOE_JOBS="${MOE_JOBS:-2}"
 MOE_NATIVE="${MOE_NATIVE:-ON}"

@@ -33,11 +33,21 @@ std::string escape(std::string_view text) {
   out.reserve(text.size());
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
       default:
         if (static_cast<unsigned char>(c) >= 0x20 || c == '\n' || c == '\t') out += c;
     }
@@ -54,9 +64,7 @@ std::string percent(double share) {
   return format(share > 0 && share < 0.01 ? "%.2f%%" : "%.1f%%", 100.0 * share);
 }
 
-std::string signed_fixed(double v, int decimals) {
-  return std::isfinite(v) ? format("%+.*f", decimals, v) : kDash;
-}
+std::string signed_fixed(double v, int decimals) { return std::isfinite(v) ? format("%+.*f", decimals, v) : kDash; }
 
 std::string thousands(int64_t n) {
   std::string digits = std::to_string(n < 0 ? -n : n), out;
@@ -101,21 +109,27 @@ std::string hsl(double hue, double saturation, double lightness) {
   const double h = std::fmod(hue, 360.0) / 60.0;
   const double x = c * (1 - std::abs(std::fmod(h, 2.0) - 1));
   Rgb rgb{0, 0, 0};
-  if (h < 1) rgb = {c, x, 0};
-  else if (h < 2) rgb = {x, c, 0};
-  else if (h < 3) rgb = {0, c, x};
-  else if (h < 4) rgb = {0, x, c};
-  else if (h < 5) rgb = {x, 0, c};
-  else rgb = {c, 0, x};
+  if (h < 1)
+    rgb = {c, x, 0};
+  else if (h < 2)
+    rgb = {x, c, 0};
+  else if (h < 3)
+    rgb = {0, c, x};
+  else if (h < 4)
+    rgb = {0, x, c};
+  else if (h < 5)
+    rgb = {x, 0, c};
+  else
+    rgb = {c, 0, x};
   const double m = lightness - c / 2;
   return hex({255 * (rgb.r + m), 255 * (rgb.g + m), 255 * (rgb.b + m)});
 }
 
-// Colour i of n series: the palette while it lasts, then evenly spaced hues (alternating
-// lightness so neighbours differ), e.g. for 64 experts.
+// Colour i of n series: the palette while it lasts, then hues a golden angle apart with three
+// lightness levels, so that neighbouring experts (e.g. of 64) never look alike.
 std::string series_color(size_t i, size_t n) {
   if (n <= kPaletteSize) return kPalette[i % kPaletteSize];
-  return hsl(360.0 * double(i) / double(n), 0.65, i % 2 ? 0.38 : 0.55);
+  return hsl(137.508 * double(i), 0.68, 0.36 + 0.1 * double(i % 3));
 }
 
 // Heatmap position t in [-1, 1] of a share: log2(share / uniform) / 2, so 1/4 of the uniform share
@@ -130,7 +144,7 @@ double share_position(double share, double uniform) {
 
 std::string diverging_color(double t) {
   // ColorBrewer RdBu, reversed so that overload is red.
-  static const Rgb stops[] = {{5, 48, 97},    {33, 102, 172},  {67, 147, 195}, {146, 197, 222},
+  static const Rgb stops[] = {{5, 48, 97},     {33, 102, 172},  {67, 147, 195},  {146, 197, 222},
                               {209, 229, 240}, {247, 247, 247}, {253, 219, 199}, {244, 165, 130},
                               {214, 96, 77},   {178, 24, 43},   {103, 0, 31}};
   const double position = std::clamp((t + 1) / 2, 0.0, 1.0) * double(std::size(stops) - 1);
@@ -306,8 +320,8 @@ struct Frame {
   double y1() const { return height - bottom; }
 };
 
-std::string svg_open_inline(const std::string& kind, const std::string& run, const std::string& layer,
-                            const std::string& title, double width, double height) {
+std::string svg_open(const std::string& kind, const std::string& run, const std::string& layer,
+                     const std::string& title, double width, double height) {
   std::string out = "<svg class=\"chart\" data-chart=\"" + escape(kind) + "\"";
   if (!run.empty()) out += " data-run=\"" + escape(run) + "\"";
   if (!layer.empty()) out += " data-layer=\"" + escape(layer) + "\"";
@@ -365,14 +379,14 @@ std::string legend_html(const std::vector<LegendEntry>& entries, const std::vect
            (entries[i].opacity < 1 ? format(";opacity:%.2g", entries[i].opacity) : std::string()) + "\"></span>" +
            escape(entries[i].name) + "</li>";
   if (shown < entries.size())
-    out += "<li>" + std::string("\xe2\x80\xa6 ") + escape(entries.back().name) + " (" +
-           std::to_string(entries.size()) + " lines; hover a line for its name)</li>";
+    out += "<li>" + std::string("\xe2\x80\xa6 ") + escape(entries.back().name) + " (" + std::to_string(entries.size()) +
+           " lines; hover a line for its name)</li>";
   for (const auto& name : dashed) out += "<li><span class=\"swatch dashed\"></span>" + escape(name) + "</li>";
   return out + "</ul>\n";
 }
 
-std::string figure(const std::string& title, const std::string& hint, const std::string& svg,
-                   const std::string& legend, const std::string& extra_class = "") {
+std::string figure(const std::string& title, const std::string& hint, const std::string& svg, const std::string& legend,
+                   const std::string& extra_class = "") {
   std::string out = "<figure class=\"chart-box" + (extra_class.empty() ? "" : " " + extra_class) + "\">";
   out += "<figcaption>" + escape(title);
   if (!hint.empty()) out += "<span class=\"hint\">" + escape(hint) + "</span>";
@@ -393,7 +407,7 @@ std::string render_line_chart(const LineChart& chart) {
     }
   }
   const bool empty = !(xmax >= xmin);
-  std::string svg = svg_open_inline(chart.kind, chart.run, chart.layer, chart.title, f.width, f.height);
+  std::string svg = svg_open(chart.kind, chart.run, chart.layer, chart.title, f.width, f.height);
   if (empty) {
     svg += "<rect class=\"plot-frame\" x=\"" + coord(f.x0()) + "\" y=\"" + coord(f.y0()) + "\" width=\"" +
            coord(f.x1() - f.x0()) + "\" height=\"" + coord(f.y1() - f.y0()) + "\"/>";
@@ -414,8 +428,8 @@ std::string render_line_chart(const LineChart& chart) {
   std::vector<std::string> dashed;
   for (const auto& r : chart.references) {
     if (chart.y_log && r.y <= 0) continue;
-    svg += "<line class=\"reference\" x1=\"" + coord(f.x0()) + "\" x2=\"" + coord(f.x1()) + "\" y1=\"" + coord(py(r.y)) +
-           "\" y2=\"" + coord(py(r.y)) + "\"/>";
+    svg += "<line class=\"reference\" x1=\"" + coord(f.x0()) + "\" x2=\"" + coord(f.x1()) + "\" y1=\"" +
+           coord(py(r.y)) + "\" y2=\"" + coord(py(r.y)) + "\"/>";
     svg += "<text class=\"reference-label\" x=\"" + coord(f.x1() - 4) + "\" y=\"" + coord(py(r.y) - 5) +
            "\" text-anchor=\"end\">" + escape(r.label) + "</text>\n";
     dashed.push_back(r.label);
@@ -608,8 +622,8 @@ std::string bias_chart(const HtmlRun& r, size_t li) {
     }
   }
   c.empty_message = r.metrics->train.empty() ? "no train lines yet"
-                   : !any                     ? "no routing bias logged for this layer"
-                                              : "the bias stays 0: this run balances without a routing bias";
+                    : !any                   ? "no routing bias logged for this layer"
+                                             : "the bias stays 0: this run balances without a routing bias";
   if (nonzero) {
     for (size_t e = 0; e < experts; ++e) {
       Series s{"expert " + std::to_string(e), "raw", series_color(e, experts), std::move(bias[e])};
@@ -642,7 +656,7 @@ std::string heatmap_chart(const HtmlRun& r, size_t li) {
   const double plot_height = std::max(80.0, row * double(std::max<size_t>(experts, 1)));
   f.height = f.top + plot_height + 104;
   f.bottom = 104;
-  std::string svg = svg_open_inline("heatmap", r.label, id, title + ", layer " + id, f.width, f.height);
+  std::string svg = svg_open("heatmap", r.label, id, title + ", layer " + id, f.width, f.height);
   if (experts == 0 || first > last) {
     svg += "<rect class=\"plot-frame\" x=\"" + coord(f.x0()) + "\" y=\"" + coord(f.y0()) + "\" width=\"" +
            coord(f.x1() - f.x0()) + "\" height=\"" + coord(f.y1() - f.y0()) + "\"/><text class=\"empty\" x=\"" +
@@ -653,8 +667,8 @@ std::string heatmap_chart(const HtmlRun& r, size_t li) {
 
   // Bin steps into columns: at most 200, and fewer for many experts to keep the file small.
   const int64_t span = last - first + 1;
-  const int64_t columns = std::max<int64_t>(
-      1, std::min<int64_t>({200, span, std::max<int64_t>(24, 6000 / int64_t(experts))}));
+  const int64_t columns =
+      std::max<int64_t>(1, std::min<int64_t>({200, span, std::max<int64_t>(24, 6000 / int64_t(experts))}));
   std::vector<double> counts(size_t(columns) * experts, 0.0), totals(size_t(columns), 0.0);
   std::vector<int64_t> bin_first(size_t(columns), INT64_MAX), bin_last(size_t(columns), INT64_MIN);
   for (const TrainPoint& t : r.metrics->train) {
@@ -680,9 +694,9 @@ std::string heatmap_chart(const HtmlRun& r, size_t li) {
   svg += "<g class=\"cells\" shape-rendering=\"crispEdges\">";
   for (size_t c = 0; c < size_t(columns); ++c) {
     const double cx = f.x0() + double(c) * column_width;
-    const std::string steps = bin_first[c] == bin_last[c] ? format("step %lld", (long long)bin_first[c])
-                                                          : format("steps %lld%s%lld", (long long)bin_first[c], kDash,
-                                                                   (long long)bin_last[c]);
+    const std::string steps = bin_first[c] == bin_last[c]
+                                  ? format("step %lld", (long long)bin_first[c])
+                                  : format("steps %lld%s%lld", (long long)bin_first[c], kDash, (long long)bin_last[c]);
     for (size_t e = 0; e < experts; ++e) {
       const double y = f.y0() + double(e) * row;
       const bool has = totals[c] > 0;
@@ -749,8 +763,7 @@ std::string heatmap_chart(const HtmlRun& r, size_t li) {
   svg += "<text class=\"scale-note\" x=\"" + coord(bar_x + bar_w + 18) + "\" y=\"" + coord(bar_y + 10) + "\">" +
          (extremes.empty() ? std::string("no tokens were routed") : "observed " + extremes) + " (" +
          format("%lld", (long long)columns) + (columns == 1 ? " column" : " columns") +
-         (span > columns ? format(" of ~%lld steps", (long long)((span + columns - 1) / columns)) : "") +
-         ")</text>";
+         (span > columns ? format(" of ~%lld steps", (long long)((span + columns - 1) / columns)) : "") + ")</text>";
   svg += "</g>\n</svg>\n";
   return figure(title, "rows: experts; columns: steps; white = uniform share, red = overloaded, blue = idle", svg, "",
                 "wide");
@@ -772,24 +785,24 @@ std::string load_table(const HtmlRun& r, size_t li) {
     return format("%.1f", bar_scale > 0 && std::isfinite(share) ? 100 * std::clamp(share / bar_scale, 0.0, 1.0) : 0.0);
   };
   // A long table is folded away (no script needed): the heatmap above already gives the overview.
-  std::string out = experts > kMaxLegendEntries ? "<details><summary>Load table of " + std::to_string(experts) +
-                                                      " experts</summary>\n"
-                                                : "";
+  std::string out = experts > kMaxLegendEntries
+                        ? "<details><summary>Load table of " + std::to_string(experts) + " experts</summary>\n"
+                        : "";
   out += "<div class=\"table-wrap\"><table class=\"load\" data-layer=\"" + std::to_string(layer.layer) +
-                    "\">\n<thead><tr><th>expert</th><th>early share<br><small>steps " +
-                    format("%lld%s%lld", (long long)report.early_from, kDash, (long long)report.early_to) +
-                    "</small></th><th>recent share<br><small>steps " +
-                    format("%lld%s%lld", (long long)report.recent_from, kDash, (long long)report.recent_to) +
-                    "</small></th><th class=\"bar-col\">share: early (thin), recent (bar);<br><small>line = uniform " + percent(uniform) + "</small>" +
-                    "</th><th>min</th><th>max</th><th>bias</th></tr></thead>\n<tbody>\n";
+         "\">\n<thead><tr><th>expert</th><th>early share<br><small>steps " +
+         format("%lld%s%lld", (long long)report.early_from, kDash, (long long)report.early_to) +
+         "</small></th><th>recent share<br><small>steps " +
+         format("%lld%s%lld", (long long)report.recent_from, kDash, (long long)report.recent_to) +
+         "</small></th><th class=\"bar-col\">share: early (thin), recent (bar);<br><small>line = uniform " +
+         percent(uniform) + "</small>" + "</th><th>min</th><th>max</th><th>bias</th></tr></thead>\n<tbody>\n";
   for (const auto& e : layer.experts) {
     out += "<tr><td><span class=\"dot\" style=\"background:" + series_color(size_t(e.expert), experts) + "\"></span>" +
            std::to_string(e.expert) + "</td><td>" + percent(e.early) + "</td><td>" + percent(e.recent) +
            "</td><td class=\"bar-col\"><div class=\"bar\"><b style=\"width:" + bar_width(e.early) +
            "%\"></b><span style=\"width:" + bar_width(e.recent) + "%;background:" + share_color(e.recent, uniform) +
-           "\"></span><i style=\"left:" +
-           format("%.1f", bar_scale > 0 ? 100 * uniform / bar_scale : 0.0) + "%\"></i></div></td><td>" +
-           percent(e.min) + "</td><td>" + percent(e.max) + "</td><td>" + signed_fixed(e.bias, 4) + "</td></tr>\n";
+           "\"></span><i style=\"left:" + format("%.1f", bar_scale > 0 ? 100 * uniform / bar_scale : 0.0) +
+           "%\"></i></div></td><td>" + percent(e.min) + "</td><td>" + percent(e.max) + "</td><td>" +
+           signed_fixed(e.bias, 4) + "</td></tr>\n";
   }
   out += "</tbody></table></div>\n";
   if (experts > kMaxLegendEntries) out += "</details>\n";
@@ -803,9 +816,8 @@ std::string verdict_line(const LayerLoadReport& layer, const LoadReport& report)
                     "\xe2\x86\x92 " + fixed(layer.recent_maxvio, 3) + " (steps " +
                     format("%lld%s%lld", (long long)report.recent_from, kDash, (long long)report.recent_to) + ")";
   if (layer.global_first && layer.global_last)
-    out += "; MaxVio_global " + fixed(*layer.global_first, 3) + " at step " +
-           std::to_string(layer.global_first_step) + " \xe2\x86\x92 " + fixed(*layer.global_last, 3) + " at step " +
-           std::to_string(layer.global_last_step);
+    out += "; MaxVio_global " + fixed(*layer.global_first, 3) + " at step " + std::to_string(layer.global_first_step) +
+           " \xe2\x86\x92 " + fixed(*layer.global_last, 3) + " at step " + std::to_string(layer.global_last_step);
   else
     out += "; MaxVio_global: no evaluation yet";
   return out + ".</p>\n";
@@ -813,17 +825,18 @@ std::string verdict_line(const LayerLoadReport& layer, const LoadReport& report)
 
 std::string model_section(const ModelConfig& c) {
   const ParamSummary s = summarize_params(c);
-  std::string out = "<h3>Model</h3>\n<p class=\"model-line\">" +
-                    format("%lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads, context %lld",
-                           (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace,
-                           (long long)c.num_moe_layers(), (long long)c.hidden_size, (long long)c.num_attention_heads,
-                           (long long)c.max_position_embeddings);
+  std::string out =
+      "<h3>Model</h3>\n<p class=\"model-line\">" +
+      format("%lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads, context %lld",
+             (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+             (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.max_position_embeddings);
   if (c.num_moe_layers() > 0)
     out += format("; MoE: %lld routed experts (top-%lld) + %lld shared, width %lld, ", (long long)c.n_routed_experts,
                   (long long)c.num_experts_per_tok, (long long)c.n_shared_experts, (long long)c.moe_intermediate_size) +
            std::string(to_string(c.scoring_func)) + " scores";
-  out += ".</p>\n<div class=\"table-wrap\"><table class=\"model-summary\">\n<thead><tr><th>part</th><th>total "
-         "parameters</th><th>activated per token</th><th>activated / total</th></tr></thead>\n<tbody>\n";
+  out +=
+      ".</p>\n<div class=\"table-wrap\"><table class=\"model-summary\">\n<thead><tr><th>part</th><th>total "
+      "parameters</th><th>activated per token</th><th>activated / total</th></tr></thead>\n<tbody>\n";
   for (const auto& row : s.rows) {
     if (row.total == 0) continue;
     out += "<tr><td>" + escape(row.role) + "</td><td>" + thousands(row.total) + "</td><td>" + thousands(row.activated) +
@@ -849,21 +862,23 @@ std::string fact(const std::string& name, const std::string& value_html) {
 std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
   const RunMetrics& m = *r.metrics;
   const LoadReport& report = *r.report;
-  std::string out = "<section class=\"card run\" id=\"" + run_anchor(run_index) + "\" data-run=\"" + escape(r.label) +
-                    "\">\n<h2>";
+  std::string out =
+      "<section class=\"card run\" id=\"" + run_anchor(run_index) + "\" data-run=\"" + escape(r.label) + "\">\n<h2>";
   if (run_count > 1)
-    out += "<span class=\"dot big\" style=\"background:" + std::string(kPalette[run_index % kPaletteSize]) +
-           "\"></span>";
+    out +=
+        "<span class=\"dot big\" style=\"background:" + std::string(kPalette[run_index % kPaletteSize]) + "\"></span>";
   out += escape(r.label.empty() ? m.path : r.label) + " " +
          (m.ended ? "<span class=\"badge ended\">ended</span>" : "<span class=\"badge running\">in progress</span>") +
          "</h2>\n<dl class=\"facts\">";
   out += fact("metrics", m.path.empty() ? kDash : "<code>" + escape(m.path) + "</code>");
-  if (m.train.empty()) out += fact("steps", "no train lines yet");
+  if (m.train.empty())
+    out += fact("steps", "no train lines yet");
   else
     out += fact("steps", thousands(int64_t(m.train.size())) + " logged (" + thousands(m.train.front().step) + kDash +
                              thousands(m.train.back().step) + ")");
   out += fact("status", m.ended ? "ended (an end line was written)" : "in progress: the file may still grow");
-  if (m.eval.empty()) out += fact("evaluations", "none yet");
+  if (m.eval.empty())
+    out += fact("evaluations", "none yet");
   else
     out += fact("evaluations", std::to_string(m.eval.size()) + " (steps " + std::to_string(m.eval.front().step) +
                                    kDash + std::to_string(m.eval.back().step) + ")");
@@ -871,9 +886,10 @@ std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
   const double tps = mean_tokens_per_s(m);
   out += fact("mean throughput", std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) + " tokens/s" : kDash);
   if (!m.train.empty())
-    out += fact("windows", std::to_string(report.window) + (report.window == 1 ? " step" : " steps") + ": early " + std::to_string(report.early_from) +
-                               kDash + std::to_string(report.early_to) + ", recent " +
-                               std::to_string(report.recent_from) + kDash + std::to_string(report.recent_to));
+    out +=
+        fact("windows", std::to_string(report.window) + (report.window == 1 ? " step" : " steps") + ": early " +
+                            std::to_string(report.early_from) + kDash + std::to_string(report.early_to) + ", recent " +
+                            std::to_string(report.recent_from) + kDash + std::to_string(report.recent_to));
   if (!report.layers.empty()) {
     std::string verdicts;
     for (const auto& l : report.layers)
@@ -928,17 +944,20 @@ std::string comparison_section(const std::vector<HtmlRun>& runs) {
   };
 
   std::string out = "<section class=\"card comparison\" id=\"comparison\">\n<h2>Comparison of " +
-                    std::to_string(runs.size()) + " runs</h2>\n<div class=\"table-wrap\"><table class=\"compare\">\n"
+                    std::to_string(runs.size()) +
+                    " runs</h2>\n<div class=\"table-wrap\"><table class=\"compare\">\n"
                     "<thead><tr><th>run</th><th>steps</th><th>final val loss<br><small>nats/byte</small></th>";
   for (int64_t id : layer_ids)
     out += "<th>MaxVio_global<br><small>layer " + std::to_string(id) + ", last eval</small></th>";
-  out += "<th>MaxVio_batch<br><small>last window, mean of layers</small></th><th>mean tokens/s</th>"
-         "<th class=\"verdicts\">verdict per layer</th></tr></thead>\n<tbody>\n";
+  out +=
+      "<th>MaxVio_batch<br><small>last window, mean of layers</small></th><th>mean tokens/s</th>"
+      "<th class=\"verdicts\">verdict per layer</th></tr></thead>\n<tbody>\n";
   for (size_t i = 0; i < runs.size(); ++i) {
     const HtmlRun& r = runs[i];
-    out += "<tr data-run=\"" + escape(r.label) + "\"><td><span class=\"dot\" style=\"background:" +
-           kPalette[i % kPaletteSize] + "\"></span><a href=\"#" + run_anchor(i) + "\">" + escape(r.label) +
-           "</a></td><td>" + (r.metrics->train.empty() ? std::string(kDash) : thousands(r.metrics->train.back().step)) +
+    out += "<tr data-run=\"" + escape(r.label) +
+           "\"><td><span class=\"dot\" style=\"background:" + kPalette[i % kPaletteSize] + "\"></span><a href=\"#" +
+           run_anchor(i) + "\">" + escape(r.label) + "</a></td><td>" +
+           (r.metrics->train.empty() ? std::string(kDash) : thousands(r.metrics->train.back().step)) +
            (r.metrics->ended ? "" : " <small>(running)</small>") + "</td>" +
            cell(last_finite_val_loss(*r.metrics), best_val, 4);
     for (int64_t id : layer_ids) {
@@ -949,7 +968,8 @@ std::string comparison_section(const std::vector<HtmlRun>& runs) {
     }
     const double tps = mean_tokens_per_s(*r.metrics);
     out += cell(recent_maxvio_mean(*r.report), best_recent, 3) + "<td>" +
-           (std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) : std::string(kDash)) + "</td><td class=\"verdicts\">";
+           (std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) : std::string(kDash)) +
+           "</td><td class=\"verdicts\">";
     for (const auto& l : r.report->layers)
       out += "<span class=\"verdict-item\">" + std::to_string(l.layer) + " " + badge(l.verdict) + "</span>";
     out += "</td></tr>\n";
@@ -1031,7 +1051,8 @@ svg.chart .domain, svg.chart .tick-mark { stroke: #8c959f; stroke-width: 1; }
 svg.chart path.series { fill: none; stroke-linejoin: round; stroke-linecap: round; }
 svg.chart .markers circle { stroke: #fff; stroke-width: 1.2; }
 svg.chart .reference { stroke: #57606a; stroke-width: 1.3; stroke-dasharray: 6 4; }
-svg.chart .reference-label { font-size: 11px; fill: #57606a; font-weight: 600; }
+svg.chart .reference-label { font-size: 11px; fill: #57606a; font-weight: 600; paint-order: stroke;
+  stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
 svg.chart .plot-frame { fill: #fafbfc; stroke: var(--soft); }
 svg.chart .plot-outline { fill: none; stroke: #afb8c1; stroke-width: 1; }
 svg.chart .empty { font-size: 14px; fill: var(--muted); }
@@ -1084,9 +1105,10 @@ std::string render_html_report(const std::vector<HtmlRun>& runs, const std::stri
   for (size_t i = 0; i < runs.size(); ++i)
     check(runs[i].metrics != nullptr && runs[i].report != nullptr,
           "HTML report: run " + std::to_string(i) + " (" + runs[i].label + ") has no metrics or load report");
-  std::string html = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                     "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>" +
-                     escape(title) + "</title>\n<style>" + kStyle + "</style>\n</head>\n<body>\n<main>\n";
+  std::string html =
+      "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>" +
+      escape(title) + "</title>\n<style>" + kStyle + "</style>\n</head>\n<body>\n<main>\n";
   html += "<header class=\"page\"><h1>" + escape(title) + "</h1><p>Expert load report from <code>metrics.jsonl</code>";
   html += runs.size() == 1 ? "" : ", " + std::to_string(runs.size()) + " runs";
   html += ". MaxVio = (largest expert load \xe2\x88\x92 mean load) / mean load: 0 is perfectly balanced.</p>\n";
@@ -1100,8 +1122,9 @@ std::string render_html_report(const std::vector<HtmlRun>& runs, const std::stri
   if (runs.empty()) html += "<section class=\"card\"><p class=\"note\">No runs to report.</p></section>\n";
   if (runs.size() > 1) html += comparison_section(runs);
   for (size_t i = 0; i < runs.size(); ++i) html += run_section(runs[i], i, runs.size());
-  html += "<footer>Written by moe inspect. Self-contained: inline SVG and CSS, no scripts, nothing loaded from "
-          "the network. Hover a heatmap cell or an evaluation point for its value.</footer>\n</main>\n</body>\n</html>\n";
+  html +=
+      "<footer>Written by moe inspect. Self-contained: inline SVG and CSS, no scripts, nothing loaded from "
+      "the network. Hover a heatmap cell or an evaluation point for its value.</footer>\n</main>\n</body>\n</html>\n";
   return html;
 }
 
