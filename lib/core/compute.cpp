@@ -49,7 +49,7 @@ memory::desc concrete_desc(int64_t rows, int64_t cols, const std::array<int64_t,
 ComputeContext::Entry& ComputeContext::lookup(const GemmSpec& spec) {
   GemmSpec key = spec;
   if (key.runtime_dims) {
-    // One primitive serves every shape with the same transposition pattern.
+    // One primitive serves every row/column count with the same strides (leading dimensions).
     key.M = key.N = key.K = 0;
   }
   auto it = cache_.find(key);

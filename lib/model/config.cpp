@@ -388,6 +388,12 @@ json to_json(const ModelConfig& m) {
               {"initializer_range", m.initializer_range}};
 }
 
+json config_file_json(const Config& c) {
+  json model = to_json(c.model);
+  model.erase("model_type");  // a checkpoint key, not a config-file key
+  return {{"model", model}, {"train", to_json(c.train)}};
+}
+
 json to_json(const TrainConfig& t) {
   return json{{"steps", t.steps},         {"batch", t.batch},
               {"seq", t.seq},             {"accum", t.accum},

@@ -16,7 +16,7 @@ struct ModelConfig {
   int64_t num_hidden_layers = 2;
   int64_t num_attention_heads = 4;
   int64_t num_key_value_heads = 4;
-  int64_t head_dim = 0;  // absent (or null) in a file: hidden_size / num_attention_heads
+  int64_t head_dim = 16;  // absent (or null) in a file: hidden_size / num_attention_heads
   int64_t intermediate_size = 192;
   int64_t moe_intermediate_size = 32;
   int64_t first_k_dense_replace = 1;
@@ -89,6 +89,8 @@ void validate(const TrainConfig& t, const ModelConfig& m, const std::string& whe
 
 nlohmann::json to_json(const ModelConfig& m);  // flat, Hugging Face field names
 nlohmann::json to_json(const TrainConfig& t);
+// {"model": ..., "train": ...} in the format of configs/*.json (reads back with config_from_json).
+nlohmann::json config_file_json(const Config& c);
 
 // Levenshtein-nearest candidate, used for "unknown key ... did you mean ...?".
 std::string nearest_name(const std::string& word, const std::initializer_list<const char*>& names);

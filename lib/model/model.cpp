@@ -14,7 +14,7 @@
 namespace moe {
 
 Model::Model(const ModelConfig& c)
-    : config(c), layout(make_layout(c)), params(layout.total), grads(layout.total),
+    : config((validate(c, "model config"), c)), layout(make_layout(c)), params(layout.total), grads(layout.total),
       weights(bind_weights(c, params.data())), grad(bind_weights(c, grads.data())),
       rope(c.head_dim, c.max_position_embeddings, c.rope_theta) {}
 
@@ -37,6 +37,10 @@ const TensorSpec* Model::find(const std::string& name) const {
 }
 
 Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_) : B(B_), T(T_), training(training_) {
+  // RoPE tables and the attention layout stop at the model's context.
+  check(B > 0 && T > 0 && T <= c.max_position_embeddings,
+        "sequence length " + std::to_string(T) + " must be in 1.." + std::to_string(c.max_position_embeddings) +
+            " (max_position_embeddings)");
   const int64_t N = B * T, D = c.hidden_size, H = c.num_attention_heads;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size, L = c.num_hidden_layers;
   const int64_t I = c.intermediate_size;

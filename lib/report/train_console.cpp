@@ -35,7 +35,7 @@ void ConsoleTrainObserver::clear_status() {
 
 void ConsoleTrainObserver::on_start(const Config& effective, const std::string& out_dir, const std::string& data_source,
                                     int64_t start_step) {
-  nlohmann::json j = {{"model", to_json(effective.model)}, {"train", to_json(effective.train)}};
+  const nlohmann::json j = config_file_json(effective);
   std::fprintf(out_, "effective config:\n%s\n", j.dump(2).c_str());
   std::fprintf(out_, "data: %s\nrun directory: %s (metrics.jsonl, checkpoint)\n", data_source.c_str(), out_dir.c_str());
   if (start_step > 0) std::fprintf(out_, "resuming after step %lld\n", (long long)start_step);

@@ -250,7 +250,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   else write_file_atomic(metrics_path, "");
   std::ofstream metrics(metrics_path, std::ios::app);
   if (!metrics) fail(metrics_path + ": cannot open for writing");
-  write_file_atomic(dir + "/train_config.json", json{{"model", to_json(mc)}, {"train", to_json(tc)}}.dump(2) + "\n");
+  write_file_atomic(dir + "/train_config.json", config_file_json(cfg).dump(2) + "\n");
 
   const int64_t B = tc.batch, T = tc.seq, E = mc.n_routed_experts, M = mc.num_moe_layers();
   Workspace ws(mc, B, T, /*training=*/true);
@@ -270,7 +270,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
               {"adam_step", adam.t},
               {"threads", threads},
               {"data", {{"source", data.source}, {"bytes", data.size()}, {"fingerprint", fingerprint(data.bytes)}}},
-              {"config", {{"model", to_json(mc)}, {"train", to_json(tc)}}}};
+              {"config", config_file_json(cfg)}};
     if (first_eval) s["first_eval"] = eval_json(*first_eval);
     return s;
   };

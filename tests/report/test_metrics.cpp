@@ -1,0 +1,135 @@
+// The load report computed from a recorded metrics.jsonl fixture, and robustness of the reader
+// against files that training is still writing or that are damaged.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "report/load_console.hpp"
+#include "report/metrics.hpp"
+
+using namespace moe;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kFixture = std::string(MOE_SOURCE_DIR) + "/tests/fixtures/metrics_small.jsonl";
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const fs::path p = fs::temp_directory_path() / ("moe_metrics_" + std::to_string(::getpid()) + "_" + name);
+  std::ofstream(p, std::ios::binary) << text;
+  return p.string();
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
+TEST_CASE("load report on the fixture: shares, MaxVio and verdicts", "[report]") {
+  const RunMetrics run = read_metrics(kFixture);
+  REQUIRE(run.train.size() == 20);
+  REQUIRE(run.eval.size() == 2);
+  CHECK(run.ended);
+  const LoadReport r = build_load_report(run, 5);
+  CHECK(r.window == 5);
+  CHECK(r.early_from == 1);
+  CHECK(r.early_to == 5);
+  CHECK(r.recent_from == 16);
+  CHECK(r.recent_to == 20);
+  REQUIRE(r.layers.size() == 2);
+
+  const LayerLoadReport& l1 = r.layers[0];
+  CHECK(l1.layer == 1);
+  // Early window: counts 8,4,2,2 of 16 each step -> shares 0.5, 0.25, 0.125, 0.125.
+  CHECK(l1.experts[0].early == Approx(0.5));
+  CHECK(l1.experts[1].early == Approx(0.25));
+  CHECK(l1.experts[3].early == Approx(0.125));
+  // Recent window: balanced.
+  for (const auto& e : l1.experts) CHECK(e.recent == Approx(0.25));
+  CHECK(l1.experts[0].min == Approx(0.25));
+  CHECK(l1.experts[0].max == Approx(0.5));
+  CHECK(l1.experts[2].min == Approx(0.125));
+  CHECK(l1.experts[2].bias == Approx(0.02));
+  CHECK(l1.experts[0].bias == Approx(-0.02));
+  CHECK(l1.early_maxvio == Approx(1.0));
+  CHECK(l1.recent_maxvio == Approx(0.0));
+  CHECK(l1.verdict == Verdict::balanced);
+  CHECK(*l1.global_first == Approx(1.0));
+  CHECK(*l1.global_last == Approx(0.0625));
+  CHECK(l1.global_last_step == 20);
+
+  const LayerLoadReport& l2 = r.layers[1];
+  CHECK(l2.experts[0].recent == Approx(7.0 / 16));
+  CHECK(l2.recent_maxvio == Approx(0.75));
+  CHECK(l2.early_maxvio == Approx(0.0));
+  CHECK(l2.verdict == Verdict::diverging);
+  CHECK(l2.maxvio_batch.size() == 20);
+
+  // A layer whose imbalance is falling but still above the threshold is "still converging".
+  RunMetrics falling = run;
+  for (size_t s = 0; s < falling.train.size(); ++s) falling.train[s].layers[1].maxvio = 2.0 - 0.08 * double(s);
+  CHECK(build_load_report(falling, 5).layers[1].verdict == Verdict::converging);
+
+  // The JSON form carries the same numbers.
+  const auto j = load_report_json(run, r);
+  CHECK(j["layers"][0]["verdict"] == "balanced");
+  CHECK(j["layers"][1]["experts"][0]["recent_share"].get<double>() == Approx(7.0 / 16));
+  CHECK(j["final_val_loss"].get<double>() == Approx(3.25));
+  // The terminal form names both verdicts.
+  const std::string text = format_load_report(run, r, false);
+  CHECK(text.find("layer 1: balanced") != std::string::npos);
+  CHECK(text.find("layer 2: diverging") != std::string::npos);
+}
+
+TEST_CASE("a torn last line is skipped with a note; damaged lines are named", "[report]") {
+  const std::string full = read_all(kFixture);
+  const std::string torn = write_temp("torn.jsonl", full.substr(0, full.size() - 60));  // cut inside the last eval line
+  const RunMetrics run = read_metrics(torn);
+  CHECK(run.train.size() == 20);
+  CHECK(run.eval.size() == 1);
+  CHECK_FALSE(run.ended);
+  REQUIRE(run.notes.size() == 1);
+  CHECK(run.notes[0].find("incomplete") != std::string::npos);
+
+  const std::string empty = write_temp("empty.jsonl", "");
+  const RunMetrics none = read_metrics(empty);
+  CHECK(none.train.empty());
+  const LoadReport report = build_load_report(none, 0);
+  CHECK(report.layers.empty());
+  CHECK(format_load_report(none, report, false).find("no training steps") != std::string::npos);
+
+  // Only train lines: no MaxVio_global, a clear note, no crash.
+  std::string train_only;
+  for (size_t pos = 0, next; pos < full.size(); pos = next + 1) {
+    next = full.find('\n', pos);
+    const std::string line = full.substr(pos, next - pos);
+    if (line.find("\"train\"") != std::string::npos) train_only += line + "\n";
+  }
+  const RunMetrics no_eval = read_metrics(write_temp("noeval.jsonl", train_only));
+  const LoadReport r2 = build_load_report(no_eval, 0);
+  CHECK_FALSE(r2.layers[0].global_first.has_value());
+  CHECK(format_load_report(no_eval, r2, false).find("no evaluation lines") != std::string::npos);
+
+  CHECK_THROWS_WITH(read_metrics(write_temp("garbage.jsonl", "{\"kind\":\"train\"}\nnot json at all\n{}\n")),
+                    Catch::Contains("garbage.jsonl:1") && Catch::Contains("missing field \"step\""));
+  CHECK_THROWS_WITH(read_metrics(write_temp("garbage2.jsonl", "hello\n{}\n")),
+                    Catch::Contains("garbage2.jsonl:1") && Catch::Contains("not valid JSON"));
+  CHECK_THROWS_WITH(read_metrics(write_temp("types.jsonl", "{\"kind\":\"eval\",\"step\":\"x\",\"val_loss\":1,\"layers\":[]}\n")),
+                    Catch::Contains("types.jsonl:1") && Catch::Contains("\"step\""));
+  CHECK_THROWS_WITH(read_metrics(write_temp("kind.jsonl", "{\"kind\":\"weird\",\"step\":1}\n")),
+                    Catch::Contains("unknown kind"));
+  CHECK_THROWS_WITH(read_metrics("/nonexistent/metrics.jsonl"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("sparkline squeezes a series into block characters", "[report]") {
+  const std::string s = sparkline({0, 1, 2, 3, 4, 5, 6, 7}, 8);
+  CHECK(s == "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588");
+  CHECK(sparkline({}, 10).empty());
+  CHECK(sparkline({1, 1, 1, 1}, 2) == "\u2588\u2588");
+}

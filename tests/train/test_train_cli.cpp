@@ -1,0 +1,641 @@
+// `moe train` and `moe data synth` end to end: the built binary on small real data, checked through
+// what it leaves in the run directory (metrics.jsonl, checkpoint files, trainer_state.json).
+// Every run uses --threads 2 (resume equivalence needs one thread count) and few steps.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.hpp"
+#include "train/run_dir.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::string kTiny = MOE_SOURCE_DIR "/configs/tiny.json";
+const std::string kShakespeare = MOE_SHARED_DATA "/tinyshakespeare.txt";
+
+// A fresh directory under /tmp, removed with everything in it at the end of the test.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/moe_train_test_XXXXXX";
+    const char* p = ::mkdtemp(tmpl);
+    REQUIRE(p != nullptr);
+    path = p;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+};
+
+struct RunResult {
+  bool exited = false;  // ended by exit() (not killed by a signal)
+  int code = -1;
+  std::string output;  // stdout + stderr
+  bool ok() const { return exited && code == 0; }
+  // A clean refusal: a non-zero exit status, not a crash (a shell reports a signal as 128 + n).
+  bool refused() const { return exited && code > 0 && code < 128; }
+  // The end of the output (skips the long effective-config dump) for failure messages.
+  std::string tail() const { return output.size() > 1500 ? "..." + output.substr(output.size() - 1500) : output; }
+};
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Byte comparison that reports sizes, not the (binary) contents, when it fails.
+bool same_bytes(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  size_t first = 0;
+  while (first < std::min(a.size(), b.size()) && a[first] == b[first]) ++first;
+  UNSCOPED_INFO("contents differ: sizes " << a.size() << " and " << b.size() << ", first difference at byte " << first);
+  return false;
+}
+bool same_files(const std::string& a, const std::string& b) {
+  UNSCOPED_INFO("comparing " << a << " with " << b);
+  return same_bytes(read_bytes(a), read_bytes(b));
+}
+
+// Runs `moe <args>` from the project root. OMP_WAIT_POLICY=PASSIVE (results do not depend on
+// it) keeps OpenMP from spin-waiting on a shared, oversubscribed machine, which was measured to
+// make these runs several times slower.
+RunResult run_moe(const std::string& args, const TempDir& tmp) {
+  const std::string log = tmp / "moe_output.log";
+  const std::string cmd = "cd '" MOE_SOURCE_DIR "' && OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} '" MOE_BINARY "' " +
+                          args + " > '" + log + "' 2>&1";
+  const int status = std::system(cmd.c_str());
+  RunResult r;
+  r.exited = status != -1 && WIFEXITED(status);
+  r.code = r.exited ? WEXITSTATUS(status) : -1;
+  r.output = read_bytes(log);
+  std::remove(log.c_str());
+  return r;
+}
+
+std::string train_args(const std::string& out, const std::string& extra) {
+  return "train --config '" + kTiny + "' --data '" + kShakespeare + "' --out '" + out + "' --threads 2 " + extra;
+}
+
+std::vector<json> read_metrics(const std::string& dir) {
+  std::ifstream in(dir + "/metrics.jsonl");
+  REQUIRE(in);
+  std::vector<json> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    INFO(line);
+    REQUIRE_NOTHROW(lines.push_back(json::parse(line)));
+  }
+  return lines;
+}
+
+std::vector<json> of_kind(const std::vector<json>& lines, const std::string& kind) {
+  std::vector<json> out;
+  for (const auto& j : lines)
+    if (j.at("kind") == kind) out.push_back(j);
+  return out;
+}
+
+json read_json(const std::string& path) {
+  const std::string text = read_bytes(path);
+  INFO(path);
+  REQUIRE(!text.empty());
+  return json::parse(text);
+}
+
+std::set<std::string> dir_entries(const std::string& dir) {
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+// Mean over MoE layers of the mean train maxvio over the last `n` steps.
+double mean_train_maxvio(const std::vector<json>& train, size_t n) {
+  REQUIRE(train.size() >= n);
+  double sum = 0.0;
+  size_t layers = 0;
+  for (size_t s = train.size() - n; s < train.size(); ++s)
+    for (const auto& l : train[s].at("layers")) sum += l.at("maxvio").get<double>(), ++layers;
+  return sum / double(layers);
+}
+
+double mean_eval_maxvio(const json& eval) {
+  double sum = 0.0;
+  for (const auto& l : eval.at("layers")) sum += l.at("maxvio").get<double>();
+  return sum / double(eval.at("layers").size());
+}
+
+// Every tensor of two safetensors files, element by element: max |a - b| (0 when bitwise equal).
+double max_tensor_diff(const std::string& a_path, const std::string& b_path) {
+  const moe::SafetensorsFile a = moe::read_safetensors(a_path), b = moe::read_safetensors(b_path);
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  double diff = 0.0;
+  for (const auto& [name, entry] : a.tensors) {
+    INFO(name);
+    REQUIRE(b.tensors.count(name) == 1);
+    REQUIRE(b.tensors.at(name).shape == entry.shape);
+    const int64_t n = int64_t(entry.end - entry.begin) / 4;
+    const float *pa = a.f32(name), *pb = b.f32(name);
+    for (int64_t i = 0; i < n; ++i) diff = std::max(diff, double(std::abs(pa[i] - pb[i])));
+  }
+  return diff;
+}
+
+}  // namespace
+
+TEST_CASE("moe train on tinyshakespeare lowers validation loss well below its start", "[train]") {
+  TempDir tmp;
+  const std::string out = tmp / "run";
+  const RunResult r = run_moe(train_args(out, "--steps 100 --eval-every 50 --eval-tokens 4096"), tmp);
+  INFO(r.tail());
+  REQUIRE(r.ok());
+  const auto evals = of_kind(read_metrics(out), "eval");
+  REQUIRE(evals.size() == 3);  // steps 0, 50, 100
+  CHECK(evals.front().at("step") == 0);
+  CHECK(evals.back().at("step") == 100);
+  const double first = evals.front().at("val_loss").get<double>();
+  const double last = evals.back().at("val_loss").get<double>();
+  CAPTURE(first, last);
+  // An untrained byte model is near uniform over 256 bytes: ln 256 = 5.545.
+  CHECK(first > 5.0);
+  CHECK(first < 6.0);
+  // Measured 5.571 -> 2.640 (step 50) -> 2.445 (step 100).
+  CHECK(last < first - 2.5);
+  CHECK(last < 2.8);
+  // The terminal summary reports the same losses.
+  CHECK(r.output.find("summary") != std::string::npos);
+}
+
+TEST_CASE("--balance loss-free ends a short run with clearly lower MaxVio than --balance none", "[train]") {
+  TempDir tmp;
+  const std::string common = "--steps 80 --eval-every 0 --eval-tokens 4096 --bias-rate 0.01 --seed 1234";
+  const RunResult none = run_moe(train_args(tmp / "none", common + " --balance none"), tmp);
+  INFO(none.tail());
+  REQUIRE(none.ok());
+  const RunResult free = run_moe(train_args(tmp / "free", common + " --balance loss-free"), tmp);
+  INFO(free.tail());
+  REQUIRE(free.ok());
+
+  const auto none_lines = read_metrics(tmp / "none"), free_lines = read_metrics(tmp / "free");
+  const auto none_train = of_kind(none_lines, "train"), free_train = of_kind(free_lines, "train");
+  const auto none_eval = of_kind(none_lines, "eval"), free_eval = of_kind(free_lines, "eval");
+  REQUIRE(none_train.size() == 80);
+  REQUIRE(free_train.size() == 80);
+  REQUIRE(none_eval.size() == 2);
+  REQUIRE(free_eval.size() == 2);
+  // Same seed and data: identical start (the bias only acts after the first update).
+  CHECK(none_eval.front().at("val_loss").get<double>() == free_eval.front().at("val_loss").get<double>());
+  CHECK(none_train.front().at("loss").get<double>() == free_train.front().at("loss").get<double>());
+
+  const double train_none = mean_train_maxvio(none_train, 20), train_free = mean_train_maxvio(free_train, 20);
+  const double eval_none = mean_eval_maxvio(none_eval.back()), eval_free = mean_eval_maxvio(free_eval.back());
+  CAPTURE(train_none, train_free, eval_none, eval_free);
+  // Measured: train 1.34 (none) vs 0.40 (loss-free), final eval 1.47 vs 0.30.
+  CHECK(train_free < 0.6 * train_none);
+  CHECK(eval_free < 0.6 * eval_none);
+  CHECK(train_none > 0.5);  // without balancing the router really is unbalanced
+
+  // none never moves the bias; loss-free moves it by exactly ±u or 0 per step.
+  for (const auto& l : none_train.back().at("layers"))
+    for (double b : l.at("bias").get<std::vector<double>>()) CHECK(b == 0.0);
+  double max_abs_bias = 0.0;
+  for (const auto& l : free_train.back().at("layers"))
+    for (double b : l.at("bias").get<std::vector<double>>()) max_abs_bias = std::max(max_abs_bias, std::abs(b));
+  CHECK(max_abs_bias > 0.05);
+  CHECK(max_abs_bias <= 80 * 0.01 + 1e-5);
+  // Balancing must not cost much quality.
+  CHECK(free_eval.back().at("val_loss").get<double>() < none_eval.back().at("val_loss").get<double>() + 0.1);
+}
+
+TEST_CASE("--resume continues a run exactly: 10 + 10 steps equal 20 steps in one run", "[train]") {
+  TempDir tmp;
+  const std::string a = tmp / "a", b = tmp / "b";
+  // Accumulation and a large bias rate make sure micro-batch sampling and the bias are covered.
+  const std::string common =
+      "--steps 20 --eval-every 0 --eval-tokens 512 --batch 4 --seq 64 --accum 2 "
+      "--bias-rate 0.01 --warmup 5";
+  const RunResult ra = run_moe(train_args(a, common + " --save-every 0"), tmp);
+  INFO(ra.tail());
+  REQUIRE(ra.ok());
+  const RunResult rb1 = run_moe(train_args(b, common + " --save-every 0 --stop-at 10"), tmp);
+  INFO(rb1.tail());
+  REQUIRE(rb1.ok());
+  CHECK(read_json(b + "/trainer_state.json").at("step") == 10);
+  CHECK(of_kind(read_metrics(b), "train").size() == 10);
+  CHECK(read_metrics(b).back().at("reason") == "stop-at");
+  // The resumed run takes data, config and seed from the run directory.
+  const RunResult rb2 = run_moe("train --out '" + b + "' --resume --threads 2", tmp);
+  INFO(rb2.tail());
+  REQUIRE(rb2.ok());
+
+  const json state_a = read_json(a + "/trainer_state.json"), state_b = read_json(b + "/trainer_state.json");
+  CHECK(state_a.at("step") == 20);
+  CHECK(state_b.at("step") == 20);
+  CHECK(state_a.at("rng") == state_b.at("rng"));
+  CHECK(state_a.at("adam_step") == state_b.at("adam_step"));
+
+  for (const char* file : {"model.safetensors", "optimizer.safetensors", "config.json"}) {
+    CAPTURE(file);
+    const std::string fa = read_bytes(a + "/" + file), fb = read_bytes(b + "/" + file);
+    REQUIRE(!fa.empty());
+    if (fa != fb && std::string(file) != "config.json") CHECK(max_tensor_diff(a + "/" + file, b + "/" + file) <= 1e-6);
+    CHECK(same_bytes(fa, fb));  // bitwise: same thread count, same arithmetic
+  }
+  // The routing bias moved, and identically.
+  const moe::SafetensorsFile ma = moe::read_safetensors(a + "/model.safetensors");
+  const moe::SafetensorsFile mb = moe::read_safetensors(b + "/model.safetensors");
+  int bias_tensors = 0;
+  for (const auto& [name, entry] : ma.tensors) {
+    if (name.find("e_score_correction_bias") == std::string::npos) continue;
+    ++bias_tensors;
+    const float *pa = ma.f32(name), *pb = mb.f32(name);
+    float largest = 0.0f;
+    for (int i = 0; i < 8; ++i) {
+      CHECK(pa[i] == pb[i]);
+      largest = std::max(largest, std::abs(pa[i]));
+    }
+    CHECK(largest > 0.0f);
+  }
+  CHECK(bias_tensors == 2);  // tiny: layers 1 and 2 are MoE
+
+  // The resumed log reads as one run, line for line the same as the uninterrupted one.
+  const auto la = read_metrics(a), lb = read_metrics(b);
+  REQUIRE(la.size() == lb.size());
+  for (size_t i = 0; i < la.size(); ++i) {
+    CAPTURE(i);
+    CHECK(la[i].at("kind") == lb[i].at("kind"));
+    CHECK(la[i].at("step") == lb[i].at("step"));
+    if (la[i].at("kind") == "train") {
+      CHECK(la[i].at("loss") == lb[i].at("loss"));
+      CHECK(la[i].at("lr") == lb[i].at("lr"));
+      CHECK(la[i].at("layers") == lb[i].at("layers"));
+    } else if (la[i].at("kind") == "eval") {
+      CHECK(la[i].at("val_loss") == lb[i].at("val_loss"));
+      CHECK(la[i].at("layers") == lb[i].at("layers"));
+    } else {
+      CHECK(la[i] == lb[i]);  // the one "end" line; the stop-at one was dropped on resume
+    }
+  }
+}
+
+TEST_CASE("checkpoint files are written atomically and an interrupted save is recovered", "[train]") {
+  TempDir tmp;
+  const std::string common = "--steps 4 --eval-every 0 --eval-tokens 256 --batch 2 --seq 32 --save-every 0 ";
+  const std::string dir = tmp / "run";
+  RunResult r = run_moe(train_args(dir, common + "--stop-at 2"), tmp);
+  INFO(r.tail());
+  REQUIRE(r.ok());
+  const std::set<std::string> expected = {"config.json",        "model.safetensors", "optimizer.safetensors",
+                                          "trainer_state.json", "metrics.jsonl",     "train_config.json"};
+  CHECK(dir_entries(dir) == expected);  // no *.tmp*, no .pending left behind
+
+  // Reference: the same run straight to step 4, and a copy of it stopped at 3 (the "new" checkpoint).
+  const std::string straight = tmp / "straight", newer = tmp / "newer";
+  REQUIRE(run_moe(train_args(straight, common), tmp).ok());
+  REQUIRE(run_moe(train_args(newer, common + "--stop-at 3"), tmp).ok());
+  CHECK(dir_entries(straight) == expected);
+  CHECK(read_json(newer + "/trainer_state.json").at("step") == 3);
+
+  // Three copies of the step-2 run directory, one per scenario (plain blocks, not SECTIONs, so
+  // the runs above happen once).
+  const std::string crash = tmp / "crash", sealed = tmp / "sealed", moved = tmp / "moved";
+  for (const auto& copy : {crash, sealed, moved}) fs::copy(dir, copy, fs::copy_options::recursive);
+  const std::string old_model = read_bytes(dir + "/model.safetensors");
+
+  {
+    INFO("a save that crashed before COMPLETE is discarded; --resume uses the old checkpoint");
+    fs::create_directory(crash + "/.pending");
+    const std::string full = read_bytes(newer + "/model.safetensors");
+    std::ofstream(crash + "/.pending/model.safetensors", std::ios::binary) << full.substr(0, full.size() / 2);
+    fs::copy_file(newer + "/config.json", crash + "/.pending/config.json");
+    r = run_moe("train --out '" + crash + "' --resume --threads 2", tmp);
+    INFO(r.tail());
+    REQUIRE(r.ok());
+    CHECK(dir_entries(crash) == expected);  // .pending removed
+    CHECK(read_json(crash + "/trainer_state.json").at("step") == 4);
+    // From step 2 onward it matches the uninterrupted run bit for bit.
+    CHECK(same_files(crash + "/model.safetensors", straight + "/model.safetensors"));
+    const auto train = of_kind(read_metrics(crash), "train");
+    REQUIRE(train.size() == 4);
+    for (size_t i = 0; i < train.size(); ++i) CHECK(train[i].at("step") == int(i) + 1);
+  }
+
+  {
+    INFO("a sealed save (COMPLETE present) is moved into place by recover_pending_checkpoint");
+    fs::create_directory(sealed + "/.pending");
+    for (const char* f : {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"})
+      fs::copy_file(newer + "/" + f, sealed + "/.pending/" + f);
+    std::ofstream(sealed + "/.pending/COMPLETE").flush();
+    moe::recover_pending_checkpoint(sealed);
+    CHECK(dir_entries(sealed) == expected);
+    for (const char* f : {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"}) {
+      CAPTURE(f);
+      CHECK(same_files(sealed + "/" + f, newer + "/" + f));
+    }
+    CHECK(!same_bytes(read_bytes(sealed + "/model.safetensors"), old_model));
+    // Safe to call again with nothing pending.
+    moe::recover_pending_checkpoint(sealed);
+    CHECK(dir_entries(sealed) == expected);
+  }
+
+  {
+    INFO("--resume finishes a sealed save, even one whose recovery was itself interrupted");
+    // Recovery had already moved config.json and model.safetensors when it stopped.
+    fs::create_directory(moved + "/.pending");
+    for (const char* f : {"optimizer.safetensors", "trainer_state.json"})
+      fs::copy_file(newer + "/" + f, moved + "/.pending/" + f);
+    for (const char* f : {"config.json", "model.safetensors"})
+      fs::copy_file(newer + "/" + f, moved + "/" + f, fs::copy_options::overwrite_existing);
+    std::ofstream(moved + "/.pending/COMPLETE").flush();
+    r = run_moe("train --out '" + moved + "' --resume --threads 2", tmp);
+    INFO(r.tail());
+    REQUIRE(r.ok());
+    CHECK(dir_entries(moved) == expected);
+    // It continued from the new checkpoint (step 3): the log has steps 1, 2 (old run) then 4 only.
+    std::vector<int> steps;
+    for (const auto& j : of_kind(read_metrics(moved), "train")) steps.push_back(j.at("step").get<int>());
+    CHECK(steps == std::vector<int>{1, 2, 4});
+    CHECK(same_files(moved + "/model.safetensors", straight + "/model.safetensors"));
+  }
+}
+
+TEST_CASE("metrics.jsonl lines parse and carry the documented fields with consistent sizes", "[train]") {
+  TempDir tmp;
+  const int64_t batch = 2, seq = 32, K = 2, E = 8, eval_tokens = 1000;
+  const double u = 0.01;
+  for (int accum : {1, 2}) {
+    CAPTURE(accum);
+    const std::string dir = tmp / ("accum" + std::to_string(accum));
+    const RunResult r = run_moe(train_args(dir,
+                                           "--steps 6 --eval-every 3 --eval-tokens 1000 --batch 2 --seq 32 "
+                                           "--bias-rate 0.01 --accum " +
+                                               std::to_string(accum)),
+                                tmp);
+    INFO(r.tail());
+    REQUIRE(r.ok());
+    const auto lines = read_metrics(dir);
+    const auto train = of_kind(lines, "train"), evals = of_kind(lines, "eval");
+    // One "end" line closes the run; no other kinds.
+    REQUIRE(!lines.empty());
+    CHECK(lines.back().at("kind") == "end");
+    CHECK(lines.back().at("step") == 6);
+    CHECK(lines.back().at("reason") == "completed");
+    CHECK(train.size() + evals.size() + 1 == lines.size());
+    REQUIRE(train.size() == 6);
+    REQUIRE(evals.size() == 3);  // steps 0, 3, 6
+
+    std::vector<double> prev_bias[2] = {std::vector<double>(E, 0.0), std::vector<double>(E, 0.0)};
+    for (size_t s = 0; s < train.size(); ++s) {
+      const json& j = train[s];
+      CAPTURE(j.dump());
+      CHECK(j.at("step") == int(s) + 1);  // steps increase by 1
+      for (const char* key : {"loss", "lr", "grad_norm", "tokens_per_s"}) {
+        CAPTURE(key);
+        REQUIRE(j.at(key).is_number());
+        CHECK(std::isfinite(j.at(key).get<double>()));
+      }
+      CHECK(j.at("loss").get<double>() > 0.0);
+      CHECK(j.at("lr").get<double>() > 0.0);
+      CHECK(j.at("tokens_per_s").get<double>() > 0.0);
+      REQUIRE(j.at("layers").size() == 2);
+      for (size_t m = 0; m < 2; ++m) {
+        const json& l = j.at("layers")[m];
+        CHECK(l.at("layer") == int(m) + 1);  // first_k_dense_replace = 1: layers 1 and 2 are MoE
+        const auto counts = l.at("counts").get<std::vector<int64_t>>();
+        const auto bias = l.at("bias").get<std::vector<double>>();
+        REQUIRE(counts.size() == size_t(E));
+        REQUIRE(bias.size() == size_t(E));
+        // Every routed slot of every micro-batch of the step is counted.
+        CHECK(std::accumulate(counts.begin(), counts.end(), int64_t(0)) == batch * seq * accum * K);
+        const double mean = double(batch * seq * accum * K) / double(E);
+        const double max = double(*std::max_element(counts.begin(), counts.end()));
+        CHECK(l.at("maxvio").get<double>() == Approx((max - mean) / mean).margin(1e-9));
+        // The bias moved by exactly u · sign(mean − c_i) from the whole step's counts.
+        for (int64_t i = 0; i < E; ++i) {
+          CAPTURE(m, i, counts[size_t(i)], mean);
+          const double sign = (mean > double(counts[size_t(i)])) - (mean < double(counts[size_t(i)]));
+          CHECK(bias[size_t(i)] == Approx(prev_bias[m][size_t(i)] + u * sign).margin(1e-6));
+        }
+        prev_bias[m] = bias;
+      }
+    }
+    for (size_t e = 0; e < evals.size(); ++e) {
+      const json& j = evals[e];
+      CAPTURE(j.dump());
+      CHECK(j.at("step") == int(3 * e));
+      CHECK(std::isfinite(j.at("val_loss").get<double>()));
+      const int64_t tokens = j.at("tokens").get<int64_t>();  // whole windows of seq covering eval_tokens
+      CHECK(tokens >= eval_tokens);
+      CHECK(tokens < eval_tokens + seq);
+      REQUIRE(j.at("layers").size() == 2);
+      for (size_t m = 0; m < 2; ++m) {
+        const json& l = j.at("layers")[m];
+        CHECK(l.at("layer") == int(m) + 1);
+        const auto counts = l.at("counts").get<std::vector<int64_t>>();
+        REQUIRE(counts.size() == size_t(E));
+        CHECK(std::accumulate(counts.begin(), counts.end(), int64_t(0)) == tokens * K);
+        const double mean = double(tokens * K) / double(E);
+        const double max = double(*std::max_element(counts.begin(), counts.end()));
+        CHECK(l.at("maxvio").get<double>() == Approx((max - mean) / mean).margin(1e-9));
+      }
+    }
+    // Eval lines come in step order among the train lines: eval at step s follows train step s.
+    for (size_t i = 1; i < lines.size(); ++i) CHECK(lines[i].at("step") >= lines[i - 1].at("step"));
+  }
+}
+
+TEST_CASE("each --balance mode records its balance loss and moves the bias only when bias-balanced", "[train]") {
+  TempDir tmp;
+  struct Mode {
+    const char* name;
+    double alpha;  // expected per-layer loss scale (0: no balance loss)
+    bool bias_moves;
+  };
+  // Near-uniform routing at the start gives a per-layer loss close to α for both losses: classic
+  // α·E·Σ f P with f, P ≈ 1/E, and sequence-wise α·Σ f P with Σ f = E, P ≈ 1/E.
+  for (const Mode mode : {Mode{"none", 0.0, false}, Mode{"aux", 0.01, false}, Mode{"loss-free", 0.0, true},
+                          Mode{"loss-free+seq", 1e-4, true}}) {
+    CAPTURE(mode.name);
+    const std::string dir = tmp / mode.name;
+    const RunResult r = run_moe(train_args(dir, std::string("--steps 2 --eval-every 0 --eval-tokens 128 --batch 2 "
+                                                            "--seq 32 --bias-rate 0.01 --balance ") +
+                                                    mode.name),
+                                tmp);
+    INFO(r.tail());
+    REQUIRE(r.ok());
+    const auto train = of_kind(read_metrics(dir), "train");
+    REQUIRE(train.size() == 2);
+    for (const auto& step : train) {
+      double layer_sum = 0.0;
+      for (const auto& l : step.at("layers")) {
+        const double loss = l.value("balance_loss", 0.0);
+        layer_sum += loss;
+        if (mode.alpha == 0.0) {
+          CHECK(loss == 0.0);
+        } else {
+          CHECK(loss > 0.8 * mode.alpha);
+          CHECK(loss < 2.0 * mode.alpha);
+        }
+        double max_abs_bias = 0.0;
+        for (double b : l.at("bias").get<std::vector<double>>()) max_abs_bias = std::max(max_abs_bias, std::abs(b));
+        if (mode.bias_moves) {
+          CHECK(max_abs_bias > 0.0);
+          CHECK(max_abs_bias <= 0.01 * step.at("step").get<double>() + 1e-6);
+        } else {
+          CHECK(max_abs_bias == 0.0);
+        }
+      }
+      CHECK(step.value("balance_loss", 0.0) == Approx(layer_sum).margin(1e-12));
+    }
+  }
+}
+
+TEST_CASE("moe train refuses bad run directories, data and flags with a clear message", "[train]") {
+  TempDir tmp;
+  const std::string fast = "--steps 1 --eval-tokens 128 --batch 2 --seq 32 --eval-every 0 ";
+
+  SECTION("an existing non-empty directory needs --resume or --force") {
+    const std::string dir = tmp / "busy";
+    fs::create_directory(dir);
+    std::ofstream(dir + "/notes.txt") << "keep me";
+    const RunResult r = run_moe(train_args(dir, fast), tmp);
+    INFO(r.tail());
+    CHECK(r.refused());
+    CHECK(r.output.find("--resume") != std::string::npos);
+    CHECK(r.output.find(dir) != std::string::npos);
+    CHECK(dir_entries(dir) == std::set<std::string>{"notes.txt"});  // nothing written
+  }
+  SECTION("--force overwrites a previous run") {
+    const std::string dir = tmp / "prev";
+    REQUIRE(run_moe(train_args(dir, "--steps 2 --eval-tokens 128 --batch 2 --seq 32 --eval-every 0"), tmp).ok());
+    REQUIRE(of_kind(read_metrics(dir), "train").size() == 2);
+    const RunResult again = run_moe(train_args(dir, fast), tmp);
+    CHECK(again.refused());
+    CHECK(again.output.find("--resume") != std::string::npos);
+    const RunResult r = run_moe(train_args(dir, fast + "--force"), tmp);
+    INFO(r.tail());
+    REQUIRE(r.ok());
+    CHECK(read_json(dir + "/trainer_state.json").at("step") == 1);
+    const auto train = of_kind(read_metrics(dir), "train");
+    REQUIRE(train.size() == 1);  // the old log is gone
+    CHECK(train[0].at("step") == 1);
+  }
+  SECTION("--resume of an empty or missing directory") {
+    const std::string empty = tmp / "empty";
+    fs::create_directory(empty);
+    for (const std::string& dir : {empty, tmp / "missing"}) {
+      const RunResult r = run_moe("train --out '" + dir + "' --resume --threads 2", tmp);
+      INFO(r.tail());
+      CHECK(r.refused());
+      CHECK(r.output.find(dir) != std::string::npos);
+      CHECK(r.output.find("nothing to resume") != std::string::npos);
+    }
+  }
+  SECTION("--resume of a finished run without a larger --steps") {
+    const std::string dir = tmp / "done";
+    REQUIRE(run_moe(train_args(dir, fast), tmp).ok());
+    const RunResult r = run_moe("train --out '" + dir + "' --resume --threads 2", tmp);
+    INFO(r.tail());
+    CHECK(r.refused());
+    CHECK(r.output.find("--steps") != std::string::npos);
+  }
+  SECTION("a missing --data file is named") {
+    const std::string missing = tmp / "no_such_corpus.txt";
+    const std::string dir = tmp / "nodata";
+    const RunResult r =
+        run_moe("train --config '" + kTiny + "' --data '" + missing + "' --out '" + dir + "' " + fast, tmp);
+    INFO(r.tail());
+    CHECK(r.refused());
+    CHECK(r.output.find(missing) != std::string::npos);
+    CHECK(!fs::exists(dir));  // failed before creating the run directory
+  }
+  SECTION("bad numbers") {
+    for (const std::string flag :
+         {"--steps -1", "--steps 0", "--batch 0", "--lr -0.1", "--balance sideways", "--steps abc"}) {
+      CAPTURE(flag);
+      const RunResult r = run_moe(train_args(tmp / "bad", "--eval-tokens 128 " + flag), tmp);
+      INFO(r.tail());
+      CHECK(r.refused());
+      CHECK(!fs::exists(tmp / "bad"));
+    }
+  }
+}
+
+TEST_CASE("moe data synth writes the deterministic four-domain corpus with its labels", "[train]") {
+  TempDir tmp;
+  auto synth = [&](const std::string& name, int seed) {
+    const std::string path = tmp / name;
+    const RunResult r = run_moe("data synth --out '" + path + "' --bytes 5000 --seed " + std::to_string(seed), tmp);
+    INFO(r.tail());
+    REQUIRE(r.ok());
+    return std::pair{read_bytes(path), read_bytes(path + ".domains")};
+  };
+  const auto [text, domains] = synth("a.txt", 3);
+  CHECK(text.size() == 5000);
+  REQUIRE(domains.size() == 5000);
+  int per_domain[4] = {0, 0, 0, 0};
+  for (unsigned char d : domains) {
+    REQUIRE(d < 4);
+    ++per_domain[d];
+  }
+  for (int d = 0; d < 4; ++d) {
+    CAPTURE(d);
+    CHECK(per_domain[d] > 100);  // all four domains present in 5000 bytes
+  }
+  // Interleaved in spans: the label changes several times, but not at every byte.
+  int changes = 0;
+  for (size_t i = 1; i < domains.size(); ++i) changes += domains[i] != domains[i - 1];
+  CHECK(changes >= 8);
+  CHECK(changes < 1000);
+
+  const auto [same_text, same_domains] = synth("b.txt", 3);
+  CHECK(same_text == text);
+  CHECK(same_domains == domains);
+  const auto [other_text, other_domains] = synth("c.txt", 4);
+  CHECK(other_text.size() == 5000);
+  CHECK(other_text != text);
+}
+
+TEST_CASE("moe train without --data trains on the embedded synthetic corpus", "[train]") {
+  TempDir tmp;
+  const std::string dir = tmp / "default";
+  // Default config (configs/tiny.json from the project root) and default data.
+  const RunResult r = run_moe("train --steps 3 --eval-tokens 512 --threads 2 --out '" + dir + "'", tmp);
+  INFO(r.tail());
+  REQUIRE(r.ok());
+  const json state = read_json(dir + "/trainer_state.json");
+  CHECK(state.at("step") == 3);
+  const std::string source = state.at("data").at("source").get<std::string>();
+  CHECK(source.rfind("synthetic:", 0) == 0);
+  CHECK(of_kind(read_metrics(dir), "train").size() == 3);
+
+  // `moe data synth` with its defaults writes that same corpus.
+  const std::string corpus = tmp / "corpus.txt";
+  REQUIRE(run_moe("data synth --out '" + corpus + "'", tmp).ok());
+  const RunResult r2 = run_moe(
+      "train --steps 1 --eval-tokens 128 --threads 2 --data '" + corpus + "' --out '" + (tmp / "from_file") + "'", tmp);
+  INFO(r2.tail());
+  REQUIRE(r2.ok());
+  const json state2 = read_json(tmp / "from_file/trainer_state.json");
+  CHECK(state2.at("data").at("bytes") == state.at("data").at("bytes"));
+  CHECK(state2.at("data").at("fingerprint") == state.at("data").at("fingerprint"));
+}
