@@ -1,6 +1,8 @@
 // oneDNN matmul primitives behind one small GEMM interface.
 #include "core/compute.hpp"
 
+#include <chrono>
+
 #include "core/error.hpp"
 
 namespace moe {
@@ -21,6 +23,26 @@ size_t GemmSpecHash::operator()(const GemmSpec& s) const {
 struct ComputeContext::Entry {
   dnnl::matmul primitive;
 };
+
+const char* to_string(Phase phase) {
+  static const char* names[] = {"attention", "router", "routed experts", "shared/dense FFN", "lm head + loss",
+                                "optimizer", "balancing", "other"};
+  return names[int(phase)];
+}
+
+namespace {
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+PhaseScope::PhaseScope(ComputeContext& ctx, Phase phase)
+    : times_(ctx.phases.enabled ? &ctx.phases : nullptr), phase_(phase), start_ns_(times_ ? now_ns() : 0) {}
+
+PhaseScope::~PhaseScope() {
+  if (times_) times_->seconds[int(phase_)] += double(now_ns() - start_ns_) * 1e-9;
+}
 
 ComputeContext::ComputeContext() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
 

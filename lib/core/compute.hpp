@@ -29,6 +29,18 @@ struct GemmSpecHash {
   size_t operator()(const GemmSpec& s) const;
 };
 
+// Where a training step spends its time, for `moe bench`. Timing is off unless enabled.
+enum class Phase { attention, router, routed_experts, dense_ffn, head_loss, optimizer, balancing, other, count };
+const char* to_string(Phase phase);
+
+struct PhaseTimes {
+  bool enabled = false;
+  double seconds[int(Phase::count)] = {};
+  void reset() {
+    for (double& s : seconds) s = 0.0;
+  }
+};
+
 class ComputeContext {
  public:
   ComputeContext();
@@ -39,6 +51,7 @@ class ComputeContext {
   size_t cached_primitives() const { return cache_.size(); }
 
   dnnl::engine& engine() { return engine_; }
+  PhaseTimes phases;
 
  private:
   struct Entry;
@@ -46,6 +59,20 @@ class ComputeContext {
   dnnl::engine engine_;
   dnnl::stream stream_;
   std::unordered_map<GemmSpec, std::shared_ptr<Entry>, GemmSpecHash> cache_;
+};
+
+// Adds the time until it goes out of scope to ctx.phases[phase] (when timing is enabled).
+class PhaseScope {
+ public:
+  PhaseScope(ComputeContext& ctx, Phase phase);
+  ~PhaseScope();
+  PhaseScope(const PhaseScope&) = delete;
+  PhaseScope& operator=(const PhaseScope&) = delete;
+
+ private:
+  PhaseTimes* times_;
+  Phase phase_;
+  int64_t start_ns_;
 };
 
 // Row-major GEMM in BLAS terms: C (M×N) [+]= op(A) · op(B), where op(A) is M×K (stored K×M with

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
@@ -113,14 +114,22 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
   std::copy_n(tokens, N, ws.tokens);
   if (targets) std::copy_n(targets, N, ws.targets);
 
-  embedding_forward(w.embed_tokens, ws.tokens, ws.resid[0], N, D);
+  {
+    PhaseScope phase(ctx, Phase::other);
+    embedding_forward(w.embed_tokens, ws.tokens, ws.resid[0], N, D);
+  }
   ws.balance_loss = 0.0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& lw = w.layers[size_t(l)];
     LayerActivations& a = ws.layers[size_t(l)];
     const float* x = ws.resid[size_t(l)];
     // h = x + o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x)
-    rmsnorm_forward(x, lw.input_layernorm, a.xn1, a.rstd1, N, D, eps);
+    {
+      PhaseScope phase(ctx, Phase::other);
+      rmsnorm_forward(x, lw.input_layernorm, a.xn1, a.rstd1, N, D, eps);
+    }
+    std::optional<PhaseScope> phase;
+    phase.emplace(ctx, Phase::attention);
     linear_forward(ctx, a.xn1, lw.q_proj, ws.q_flat, N, D, c.q_dim());
     linear_forward(ctx, a.xn1, lw.k_proj, ws.k_flat, N, D, c.kv_dim());
     linear_forward(ctx, a.xn1, lw.v_proj, ws.v_flat, N, D, c.kv_dim());
@@ -132,18 +141,23 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
     std::copy_n(x, N * D, a.h);
     gemm(ctx, false, true, N, D, c.q_dim(), a.attn, c.q_dim(), lw.o_proj, c.q_dim(), a.h, D, /*accumulate=*/true);
     // x' = h + ffn(rmsnorm(h))
+    phase.emplace(ctx, Phase::other);
     rmsnorm_forward(a.h, lw.post_attention_layernorm, a.xn2, a.rstd2, N, D, eps);
+    phase.reset();
     if (c.is_moe_layer(l)) {
       moe_forward(ctx, c, lw, a.xn2, ws.ffn_out, a.moe, B, T, balance);
       ws.balance_loss += a.moe.balance_loss;
     } else {
+      PhaseScope dense(ctx, Phase::dense_ffn);
       ffn_forward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, a.xn2, ws.ffn_out, a.dense, N, D,
                   c.intermediate_size);
     }
+    phase.emplace(ctx, Phase::other);
     float* out = ws.resid[size_t(l + 1)];
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * D; ++i) out[i] = a.h[i] + ws.ffn_out[i];
   }
+  PhaseScope phase(ctx, Phase::head_loss);
   rmsnorm_forward(ws.resid.back(), w.norm, ws.xnf, ws.rstdf, N, D, eps);
   linear_forward(ctx, ws.xnf, w.lm_head, ws.logits, N, D, V);
   if (!targets) return 0.0;
@@ -161,10 +175,13 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
   const int64_t B = ws.B, T = ws.T, N = B * T, D = c.hidden_size, V = c.vocab_size;
   const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
 
-  cross_entropy_forward_backward(ws.logits, ws.targets, ws.d_logits, N, V, loss_scale / float(N));
-  linear_backward(ctx, ws.xnf, w.lm_head, ws.d_logits, ws.d_norm, g.lm_head, N, D, V, false);
-  std::fill_n(ws.d_resid, N * D, 0.0f);
-  rmsnorm_backward(ws.resid.back(), w.norm, ws.rstdf, ws.d_norm, ws.d_resid, g.norm, N, D);
+  {
+    PhaseScope phase(ctx, Phase::head_loss);
+    cross_entropy_forward_backward(ws.logits, ws.targets, ws.d_logits, N, V, loss_scale / float(N));
+    linear_backward(ctx, ws.xnf, w.lm_head, ws.d_logits, ws.d_norm, g.lm_head, N, D, V, false);
+    std::fill_n(ws.d_resid, N * D, 0.0f);
+    rmsnorm_backward(ws.resid.back(), w.norm, ws.rstdf, ws.d_norm, ws.d_resid, g.norm, N, D);
+  }
 
   for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) {
     const LayerWeights& lw = w.layers[size_t(l)];
@@ -174,11 +191,15 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     if (c.is_moe_layer(l)) {
       moe_backward(ctx, c, lw, lg, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale);
     } else {
+      PhaseScope dense(ctx, Phase::dense_ffn);
       ffn_backward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, {lg.gate_proj, lg.up_proj, lg.down_proj}, a.xn2,
                    ws.d_resid, ws.d_norm, a.dense, ws.ffn_scratch, N, D, c.intermediate_size, false);
     }
+    std::optional<PhaseScope> phase;
+    phase.emplace(ctx, Phase::other);
     rmsnorm_backward(a.h, lw.post_attention_layernorm, a.rstd2, ws.d_norm, ws.d_resid, lg.post_attention_layernorm,
                      N, D);
+    phase.emplace(ctx, Phase::attention);
     // h = x + o_proj(attn)
     float* d_attn = ws.q_flat;  // (N, H*hd), forward scratch is free in backward
     linear_backward(ctx, a.attn, lw.o_proj, ws.d_resid, d_attn, lg.o_proj, N, c.q_dim(), D, false);
@@ -190,9 +211,11 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     linear_backward(ctx, a.xn1, lw.q_proj, ws.q_flat, ws.d_norm, lg.q_proj, N, D, c.q_dim(), false);
     linear_backward(ctx, a.xn1, lw.k_proj, ws.k_flat, ws.d_norm, lg.k_proj, N, D, c.kv_dim(), true);
     linear_backward(ctx, a.xn1, lw.v_proj, ws.v_flat, ws.d_norm, lg.v_proj, N, D, c.kv_dim(), true);
+    phase.emplace(ctx, Phase::other);
     rmsnorm_backward(ws.resid[size_t(l)], lw.input_layernorm, a.rstd1, ws.d_norm, ws.d_resid, lg.input_layernorm, N,
                      D);
   }
+  PhaseScope phase(ctx, Phase::other);
   embedding_backward(ws.tokens, ws.d_resid, g.embed_tokens, N, D);
 }
 

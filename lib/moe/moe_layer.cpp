@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "moe/balance.hpp"
 #include "moe/router.hpp"
@@ -56,6 +57,8 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_intermediate();
 
   // Router: scores in fp32, then bias-corrected selection.
+  std::optional<PhaseScope> phase;
+  phase.emplace(ctx, Phase::router);
   linear_forward(ctx, x, w.router, s.scores, N, D, E);
   router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
   route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N);
@@ -72,6 +75,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
     s.slot_row[j] = row;
     s.row_token[row] = int32_t(j / K);
   }
+  phase.emplace(ctx, Phase::routed_experts);
   const int64_t R = s.offsets[E];
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
@@ -87,12 +91,14 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
                 {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im);
   }
 
+  phase.emplace(ctx, Phase::dense_ffn);
   if (Is > 0)
     ffn_forward(ctx, {w.shared_gate, w.shared_up, w.shared_down}, x, out, {s.shared_g, s.shared_u, s.shared_a}, N, D,
                 Is);
   else
     std::fill_n(out, N * D, 0.0f);
 
+  phase.emplace(ctx, Phase::routed_experts);
   // Scatter back: out[t] += Σ_k w_tk · y[row(t, k)].
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < N; ++t) {
@@ -104,6 +110,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
     }
   }
 
+  phase.emplace(ctx, Phase::balancing);
   s.balance_loss = 0.0;
   if (balance.aux_alpha > 0) s.balance_loss += aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, nullptr, 0);
   if (balance.seq_aux_alpha > 0)
@@ -117,6 +124,8 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights&
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_intermediate();
 
   // Through the weighted sum: d_rows = w · d_out[token], d_weight = <d_out[token], y_row>.
+  std::optional<PhaseScope> phase;
+  phase.emplace(ctx, Phase::routed_experts);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < N; ++t) {
     const float* g = d_out + t * D;
@@ -144,12 +153,14 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights&
                  /*accumulate_dx=*/false);
   }
 
+  phase.emplace(ctx, Phase::dense_ffn);
   if (Is > 0)
     ffn_backward(ctx, {w.shared_gate, w.shared_up, w.shared_down}, {gw.shared_gate, gw.shared_up, gw.shared_down}, x,
                  d_out, dx, {s.shared_g, s.shared_u, s.shared_a}, scratch.ffn, N, D, Is, false);
   else
     std::fill_n(dx, N * D, 0.0f);
 
+  phase.emplace(ctx, Phase::routed_experts);
   // Gather the routed rows' input gradients back to their tokens.
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < N; ++t) {
@@ -161,11 +172,14 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights&
   }
 
   // Router: gradients reach the scores through the gate weights and the balance losses.
+  phase.emplace(ctx, Phase::router);
   std::fill_n(scratch.d_scores, N * E, 0.0f);
   route_weights_backward(c, s.scores, s.expert, scratch.d_weight, scratch.d_scores, N);
+  phase.emplace(ctx, Phase::balancing);
   if (balance.aux_alpha > 0) aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, scratch.d_scores, loss_scale);
   if (balance.seq_aux_alpha > 0)
     seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, scratch.d_scores, loss_scale);
+  phase.emplace(ctx, Phase::router);
   router_scores_backward(s.scores, scratch.d_scores, scratch.d_logits, N, E, c.scoring_func);
   linear_backward(ctx, x, w.router, scratch.d_logits, dx, gw.router, N, D, E, /*accumulate_dx=*/true);
 }

@@ -252,13 +252,9 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   if (!metrics) fail(metrics_path + ": cannot open for writing");
   write_file_atomic(dir + "/train_config.json", config_file_json(cfg).dump(2) + "\n");
 
-  const int64_t B = tc.batch, T = tc.seq, E = mc.n_routed_experts, M = mc.num_moe_layers();
-  Workspace ws(mc, B, T, /*training=*/true);
-  std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
-  BalanceLossConfig balance;
-  if (tc.balance == Balance::aux) balance.aux_alpha = float(tc.aux_alpha);
-  if (tc.balance == Balance::loss_free_seq) balance.seq_aux_alpha = float(tc.seq_aux_alpha);
-  const bool bias_balancing = tc.balance == Balance::loss_free || tc.balance == Balance::loss_free_seq;
+  const int64_t B = tc.batch, T = tc.seq;
+  TrainStep trainer_step(tc, model);
+  Workspace& ws = trainer_step.workspace();  // evaluation reuses the training workspace
   const int64_t end_step = options.stop_at > 0 ? std::min(options.stop_at, tc.steps) : tc.steps;
 
   observer.on_start(cfg, dir, data.source, start_step);
@@ -290,59 +286,15 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   SignalGuard signals;
   if (start_step == 0) run_eval(0);
 
-  std::vector<std::vector<int64_t>> counts(static_cast<size_t>(M), std::vector<int64_t>(static_cast<size_t>(E)));
-  std::vector<double> layer_balance(static_cast<size_t>(M));
   StepRecord last;
   double total_seconds = 0.0;
   int64_t total_tokens = 0, bad_steps = 0, step = start_step;
   while (step < end_step) {
     const auto t0 = std::chrono::steady_clock::now();
-    model.grads.zero();
-    for (auto& c : counts) std::fill(c.begin(), c.end(), 0);
-    std::fill(layer_balance.begin(), layer_balance.end(), 0.0);
-    double loss = 0.0;
-    for (int64_t micro = 0; micro < tc.accum; ++micro) {
-      sample_batch(data, rng, B, T, inputs.data(), targets.data());
-      loss += model_forward(ctx, model, ws, inputs.data(), targets.data(), balance) / double(tc.accum);
-      model_backward(ctx, model, ws, balance, float(1.0 / double(tc.accum)));
-      size_t m = 0;
-      for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
-        if (!mc.is_moe_layer(l)) continue;
-        const MoeSaved& saved = ws.layers[size_t(l)].moe;
-        for (int64_t e = 0; e < E; ++e) counts[m][size_t(e)] += saved.counts[e];
-        layer_balance[m] += saved.balance_loss / double(tc.accum);
-        ++m;
-      }
-    }
-    const double norm = grad_norm(model);
-    const double lr = learning_rate(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
-    const bool finite = std::isfinite(loss) && std::isfinite(norm);
-    if (finite) {
-      clip_grads(model, norm, tc.grad_clip);
-      adam.step(model, lr, tc.weight_decay);
-      bad_steps = 0;
-    } else {
-      ++bad_steps;  // no optimizer update and no bias update for a step that went non-finite
-    }
-    StepRecord r;
-    r.step = ++step;
-    r.steps = tc.steps;
-    r.loss = loss, r.lr = lr, r.grad_norm = norm;
-    size_t m = 0;
-    for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
-      if (!mc.is_moe_layer(l)) continue;
-      float* bias = model.weights.layers[size_t(l)].router_bias;
-      if (bias_balancing && finite) update_bias(bias, counts[m].data(), E, float(tc.bias_rate));
-      LayerLoad load;
-      load.layer = l;
-      load.counts = counts[m];
-      load.bias.assign(bias, bias + E);
-      load.maxvio = max_violation(counts[m].data(), E);
-      load.balance_loss = layer_balance[m];
-      r.balance_loss += layer_balance[m];
-      r.layers.push_back(std::move(load));
-      ++m;
-    }
+    bool finite = true;
+    StepRecord r = trainer_step.run(ctx, model, adam, data, rng, step, finite);
+    ++step;
+    bad_steps = finite ? 0 : bad_steps + 1;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.tokens_per_s = double(B * T * tc.accum) / r.seconds;
     total_seconds += r.seconds;

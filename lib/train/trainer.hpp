@@ -9,6 +9,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "model/config.hpp"
+#include "train/step.hpp"
 
 namespace moe {
 
@@ -21,28 +22,6 @@ struct TrainOptions {
   int64_t stop_at = 0;      // stop (with a checkpoint) after this step; 0: config.train.steps
   // Flags given on the command line on --resume override the stored config (train section only).
   nlohmann::json* resume_overrides = nullptr;
-};
-
-struct LayerLoad {
-  int64_t layer = 0;
-  std::vector<int64_t> counts;  // tokens routed to each expert
-  std::vector<float> bias;      // routing bias after this step's update (train records only)
-  double maxvio = 0.0;
-  double balance_loss = 0.0;    // enabled balance losses of this layer (train records only)
-};
-
-struct StepRecord {
-  int64_t step = 0;  // optimizer steps completed
-  int64_t steps = 0;
-  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
-  std::vector<LayerLoad> layers;
-};
-
-struct EvalRecord {
-  int64_t step = 0;
-  double val_loss = 0;
-  int64_t tokens = 0;
-  std::vector<LayerLoad> layers;
 };
 
 class TrainObserver {

@@ -132,7 +132,7 @@ TEST_CASE("batched GemmSpec with strided layouts matches a naive loop", "[core]"
   }
 }
 
-TEST_CASE("gemm with K = 0 writes zeros, or leaves C alone when accumulating; M = 0 touches nothing", "[core]") {
+TEST_CASE("gemm with K = 0 writes zeros, or leaves C alone when accumulating and M = 0 touches nothing", "[core]") {
   moe::ComputeContext ctx;
   const ref::Vec A = ref::randn(16, 1), B = ref::randn(16, 2);
   for (int rt = 0; rt < 2; ++rt) {

@@ -95,7 +95,7 @@ TEST_CASE("repeat penalty divides positive and multiplies negative logits of rec
   CHECK(got[5] == 1.0f);
 }
 
-TEST_CASE("greedy picks the argmax after the penalty; seeded sampling is reproducible", "[sampler]") {
+TEST_CASE("greedy picks the argmax after the penalty and seeded sampling is reproducible", "[sampler]") {
   SamplerConfig greedy;
   greedy.temp = 0;
   greedy.repeat_penalty = 4.0;

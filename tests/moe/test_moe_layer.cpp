@@ -211,7 +211,7 @@ TEST_CASE("moe_forward matches a naive per-token reference: shared + Σ w_i expe
       }
 }
 
-TEST_CASE("moe_backward matches finite differences on x and every weight tensor; the bias gets none", "[moe]") {
+TEST_CASE("moe_backward matches finite differences on x and every weight tensor and the bias gets none", "[moe]") {
   moe::ComputeContext ctx;
   for (auto func : {moe::ScoringFunc::sigmoid, moe::ScoringFunc::softmax}) {
     const moe::ModelConfig c = layer_config(func);

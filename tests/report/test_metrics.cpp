@@ -87,7 +87,7 @@ TEST_CASE("load report on the fixture: shares, MaxVio and verdicts", "[report]")
   CHECK(text.find("layer 2: diverging") != std::string::npos);
 }
 
-TEST_CASE("a torn last line is skipped with a note; damaged lines are named", "[report]") {
+TEST_CASE("a torn last line is skipped with a note and damaged lines are named", "[report]") {
   const std::string full = read_all(kFixture);
   const std::string torn = write_temp("torn.jsonl", full.substr(0, full.size() - 60));  // cut inside the last eval line
   const RunMetrics run = read_metrics(torn);

@@ -185,7 +185,7 @@ TEST_CASE("moe train on tinyshakespeare lowers validation loss well below its st
   CHECK(r.output.find("summary") != std::string::npos);
 }
 
-TEST_CASE("--balance loss-free ends a short run with clearly lower MaxVio than --balance none", "[train]") {
+TEST_CASE("balance loss-free ends a short run with clearly lower MaxVio than --balance none", "[train]") {
   TempDir tmp;
   const std::string common = "--steps 80 --eval-every 0 --eval-tokens 4096 --bias-rate 0.01 --seed 1234";
   const RunResult none = run_moe(train_args(tmp / "none", common + " --balance none"), tmp);
@@ -226,7 +226,7 @@ TEST_CASE("--balance loss-free ends a short run with clearly lower MaxVio than -
   CHECK(free_eval.back().at("val_loss").get<double>() < none_eval.back().at("val_loss").get<double>() + 0.1);
 }
 
-TEST_CASE("--resume continues a run exactly: 10 + 10 steps equal 20 steps in one run", "[train]") {
+TEST_CASE("resume continues a run exactly: 10 + 10 steps equal 20 steps in one run", "[train]") {
   TempDir tmp;
   const std::string a = tmp / "a", b = tmp / "b";
   // Accumulation and a large bias rate make sure micro-batch sampling and the bias are covered.

@@ -1,0 +1,61 @@
+// One optimizer step of training, shared by `moe train` and `moe bench`: `accum` micro-batches of
+// forward + backward (gradients and expert counts accumulate), global-norm clipping, AdamW, then
+// the loss-free bias update from the whole step's counts.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/compute.hpp"
+#include "core/rng.hpp"
+#include "model/config.hpp"
+#include "model/model.hpp"
+#include "train/data.hpp"
+#include "train/optimizer.hpp"
+
+namespace moe {
+
+struct LayerLoad {
+  int64_t layer = 0;
+  std::vector<int64_t> counts;  // tokens routed to each expert
+  std::vector<float> bias;      // routing bias after this step's update (train records only)
+  double maxvio = 0.0;
+  double balance_loss = 0.0;    // enabled balance losses of this layer (train records only)
+};
+
+struct StepRecord {
+  int64_t step = 0;  // optimizer steps completed
+  int64_t steps = 0;
+  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
+  std::vector<LayerLoad> layers;
+};
+
+struct EvalRecord {
+  int64_t step = 0;
+  double val_loss = 0;
+  int64_t tokens = 0;
+  std::vector<LayerLoad> layers;
+};
+
+class TrainStep {
+ public:
+  TrainStep(const TrainConfig& config, const Model& model);
+
+  // Runs optimizer step `step` (0-based) and returns its record (seconds and tokens_per_s unset).
+  // A step whose loss or gradient norm is not finite changes nothing (finite = false).
+  StepRecord run(ComputeContext& ctx, Model& model, AdamW& adam, const TextData& data, Rng& rng, int64_t step,
+                 bool& finite);
+
+  Workspace& workspace() { return ws_; }
+  int64_t tokens_per_step() const { return config_.batch * config_.seq * config_.accum; }
+
+ private:
+  TrainConfig config_;
+  Workspace ws_;
+  BalanceLossConfig balance_;
+  bool bias_balancing_;
+  std::vector<int32_t> inputs_, targets_;
+  std::vector<std::vector<int64_t>> counts_;  // (MoE layers, E) over the step
+  std::vector<double> layer_balance_;         // (MoE layers)
+};
+
+}  // namespace moe
