@@ -13,5 +13,6 @@ Run add_train(CLI::App& app);
 Run add_data(CLI::App& app);
 Run add_infer(CLI::App& app);
 Run add_eval(CLI::App& app);
+Run add_bench(CLI::App& app);
 
 }  // namespace moe::app

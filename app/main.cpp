@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
       {"eval", moe::app::add_eval(app)},
       {"inspect", moe::app::add_inspect(app)},
       {"data", moe::app::add_data(app)},
+      {"bench", moe::app::add_bench(app)},
   };
   try {
     app.parse(argc, argv);

@@ -10,8 +10,15 @@
 
 namespace moe {
 
+int64_t expert_row_align(const ModelConfig& c, int64_t N) {
+  const int64_t target = N * c.num_experts_per_tok / c.n_routed_experts / 16;
+  int64_t align = kExpertRowAlign;
+  while (align * 2 <= target && align < 256) align *= 2;
+  return align;
+}
+
 int64_t moe_row_capacity(const ModelConfig& c, int64_t N) {
-  return N * c.num_experts_per_tok + c.n_routed_experts * (kExpertRowAlign - 1);
+  return N * c.num_experts_per_tok + c.n_routed_experts * (expert_row_align(c, N) - 1);
 }
 
 int64_t moe_saved_floats(const ModelConfig& c, int64_t N) {

@@ -11,11 +11,14 @@
 
 namespace moe {
 
-// Each expert's rows start at a multiple of kExpertRowAlign and are zero-padded up to the next
+// Each expert's rows start at a multiple of the row alignment and are zero-padded up to the next
 // one: expert GEMMs then come in few distinct shapes, each a cached fixed-shape oneDNN primitive
-// (several times faster than one runtime-shape primitive), at the cost of < kExpertRowAlign
-// wasted rows per expert.
+// (several times faster than one runtime-shape primitive), at the cost of < align wasted rows per
+// expert. The alignment grows with the expected rows per expert (N*K/E / 16, a power of two in
+// [16, 256]) so the waste stays near 6% while the number of distinct shapes — and the memory of
+// their primitives — stays small and stops growing once the common sizes have been seen.
 constexpr int64_t kExpertRowAlign = 16;
+int64_t expert_row_align(const ModelConfig& c, int64_t N);
 
 // Balance-loss settings for one forward pass (zero alphas switch a loss off).
 struct BalanceLossConfig {
@@ -57,7 +60,8 @@ struct MoeScratch {
   float* d_logits = nullptr;  // (N, E)
 };
 
-// Rows of the gathered layout for N tokens: N*K plus the worst-case padding.
+// Rows of the gathered layout for N tokens: N*K plus the worst-case padding at
+// expert_row_align(c, N) (any smaller alignment fits too).
 int64_t moe_row_capacity(const ModelConfig& c, int64_t N);
 
 // Floats/ints needed by MoeSaved and MoeScratch for N tokens.

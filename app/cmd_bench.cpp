@@ -1,0 +1,56 @@
+// `moe bench`: throughput, MFU and memory of training, prefill and decode (see lib/bench).
+#include <omp.h>
+
+#include <cstdio>
+#include <iostream>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/bench.hpp"
+#include "commands.hpp"
+#include "core/error.hpp"
+#include "model/config.hpp"
+
+namespace moe::app {
+
+namespace {
+struct BenchFlags {
+  BenchOptions options;
+  std::string output = "md";
+};
+}  // namespace
+
+Run add_bench(CLI::App& app) {
+  auto f = std::make_shared<BenchFlags>();
+  auto* cmd = app.add_subcommand("bench", "Measure training, prefill and decode speed, MFU and memory");
+  cmd->add_option("--config", f->options.configs, "Config files (repeatable; default configs/small.json)");
+  cmd->add_option("-t,--threads", f->options.threads, "Thread counts (repeatable; default: all cores)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_option("--steps", f->options.steps_per_rep, "Training steps per repetition")->capture_default_str()->check(CLI::Range(1, 1000));
+  cmd->add_option("--decode-tokens", f->options.decode_tokens, "Decode steps per repetition")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("-o,--output", f->output, "md or json")->capture_default_str()->check(CLI::IsMember({"md", "json"}));
+  return [f]() {
+    BenchOptions& o = f->options;
+    if (o.configs.empty()) o.configs = {"configs/small.json"};
+    if (o.threads.empty()) o.threads = {int64_t(omp_get_max_threads())};
+    for (const auto& c : o.configs) load_config_file(c);  // fail early on a bad config
+    std::map<int64_t, double> peaks;
+    std::vector<BenchResult> results;
+    for (int64_t t : o.threads) {
+      omp_set_num_threads(int(t));
+      ComputeContext ctx;
+      peaks[t] = measure_gemm_peak(ctx);
+      for (const auto& c : o.configs) {
+        std::fprintf(stderr, "bench %s, %lld threads ...\n", c.c_str(), (long long)t);
+        results.push_back(bench_config(c, t, o, peaks[t]));
+      }
+    }
+    if (f->output == "json") std::cout << bench_json(results).dump(2) << "\n";
+    else std::cout << format_bench_markdown(results);
+    return 0;
+  };
+}
+
+}  // namespace moe::app

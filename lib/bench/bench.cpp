@@ -1,0 +1,260 @@
+#include "bench/bench.hpp"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "core/arena.hpp"
+#include "infer/decode.hpp"
+#include "model/model.hpp"
+#include "model/summary.hpp"
+#include "train/data.hpp"
+#include "train/optimizer.hpp"
+#include "train/step.hpp"
+
+namespace moe {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+int64_t status_kib(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::string(key).size()));
+  return 0;
+}
+
+// FLOPs of one training token: every activated matrix parameter costs 6 (2 forward, 4 backward);
+// attention scores and the weighted sum cost 2·2·T·q_dim forward per layer, times 3 with backward.
+double training_flops_per_token(const ModelConfig& c, int64_t T) {
+  const ParamSummary s = summarize_params(c);
+  double matmul_params = 0;
+  for (const auto& row : s.rows)
+    if (row.role != "embedding" && row.role != "norms") matmul_params += double(row.activated);
+  return 6.0 * matmul_params + 12.0 * double(c.num_hidden_layers) * double(c.q_dim()) * double(T);
+}
+
+}  // namespace
+
+Stat mean_sd(const std::vector<double>& v) {
+  Stat s;
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  if (v.size() > 1) {
+    for (double x : v) s.sd += (x - s.mean) * (x - s.mean);
+    s.sd = std::sqrt(s.sd / double(v.size() - 1));
+  }
+  return s;
+}
+
+double measure_gemm_peak(ComputeContext& ctx) {
+  constexpr int64_t n = 2048;
+  Buffer<float> a(n * n), b(n * n), c(n * n);
+  for (int64_t i = 0; i < n * n; ++i) a[i] = float(i % 7) * 0.1f, b[i] = float(i % 5) * 0.1f;
+  gemm(ctx, false, false, n, n, n, a.data(), n, b.data(), n, c.data(), n, false);  // warm-up
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    gemm(ctx, false, false, n, n, n, a.data(), n, b.data(), n, c.data(), n, false);
+    best = std::max(best, 2.0 * double(n) * n * n / seconds_since(t0) / 1e9);
+  }
+  return best;
+}
+
+BenchResult bench_config(const std::string& config_path, int64_t threads, const BenchOptions& options,
+                         double gemm_peak_gflops) {
+  omp_set_num_threads(int(threads));
+  Config cfg = load_config_file(config_path);
+  cfg.train.accum = 1;
+  const ModelConfig& mc = cfg.model;
+  BenchResult r;
+  r.config = config_path;
+  r.threads = threads;
+  r.batch = cfg.train.batch, r.seq = cfg.train.seq;
+  const ParamSummary summary = summarize_params(mc);
+  r.params = summary.total, r.activated = summary.activated;
+  r.gemm_peak_gflops = gemm_peak_gflops;
+  r.train_flops_per_token = training_flops_per_token(mc, cfg.train.seq);
+
+  ComputeContext ctx;
+  Model model(mc);
+  model.init(cfg.train.seed);
+  AdamW adam(model.layout);
+  const TextData data = synthetic_text(std::max<int64_t>(200000, 4 * cfg.train.seq), 1);
+  Rng rng(cfg.train.seed);
+  TrainStep step(cfg.train, model);
+
+  // Training: warm-up steps create every primitive, then timed repetitions.
+  bool finite = true;
+  int64_t s = 0;
+  for (int i = 0; i < 2; ++i) step.run(ctx, model, adam, data, rng, s++, finite);
+  const int64_t rss_before = status_kib("VmRSS:");
+  std::vector<double> train_rates;
+  ctx.phases.reset();
+  ctx.phases.enabled = true;
+  double measured = 0;
+  for (int64_t rep = 0; rep < options.reps; ++rep) {
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < options.steps_per_rep; ++i) step.run(ctx, model, adam, data, rng, s++, finite);
+    const double seconds = seconds_since(t0);
+    measured += seconds;
+    train_rates.push_back(double(step.tokens_per_step() * options.steps_per_rep) / seconds);
+  }
+  ctx.phases.enabled = false;
+  double accounted = 0;
+  for (int p = 0; p < int(Phase::count); ++p) {
+    r.phase_share[p] = ctx.phases.seconds[p] / measured;
+    if (Phase(p) != Phase::other) accounted += r.phase_share[p];
+  }
+  // Whatever no phase claimed (sampling, the step's own bookkeeping) counts as other.
+  r.phase_share[int(Phase::other)] = std::max(0.0, 1.0 - accounted);
+  r.train_tokens_per_s = mean_sd(train_rates);
+  r.rss_growth_kib = status_kib("VmRSS:") - rss_before;
+  r.mfu = r.train_tokens_per_s.mean * r.train_flops_per_token / (gemm_peak_gflops * 1e9);
+
+  // Prefill: one sequence of seq tokens through the batched forward.
+  {
+    const int64_t T = cfg.train.seq;
+    Workspace ws(mc, 1, T, false);
+    std::vector<int32_t> tokens(data.bytes.begin(), data.bytes.begin() + T);
+    model_forward(ctx, model, ws, tokens.data(), nullptr);
+    std::vector<double> rates;
+    for (int64_t rep = 0; rep < options.reps; ++rep) {
+      const auto t0 = Clock::now();
+      model_forward(ctx, model, ws, tokens.data(), nullptr);
+      rates.push_back(double(T) / seconds_since(t0));
+    }
+    r.prefill_tokens_per_s = mean_sd(rates);
+  }
+  // Decode: batch 1 with a KV cache after a short prompt, greedy.
+  {
+    const int64_t prompt_len = std::min<int64_t>(16, mc.max_position_embeddings / 2);
+    const int64_t n = std::min(options.decode_tokens, mc.max_position_embeddings - prompt_len);
+    const std::vector<int32_t> prompt(data.bytes.begin(), data.bytes.begin() + prompt_len);
+    std::vector<double> rates;
+    for (int64_t rep = -1; rep < options.reps; ++rep) {  // rep -1 is the warm-up
+      Decoder decoder(model, 1, mc.max_position_embeddings);
+      const float* logits = decoder.prefill(ctx, 0, prompt, nullptr);
+      const int32_t seq = 0;
+      const auto t0 = Clock::now();
+      for (int64_t i = 0; i < n; ++i) {
+        int32_t next = 0;
+        for (int64_t v = 1; v < mc.vocab_size; ++v)
+          if (logits[v] > logits[next]) next = int32_t(v);
+        logits = decoder.step(ctx, &seq, &next, 1, nullptr);
+      }
+      if (rep >= 0) rates.push_back(double(n) / seconds_since(t0));
+    }
+    r.decode_tokens_per_s = mean_sd(rates);
+  }
+  r.peak_rss_kib = status_kib("VmHWM:");
+  return r;
+}
+
+std::string machine_description() {
+  std::string cpu = "unknown CPU";
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  const dnnl_version_t* v = dnnl_version();
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "CPU: %s, %u hardware threads; build: moe %s, g++ %d.%d, %s; oneDNN %d.%d.%d (%s)",
+                cpu.c_str(), std::thread::hardware_concurrency(), MOE_VERSION, __GNUC__, __GNUC_MINOR__,
+#ifdef __AVX512F__
+                "native (AVX-512)",
+#elif defined(__AVX2__)
+                "native (AVX2)",
+#else
+                "portable",
+#endif
+                v->major, v->minor, v->patch, v->cpu_runtime == DNNL_RUNTIME_OMP ? "OpenMP" : "other runtime");
+  return buf;
+}
+
+std::string format_bench_markdown(const std::vector<BenchResult>& results) {
+  std::string out = machine_description() + "\n\n";
+  char buf[512];
+  out += "| config | params (activated) | threads | test | tok/s |\n|---|---:|---:|---|---:|\n";
+  for (const auto& r : results) {
+    char params[64];
+    std::snprintf(params, sizeof params, "%.2fM (%.2fM)", double(r.params) / 1e6, double(r.activated) / 1e6);
+    const struct {
+      std::string test;
+      Stat stat;
+    } rows[] = {{"train B" + std::to_string(r.batch) + " x T" + std::to_string(r.seq), r.train_tokens_per_s},
+                {"prefill T" + std::to_string(r.seq), r.prefill_tokens_per_s},
+                {"decode B1", r.decode_tokens_per_s}};
+    for (const auto& row : rows) {
+      std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %s | %.0f ± %.0f |\n", r.config.c_str(), params,
+                    (long long)r.threads, row.test.c_str(), row.stat.mean, row.stat.sd);
+      out += buf;
+    }
+  }
+  out += "\n| config | threads | GEMM peak GFLOP/s | train GFLOP/s | MFU | peak RSS MiB | RSS growth KiB |\n"
+         "|---|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : results) {
+    std::snprintf(buf, sizeof buf, "| %s | %lld | %.1f | %.1f | %.1f%% | %.1f | %lld |\n", r.config.c_str(),
+                  (long long)r.threads, r.gemm_peak_gflops, r.train_tokens_per_s.mean * r.train_flops_per_token / 1e9,
+                  100 * r.mfu, double(r.peak_rss_kib) / 1024, (long long)r.rss_growth_kib);
+    out += buf;
+  }
+  out += "\nshare of training step time by phase\n\n| config | threads |";
+  for (int p = 0; p < int(Phase::count); ++p) out += std::string(" ") + to_string(Phase(p)) + " |";
+  out += "\n|---|---:|";
+  for (int p = 0; p < int(Phase::count); ++p) out += "---:|";
+  out += "\n";
+  for (const auto& r : results) {
+    std::snprintf(buf, sizeof buf, "| %s | %lld |", r.config.c_str(), (long long)r.threads);
+    out += buf;
+    for (int p = 0; p < int(Phase::count); ++p) {
+      std::snprintf(buf, sizeof buf, " %.1f%% |", 100 * r.phase_share[p]);
+      out += buf;
+    }
+    out += "\n";
+  }
+  out += "\nMFU = train tok/s x FLOPs/token / GEMM peak; FLOPs/token = 6 x activated matrix parameters "
+         "(attention, FFNs, K of E routed experts, router, lm head) + 12 x layers x q_dim x seq (attention "
+         "scores and weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 2048^3 matmuls.\n";
+  return out;
+}
+
+nlohmann::json bench_json(const std::vector<BenchResult>& results) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& r : results) {
+    nlohmann::json phases = nlohmann::json::object();
+    for (int p = 0; p < int(Phase::count); ++p) phases[to_string(Phase(p))] = r.phase_share[p];
+    auto stat = [](const Stat& s) { return nlohmann::json{{"mean", s.mean}, {"sd", s.sd}}; };
+    out.push_back({{"config", r.config},
+                   {"threads", r.threads},
+                   {"batch", r.batch},
+                   {"seq", r.seq},
+                   {"params", r.params},
+                   {"activated", r.activated},
+                   {"train_tokens_per_s", stat(r.train_tokens_per_s)},
+                   {"prefill_tokens_per_s", stat(r.prefill_tokens_per_s)},
+                   {"decode_tokens_per_s", stat(r.decode_tokens_per_s)},
+                   {"train_flops_per_token", r.train_flops_per_token},
+                   {"gemm_peak_gflops", r.gemm_peak_gflops},
+                   {"mfu", r.mfu},
+                   {"phase_share", phases},
+                   {"peak_rss_kib", r.peak_rss_kib},
+                   {"rss_growth_kib", r.rss_growth_kib}});
+  }
+  return {{"machine", machine_description()}, {"results", out}};
+}
+
+}  // namespace moe

@@ -1,0 +1,49 @@
+// `moe bench`: llama-bench-style measurements — training, prefill and decode throughput (mean ±
+// sd over repetitions after a warm-up), the share of step time per phase, the machine's measured
+// f32 GEMM peak and the MFU of training, and the process's memory (peak and growth over steps).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/compute.hpp"
+
+namespace moe {
+
+struct BenchOptions {
+  std::vector<std::string> configs;
+  std::vector<int64_t> threads;
+  int64_t reps = 5;
+  int64_t steps_per_rep = 3;    // training steps timed per repetition
+  int64_t decode_tokens = 128;  // decode steps timed per repetition
+};
+
+struct Stat {
+  double mean = 0, sd = 0;
+};
+Stat mean_sd(const std::vector<double>& values);
+
+struct BenchResult {
+  std::string config;
+  int64_t threads = 0, batch = 0, seq = 0;
+  int64_t params = 0, activated = 0;
+  Stat train_tokens_per_s, prefill_tokens_per_s, decode_tokens_per_s;
+  double phase_share[int(Phase::count)] = {};  // of measured training step time
+  double train_flops_per_token = 0;           // 6 * activated matmul params + 12 * L * q_dim * T
+  double gemm_peak_gflops = 0;
+  double mfu = 0;                             // achieved training FLOP/s / GEMM peak
+  int64_t peak_rss_kib = 0, rss_growth_kib = 0;
+};
+
+// Measured large-GEMM f32 throughput (GFLOP/s) with the current thread count.
+double measure_gemm_peak(ComputeContext& ctx);
+BenchResult bench_config(const std::string& config_path, int64_t threads, const BenchOptions& options,
+                         double gemm_peak_gflops);
+
+std::string machine_description();  // CPU, cores, build, oneDNN version
+std::string format_bench_markdown(const std::vector<BenchResult>& results);
+nlohmann::json bench_json(const std::vector<BenchResult>& results);
+
+}  // namespace moe
