@@ -97,7 +97,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   // Training: warm-up steps create every primitive, then timed repetitions.
   bool finite = true;
   int64_t s = 0;
-  for (int i = 0; i < 2; ++i) step.run(ctx, model, adam, data, rng, s++, finite);
+  for (int i = 0; i < 5; ++i) step.run(ctx, model, adam, data, rng, s++, finite);
   const int64_t rss_before = status_kib("VmRSS:");
   std::vector<double> train_rates;
   ctx.phases.reset();
