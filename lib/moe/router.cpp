@@ -46,9 +46,11 @@ void route_tokens(const ModelConfig& c, const float* scores, const float* bias, 
   const int64_t group_size = E / G;
 #pragma omp parallel
   {
-    std::vector<float> keys(static_cast<size_t>(E));
-    std::vector<float> group_score(static_cast<size_t>(G));
-    std::vector<char> kept(static_cast<size_t>(G));
+    // Per-thread buffers that keep their capacity across calls: decoding routes one token per
+    // step and must not allocate.
+    thread_local std::vector<float> keys, group_score;
+    thread_local std::vector<char> kept;
+    keys.resize(size_t(E)), group_score.resize(size_t(G)), kept.resize(size_t(G));
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N; ++t) {
       const float* s = scores + t * E;

@@ -13,14 +13,18 @@ void AdamW::step(Model& model, double lr, double weight_decay) {
   const float c1 = float(1.0 / (1.0 - std::pow(beta1, double(t))));
   const float c2 = float(1.0 / (1.0 - std::pow(beta2, double(t))));
   const float lr_f = float(lr), e = float(eps);
-  for (const TensorSpec& spec : model.layout.tensors) {
+  const auto& tensors = model.layout.tensors;
+  // One parallel region for the whole arena: a model with many experts has hundreds of small
+  // tensors, and a region per tensor would cost more than the update itself.
+#pragma omp parallel
+  for (const TensorSpec& spec : tensors) {
     if (!spec.trainable) continue;
     float* p = model.params.data() + spec.offset;
     const float* g = model.grads.data() + spec.offset;
     float* mm = m.data() + spec.offset;
     float* vv = v.data() + spec.offset;
     const float decay = spec.decay ? float(lr * weight_decay) : 0.0f;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < spec.numel; ++i) {
       mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
       vv[i] = b2 * vv[i] + (1.0f - b2) * g[i] * g[i];
@@ -31,13 +35,10 @@ void AdamW::step(Model& model, double lr, double weight_decay) {
 }
 
 double grad_norm(const Model& model) {
-  double sum = 0.0;
-  for (const TensorSpec& spec : model.layout.tensors) {
-    if (!spec.trainable) continue;
-    const float* g = model.grads.data() + spec.offset;
-    sum += parallel_sum(spec.numel, [g](int64_t i) { return double(g[i]) * double(g[i]); });
-  }
-  return std::sqrt(sum);
+  // Non-trainable entries (the routing bias) never receive a gradient, so the whole arena's norm
+  // is the trainable parameters' norm.
+  const float* g = model.grads.data();
+  return std::sqrt(parallel_sum(model.layout.total, [g](int64_t i) { return double(g[i]) * double(g[i]); }));
 }
 
 void clip_grads(Model& model, double norm, double max_norm) {

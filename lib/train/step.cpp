@@ -24,7 +24,11 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   const TrainConfig& tc = config_;
   const ModelConfig& mc = model.config;
   const int64_t E = mc.n_routed_experts;
-  model.grads.zero();
+  {
+    float* g = model.grads.data();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < model.layout.total; ++i) g[i] = 0.0f;
+  }
   for (auto& c : counts_) std::fill(c.begin(), c.end(), 0);
   std::fill(layer_balance_.begin(), layer_balance_.end(), 0.0);
   double loss = 0.0;
