@@ -66,24 +66,23 @@ Run add_infer(CLI::App& app) {
   auto* pp = cmd->add_option("--prompts-file", f->prompts_file, "One prompt per line, generated together as a batch");
   p->excludes(pf)->excludes(pp);
   pf->excludes(pp);
-  cmd->add_option("-n,--n-predict", f->n_predict, "Tokens (bytes) to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--temp", f->sampler.temp, "Temperature; 0 is greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-k", f->sampler.top_k, "Keep the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("-n,--n-predict", f->n_predict, "Tokens (bytes) to generate")->capture_default_str()->check(NonNegative);
+  cmd->add_option("--temp", f->sampler.temp, "Temperature; 0 is greedy")->capture_default_str()->check(NonNegative);
+  cmd->add_option("--top-k", f->sampler.top_k, "Keep the k most likely tokens (0: all)")->capture_default_str()->check(NonNegative);
   cmd->add_option("--top-p", f->sampler.top_p, "Nucleus: smallest set with this probability mass, in (0, 1]")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0))
-      ->check([](const std::string& s) { return std::stod(s) > 0 ? std::string() : std::string("top-p must be > 0"); });
+      ->check(InRange(0.0, 1.0, true));
   cmd->add_option("--min-p", f->sampler.min_p, "Drop tokens below min-p x the best probability, in [0, 1]")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(InRange(0.0, 1.0));
   cmd->add_option("--repeat-penalty", f->sampler.repeat_penalty, "Penalty for tokens among the last 64 (1: off)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(Positive);
   cmd->add_option("--repeat-last-n", f->sampler.repeat_last_n, "How many recent tokens the penalty covers")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("-s,--seed", f->seed, "Sampling seed (default: random, reported)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+      ->check(NonNegative);
+  cmd->add_option("-s,--seed", f->seed, "Sampling seed (default: random, reported)")->check(NonNegative);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
   cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");
   cmd->add_flag("--json", f->json, "Print one JSON document instead of streaming text");
 
@@ -191,8 +190,8 @@ Run add_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Exact cross-entropy and perplexity of a checkpoint on a text file");
   cmd->add_option("-m,--model", f->model, "Checkpoint directory")->required();
   cmd->add_option("--data", f->data, "Text file to score")->required();
-  cmd->add_option("--ctx", f->ctx, "Window length T (default: max_position_embeddings)")->check(CLI::PositiveNumber);
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--ctx", f->ctx, "Window length T (default: max_position_embeddings)")->check(Positive);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
   cmd->add_flag("--json", f->json, "Print {loss, perplexity, tokens, layers} as JSON");
   return [f]() {
     set_threads(f->threads);

@@ -163,17 +163,17 @@ Run add_inspect(CLI::App& app) {
       ->required();
   cmd->add_option("--html", f->html, "Write a self-contained HTML report to FILE");
   cmd->add_flag("--json", f->json, "Print JSON instead of tables");
-  cmd->add_option("--layer", f->layer, "Only this MoE layer")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--layer", f->layer, "Only this MoE layer")->check(NonNegative);
   cmd->add_option("--window", f->window, "Steps in the early and recent windows (default: steps/10, at most 50)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(NonNegative);
   cmd->add_flag("--follow", f->follow, "Redraw the load report as training appends to metrics.jsonl, until it ends");
-  cmd->add_option("--interval", f->interval, "Seconds between redraws with --follow")->check(CLI::Range(0.05, 3600.0));
+  cmd->add_option("--interval", f->interval, "Seconds between redraws with --follow")->check(InRange(0.05, 3600.0));
   auto* text = cmd->add_option("--text", f->text, "Show the experts each token of this text goes to");
   auto* data = cmd->add_option("--data", f->data,
                                "Aggregate routing over a file (by domain when FILE.domains exists; "
                                "@synthetic: the embedded corpus' validation part)");
   text->excludes(data);
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
 
   return [f]() {
     if (f->threads > 0) omp_set_num_threads(int(f->threads));

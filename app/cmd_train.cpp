@@ -38,14 +38,14 @@ Run add_train(CLI::App& app) {
   cmd->add_flag("--resume", f->resume, "Continue the run in --out from its last checkpoint");
   cmd->add_flag("--force", f->force, "Overwrite an existing run directory");
   cmd->add_option("--stop-at", f->stop_at, "Stop after this step (keeping the schedule of --steps), with a checkpoint")
-      ->check(CLI::PositiveNumber);
+      ->check(Positive);
   TrainConfig& v = f->values;
   auto int_flag = [&](const char* name, int64_t TrainConfig::*field, const char* help, bool allow_zero) {
-    auto* opt = cmd->add_option(name, v.*field, help)->check(allow_zero ? CLI::NonNegativeNumber : CLI::PositiveNumber);
+    auto* opt = cmd->add_option(name, v.*field, help)->check(allow_zero ? NonNegative : Positive);
     f->given.push_back({opt, [f, field](TrainConfig& t) { t.*field = f->values.*field; }});
   };
   auto real_flag = [&](const char* name, double TrainConfig::*field, const char* help, bool allow_zero) {
-    auto* opt = cmd->add_option(name, v.*field, help)->check(allow_zero ? CLI::NonNegativeNumber : CLI::PositiveNumber);
+    auto* opt = cmd->add_option(name, v.*field, help)->check(allow_zero ? NonNegative : Positive);
     f->given.push_back({opt, [f, field](TrainConfig& t) { t.*field = f->values.*field; }});
   };
   int_flag("--steps", &TrainConfig::steps, "Optimizer steps in total", false);
@@ -87,15 +87,16 @@ Run add_train(CLI::App& app) {
       if (!path_exists(state_path))
         fail(options.out_dir + ": nothing to resume (no trainer_state.json); start without --resume");
       const nlohmann::json state = read_json_file(state_path);
-      if (!state.contains("config")) fail(state_path + ": missing the config section");
+      if (!state.is_object() || !state.contains("config")) fail(state_path + ": missing the config section");
       options.config = config_from_json(state["config"], state_path + ": config");
       if (config_given) {
         const Config file = load_config_file(f->config);
         if (to_json(file.model) != to_json(options.config.model))
           fail(f->config + ": its model differs from the one the run in " + options.out_dir + " was trained with");
       }
-      if (f->data.empty() && state.contains("data")) {
-        const std::string source = state["data"].value("source", "");
+      if (f->data.empty() && state.contains("data") && state["data"].is_object()) {
+        const auto it = state["data"].find("source");
+        const std::string source = it != state["data"].end() && it->is_string() ? it->get<std::string>() : "";
         if (source.rfind("synthetic:", 0) != 0) options.data_path = source;
       }
     } else {

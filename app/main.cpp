@@ -26,7 +26,20 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // One line, like every other error, naming the flag and where to look.
+    std::string command = "moe";
+    for (auto* sub = &app; sub != nullptr;) {
+      auto parsed = sub->get_subcommands();
+      sub = parsed.empty() ? nullptr : parsed.front();
+      if (sub) command += " " + sub->get_name();
+    }
+    if (command == "moe" && argc > 1)
+      std::fprintf(stderr, argv[1][0] == '-' ? "moe: unknown option \"%s\"; a command comes first (see moe --help)\n"
+                                              : "moe: unknown command \"%s\" (see moe --help)\n", argv[1]);
+    else
+      std::fprintf(stderr, "moe: %s (see %s --help)\n", e.what(), command.c_str());
+    return e.get_exit_code();
   }
   try {
     for (auto* sub : app.get_subcommands())

@@ -43,23 +43,44 @@ void remove_tree(const std::string& path) {
 void save_training_checkpoint(const std::string& dir, const Model& model, const AdamW& adam,
                               const nlohmann::json& trainer_state) {
   const std::string pending = dir + "/.pending";
-  remove_tree(pending);
-  make_directories(pending);
-  save_checkpoint(pending, model);
-  std::vector<TensorRef> moments;
-  for (const TensorSpec& spec : model.layout.tensors) {
-    if (!spec.trainable) continue;
-    moments.push_back({"exp_avg." + spec.name, spec.shape, adam.m.data() + spec.offset});
-    moments.push_back({"exp_avg_sq." + spec.name, spec.shape, adam.v.data() + spec.offset});
+  const int64_t step = trainer_state.at("step").get<int64_t>();
+  try {
+    remove_tree(pending);
+    make_directories(pending);
+    save_checkpoint(pending, model);
+    std::vector<TensorRef> moments;
+    for (const TensorSpec& spec : model.layout.tensors) {
+      if (!spec.trainable) continue;
+      moments.push_back({"exp_avg." + spec.name, spec.shape, adam.m.data() + spec.offset});
+      moments.push_back({"exp_avg_sq." + spec.name, spec.shape, adam.v.data() + spec.offset});
+    }
+    write_safetensors(pending + "/optimizer.safetensors", moments,
+                      {{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(step)}});
+    write_file_atomic(pending + "/trainer_state.json", trainer_state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    write_file_atomic(pending + "/COMPLETE", "");
+  } catch (const Error& e) {
+    // Nothing of the new checkpoint is in place yet: drop it (freeing the space it took).
+    remove_tree(pending);
+    fail(std::string(e.what()) + "; the checkpoint of step " + std::to_string(step) + " was not saved" +
+         (path_exists(dir + "/trainer_state.json") ? "; the previous checkpoint in " + dir + " is intact" : ""));
   }
-  write_safetensors(pending + "/optimizer.safetensors", moments,
-                    {{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(trainer_state.at("step").get<int64_t>())}});
-  write_file_atomic(pending + "/trainer_state.json", trainer_state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-  write_file_atomic(pending + "/COMPLETE", "");
   recover_pending_checkpoint(dir);
 }
 
 void recover_pending_checkpoint(const std::string& dir) {
+  // Temporary files of atomic writes a killed run left behind ("metrics.jsonl.tmp1234"): the
+  // files they were replacing are intact, so they are only clutter.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    for (const char* file : {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json",
+                             "metrics.jsonl", "train_config.json"}) {
+      const std::string prefix = std::string(file) + ".tmp";
+      if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+          name.find_first_not_of("0123456789", prefix.size()) == std::string::npos)
+        fs::remove(entry.path(), ec);
+    }
+  }
   const std::string pending = dir + "/.pending";
   if (!is_directory(pending)) return;
   if (!path_exists(pending + "/COMPLETE")) {

@@ -6,10 +6,12 @@
 #include <omp.h>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -146,6 +148,39 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   return r;
 }
 
+// Bytes of memory this machine (or its cgroup) offers; 0 when unknown.
+double machine_memory_bytes() {
+  double bytes = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  for (const char* limit_file : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream in(limit_file);
+    double limit = 0;
+    if (in >> limit && limit > 0 && limit < bytes) bytes = limit;
+  }
+  return bytes > 0 ? bytes : 0;
+}
+
+// Refuses, before anything is allocated, a run that cannot fit in memory: parameters, gradients
+// and the two Adam moments (4 floats per parameter) plus the activations of one micro-batch
+// (the estimate of validate(TrainConfig)).
+void check_fits_in_memory(const ModelConfig& m, const TrainConfig& t) {
+  const double params = double(make_layout(m).total);
+  const double activations = double(t.batch) * double(t.seq) *
+                             (double(m.num_hidden_layers) * (16.0 * double(m.hidden_size) +
+                              double(m.num_attention_heads) * double(t.seq) * 2.0 +
+                              6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
+                              4.0 * double(m.vocab_size));
+  const double need = 4.0 * (4.0 * params + activations), have = machine_memory_bytes();
+  if (have > 0 && need > have) {
+    char text[256];
+    std::snprintf(text, sizeof text,
+                  "the run needs about %.1f GiB of memory (%.0fM parameters x 16 bytes for weights, gradients "
+                  "and Adam moments, plus activations of batch x seq), but this machine has %.1f GiB; use a smaller "
+                  "model, --batch or --seq",
+                  need / double(1ull << 30), params / 1e6, have / double(1ull << 30));
+    fail(text);
+  }
+}
+
 std::string read_file_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream s;
@@ -186,6 +221,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   const std::string& dir = options.out_dir;
   validate(mc, "config");
   validate(tc, mc, "config");
+  check_fits_in_memory(mc, tc);
 
   const int threads = tc.threads > 0 ? int(tc.threads) : int(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(threads);
@@ -222,19 +258,30 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   std::optional<EvalRecord> first_eval;
   if (options.resume) {
     const json state = read_json_file(state_path);
+    std::string field = "config";  // what is being read, for the error message
     try {
       const Config stored = config_from_json(state.at("config"), state_path + ": config");
       if (to_json(stored.model) != to_json(mc))
         fail(state_path + ": the run was trained with a different model config; resume with the same one");
+      field = "data.fingerprint";
       if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data.bytes))
-        fail(state_path + ": the run was trained on different data (" + state.at("data").at("source").get<std::string>() +
+        fail(state_path + ": the run was trained on different data (" + state.at("data").value("source", "?") +
              "); pass the same --data to resume");
+      field = "step";
       start_step = state.at("step").get<int64_t>();
+      if (start_step < 0) fail(state_path + ": step: expected an integer >= 0, got " + std::to_string(start_step));
+      field = "rng";
       rng.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
+      field = "first_eval";
       if (state.contains("first_eval")) first_eval = eval_from_json(state.at("first_eval"));
     } catch (const json::exception& e) {
-      fail(state_path + ": malformed trainer state (" + std::string(e.what()) + ")");
+      std::string what = e.what();  // "[json.exception.type_error.302] type must be number, but is string"
+      if (what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
+      fail(state_path + ": malformed trainer state: field \"" + field + "\" (" + what + ")");
     }
+    if (to_json(load_checkpoint_config(dir)) != to_json(mc))
+      fail(state_path + ": its model config differs from the checkpoint's " + dir +
+           "/config.json; the run directory mixes files of two runs");
     const SafetensorsFile weights = read_safetensors(dir + "/model.safetensors");
     load_tensors_into(weights, model, model.params.data());
     load_optimizer_state(dir, model, adam);
@@ -250,6 +297,13 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   else write_file_atomic(metrics_path, "");
   std::ofstream metrics(metrics_path, std::ios::app);
   if (!metrics) fail(metrics_path + ": cannot open for writing");
+  auto append_metrics = [&](const json& line) {
+    errno = 0;
+    metrics << line.dump() << "\n" << std::flush;
+    if (!metrics)
+      fail(metrics_path + ": write failed (" + (errno != 0 ? std::strerror(errno) : "disk full?") +
+           "); the last checkpoint in " + dir + " is intact");
+  };
   write_file_atomic(dir + "/train_config.json", config_file_json(cfg).dump(2) + "\n");
 
   const int64_t B = tc.batch, T = tc.seq;
@@ -277,7 +331,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   std::optional<EvalRecord> last_eval;
   auto run_eval = [&](int64_t step) {
     EvalRecord r = evaluate(ctx, model, ws, data, tc.eval_tokens, step);
-    metrics << eval_json(r).dump() << "\n" << std::flush;
+    append_metrics(eval_json(r));
     if (!first_eval) first_eval = r;
     last_eval = r;
     observer.on_eval(r);
@@ -299,7 +353,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
     r.tokens_per_s = double(B * T * tc.accum) / r.seconds;
     total_seconds += r.seconds;
     total_tokens += B * T * tc.accum;
-    metrics << step_json(r, !finite).dump() << "\n" << std::flush;
+    append_metrics(step_json(r, !finite));
     last = r;
     observer.on_step(r, last_eval ? last_eval->val_loss : NAN);
     if (bad_steps >= 10) {
