@@ -85,7 +85,7 @@ Run add_train(CLI::App& app) {
       const std::string state_path = options.out_dir + "/trainer_state.json";
       recover_pending_checkpoint(options.out_dir);
       if (!path_exists(state_path))
-        fail(options.out_dir + ": nothing to resume (no trainer_state.json); start without --resume");
+        fail(options.out_dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
       const nlohmann::json state = read_json_file(state_path);
       if (!state.is_object() || !state.contains("config")) fail(state_path + ": missing the config section");
       options.config = config_from_json(state["config"], state_path + ": config");

@@ -238,7 +238,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   const std::string state_path = dir + "/trainer_state.json";
   if (options.resume) {
     recover_pending_checkpoint(dir);
-    if (!path_exists(state_path)) fail(dir + ": nothing to resume (no trainer_state.json); start without --resume");
+    if (!path_exists(state_path)) fail(dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
   } else {
     if (path_exists(dir) && !is_directory(dir)) fail(dir + ": exists and is not a directory");
     if (is_directory(dir) && !std::filesystem::is_empty(dir) && !options.force)
