@@ -65,6 +65,7 @@ Run add_train(CLI::App& app) {
   int_flag("--save-every", &TrainConfig::save_every, "Checkpoint every N steps (0: only at the end)", true);
   int_flag("--log-every", &TrainConfig::log_every, "Plain log line every N steps when not on a TTY", false);
   int_flag("--threads", &TrainConfig::threads, "Threads (0: all cores)", true);
+  int_flag("--max-bad-steps", &TrainConfig::max_bad_steps, "Stop after this many consecutive non-finite steps", false);
   {
     auto* opt = cmd->add_option("--seed", v.seed, "Seed for initialisation and batch sampling");
     f->given.push_back({opt, [f](TrainConfig& t) { t.seed = f->values.seed; }});

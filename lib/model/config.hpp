@@ -64,6 +64,7 @@ struct TrainConfig {
   int64_t log_every = 10;
   int64_t threads = 0;  // 0: all cores
   uint64_t seed = 1234;
+  int64_t max_bad_steps = 10;  // consecutive non-finite steps before training stops
 };
 
 struct Config {

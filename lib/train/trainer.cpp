@@ -356,7 +356,7 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
     append_metrics(step_json(r, !finite));
     last = r;
     observer.on_step(r, last_eval ? last_eval->val_loss : NAN);
-    if (bad_steps >= 10) {
+    if (bad_steps >= tc.max_bad_steps) {
       metrics << json{{"kind", "end"}, {"step", step}, {"reason", "non-finite"}}.dump() << "\n" << std::flush;
       fail("training stopped: " + std::to_string(bad_steps) +
            " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir +
