@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -61,8 +62,31 @@ std::string nearest_name(const std::string& word, const std::initializer_list<co
 
 namespace {
 
+// The start of v as JSON, for a message. Not v.dump(): that recurses once per nesting level (a
+// config of 20000 nested brackets overflowed the stack) and prints all of a huge value.
+void show_into(const json& v, std::string& out, int depth) {
+  if (out.size() > 40) return;
+  if (v.is_array() || v.is_object()) {
+    out += v.is_array() ? '[' : '{';
+    if (depth >= 8 && !v.empty()) out += "...";
+    bool first = true;
+    for (auto it = v.begin(); depth < 8 && it != v.end() && out.size() <= 40; ++it) {
+      if (!first) out += ',';
+      first = false;
+      if (v.is_object()) out += json(it.key()).dump(-1, ' ', false, json::error_handler_t::replace) + ':';
+      show_into(*it, out, depth + 1);
+    }
+    out += v.is_array() ? ']' : '}';
+  } else if (v.is_string() && v.get_ref<const std::string&>().size() > 40) {
+    out += json(v.get_ref<const std::string&>().substr(0, 40)).dump(-1, ' ', false, json::error_handler_t::replace);
+  } else {
+    out += v.dump(-1, ' ', false, json::error_handler_t::replace);
+  }
+}
+
 std::string show(const json& v) {
-  std::string s = v.dump();
+  std::string s;
+  show_into(v, s, 0);
   if (s.size() > 40) s = s.substr(0, 37) + "...";
   return s;
 }
@@ -108,7 +132,15 @@ void require_object(const json& j, const std::string& where) {
 #define MOE_TRAIN_FIELDS                                                                      \
   "steps", "batch", "seq", "accum", "lr", "min_lr", "warmup", "weight_decay", "grad_clip",   \
       "balance", "bias_rate", "aux_alpha", "seq_aux_alpha", "eval_every", "eval_tokens",     \
-      "save_every", "log_every", "threads", "seed"
+      "save_every", "log_every", "threads", "seed", "max_bad_steps"
+
+// A size estimate for a message. Sizes are bounded but their products are not: a double past
+// INT64_MAX cast to int64_t is undefined behaviour, so large values are printed as 1.6e+23.
+std::string whole(double x) {
+  char text[32];
+  std::snprintf(text, sizeof text, std::fabs(x) < 1e15 ? "%.0f" : "%.2g", x);
+  return text;
+}
 
 void positive(int64_t v, const std::string& where) {
   if (v <= 0) fail(where + ": expected a positive integer, got " + std::to_string(v));
@@ -249,8 +281,7 @@ void validate(const ModelConfig& m, const std::string& where) {
                         double(m.num_moe_layers()) * 3 * D * double(m.moe_intermediate_size) *
                             double(m.n_routed_experts + m.n_shared_experts);
   if (params > 1.0e9)
-    fail(at + "the model would have " + std::to_string(int64_t(params / 1e6)) +
-         "M parameters (" + std::to_string(int64_t(params * 16 / (1 << 30))) +
+    fail(at + "the model would have " + whole(params / 1e6) + "M parameters (" + whole(params * 16 / (1 << 30)) +
          " GiB to train); moe supports at most 1000M on a CPU");
   if (m.max_position_embeddings > 65536)
     fail(at + "max_position_embeddings: expected at most 65536, got " + std::to_string(m.max_position_embeddings));
@@ -280,6 +311,7 @@ TrainConfig train_config_from_json(const json& j, const std::string& where) {
     else if (key == "save_every") t.save_every = get_int(v, at);
     else if (key == "log_every") t.log_every = get_int(v, at);
     else if (key == "threads") t.threads = get_int(v, at);
+    else if (key == "max_bad_steps") t.max_bad_steps = get_int(v, at);
     else if (key == "seed") {
       const int64_t s = get_int(v, at);
       non_negative(s, at);
@@ -314,6 +346,7 @@ void validate(const TrainConfig& t, const ModelConfig& m, const std::string& whe
   non_negative(t.save_every, at + "save_every");
   positive(t.log_every, at + "log_every");
   non_negative(t.threads, at + "threads");
+  positive(t.max_bad_steps, at + "max_bad_steps");
   if (t.threads > 1024) fail(at + "threads: expected at most 1024, got " + std::to_string(t.threads));
   const double activations = double(t.batch) * double(t.seq) *
                              (double(m.num_hidden_layers) * (16.0 * double(m.hidden_size) +
@@ -321,7 +354,7 @@ void validate(const TrainConfig& t, const ModelConfig& m, const std::string& whe
                               6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
                               4.0 * double(m.vocab_size));
   if (activations * 4 > 16.0 * (1ull << 30))
-    fail(at + "batch x seq needs about " + std::to_string(int64_t(activations * 4 / (1 << 30))) +
+    fail(at + "batch x seq needs about " + whole(activations * 4 / (1 << 30)) +
          " GiB of activations; reduce batch or seq");
 }
 
@@ -331,15 +364,17 @@ Config config_from_json(const json& j, const std::string& where) {
   bool has_model = false;
   if (j.contains("train") && !j["train"].is_object())
     fail(where + ": train: expected a JSON object, got " + show(j["train"]));
-  json train = json::object();
+  // A pointer, not a copy: copying a json recurses once per nesting level (a train section of
+  // 20000 nested brackets overflowed the stack before the type check could refuse it).
+  const json* train = nullptr;
   for (const auto& [key, v] : j.items()) {
     if (key == "model") has_model = true;
-    else if (key == "train") train = v;
+    else if (key == "train") train = &v;
     else fail(where + ": unknown top-level key \"" + key + "\" (expected \"model\" and \"train\")");
   }
   if (!has_model) fail(where + ": missing the \"model\" section");
   c.model = model_config_from_json(j.at("model"), where + ": model", false);
-  c.train = train_config_from_json(train, where);
+  c.train = train ? train_config_from_json(*train, where) : train_config_from_json(json::object(), where);
   validate(c.train, c.model, where);
   return c;
 }
@@ -354,7 +389,7 @@ json read_json_file(const std::string& path) {
   if (in.bad()) fail(path + ": cannot read file (is it a directory?)");
   try {
     return json::parse(buffer.str());
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for a number like 1e400
     std::string what = e.what();
     const auto colon = what.find("] ");
     fail(path + ": not valid JSON (" + (colon == std::string::npos ? what : what.substr(colon + 2)) + ")");
@@ -404,7 +439,7 @@ json to_json(const TrainConfig& t) {
               {"seq_aux_alpha", t.seq_aux_alpha}, {"eval_every", t.eval_every},
               {"eval_tokens", t.eval_tokens}, {"save_every", t.save_every},
               {"log_every", t.log_every}, {"threads", t.threads},
-              {"seed", t.seed}};
+              {"seed", t.seed},           {"max_bad_steps", t.max_bad_steps}};
 }
 
 }  // namespace moe

@@ -1,6 +1,8 @@
 #include "report/metrics.hpp"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -29,14 +31,89 @@ int64_t RunMetrics::num_experts() const {
 
 namespace {
 
+// JSON value -> T, refusing what nlohmann's get<T>() would convert silently: get<int64_t>() of
+// 1e30 is undefined behaviour (float-to-integer overflow), of 2.5 truncates, of true gives 1, and
+// get<double>() of true gives 1.0. An integer may be written as an integral float (64.0).
+bool convert(const json& v, int64_t& out) {
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() > uint64_t(INT64_MAX)) return false;
+    out = int64_t(v.get<uint64_t>());
+    return true;
+  }
+  if (v.is_number_integer()) {
+    out = v.get<int64_t>();
+    return true;
+  }
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (!(std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15)) return false;
+    out = int64_t(d);
+    return true;
+  }
+  return false;
+}
+bool convert(const json& v, double& out) {
+  if (!v.is_number()) return false;
+  out = v.get<double>();
+  return true;
+}
+bool convert(const json& v, std::string& out) {
+  if (!v.is_string()) return false;
+  out = v.get_ref<const std::string&>();
+  return true;
+}
+template <class T>
+bool convert(const json& v, std::vector<T>& out) {
+  if (!v.is_array()) return false;
+  out.clear();
+  out.reserve(v.size());
+  for (const json& e : v) {
+    T x{};
+    if (!convert(e, x)) return false;
+    out.push_back(std::move(x));
+  }
+  return true;
+}
+
+template <class T> constexpr const char* expected_type = "";
+template <> constexpr const char* expected_type<int64_t> = "an integer";
+template <> constexpr const char* expected_type<double> = "a number";
+template <> constexpr const char* expected_type<std::string> = "a string";
+template <> constexpr const char* expected_type<std::vector<int64_t>> = "an array of integers";
+template <> constexpr const char* expected_type<std::vector<double>> = "an array of numbers";
+
+// The start of v as JSON, for a message: scalars, and the scalars of an array. Not v.dump() of a
+// container: that recurses once per nesting level (a value of 20000 nested brackets overflowed
+// the stack) and prints all of a huge value.
+std::string preview(const json& v) {
+  auto scalar = [](const json& e) {
+    if (e.is_array()) return std::string(e.empty() ? "[]" : "[...]");
+    if (e.is_object()) return std::string(e.empty() ? "{}" : "{...}");
+    if (e.is_string() && e.get_ref<const std::string&>().size() > 40)
+      return json(e.get_ref<const std::string&>().substr(0, 40)).dump(-1, ' ', false, json::error_handler_t::replace);
+    return e.dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  if (!v.is_array()) return scalar(v);
+  std::string s = "[";
+  for (const json& e : v) {
+    if (s.size() > 40) break;
+    if (s.size() > 1) s += ",";
+    s += scalar(e);
+  }
+  return s + "]";
+}
+
 template <class T>
 T field(const json& j, const char* key, const std::string& where) {
-  if (!j.contains(key)) fail(where + ": missing field \"" + key + "\"");
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    fail(where + ": field \"" + key + "\" has the wrong type (" + j.at(key).dump().substr(0, 40) + ")");
+  const auto it = j.find(key);
+  if (it == j.end()) fail(where + ": missing field \"" + key + "\"");
+  T value{};
+  if (!convert(*it, value)) {
+    std::string shown = preview(*it);
+    if (shown.size() > 40) shown = shown.substr(0, 37) + "...";
+    fail(where + ": field \"" + key + "\" has the wrong type (expected " + expected_type<T> + ", got " + shown + ")");
   }
+  return value;
 }
 
 std::vector<LayerPoint> parse_layers(const json& j, const std::string& where, bool with_bias) {
