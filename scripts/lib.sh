@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared steps of scripts/test and scripts/demo (sourced, not run): install the Debian packages
 # that are missing, configure and build. Each step is a function so later scripts can add their own.
 
@@ -29,11 +30,12 @@ moe_as_root() {
 
 moe_package_installed() { dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed'; }
 
-# Installs whichever of the given packages (default: MOE_PACKAGES) are missing; runs
-# `apt-get update` once, only if needed.
-moe_install_deps() {
+# Installs whichever of MOE_PACKAGES are missing; runs `apt-get update` once, only if needed.
+moe_install_deps() { moe_install_packages "${MOE_PACKAGES[@]}"; }
+
+# Installs whichever of the given Debian packages are missing.
+moe_install_packages() {
   local wanted=("$@")
-  if [ "${#wanted[@]}" -eq 0 ]; then wanted=("${MOE_PACKAGES[@]}"); fi
   moe_step "Checking Debian packages"
   if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "not a Debian system (no dpkg/apt-get): assuming these are installed: ${wanted[*]}"

@@ -153,13 +153,17 @@ SafetensorsFile read_safetensors(const std::string& path) {
     e.dtype = v["dtype"].get<std::string>();
     if (e.dtype != "F32") fail(at + ": dtype " + e.dtype + " is not supported (expected F32)");
     if (!v["shape"].is_array()) fail(at + ": shape is not an array");
-    uint64_t numel = 1;
+    // numel: the product of the dimensions; span: the same with zeros counted as ones, bounded
+    // too, so that an empty tensor of shape [0, 2^40, 2^40] cannot overflow a product of its
+    // dimensions computed later.
+    uint64_t numel = 1, span = 1;
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned() && !(d.is_number_integer() && d.get<int64_t>() >= 0))
         fail(at + ": shape holds a non-integer or negative dimension");
       const uint64_t dim = d.get<uint64_t>();
-      if (dim > (1ull << 40) || (dim > 0 && numel > (1ull << 40) / dim)) fail(at + ": shape is absurdly large");
+      if (dim > (1ull << 40) || (dim > 0 && span > (1ull << 40) / dim)) fail(at + ": shape is absurdly large");
       numel *= dim;
+      span *= std::max<uint64_t>(dim, 1);
       e.shape.push_back(int64_t(dim));
     }
     const auto& off = v["data_offsets"];

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -76,12 +77,15 @@ inline Outcome run_safetensors(const uint8_t* data, size_t size) {
   volatile float sink = 0;
   for (const auto& [name, e] : st.tensors) {
     expect(e.dtype == "F32", name + ": accepted dtype " + e.dtype);
-    uint64_t numel = 1;
+    uint64_t numel = 1, span = 1;
     for (int64_t d : e.shape) {
-      expect(d >= 0, name + ": negative dimension");
+      expect(d >= 0 && d <= (int64_t(1) << 40), name + ": dimension out of range");
       numel *= uint64_t(d);
+      span *= uint64_t(std::max<int64_t>(d, 1));
+      expect(span <= (uint64_t(1) << 40), name + ": product of the dimensions out of range");
     }
     expect(e.begin <= e.end && e.end <= st.data.size(), name + ": offsets outside the data section");
+    expect(e.begin % 4 == 0, name + ": misaligned tensor");
     expect(e.end - e.begin == 4 * numel, name + ": byte range does not match the shape");
     const float* p = st.f32(name);
     float sum = 0;

@@ -25,7 +25,7 @@ std::vector<fs::path> inputs_in(const fs::path& dir) {
   if (!fs::is_directory(dir)) return files;
   for (const auto& entry : fs::directory_iterator(dir))
     if (entry.is_regular_file() && entry.path().filename().string()[0] != '.' &&
-        entry.path().filename() != "README.md")
+        entry.path().extension() != ".md")
       files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   return files;
