@@ -1,6 +1,7 @@
 // oneDNN matmul primitives behind one small GEMM interface.
 #include "core/compute.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "core/error.hpp"
@@ -137,6 +138,18 @@ void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N,
   spec.accumulate = accumulate;
   spec.runtime_dims = runtime_dims;
   ctx.gemm(spec, A, B, C);
+}
+
+bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  if (M == 0 || N == 0) return true;
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill_n(C + i * ldc, N, 0.0f);
+    return true;
+  }
+  const float beta = accumulate ? 1.0f : 0.0f;
+  return dnnl_sgemm('N', trans_b ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) == dnnl_success;
 }
 
 void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,

@@ -81,6 +81,15 @@ void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N,
           const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
           bool accumulate, bool runtime_dims = false);
 
+// Row-major C (M×N) [+]= A (M×K) · op(B) through oneDNN's BLAS-style dnnl_sgemm: op(B) is B
+// (K×N, row stride ldb) or, when trans_b, Bᵀ with B stored N×K. For the many tiny products of
+// decoding: a primitive execution has a fixed cost of ~2 µs (memory objects, argument map, stream
+// wait) that exceeds the product itself, dnnl_sgemm ~0.5 µs. Inside an OpenMP parallel region it
+// runs on the calling thread, so each thread of one region can multiply its own slice. Returns
+// false on a oneDNN error (callers inside a parallel region cannot throw).
+bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                    int64_t ldb, float* C, int64_t ldc, bool accumulate);
+
 // Linear layer y = x Wᵀ with W stored [out, in] (Hugging Face layout).
 // x (rows, in), W (out, in), y (rows, out).
 inline void linear_forward(ComputeContext& ctx, const float* x, const float* W, float* y,

@@ -6,21 +6,21 @@
 
 namespace moe {
 
+void router_scores_row(const float* z, float* s, int64_t E, ScoringFunc func) {
+  if (func == ScoringFunc::sigmoid) {
+    for (int64_t i = 0; i < E; ++i) s[i] = 1.0f / (1.0f + std::exp(-z[i]));
+  } else {
+    float max = z[0];
+    for (int64_t i = 1; i < E; ++i) max = std::max(max, z[i]);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < E; ++i) sum += (s[i] = std::exp(z[i] - max));
+    for (int64_t i = 0; i < E; ++i) s[i] /= sum;
+  }
+}
+
 void router_scores_forward(const float* logits, float* scores, int64_t N, int64_t E, ScoringFunc func) {
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < N; ++t) {
-    const float* z = logits + t * E;
-    float* s = scores + t * E;
-    if (func == ScoringFunc::sigmoid) {
-      for (int64_t i = 0; i < E; ++i) s[i] = 1.0f / (1.0f + std::exp(-z[i]));
-    } else {
-      float max = z[0];
-      for (int64_t i = 1; i < E; ++i) max = std::max(max, z[i]);
-      float sum = 0.0f;
-      for (int64_t i = 0; i < E; ++i) sum += (s[i] = std::exp(z[i] - max));
-      for (int64_t i = 0; i < E; ++i) s[i] /= sum;
-    }
-  }
+  for (int64_t t = 0; t < N; ++t) router_scores_row(logits + t * E, scores + t * E, E, func);
 }
 
 void router_scores_backward(const float* scores, const float* d_scores, float* d_logits, int64_t N, int64_t E,
@@ -40,62 +40,64 @@ void router_scores_backward(const float* scores, const float* d_scores, float* d
   }
 }
 
-void route_tokens(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert, float* weight,
-                  int64_t N) {
+void route_token(const ModelConfig& c, const float* s, const float* bias, int32_t* chosen, float* w,
+                 RouteScratch& scratch) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group;
   const int64_t group_size = E / G;
+  float* keys = scratch.keys.data();
+  float* group_score = scratch.group_score.data();
+  char* kept = scratch.kept.data();
+  for (int64_t i = 0; i < E; ++i) keys[i] = s[i] + (bias ? bias[i] : 0.0f);
+  if (G > 1) {
+    for (int64_t g = 0; g < G; ++g) {
+      // Sum of the two largest keys of the group (the one key when a group has one expert).
+      float best = -INFINITY, second = -INFINITY;
+      for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
+        const float k = keys[i];
+        if (k > best) second = best, best = k;
+        else if (k > second) second = k;
+      }
+      group_score[g] = group_size >= 2 ? best + second : best;
+    }
+    // Keep the topk_group best groups (ties to the lower index); mask the rest to -inf.
+    std::fill_n(kept, G, 0);
+    for (int64_t pick = 0; pick < c.topk_group; ++pick) {
+      int64_t best_g = -1;
+      for (int64_t g = 0; g < G; ++g)
+        if (!kept[g] && (best_g < 0 || group_score[g] > group_score[best_g])) best_g = g;
+      kept[best_g] = 1;
+    }
+    for (int64_t g = 0; g < G; ++g)
+      if (!kept[g])
+        for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) keys[i] = -INFINITY;
+  }
+  float sum = 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t best = -1;
+    for (int64_t i = 0; i < E; ++i) {
+      if (keys[i] == -INFINITY) continue;  // masked group or already chosen
+      if (best < 0 || keys[i] > keys[best]) best = i;
+    }
+    chosen[k] = int32_t(best);
+    keys[best] = -INFINITY;
+    w[k] = s[best];
+    sum += s[best];
+  }
+  const float scale = float(c.routed_scaling_factor);
+  const float norm = c.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
+  for (int64_t k = 0; k < K; ++k) w[k] *= norm * scale;
+}
+
+void route_tokens(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert, float* weight,
+                  int64_t N) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
 #pragma omp parallel
   {
-    // Per-thread buffers that keep their capacity across calls: decoding routes one token per
-    // step and must not allocate.
-    thread_local std::vector<float> keys, group_score;
-    thread_local std::vector<char> kept;
-    keys.resize(size_t(E)), group_score.resize(size_t(G)), kept.resize(size_t(G));
+    // Per-thread buffers that keep their capacity across calls.
+    thread_local RouteScratch scratch;
+    scratch.resize(c);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < N; ++t) {
-      const float* s = scores + t * E;
-      for (int64_t i = 0; i < E; ++i) keys[size_t(i)] = s[i] + (bias ? bias[i] : 0.0f);
-      if (G > 1) {
-        for (int64_t g = 0; g < G; ++g) {
-          // Sum of the two largest keys of the group (the one key when a group has one expert).
-          float best = -INFINITY, second = -INFINITY;
-          for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
-            const float k = keys[size_t(i)];
-            if (k > best) second = best, best = k;
-            else if (k > second) second = k;
-          }
-          group_score[size_t(g)] = group_size >= 2 ? best + second : best;
-        }
-        // Keep the topk_group best groups (ties to the lower index); mask the rest to -inf.
-        std::fill(kept.begin(), kept.end(), 0);
-        for (int64_t pick = 0; pick < c.topk_group; ++pick) {
-          int64_t best_g = -1;
-          for (int64_t g = 0; g < G; ++g)
-            if (!kept[size_t(g)] && (best_g < 0 || group_score[size_t(g)] > group_score[size_t(best_g)])) best_g = g;
-          kept[size_t(best_g)] = 1;
-        }
-        for (int64_t g = 0; g < G; ++g)
-          if (!kept[size_t(g)])
-            for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) keys[size_t(i)] = -INFINITY;
-      }
-      int32_t* chosen = expert + t * K;
-      float* w = weight + t * K;
-      float sum = 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
-        int64_t best = -1;
-        for (int64_t i = 0; i < E; ++i) {
-          if (keys[size_t(i)] == -INFINITY) continue;  // masked group or already chosen
-          if (best < 0 || keys[size_t(i)] > keys[size_t(best)]) best = i;
-        }
-        chosen[k] = int32_t(best);
-        keys[size_t(best)] = -INFINITY;
-        w[k] = s[best];
-        sum += s[best];
-      }
-      const float scale = float(c.routed_scaling_factor);
-      const float norm = c.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
-      for (int64_t k = 0; k < K; ++k) w[k] *= norm * scale;
-    }
+    for (int64_t t = 0; t < N; ++t) route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch);
   }
 }
 

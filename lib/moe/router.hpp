@@ -2,11 +2,14 @@
 // gate weights (from the *unbiased* scores) that scale each chosen expert's output.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "model/config.hpp"
 
 namespace moe {
 
+// One token's logits z (E) -> scores s (E).
+void router_scores_row(const float* z, float* s, int64_t E, ScoringFunc func);
 // logits (N, E) -> scores (N, E): sigmoid elementwise, or softmax over experts.
 void router_scores_forward(const float* logits, float* scores, int64_t N, int64_t E, ScoringFunc func);
 // d_scores (N, E) -> d_logits (N, E) written.
@@ -18,6 +21,20 @@ void router_scores_backward(const float* scores, const float* d_scores, float* d
 // to the lower index), in descending key order.
 // expert (N, K) and weight (N, K) written: weight = scaling · s_e / (Σ_chosen s + 1e-20) when
 // norm_topk_prob, else scaling · s_e. bias may be null (all zero).
+// Scratch of one routing thread, sized once per configuration.
+struct RouteScratch {
+  std::vector<float> keys, group_score;
+  std::vector<char> kept;
+  void resize(const ModelConfig& c) {
+    keys.resize(size_t(c.n_routed_experts)), group_score.resize(size_t(c.n_group)), kept.resize(size_t(c.n_group));
+  }
+};
+
+// route_tokens for one token's scores s (E): chosen (K) experts and their weights w (K). For
+// callers that are already inside a parallel region (decoding), where a nested region costs more
+// than routing one token.
+void route_token(const ModelConfig& config, const float* s, const float* bias, int32_t* chosen, float* w,
+                 RouteScratch& scratch);
 void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert,
                   float* weight, int64_t N);
 

@@ -9,13 +9,8 @@ namespace moe {
 void rmsnorm_forward(const float* x, const float* w, float* y, float* rstd, int64_t rows, int64_t dim, float eps) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * dim;
-    float* yr = y + r * dim;
-    float sum = 0.0f;
-    for (int64_t i = 0; i < dim; ++i) sum += xr[i] * xr[i];
-    const float s = 1.0f / std::sqrt(sum / float(dim) + eps);
+    const float s = rmsnorm_row(x + r * dim, w, y + r * dim, dim, eps);
     if (rstd) rstd[r] = s;
-    for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * s * w[i];
   }
 }
 

@@ -20,23 +20,12 @@ RopeTable::RopeTable(int64_t hd, int64_t max_pos, double theta) : head_dim(hd), 
 
 void rope_forward(const RopeTable& table, const float* in, float* out, int64_t B, int64_t T, int64_t heads,
                   int64_t pos0) {
-  const int64_t hd = table.head_dim, half = hd / 2;
+  const int64_t hd = table.head_dim;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* c = table.cos.data() + (pos0 + t) * half;
-      const float* s = table.sin.data() + (pos0 + t) * half;
-      for (int64_t h = 0; h < heads; ++h) {
-        const float* x = in + ((b * T + t) * heads + h) * hd;
-        float* y = out + ((b * heads + h) * T + t) * hd;
-        // q' = q cos + rotate_half(q) sin, rotate_half(q) = [-q2, q1]
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = x[i], x2 = x[i + half];
-          y[i] = x1 * c[i] - x2 * s[i];
-          y[i + half] = x2 * c[i] + x1 * s[i];
-        }
-      }
-    }
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h)
+        rope_rotate(table, in + ((b * T + t) * heads + h) * hd, out + ((b * heads + h) * T + t) * hd, pos0 + t);
 }
 
 void rope_backward(const RopeTable& table, const float* d_out, float* d_in, int64_t B, int64_t T, int64_t heads,

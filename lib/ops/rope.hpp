@@ -16,6 +16,19 @@ struct RopeTable {
 };
 
 // in (B, T, heads, hd) -> out (B, heads, T, hd), rotated for positions pos0 .. pos0+T-1.
+// Rotates one head vector x (hd) at position pos into y (may not alias x).
+inline void rope_rotate(const RopeTable& table, const float* x, float* y, int64_t pos) {
+  const int64_t half = table.head_dim / 2;
+  const float* c = table.cos.data() + pos * half;
+  const float* s = table.sin.data() + pos * half;
+  // q' = q cos + rotate_half(q) sin, rotate_half(q) = [-q2, q1]
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    y[i] = x1 * c[i] - x2 * s[i];
+    y[i + half] = x2 * c[i] + x1 * s[i];
+  }
+}
+
 void rope_forward(const RopeTable& table, const float* in, float* out, int64_t B, int64_t T, int64_t heads,
                   int64_t pos0);
 // The inverse map: d_out (B, heads, T, hd) -> d_in (B, T, heads, hd) (written).

@@ -7,8 +7,7 @@ namespace moe {
 void swiglu_forward(const float* g, const float* u, float* a, int64_t n) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const float sig = 1.0f / (1.0f + std::exp(-g[i]));
-    a[i] = g[i] * sig * u[i];
+    a[i] = swiglu_value(g[i], u[i]);
   }
 }
 

@@ -1,11 +1,15 @@
 // SwiGLU feed-forward: y = down(silu(gate(x)) ⊙ up(x)). Used by dense layers, shared experts and
 // (per expert, on its gathered rows) routed experts, so all three share one tested code path.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "core/compute.hpp"
 
 namespace moe {
+
+// silu(g) · u for one value.
+inline float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + std::exp(-g))) * u; }
 
 // a = silu(g) ⊙ u, elementwise over n values.
 void swiglu_forward(const float* g, const float* u, float* a, int64_t n);
