@@ -17,7 +17,7 @@ size_t GemmSpecHash::operator()(const GemmSpec& s) const {
   auto mix = [&h](int64_t v) { h = (h ^ size_t(v)) * 1099511628211ull; };
   mix(s.batch0), mix(s.batch1), mix(s.M), mix(s.N), mix(s.K);
   for (int i = 0; i < 4; ++i) mix(s.a_strides[i]), mix(s.b_strides[i]), mix(s.c_strides[i]);
-  mix(s.accumulate), mix(s.runtime_dims);
+  mix(s.accumulate);
   return h;
 }
 
@@ -51,38 +51,21 @@ namespace {
 
 bool batched(const GemmSpec& s) { return s.batch0 != 1 || s.batch1 != 1; }
 
-memory::desc make_desc(const GemmSpec& s, int64_t rows, int64_t cols,
-                       const std::array<int64_t, 4>& strides, bool runtime) {
-  const int64_t R = DNNL_RUNTIME_DIM_VAL;
-  // Runtime sizes with concrete strides: oneDNN 2.6 then picks its JIT GEMM; runtime strides
-  // would send it to the (very slow) reference implementation.
-  if (runtime) return memory::desc({R, R}, dt::f32, memory::dims{strides[2], strides[3]});
+memory::desc make_desc(const GemmSpec& s, int64_t rows, int64_t cols, const std::array<int64_t, 4>& strides) {
   if (batched(s))
     return memory::desc({s.batch0, s.batch1, rows, cols}, dt::f32,
                         memory::dims{strides[0], strides[1], strides[2], strides[3]});
   return memory::desc({rows, cols}, dt::f32, memory::dims{strides[2], strides[3]});
 }
 
-memory::desc concrete_desc(int64_t rows, int64_t cols, const std::array<int64_t, 4>& strides) {
-  return memory::desc({rows, cols}, dt::f32, memory::dims{strides[2], strides[3]});
-}
-
 }  // namespace
 
 ComputeContext::Entry& ComputeContext::lookup(const GemmSpec& spec) {
-  GemmSpec key = spec;
-  if (key.runtime_dims) {
-    // One primitive serves every row/column count with the same strides (leading dimensions).
-    key.M = key.N = key.K = 0;
-  }
-  auto it = cache_.find(key);
+  auto it = cache_.find(spec);
   if (it != cache_.end()) return *it->second;
-
-  const bool rt = spec.runtime_dims;
-  check(!(rt && batched(spec)), "internal: runtime-dimension GEMMs cannot be batched");
-  auto a_md = make_desc(spec, spec.M, spec.K, spec.a_strides, rt);
-  auto b_md = make_desc(spec, spec.K, spec.N, spec.b_strides, rt);
-  auto c_md = make_desc(spec, spec.M, spec.N, spec.c_strides, rt);
+  auto a_md = make_desc(spec, spec.M, spec.K, spec.a_strides);
+  auto b_md = make_desc(spec, spec.K, spec.N, spec.b_strides);
+  auto c_md = make_desc(spec, spec.M, spec.N, spec.c_strides);
   dnnl::primitive_attr attr;
   if (spec.accumulate) {
     dnnl::post_ops ops;
@@ -92,7 +75,7 @@ ComputeContext::Entry& ComputeContext::lookup(const GemmSpec& spec) {
   auto entry = std::make_shared<Entry>();
   dnnl::matmul::desc desc(a_md, b_md, c_md);
   entry->primitive = dnnl::matmul(dnnl::matmul::primitive_desc(desc, attr, engine_));
-  cache_.emplace(key, entry);
+  cache_.emplace(spec, entry);
   return *entry;
 }
 
@@ -109,17 +92,29 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
                 j * spec.c_strides[3]] = 0.0f;
     return;
   }
-  Entry& entry = lookup(spec);
-  memory::desc a_md, b_md, c_md;
-  if (spec.runtime_dims) {
-    a_md = concrete_desc(spec.M, spec.K, spec.a_strides);
-    b_md = concrete_desc(spec.K, spec.N, spec.b_strides);
-    c_md = concrete_desc(spec.M, spec.N, spec.c_strides);
-  } else {
-    a_md = make_desc(spec, spec.M, spec.K, spec.a_strides, false);
-    b_md = make_desc(spec, spec.K, spec.N, spec.b_strides, false);
-    c_md = make_desc(spec, spec.M, spec.N, spec.c_strides, false);
+  if (!batched(spec)) {
+    // Plain 2-D products go through oneDNN's BLAS-style sgemm: the same JIT kernels as the
+    // matmul primitive, measured 0-20% faster on every training shape here, with no primitive per
+    // shape (so no memory growth as expert row counts change) and ~0.5 µs fixed cost.
+    auto layout = [](const std::array<int64_t, 4>& st, char& trans, int64_t& ld) {
+      if (st[3] == 1) return trans = 'N', ld = st[2], true;
+      if (st[2] == 1) return trans = 'T', ld = st[3], true;
+      return false;
+    };
+    char ta = 'N', tb = 'N', tc = 'N';
+    int64_t lda = 0, ldb = 0, ldc = 0;
+    if (layout(spec.a_strides, ta, lda) && layout(spec.b_strides, tb, ldb) && layout(spec.c_strides, tc, ldc) &&
+        tc == 'N') {
+      const dnnl_status_t status = dnnl_sgemm(ta, tb, spec.M, spec.N, spec.K, 1.0f, A, lda, B, ldb,
+                                              spec.accumulate ? 1.0f : 0.0f, C, ldc);
+      check(status == dnnl_success, "oneDNN sgemm failed (status " + std::to_string(int(status)) + ")");
+      return;
+    }
   }
+  Entry& entry = lookup(spec);
+  const memory::desc a_md = make_desc(spec, spec.M, spec.K, spec.a_strides);
+  const memory::desc b_md = make_desc(spec, spec.K, spec.N, spec.b_strides);
+  const memory::desc c_md = make_desc(spec, spec.M, spec.N, spec.c_strides);
   memory a_mem(a_md, engine_, const_cast<float*>(A));
   memory b_mem(b_md, engine_, const_cast<float*>(B));
   memory c_mem(c_md, engine_, C);
@@ -129,14 +124,13 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
 
 void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
           const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-          bool accumulate, bool runtime_dims) {
+          bool accumulate) {
   GemmSpec spec;
   spec.M = M, spec.N = N, spec.K = K;
   spec.a_strides = trans_a ? std::array<int64_t, 4>{0, 0, 1, lda} : std::array<int64_t, 4>{0, 0, lda, 1};
   spec.b_strides = trans_b ? std::array<int64_t, 4>{0, 0, 1, ldb} : std::array<int64_t, 4>{0, 0, ldb, 1};
   spec.c_strides = {0, 0, ldc, 1};
   spec.accumulate = accumulate;
-  spec.runtime_dims = runtime_dims;
   ctx.gemm(spec, A, B, C);
 }
 
@@ -154,11 +148,11 @@ bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* 
 
 void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,
                      float* dx, float* dW, int64_t rows, int64_t in, int64_t out,
-                     bool accumulate_dx, bool runtime_dims) {
+                     bool accumulate_dx) {
   // dx (rows, in) = dy (rows, out) · W (out, in)
-  if (dx) gemm(ctx, false, false, rows, in, out, dy, out, W, in, dx, in, accumulate_dx, runtime_dims);
+  if (dx) gemm(ctx, false, false, rows, in, out, dy, out, W, in, dx, in, accumulate_dx);
   // dW (out, in) += dyᵀ (out, rows) · x (rows, in)
-  if (dW) gemm(ctx, true, false, out, in, rows, dy, out, x, in, dW, in, true, runtime_dims);
+  if (dW) gemm(ctx, true, false, out, in, rows, dy, out, x, in, dW, in, true);
 }
 
 }  // namespace moe

@@ -1,6 +1,8 @@
 // The compute context: the oneDNN engine and stream plus a cache of matmul primitives keyed by
-// shape, passed explicitly to every op that multiplies matrices (no globals). Primitive creation
-// costs far more than a small GEMM, so each distinct shape is created once and reused.
+// shape, passed explicitly to every op that multiplies matrices (no globals). Plain 2-D products
+// run through oneDNN's sgemm (no per-shape state, so expert GEMMs whose row counts change every
+// step cost no memory); batched products (attention over heads) use matmul primitives, created
+// once per shape because creation costs far more than a small GEMM.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -18,9 +20,6 @@ struct GemmSpec {
   int64_t M = 0, N = 0, K = 0;
   std::array<int64_t, 4> a_strides{}, b_strides{}, c_strides{};
   bool accumulate = false;  // C += A·B instead of C = A·B
-  // Variable shapes (expert GEMMs whose row count changes every step) use one primitive with
-  // runtime dimensions instead of one primitive per row count.
-  bool runtime_dims = false;
 
   bool operator==(const GemmSpec&) const = default;
 };
@@ -79,7 +78,7 @@ class PhaseScope {
 // row stride lda when trans_a), op(B) is K×N (stored N×K when trans_b).
 void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
           const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-          bool accumulate, bool runtime_dims = false);
+          bool accumulate);
 
 // Row-major C (M×N) [+]= A (M×K) · op(B) through oneDNN's BLAS-style dnnl_sgemm: op(B) is B
 // (K×N, row stride ldb) or, when trans_b, Bᵀ with B stored N×K. For the many tiny products of
@@ -93,14 +92,14 @@ bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* 
 // Linear layer y = x Wᵀ with W stored [out, in] (Hugging Face layout).
 // x (rows, in), W (out, in), y (rows, out).
 inline void linear_forward(ComputeContext& ctx, const float* x, const float* W, float* y,
-                           int64_t rows, int64_t in, int64_t out, bool runtime_dims = false) {
-  gemm(ctx, false, true, rows, out, in, x, in, W, in, y, out, false, runtime_dims);
+                           int64_t rows, int64_t in, int64_t out) {
+  gemm(ctx, false, true, rows, out, in, x, in, W, in, y, out, false);
 }
 
 // Backward of y = x Wᵀ: dx (=, or += when accumulate_dx) dy W; dW += dyᵀ x.
 // Pass dx == nullptr to skip the input gradient.
 void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,
                      float* dx, float* dW, int64_t rows, int64_t in, int64_t out,
-                     bool accumulate_dx, bool runtime_dims = false);
+                     bool accumulate_dx);
 
 }  // namespace moe

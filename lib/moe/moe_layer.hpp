@@ -12,11 +12,11 @@
 namespace moe {
 
 // Each expert's rows start at a multiple of the row alignment and are zero-padded up to the next
-// one: expert GEMMs then come in few distinct shapes, each a cached fixed-shape oneDNN primitive
-// (several times faster than one runtime-shape primitive), at the cost of < align wasted rows per
-// expert. The alignment grows with the expected rows per expert (N*K/E / 16, a power of two in
-// [16, 256]) so the waste stays near 6% while the number of distinct shapes — and the memory of
-// their primitives — stays small and stops growing once the common sizes have been seen.
+// one, so every expert GEMM runs whole register blocks of oneDNN's sgemm kernels (measured 1-3%
+// faster per training step than exact row counts on small and small-e64) at the cost of < align
+// wasted rows per expert. The alignment grows with the expected rows per expert (N*K/E / 16, a
+// power of two in [16, 256]) so the waste stays near 6%. (It was introduced when expert GEMMs
+// were fixed-shape primitives, for which it also bounded the number of shapes.)
 constexpr int64_t kExpertRowAlign = 16;
 int64_t expert_row_align(const ModelConfig& c, int64_t N);
 

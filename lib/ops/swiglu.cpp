@@ -23,25 +23,25 @@ void swiglu_backward(const float* g, const float* u, const float* da, float* dg,
 }
 
 void ffn_forward(ComputeContext& ctx, const FfnWeights& w, const float* x, float* y, const FfnSaved& saved,
-                 int64_t rows, int64_t D, int64_t I, bool runtime_dims) {
+                 int64_t rows, int64_t D, int64_t I) {
   if (rows == 0) return;
-  linear_forward(ctx, x, w.gate, saved.g, rows, D, I, runtime_dims);
-  linear_forward(ctx, x, w.up, saved.u, rows, D, I, runtime_dims);
+  linear_forward(ctx, x, w.gate, saved.g, rows, D, I);
+  linear_forward(ctx, x, w.up, saved.u, rows, D, I);
   swiglu_forward(saved.g, saved.u, saved.a, rows * I);
-  linear_forward(ctx, saved.a, w.down, y, rows, I, D, runtime_dims);
+  linear_forward(ctx, saved.a, w.down, y, rows, I, D);
 }
 
 void ffn_backward(ComputeContext& ctx, const FfnWeights& w, const FfnGrads& grads, const float* x, const float* dy,
                   float* dx, const FfnSaved& saved, float* scratch, int64_t rows, int64_t D, int64_t I,
-                  bool accumulate_dx, bool runtime_dims) {
+                  bool accumulate_dx) {
   if (rows == 0) return;
   float* da = scratch;             // (rows, I)
   float* dg = scratch + rows * I;  // (rows, I)
-  linear_backward(ctx, saved.a, w.down, dy, da, grads.down, rows, I, D, false, runtime_dims);
+  linear_backward(ctx, saved.a, w.down, dy, da, grads.down, rows, I, D, false);
   float* du = da;  // da is consumed elementwise, so du can overwrite it
   swiglu_backward(saved.g, saved.u, da, dg, du, rows * I);
-  linear_backward(ctx, x, w.gate, dg, dx, grads.gate, rows, D, I, accumulate_dx, runtime_dims);
-  linear_backward(ctx, x, w.up, du, dx, grads.up, rows, D, I, true, runtime_dims);
+  linear_backward(ctx, x, w.gate, dg, dx, grads.gate, rows, D, I, accumulate_dx);
+  linear_backward(ctx, x, w.up, du, dx, grads.up, rows, D, I, true);
 }
 
 }  // namespace moe

@@ -33,13 +33,13 @@ struct FfnSaved {
   float* a;
 };
 
-// x (rows, D) -> y (rows, D) written. `runtime_dims` for row counts that change every call (experts).
+// x (rows, D) -> y (rows, D) written.
 void ffn_forward(ComputeContext& ctx, const FfnWeights& w, const float* x, float* y, const FfnSaved& saved,
-                 int64_t rows, int64_t D, int64_t I, bool runtime_dims = false);
+                 int64_t rows, int64_t D, int64_t I);
 // dy (rows, D) -> dx (rows, D) written (accumulated when accumulate_dx); weight grads accumulate.
 // scratch: 2 * rows * I floats.
 void ffn_backward(ComputeContext& ctx, const FfnWeights& w, const FfnGrads& grads, const float* x, const float* dy,
                   float* dx, const FfnSaved& saved, float* scratch, int64_t rows, int64_t D, int64_t I,
-                  bool accumulate_dx, bool runtime_dims = false);
+                  bool accumulate_dx);
 
 }  // namespace moe

@@ -7,7 +7,7 @@
 
 namespace moe {
 
-void AdamW::step(Model& model, double lr, double weight_decay) {
+void AdamW::step(Model& model, double lr, double weight_decay, float grad_scale) {
   ++t;
   const float b1 = float(beta1), b2 = float(beta2);
   const float c1 = float(1.0 / (1.0 - std::pow(beta1, double(t))));
@@ -26,8 +26,9 @@ void AdamW::step(Model& model, double lr, double weight_decay) {
     const float decay = spec.decay ? float(lr * weight_decay) : 0.0f;
 #pragma omp for schedule(static) nowait
     for (int64_t i = 0; i < spec.numel; ++i) {
-      mm[i] = b1 * mm[i] + (1.0f - b1) * g[i];
-      vv[i] = b2 * vv[i] + (1.0f - b2) * g[i] * g[i];
+      const float gi = g[i] * grad_scale;
+      mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
+      vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
       // Decoupled weight decay (AdamW): shrink the weight, then apply the Adam step.
       p[i] -= decay * p[i] + lr_f * (mm[i] * c1) / (std::sqrt(vv[i] * c2) + e);
     }
@@ -41,12 +42,9 @@ double grad_norm(const Model& model) {
   return std::sqrt(parallel_sum(model.layout.total, [g](int64_t i) { return double(g[i]) * double(g[i]); }));
 }
 
-void clip_grads(Model& model, double norm, double max_norm) {
-  if (max_norm <= 0 || !(norm > max_norm)) return;
-  const float scale = float(max_norm / (norm + 1e-6));
-  float* g = model.grads.data();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < model.layout.total; ++i) g[i] *= scale;
+float clip_scale(double norm, double max_norm) {
+  if (max_norm <= 0 || !(norm > max_norm)) return 1.0f;
+  return float(max_norm / (norm + 1e-6));
 }
 
 double learning_rate(int64_t step, int64_t steps, int64_t warmup, double lr, double min_lr) {

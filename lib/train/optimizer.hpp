@@ -14,14 +14,16 @@ struct AdamW {
   int64_t t = 0;       // optimizer steps taken (for bias correction)
 
   explicit AdamW(const ParamLayout& layout) : m(layout.total), v(layout.total) {}
-  // One update of every trainable tensor; decay only where spec.decay (matrices).
-  void step(Model& model, double lr, double weight_decay);
+  // One update of every trainable tensor with gradient grad_scale · g (the clipping factor, applied
+  // here rather than in a separate pass over the gradients); decay only where spec.decay (matrices).
+  void step(Model& model, double lr, double weight_decay, float grad_scale = 1.0f);
 };
 
 // sqrt(Σ g²) over trainable tensors.
 double grad_norm(const Model& model);
-// Scales the gradients so their global norm is at most max_norm (no-op when max_norm <= 0).
-void clip_grads(Model& model, double norm, double max_norm);
+// The factor that brings a global gradient norm down to max_norm (1 when max_norm <= 0 or the norm
+// is already within it).
+float clip_scale(double norm, double max_norm);
 
 // Learning rate of optimizer step `step` (0-based) out of `steps`.
 double learning_rate(int64_t step, int64_t steps, int64_t warmup, double lr, double min_lr);

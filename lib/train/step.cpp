@@ -52,8 +52,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     const double lr = learning_rate(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
     finite = std::isfinite(loss) && std::isfinite(norm);
     if (finite) {
-      clip_grads(model, norm, tc.grad_clip);
-      adam.step(model, lr, tc.weight_decay);
+      adam.step(model, lr, tc.weight_decay, clip_scale(norm, tc.grad_clip));
     }
     r.step = step + 1;
     r.steps = tc.steps;

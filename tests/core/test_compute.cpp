@@ -1,5 +1,5 @@
 // The oneDNN GEMM wrapper against naive double loops: all transpositions, odd sizes, padded
-// leading dimensions, accumulation, runtime dimensions, batched strided layouts and K = 0.
+// leading dimensions, accumulation, batched strided layouts and K = 0.
 #include <cmath>
 #include <limits>
 
@@ -30,8 +30,8 @@ void naive_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
 // |a|,|b| ~ N(0,1) the sum's magnitude is <= Σ|a b|; 1e-5 · (1 + Σ|a b|) leaves room for any
 // summation order oneDNN picks and is still ~1e5 times smaller than one wrong term.
 void expect_gemm_matches(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, bool accumulate,
-                         bool runtime_dims, moe::ComputeContext& ctx, uint64_t seed) {
-  CAPTURE(trans_a, trans_b, M, N, K, accumulate, runtime_dims);
+                         moe::ComputeContext& ctx, uint64_t seed) {
+  CAPTURE(trans_a, trans_b, M, N, K, accumulate);
   // Padded leading dimensions, so a wrapper that assumes packed rows reads the wrong elements.
   const int64_t lda = (trans_a ? M : K) + 3, ldb = (trans_b ? K : N) + 2, ldc = N + 5;
   const int64_t a_rows = trans_a ? K : M, b_rows = trans_b ? N : K;
@@ -42,7 +42,7 @@ void expect_gemm_matches(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) C[size_t(i * ldc + j)] = std::numeric_limits<float>::quiet_NaN();
   naive_gemm(trans_a, trans_b, M, N, K, A.data(), lda, B.data(), ldb, want, ldc, accumulate);
-  moe::gemm(ctx, trans_a, trans_b, M, N, K, A.data(), lda, B.data(), ldb, C.data(), ldc, accumulate, runtime_dims);
+  moe::gemm(ctx, trans_a, trans_b, M, N, K, A.data(), lda, B.data(), ldb, C.data(), ldc, accumulate);
 
   double worst = 0.0;
   for (int64_t i = 0; i < M; ++i)
@@ -62,33 +62,34 @@ void expect_gemm_matches(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
 
 }  // namespace
 
-TEST_CASE("gemm matches a naive loop for every transposition, odd sizes, accumulate and runtime dims", "[core]") {
+TEST_CASE("gemm matches a naive loop for every transposition, odd sizes and accumulate", "[core]") {
   moe::ComputeContext ctx;
   const int64_t shapes[][3] = {{7, 13, 5}, {1, 1, 1}, {7, 1, 5}, {1, 13, 5}, {7, 13, 1}, {33, 17, 65}, {2, 3, 129}};
   uint64_t seed = 100;
   for (const auto& shape : shapes)
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb)
-        for (int acc = 0; acc < 2; ++acc)
-          for (int rt = 0; rt < 2; ++rt)
-            expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, rt, ctx, seed += 3);
+        for (int acc = 0; acc < 2; ++acc) expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3);
 }
 
-TEST_CASE("gemm reuses one cached primitive per shape, and one per pattern with runtime dims", "[core]") {
+TEST_CASE("2-D gemm needs no primitive; batched gemm reuses one cached primitive per shape", "[core]") {
+  // Expert GEMMs change their row count every step: through sgemm they must not grow any cache.
   moe::ComputeContext ctx;
   const ref::Vec A = ref::randn(64 * 64, 1), B = ref::randn(64 * 64, 2);
   ref::Vec C(64 * 64);
-  moe::gemm(ctx, false, true, 7, 13, 5, A.data(), 5, B.data(), 5, C.data(), 13, false);
-  const size_t after_first = ctx.cached_primitives();
-  CHECK(after_first == 1);
-  moe::gemm(ctx, false, true, 7, 13, 5, A.data(), 5, B.data(), 5, C.data(), 13, false);
-  CHECK(ctx.cached_primitives() == after_first);
-  // Expert GEMMs: the row count changes every call, the primitive must not multiply.
   for (int64_t rows = 1; rows <= 9; ++rows)
-    moe::gemm(ctx, false, true, rows, 13, 5, A.data(), 5, B.data(), 5, C.data(), 13, false, true);
-  CHECK(ctx.cached_primitives() == after_first + 1);
-  // ...and the results of a shared runtime primitive are still right for each row count.
-  for (int64_t rows = 1; rows <= 9; ++rows) expect_gemm_matches(false, true, rows, 13, 5, false, true, ctx, 900 + rows);
+    moe::gemm(ctx, false, true, rows, 13, 5, A.data(), 5, B.data(), 5, C.data(), 13, false);
+  CHECK(ctx.cached_primitives() == 0);
+  moe::GemmSpec spec;
+  spec.batch0 = 2, spec.batch1 = 3, spec.M = 4, spec.N = 5, spec.K = 6;
+  spec.a_strides = {18 * 4, 24, 6, 1}, spec.b_strides = {90, 30, 5, 1}, spec.c_strides = {60, 20, 5, 1};
+  ctx.gemm(spec, A.data(), B.data(), C.data());
+  CHECK(ctx.cached_primitives() == 1);
+  ctx.gemm(spec, A.data(), B.data(), C.data());
+  CHECK(ctx.cached_primitives() == 1);
+  spec.M = 3;
+  ctx.gemm(spec, A.data(), B.data(), C.data());
+  CHECK(ctx.cached_primitives() == 2);
 }
 
 TEST_CASE("batched GemmSpec with strided layouts matches a naive loop", "[core]") {
@@ -135,15 +136,15 @@ TEST_CASE("batched GemmSpec with strided layouts matches a naive loop", "[core]"
 TEST_CASE("gemm with K = 0 writes zeros, or leaves C alone when accumulating and M = 0 touches nothing", "[core]") {
   moe::ComputeContext ctx;
   const ref::Vec A = ref::randn(16, 1), B = ref::randn(16, 2);
-  for (int rt = 0; rt < 2; ++rt) {
+  {
     ref::Vec C = ref::randn(3 * 4, 3);
     const ref::Vec C0 = C;
-    moe::gemm(ctx, false, false, 3, 4, 0, A.data(), 1, B.data(), 4, C.data(), 4, true, rt);
+    moe::gemm(ctx, false, false, 3, 4, 0, A.data(), 1, B.data(), 4, C.data(), 4, true);
     CHECK(C == C0);
-    moe::gemm(ctx, false, false, 3, 4, 0, A.data(), 1, B.data(), 4, C.data(), 4, false, rt);
+    moe::gemm(ctx, false, false, 3, 4, 0, A.data(), 1, B.data(), 4, C.data(), 4, false);
     for (float c : C) CHECK(c == 0.0f);
     ref::Vec D = C0;
-    moe::gemm(ctx, false, false, 0, 4, 2, A.data(), 2, B.data(), 4, D.data(), 4, false, rt);
+    moe::gemm(ctx, false, false, 0, 4, 2, A.data(), 2, B.data(), 4, D.data(), 4, false);
     CHECK(D == C0);
   }
   // Batched K = 0 respects the strides.
@@ -161,10 +162,9 @@ TEST_CASE("linear_forward and linear_backward match y = x Wᵀ, dx = dy W, dW +=
   moe::ComputeContext ctx;
   const int64_t rows = 7, in = 13, out = 5;
   const ref::Vec x = ref::randn(rows * in, 21), W = ref::randn(out * in, 22), dy = ref::randn(rows * out, 23);
-  for (int rt = 0; rt < 2; ++rt) {
-    CAPTURE(rt);
+  {
     ref::Vec y(size_t(rows * out));
-    moe::linear_forward(ctx, x.data(), W.data(), y.data(), rows, in, out, rt);
+    moe::linear_forward(ctx, x.data(), W.data(), y.data(), rows, in, out);
     const ref::DVec want_y = ref::linear(x.data(), W.data(), rows, in, out);
     CHECK(ref::max_abs_diff(ref::to_double(y), want_y) < 1e-5);
 
@@ -180,14 +180,14 @@ TEST_CASE("linear_forward and linear_backward match y = x Wᵀ, dx = dy W, dW +=
     for (int acc = 0; acc < 2; ++acc) {
       CAPTURE(acc);
       ref::Vec dx = dx0, dW = dW0;
-      moe::linear_backward(ctx, x.data(), W.data(), dy.data(), dx.data(), dW.data(), rows, in, out, acc, rt);
+      moe::linear_backward(ctx, x.data(), W.data(), dy.data(), dx.data(), dW.data(), rows, in, out, acc);
       for (size_t i = 0; i < dx.size(); ++i)
         REQUIRE(double(dx[i]) == Approx(want_dx[i] + (acc ? dx0[i] : 0.0)).margin(1e-5));
       for (size_t i = 0; i < dW.size(); ++i) REQUIRE(double(dW[i]) == Approx(want_dW[i] + dW0[i]).margin(1e-5));
     }
     // dx == nullptr skips the input gradient but still accumulates dW.
     ref::Vec dW = dW0;
-    moe::linear_backward(ctx, x.data(), W.data(), dy.data(), nullptr, dW.data(), rows, in, out, false, rt);
+    moe::linear_backward(ctx, x.data(), W.data(), dy.data(), nullptr, dW.data(), rows, in, out, false);
     for (size_t i = 0; i < dW.size(); ++i) REQUIRE(double(dW[i]) == Approx(want_dW[i] + dW0[i]).margin(1e-5));
   }
 }
