@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include "core/error.hpp"
+#include "core/vmath.hpp"
 #include "ops/embedding.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/rope.hpp"
@@ -222,7 +223,8 @@ void Decoder::step_thread(const int32_t* seq, const int32_t* tokens, int64_t n, 
             max = std::max(max, p[j]);
           }
           float sum = 0.0f;
-          for (int64_t j = 0; j < len; ++j) sum += (p[j] = std::exp(p[j] - max));
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast(p[j] - max));
           float* out = a.attn + i * qd + qh * hd;
           std::fill_n(out, hd, 0.0f);
           for (int64_t j = 0; j < len; ++j) {

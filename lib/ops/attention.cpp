@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/vmath.hpp"
+
 namespace moe {
 
 namespace {
@@ -56,10 +58,14 @@ void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float
   for (int64_t row = 0; row < s.B * H * T; ++row) {
     const int64_t t = row % T;
     float* p = probs + row * T;
+    // Vector reductions and exp_fast: the softmax over B·H·T²/2 scores is the largest
+    // non-GEMM cost of a training step.
     float max = -INFINITY;
+#pragma omp simd reduction(max : max)
     for (int64_t j = 0; j <= t; ++j) max = std::max(max, p[j] * scale);
     float sum = 0.0f;
-    for (int64_t j = 0; j <= t; ++j) sum += (p[j] = std::exp(p[j] * scale - max));
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j <= t; ++j) sum += (p[j] = exp_fast(p[j] * scale - max));
     const float inv = 1.0f / sum;
     for (int64_t j = 0; j <= t; ++j) p[j] *= inv;
     for (int64_t j = t + 1; j < T; ++j) p[j] = 0.0f;  // also clears what the blocked GEMM skipped
@@ -99,6 +105,7 @@ void attention_backward(ComputeContext& ctx, const AttentionShape& s, const floa
     const float* p = probs + row * T;
     float* dp = d_probs + row * T;
     float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
     for (int64_t j = 0; j <= t; ++j) dot += dp[j] * p[j];
     for (int64_t j = 0; j <= t; ++j) dp[j] = p[j] * (dp[j] - dot) * scale;
     for (int64_t j = t + 1; j < T; ++j) dp[j] = 0.0f;

@@ -5,16 +5,16 @@
 namespace moe {
 
 void swiglu_forward(const float* g, const float* u, float* a, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     a[i] = swiglu_value(g[i], u[i]);
   }
 }
 
 void swiglu_backward(const float* g, const float* u, const float* da, float* dg, float* du, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const float sig = 1.0f / (1.0f + std::exp(-g[i]));
+    const float sig = sigmoid_fast(g[i]);
     const float silu = g[i] * sig;
     // silu'(g) = sig (1 + g (1 - sig))
     dg[i] = da[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));

@@ -5,11 +5,12 @@
 #include <cstdint>
 
 #include "core/compute.hpp"
+#include "core/vmath.hpp"
 
 namespace moe {
 
 // silu(g) · u for one value.
-inline float swiglu_value(float g, float u) { return g * (1.0f / (1.0f + std::exp(-g))) * u; }
+inline float swiglu_value(float g, float u) { return g * sigmoid_fast(g) * u; }
 
 // a = silu(g) ⊙ u, elementwise over n values.
 void swiglu_forward(const float* g, const float* u, float* a, int64_t n);
