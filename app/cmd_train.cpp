@@ -9,6 +9,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "dist/dist.hpp"
 #include "report/train_console.hpp"
 #include "train/run_dir.hpp"
 #include "train/trainer.hpp"
@@ -20,8 +21,8 @@ namespace {
 struct TrainFlags {
   std::string config = "configs/tiny.json";
   std::string data, out;
-  bool resume = false, force = false;
-  int64_t stop_at = 0;
+  bool resume = false, force = false, expert_parallel = false;
+  int64_t stop_at = 0, max_ranks_per_token = 0;
   TrainConfig values;  // flag values; only those given on the command line are applied
   std::string balance;
   std::vector<std::pair<CLI::Option*, std::function<void(TrainConfig&)>>> given;
@@ -38,6 +39,11 @@ Run add_train(CLI::App& app) {
   cmd->add_flag("--resume", f->resume, "Continue the run in --out from its last checkpoint");
   cmd->add_flag("--force", f->force, "Overwrite an existing run directory");
   cmd->add_option("--stop-at", f->stop_at, "Stop after this step (keeping the schedule of --steps), with a checkpoint")
+      ->check(Positive);
+  cmd->add_flag("--expert-parallel", f->expert_parallel,
+                "Under mpirun: split each MoE layer's routed experts over the ranks (default: data parallel)");
+  cmd->add_option("--max-ranks-per-token", f->max_ranks_per_token,
+                  "With --expert-parallel: each token's experts live on at most M ranks (device-limited routing)")
       ->check(Positive);
   TrainConfig& v = f->values;
   auto int_flag = [&](const char* name, int64_t TrainConfig::*field, const char* help, bool allow_zero) {
@@ -84,7 +90,7 @@ Run add_train(CLI::App& app) {
     if (f->resume) {
       // The run's own effective config is the base; flags given now override its train section.
       const std::string state_path = options.out_dir + "/trainer_state.json";
-      recover_pending_checkpoint(options.out_dir);
+      if (Dist::world().root()) recover_pending_checkpoint(options.out_dir);
       if (!path_exists(state_path))
         fail(options.out_dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
       const nlohmann::json state = read_json_file(state_path);
@@ -109,6 +115,8 @@ Run add_train(CLI::App& app) {
     options.resume = f->resume;
     options.force = f->force;
     options.stop_at = f->stop_at;
+    options.expert_parallel = f->expert_parallel;
+    options.max_ranks_per_token = f->max_ranks_per_token;
     ConsoleTrainObserver console(stdout, ::isatty(STDOUT_FILENO) != 0, options.config.train.log_every);
     train(options, console);
     return 0;

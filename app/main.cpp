@@ -8,6 +8,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "dist/dist.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"moe: train and run small DeepSeek-V3-style Mixture-of-Experts transformers on CPUs,\n"
@@ -47,7 +48,10 @@ int main(int argc, char** argv) {
         if (sub->get_name() == name) return run();
   } catch (const moe::Error& e) {
     std::fflush(stdout);
-    std::fprintf(stderr, "moe: %s\n", e.what());
+    // Under mpirun every rank may report; the others say which one they are.
+    const int rank = moe::Dist::rank_if_joined();
+    if (rank > 0) std::fprintf(stderr, "moe: rank %d: %s\n", rank, e.what());
+    else std::fprintf(stderr, "moe: %s\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "moe: out of memory\n");

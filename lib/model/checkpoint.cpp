@@ -60,7 +60,8 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) fail(dir + ": no such checkpoint directory");
   if (!S_ISDIR(st.st_mode)) fail(dir + ": expected a checkpoint directory (config.json + model.safetensors)");
-  auto model = std::make_unique<Model>(load_checkpoint_config(dir));
+  // Inference and evaluation never need gradients.
+  auto model = std::make_unique<Model>(load_checkpoint_config(dir), ExpertShard{}, /*with_grads=*/false);
   const SafetensorsFile file = read_safetensors(dir + "/model.safetensors");
   load_tensors_into(file, *model, model->params.data());
   return model;

@@ -1,6 +1,7 @@
 // Model and training configuration: the `{"model": {...}, "train": {...}}` JSON files in configs/
 // and the flat `config.json` of a checkpoint. Model field names follow Hugging Face DeepSeek-V3.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -34,6 +35,8 @@ struct ModelConfig {
   double initializer_range = 0.02;
 
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
+  // Position of MoE layer `layer` among the MoE layers.
+  int64_t moe_layer_index(int64_t layer) const { return layer - std::min(first_k_dense_replace, num_hidden_layers); }
   int64_t num_moe_layers() const {
     return num_hidden_layers > first_k_dense_replace ? num_hidden_layers - first_k_dense_replace : 0;
   }

@@ -14,12 +14,22 @@
 
 namespace moe {
 
-Model::Model(const ModelConfig& c)
-    : config((validate(c, "model config"), c)), layout(make_layout(c)), params(layout.total), grads(layout.total),
-      weights(bind_weights(c, params.data())), grad(bind_weights(c, grads.data())),
-      rope(c.head_dim, c.max_position_embeddings, c.rope_theta) {}
+Model::Model(const ModelConfig& c, ExpertShard shard_, bool with_grads)
+    : config((validate(c, "model config"), c)), layout(make_layout(c, shard_)), params(layout.total),
+      grads(with_grads ? layout.total : 0), weights(bind_weights(c, params.data(), shard_)),
+      grad(with_grads ? bind_weights(c, grads.data(), shard_) : ModelWeights{}),
+      rope(c.head_dim, c.max_position_embeddings, c.rope_theta), shard(shard_) {
+  check(shard.first >= 0 && shard.first + shard.size(c) <= c.n_routed_experts, "internal: expert shard out of range");
+}
 
 void Model::init(uint64_t seed) {
+  if (!shard.whole(config)) {
+    // One random stream runs through the whole tensor list: draw it for the whole model.
+    Model whole(config, {}, false);
+    whole.init(seed);
+    copy_tensors_by_name(whole.layout, whole.params.data(), layout, params.data());
+    return;
+  }
   Rng rng(seed);
   const double stddev = config.initializer_range;
   for (const TensorSpec& spec : layout.tensors) {
@@ -146,7 +156,7 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
     rmsnorm_forward(a.h, lw.post_attention_layernorm, a.xn2, a.rstd2, N, D, eps);
     phase.reset();
     if (c.is_moe_layer(l)) {
-      moe_forward(ctx, c, lw, a.xn2, ws.ffn_out, a.moe, B, T, balance);
+      moe_forward(ctx, c, lw, a.xn2, ws.ffn_out, a.moe, B, T, balance, ws.remote, c.moe_layer_index(l));
       ws.balance_loss += a.moe.balance_loss;
     } else {
       PhaseScope dense(ctx, Phase::dense_ffn);
@@ -190,7 +200,8 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     LayerActivations& a = ws.layers[size_t(l)];
     // x' = h + ffn(rmsnorm(h)): d_resid flows straight to h and through the FFN branch.
     if (c.is_moe_layer(l)) {
-      moe_backward(ctx, c, lw, lg, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale);
+      moe_backward(ctx, c, lw, lg, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale,
+                   ws.remote, c.moe_layer_index(l));
     } else {
       PhaseScope dense(ctx, Phase::dense_ffn);
       ffn_backward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, {lg.gate_proj, lg.up_proj, lg.down_proj}, a.xn2,

@@ -23,9 +23,13 @@ struct Model {
   ModelWeights grad;     // views into grads
   RopeTable rope;
 
-  explicit Model(const ModelConfig& config);
+  ExpertShard shard;     // the routed experts held here (all, unless expert-parallel)
+
+  // with_grads = false for inference and for staging copies: no gradient arena.
+  explicit Model(const ModelConfig& config, ExpertShard shard = {}, bool with_grads = true);
   Model(const Model&) = delete;
-  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0.
+  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0. A shard gets
+  // exactly the values of its tensors in the whole model initialised with the same seed.
   void init(uint64_t seed);
   const TensorSpec* find(const std::string& name) const;
 };
@@ -75,6 +79,8 @@ struct Workspace {
   float* d_logits = nullptr;  // (N, V)
   float* ffn_scratch = nullptr;  // dense FFN backward
   MoeScratch moe_scratch{};
+  // Routed experts computed on other processes (expert parallelism); null: here.
+  RemoteExperts* remote = nullptr;
   double balance_loss = 0.0;  // sum over MoE layers of the last forward's balance losses
 
   Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training);

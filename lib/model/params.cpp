@@ -1,6 +1,11 @@
 // The tensor list of a DeepSeek-V3-style MoE transformer.
 #include "model/params.hpp"
 
+#include <algorithm>
+#include <unordered_map>
+
+#include "core/error.hpp"
+
 namespace moe {
 
 const char* to_string(TensorRole role) {
@@ -19,7 +24,7 @@ const char* to_string(TensorRole role) {
 }
 
 void for_each_tensor(const ModelConfig& c, ModelWeights& w,
-                     const std::function<void(const TensorSpec&, float**)>& visit) {
+                     const std::function<void(const TensorSpec&, float**)>& visit, ExpertShard shard) {
   int64_t offset = 0;
   auto add = [&](std::string name, std::vector<int64_t> shape, TensorRole role, int64_t layer, float** field,
                  bool trainable = true) {
@@ -64,11 +69,12 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
       bool down;
     } projections[] = {{"gate_proj", &lw.experts_gate, false}, {"up_proj", &lw.experts_up, false},
                        {"down_proj", &lw.experts_down, true}};
+    const int64_t first = shard.first, last = shard.first + shard.size(c);
     for (const auto& proj : projections)
-      for (int64_t j = 0; j < E; ++j)
+      for (int64_t j = first; j < last; ++j)
         add(p + "mlp.experts." + std::to_string(j) + "." + proj.name + ".weight",
             proj.down ? std::vector<int64_t>{D, Im} : std::vector<int64_t>{Im, D}, TensorRole::routed_expert, l,
-            j == 0 ? proj.field : nullptr);
+            j == first ? proj.field : nullptr);
     if (Is > 0) {
       add(p + "mlp.shared_experts.gate_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.shared_gate);
       add(p + "mlp.shared_experts.up_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.shared_up);
@@ -79,22 +85,34 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
   add("lm_head.weight", {V, D}, TensorRole::head, -1, &w.lm_head);
 }
 
-ParamLayout make_layout(const ModelConfig& config) {
+ParamLayout make_layout(const ModelConfig& config, ExpertShard shard) {
   ParamLayout layout;
   ModelWeights unused;
   for_each_tensor(config, unused, [&](const TensorSpec& spec, float**) {
     layout.tensors.push_back(spec);
     layout.total = spec.offset + spec.numel;
-  });
+  }, shard);
   return layout;
 }
 
-ModelWeights bind_weights(const ModelConfig& config, float* base) {
+ModelWeights bind_weights(const ModelConfig& config, float* base, ExpertShard shard) {
   ModelWeights weights;
   for_each_tensor(config, weights, [&](const TensorSpec& spec, float** field) {
     if (field) *field = base + spec.offset;
-  });
+  }, shard);
   return weights;
+}
+
+void copy_tensors_by_name(const ParamLayout& from, const float* from_data, const ParamLayout& to, float* to_data,
+                          bool partial) {
+  std::unordered_map<std::string, const TensorSpec*> index;
+  for (const TensorSpec& spec : from.tensors) index.emplace(spec.name, &spec);
+  for (const TensorSpec& spec : to.tensors) {
+    const auto it = index.find(spec.name);
+    if (it == index.end() && partial) continue;
+    if (it == index.end() || it->second->numel != spec.numel) fail("internal: no tensor " + spec.name + " to copy from");
+    std::copy_n(from_data + it->second->offset, spec.numel, to_data + spec.offset);
+  }
 }
 
 }  // namespace moe

@@ -54,17 +54,31 @@ struct ModelWeights {
   float* lm_head = nullptr;  // (V, D)
 };
 
+// The routed experts a process holds: all of them, or (expert parallelism) the contiguous block
+// [first, first + count) of every MoE layer. Tensor names stay global ("mlp.experts.<first>...").
+struct ExpertShard {
+  int64_t first = 0;
+  int64_t count = -1;  // -1: all experts
+  int64_t size(const ModelConfig& c) const { return count < 0 ? c.n_routed_experts : count; }
+  bool whole(const ModelConfig& c) const { return first == 0 && size(c) == c.n_routed_experts; }
+};
+
 // Calls `visit(spec, field)` for every tensor in arena order. `field` is where the tensor's pointer
 // belongs in `weights`; it is null for experts 1..E-1, which follow expert 0 contiguously.
 void for_each_tensor(const ModelConfig& config, ModelWeights& weights,
-                     const std::function<void(const TensorSpec&, float**)>& visit);
+                     const std::function<void(const TensorSpec&, float**)>& visit, ExpertShard shard = {});
 
 struct ParamLayout {
   std::vector<TensorSpec> tensors;
   int64_t total = 0;  // floats
 };
 
-ParamLayout make_layout(const ModelConfig& config);
-ModelWeights bind_weights(const ModelConfig& config, float* base);
+ParamLayout make_layout(const ModelConfig& config, ExpertShard shard = {});
+ModelWeights bind_weights(const ModelConfig& config, float* base, ExpertShard shard = {});
+
+// Copies every tensor of `to` from the tensor of the same name in `from`, which must have it
+// (whole model -> expert shard), or, when `partial`, only those `from` has (shard -> whole).
+void copy_tensors_by_name(const ParamLayout& from, const float* from_data, const ParamLayout& to, float* to_data,
+                          bool partial = false);
 
 }  // namespace moe

@@ -77,18 +77,14 @@ FfnWeights expert_weights(const LayerWeights& w, int64_t j, int64_t D, int64_t I
 
 }  // namespace
 
-void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
-                 MoeSaved& s, int64_t B, int64_t T, const BalanceLossConfig& balance) {
-  const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_intermediate();
+namespace {
 
-  // Router: scores in fp32, then bias-corrected selection.
-  std::optional<PhaseScope> phase;
-  phase.emplace(ctx, Phase::router);
-  linear_forward(ctx, x, w.router, s.scores, N, D, E);
-  router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
-  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N);
-
+// Routed experts held here: rows laid out per expert (counting sort, padded), one SwiGLU per
+// active expert, experts spread over the threads.
+void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x,
+                           MoeSaved& s, int64_t N) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
   // Counting sort of the N*K (token, expert) slots by expert, in token order within an expert.
   std::fill_n(s.counts, E, 0);
   for (int64_t j = 0; j < N * K; ++j) ++s.counts[s.expert[j]];
@@ -101,7 +97,6 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
     s.slot_row[j] = row;
     s.row_token[row] = int32_t(j / K);
   }
-  phase.emplace(ctx, Phase::routed_experts);
   const int64_t R = s.offsets[E];
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
@@ -118,6 +113,50 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
     if (rows == 0) continue;
     ffn_forward(ctx, expert_weights(w, e, D, Im), s.x_rows + r0 * D, s.y_rows + r0 * D,
                 {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im);
+  }
+}
+
+void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w,
+                            const LayerWeights& gw, const MoeSaved& s, const MoeScratch& scratch) {
+  const int64_t E = c.n_routed_experts, D = c.hidden_size, Im = c.moe_intermediate_size;
+  // Padding rows carry no gradient, so they add nothing to the expert weight gradients.
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < s.offsets[E]; ++r)
+    if (s.row_token[r] < 0) std::memset(scratch.d_rows + r * D, 0, sizeof(float) * D);
+
+  // Experts in parallel as in forward; each uses its own rows of the scratch (2 · rows · Im).
+  const int32_t* order = largest_first(s.offsets, E);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < E; ++i) {
+    const int64_t e = order[i], rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
+    if (rows == 0) continue;
+    const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
+    ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
+                 scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn + 2 * r0 * Im,
+                 rows, D, Im, /*accumulate_dx=*/false);
+  }
+}
+
+}  // namespace
+
+void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
+                 MoeSaved& s, int64_t B, int64_t T, const BalanceLossConfig& balance, RemoteExperts* remote,
+                 int64_t moe_layer) {
+  const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
+  const int64_t D = c.hidden_size, Is = c.shared_intermediate();
+
+  // Router: scores in fp32, then bias-corrected selection.
+  std::optional<PhaseScope> phase;
+  phase.emplace(ctx, Phase::router);
+  linear_forward(ctx, x, w.router, s.scores, N, D, E);
+  router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
+  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N, remote ? remote->rank_limit() : RankLimit{});
+
+  if (remote) {
+    phase.emplace(ctx, Phase::routed_experts);
+    remote->forward(ctx, c, w, moe_layer, x, s, N);
+  } else {
+    local_experts_forward(ctx, c, w, x, s, N);
   }
 
   phase.emplace(ctx, Phase::dense_ffn);
@@ -148,9 +187,10 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
 
 void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
                   const float* x, const float* d_out, float* dx, const MoeSaved& s, const MoeScratch& scratch,
-                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale) {
+                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale, RemoteExperts* remote,
+                  int64_t moe_layer) {
   const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size, Is = c.shared_intermediate();
+  const int64_t D = c.hidden_size, Is = c.shared_intermediate();
 
   // Through the weighted sum: d_rows = w · d_out[token], d_weight = <d_out[token], y_row>.
   std::optional<PhaseScope> phase;
@@ -168,22 +208,8 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights&
       scratch.d_weight[t * K + k] = dot;
     }
   }
-  // Padding rows carry no gradient, so they add nothing to the expert weight gradients.
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < s.offsets[E]; ++r)
-    if (s.row_token[r] < 0) std::memset(scratch.d_rows + r * D, 0, sizeof(float) * D);
-
-  // Experts in parallel as in forward; each uses its own rows of the scratch (2 · rows · Im).
-  const int32_t* order = largest_first(s.offsets, E);
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < E; ++i) {
-    const int64_t e = order[i], rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
-    if (rows == 0) continue;
-    const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
-    ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
-                 scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn + 2 * r0 * Im,
-                 rows, D, Im, /*accumulate_dx=*/false);
-  }
+  if (remote) remote->backward(ctx, c, w, gw, moe_layer, s, scratch.d_rows, scratch.dx_rows, N);
+  else local_experts_backward(ctx, c, w, gw, s, scratch);
 
   phase.emplace(ctx, Phase::dense_ffn);
   if (Is > 0)

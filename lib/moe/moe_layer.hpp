@@ -8,6 +8,7 @@
 #include "core/compute.hpp"
 #include "model/config.hpp"
 #include "model/params.hpp"
+#include "moe/router.hpp"
 
 namespace moe {
 
@@ -69,16 +70,37 @@ int64_t moe_saved_floats(const ModelConfig& c, int64_t N);
 int64_t moe_saved_ints(const ModelConfig& c, int64_t N);
 int64_t moe_scratch_floats(const ModelConfig& c, int64_t N);
 
+// Routed experts that live elsewhere (other processes: dist/expert_parallel.hpp). The layer keeps
+// routing, shared experts, the weighted scatter and their backward; the remote part computes each
+// (token, expert) slot's expert output.
+class RemoteExperts {
+ public:
+  virtual ~RemoteExperts() = default;
+  // Routing restriction to apply (device-limited routing).
+  virtual RankLimit rank_limit() const = 0;
+  // Given s.expert (N, K) for the tokens x (N, D): writes s.counts (E, this pass's load),
+  // s.slot_row (N, K) and, at those rows of s.y_rows, each slot's expert output (unweighted).
+  virtual void forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, int64_t moe_layer,
+                       const float* x, MoeSaved& s, int64_t N) = 0;
+  // Given d_rows (rows of s.slot_row: d loss / d expert output) writes dx_rows (d loss / d x of
+  // each slot, same rows) and accumulates the held experts' weight gradients into gw.
+  virtual void backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+                        int64_t moe_layer, const MoeSaved& s, const float* d_rows, float* dx_rows, int64_t N) = 0;
+};
+
 // x (N, D) normalised input -> out (N, D) written. Tokens are B sequences of T (for the
 // sequence-wise loss). bias may be null.
+// With `remote`, routed experts are computed by it (moe_layer: index of this MoE layer).
 void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
-                 MoeSaved& saved, int64_t B, int64_t T, const BalanceLossConfig& balance);
+                 MoeSaved& saved, int64_t B, int64_t T, const BalanceLossConfig& balance,
+                 RemoteExperts* remote = nullptr, int64_t moe_layer = 0);
 
 // d_out (N, D) -> dx (N, D) written; weight grads accumulate into gw. loss_scale multiplies the
 // balance-loss gradient (the same factor the caller applied to the main loss, e.g. 1/accum).
 void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
                   const float* x, const float* d_out, float* dx, const MoeSaved& saved, const MoeScratch& scratch,
-                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale);
+                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale,
+                  RemoteExperts* remote = nullptr, int64_t moe_layer = 0);
 
 // MaxVio = (max_i c_i - mean c) / mean c; 0 when nothing was routed.
 double max_violation(const int64_t* counts, int64_t E);

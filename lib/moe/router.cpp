@@ -40,8 +40,27 @@ void router_scores_backward(const float* scores, const float* d_scores, float* d
   }
 }
 
+namespace {
+
+// Keeps the `keep` blocks (of `size` consecutive keys) with the largest score (ties to the lower
+// index) and masks every other block's keys to -inf.
+void keep_best_blocks(float* keys, const float* block_score, char* kept, int64_t blocks, int64_t size, int64_t keep) {
+  std::fill_n(kept, blocks, 0);
+  for (int64_t pick = 0; pick < keep; ++pick) {
+    int64_t best = -1;
+    for (int64_t b = 0; b < blocks; ++b)
+      if (!kept[b] && (best < 0 || block_score[b] > block_score[best])) best = b;
+    kept[best] = 1;
+  }
+  for (int64_t b = 0; b < blocks; ++b)
+    if (!kept[b])
+      for (int64_t i = b * size; i < (b + 1) * size; ++i) keys[i] = -INFINITY;
+}
+
+}  // namespace
+
 void route_token(const ModelConfig& c, const float* s, const float* bias, int32_t* chosen, float* w,
-                 RouteScratch& scratch) {
+                 RouteScratch& scratch, const RankLimit& limit) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group;
   const int64_t group_size = E / G;
   float* keys = scratch.keys.data();
@@ -60,16 +79,28 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
       group_score[g] = group_size >= 2 ? best + second : best;
     }
     // Keep the topk_group best groups (ties to the lower index); mask the rest to -inf.
-    std::fill_n(kept, G, 0);
-    for (int64_t pick = 0; pick < c.topk_group; ++pick) {
-      int64_t best_g = -1;
-      for (int64_t g = 0; g < G; ++g)
-        if (!kept[g] && (best_g < 0 || group_score[g] > group_score[best_g])) best_g = g;
-      kept[best_g] = 1;
+    keep_best_blocks(keys, group_score, kept, G, group_size, c.topk_group);
+  }
+  if (limit.active()) {
+    // Score each rank's block by the sum of its `per` best keys (insertion into a short sorted list).
+    const int64_t ranks = limit.ranks, size = E / ranks, per = (K + limit.max_ranks - 1) / limit.max_ranks;
+    float* best = scratch.best.data();
+    for (int64_t r = 0; r < ranks; ++r) {
+      std::fill_n(best, per, -INFINITY);
+      for (int64_t i = r * size; i < (r + 1) * size; ++i) {
+        const float k = keys[i];
+        for (int64_t p = 0; p < per; ++p)
+          if (k > best[p]) {
+            for (int64_t q = per - 1; q > p; --q) best[q] = best[q - 1];
+            best[p] = k;
+            break;
+          }
+      }
+      float sum = 0.0f;
+      for (int64_t p = 0; p < per; ++p) sum += best[p];
+      group_score[r] = sum;
     }
-    for (int64_t g = 0; g < G; ++g)
-      if (!kept[g])
-        for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) keys[i] = -INFINITY;
+    keep_best_blocks(keys, group_score, kept, ranks, size, limit.max_ranks);
   }
   float sum = 0.0f;
   for (int64_t k = 0; k < K; ++k) {
@@ -89,15 +120,16 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
 }
 
 void route_tokens(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert, float* weight,
-                  int64_t N) {
+                  int64_t N, const RankLimit& limit) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
 #pragma omp parallel
   {
     // Per-thread buffers that keep their capacity across calls.
     thread_local RouteScratch scratch;
-    scratch.resize(c);
+    scratch.resize(c, limit.ranks);
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < N; ++t) route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch);
+    for (int64_t t = 0; t < N; ++t)
+      route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch, limit);
   }
 }
 

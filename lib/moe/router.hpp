@@ -1,6 +1,7 @@
 // The DeepSeek-V3 gate: affinity scores, bias-corrected group-limited top-K selection, and the
 // gate weights (from the *unbiased* scores) that scale each chosen expert's output.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -21,12 +22,23 @@ void router_scores_backward(const float* scores, const float* d_scores, float* d
 // to the lower index), in descending key order.
 // expert (N, K) and weight (N, K) written: weight = scaling · s_e / (Σ_chosen s + 1e-20) when
 // norm_topk_prob, else scaling · s_e. bias may be null (all zero).
+// Device-limited routing (DeepSeek-V3's node-limited routing, over processes): the experts are
+// spread over `ranks` equal contiguous blocks, and each token may use experts of at most
+// `max_ranks` of them, chosen by the sum of each block's ceil(K / max_ranks) best keys (ties to
+// the lower rank). max_ranks = 0 switches it off.
+struct RankLimit {
+  int64_t ranks = 1, max_ranks = 0;
+  bool active() const { return max_ranks > 0 && max_ranks < ranks; }
+};
+
 // Scratch of one routing thread, sized once per configuration.
 struct RouteScratch {
-  std::vector<float> keys, group_score;
+  std::vector<float> keys, group_score, best;
   std::vector<char> kept;
-  void resize(const ModelConfig& c) {
-    keys.resize(size_t(c.n_routed_experts)), group_score.resize(size_t(c.n_group)), kept.resize(size_t(c.n_group));
+  void resize(const ModelConfig& c, int64_t ranks = 1) {
+    const size_t blocks = size_t(std::max<int64_t>(c.n_group, ranks));
+    keys.resize(size_t(c.n_routed_experts)), group_score.resize(blocks), kept.resize(blocks);
+    best.resize(size_t(c.num_experts_per_tok));
   }
 };
 
@@ -34,9 +46,9 @@ struct RouteScratch {
 // callers that are already inside a parallel region (decoding), where a nested region costs more
 // than routing one token.
 void route_token(const ModelConfig& config, const float* s, const float* bias, int32_t* chosen, float* w,
-                 RouteScratch& scratch);
+                 RouteScratch& scratch, const RankLimit& limit = {});
 void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert,
-                  float* weight, int64_t N);
+                  float* weight, int64_t N, const RankLimit& limit = {});
 
 // Gradient of the weight formula: d_weight (N, K) -> d_scores (N, E) accumulated at the chosen
 // experts. The choice itself is not differentiable and the bias receives no gradient.

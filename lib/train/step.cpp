@@ -2,19 +2,30 @@
 
 #include <cmath>
 
+#include "core/error.hpp"
+#include "core/threads.hpp"
 #include "moe/balance.hpp"
 
 namespace moe {
 
-TrainStep::TrainStep(const TrainConfig& config, const Model& model)
+TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel parallel)
     : config_(config),
-      ws_(model.config, config.batch, config.seq, /*training=*/true),
+      parallel_(parallel),
+      ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true),
       bias_balancing_(config.balance == Balance::loss_free || config.balance == Balance::loss_free_seq),
       inputs_(static_cast<size_t>(config.batch * config.seq)),
       targets_(static_cast<size_t>(config.batch * config.seq)),
       counts_(static_cast<size_t>(model.config.num_moe_layers()),
               std::vector<int64_t>(static_cast<size_t>(model.config.n_routed_experts))),
       layer_balance_(static_cast<size_t>(model.config.num_moe_layers())) {
+  check(config.batch % parallel.ranks() == 0, "internal: batch not divisible by the ranks");
+  ws_.remote = parallel.experts;
+  // Contiguous runs of tensors: the rank's own experts (expert parallel) or replicated ones.
+  for (const TensorSpec& spec : model.layout.tensors) {
+    auto& ranges = parallel.experts && spec.role == TensorRole::routed_expert ? owned_ : replicated_;
+    if (!ranges.empty() && ranges.back().first + ranges.back().second == spec.offset) ranges.back().second += spec.numel;
+    else ranges.push_back({spec.offset, spec.numel});
+  }
   if (config.balance == Balance::aux) balance_.aux_alpha = float(config.aux_alpha);
   if (config.balance == Balance::loss_free_seq) balance_.seq_aux_alpha = float(config.seq_aux_alpha);
 }
@@ -23,7 +34,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
                           int64_t step, bool& finite) {
   const TrainConfig& tc = config_;
   const ModelConfig& mc = model.config;
-  const int64_t E = mc.n_routed_experts;
+  const int64_t E = mc.n_routed_experts, ranks = parallel_.ranks(), local_rows = ws_.B * ws_.T;
   {
     float* g = model.grads.data();
 #pragma omp parallel for schedule(static)
@@ -33,22 +44,39 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   std::fill(layer_balance_.begin(), layer_balance_.end(), 0.0);
   double loss = 0.0;
   for (int64_t micro = 0; micro < tc.accum; ++micro) {
+    // Every rank draws the same global batch (one random stream) and takes its own rows.
     sample_batch(data, rng, tc.batch, tc.seq, inputs_.data(), targets_.data());
-    loss += model_forward(ctx, model, ws_, inputs_.data(), targets_.data(), balance_) / double(tc.accum);
-    model_backward(ctx, model, ws_, balance_, float(1.0 / double(tc.accum)));
+    const int64_t first = parallel_.rank() * local_rows;
+    loss += model_forward(ctx, model, ws_, inputs_.data() + first, targets_.data() + first, balance_) /
+            double(tc.accum * ranks);
+    // The global mean over ranks: each rank's gradient enters the sum with 1/ranks.
+    model_backward(ctx, model, ws_, balance_, float(1.0 / double(tc.accum * ranks)));
     size_t m = 0;
     for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
       if (!mc.is_moe_layer(l)) continue;
       const MoeSaved& saved = ws_.layers[size_t(l)].moe;
       for (int64_t e = 0; e < E; ++e) counts_[m][size_t(e)] += saved.counts[e];
-      layer_balance_[m] += saved.balance_loss / double(tc.accum);
+      layer_balance_[m] += saved.balance_loss / double(tc.accum * ranks);
       ++m;
     }
   }
   StepRecord r;
+  r.ranks = ranks;
+  if (ranks > 1) {
+    // One exchange for the step's statistics (loss, balance losses, expert counts), then the
+    // gradients of the replicated parameters (each already scaled by 1/ranks: a sum is the mean).
+    Dist& dist = *parallel_.dist;
+    std::vector<double> stats{loss};
+    stats.insert(stats.end(), layer_balance_.begin(), layer_balance_.end());
+    dist.allreduce_sum(stats.data(), int64_t(stats.size()));
+    loss = stats[0];
+    std::copy(stats.begin() + 1, stats.end(), layer_balance_.begin());
+    for (auto& c : counts_) dist.allreduce_sum(c.data(), int64_t(c.size()));
+    for (const auto& [offset, n] : replicated_) dist.allreduce_sum(model.grads.data() + offset, n);
+  }
   {
     PhaseScope phase(ctx, Phase::optimizer);
-    const double norm = grad_norm(model);
+    const double norm = global_grad_norm(model);
     const double lr = learning_rate(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
     finite = std::isfinite(loss) && std::isfinite(norm);
     if (finite) {
@@ -71,11 +99,39 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     load.bias.assign(bias, bias + E);
     load.maxvio = max_violation(counts_[m].data(), E);
     load.balance_loss = layer_balance_[m];
+    if (ranks > 1) {
+      // Expert rows each rank computed: its own tokens' slots (data parallel), or every slot routed
+      // to its block of experts (expert parallel).
+      load.rank_rows.assign(size_t(ranks), 0);
+      for (int64_t q = 0; q < ranks; ++q)
+        if (parallel_.experts)
+          for (int64_t e = q * E / ranks; e < (q + 1) * E / ranks; ++e) load.rank_rows[size_t(q)] += counts_[m][size_t(e)];
+        else
+          load.rank_rows[size_t(q)] = local_rows * tc.accum * mc.num_experts_per_tok;
+      load.rank_maxvio = max_violation(load.rank_rows.data(), ranks);
+    }
     r.balance_loss += layer_balance_[m];
     r.layers.push_back(std::move(load));
     ++m;
   }
+  if (parallel_.dist) r.comm_seconds = parallel_.dist->take_comm_seconds();
   return r;
+}
+
+double TrainStep::global_grad_norm(const Model& model) {
+  // Non-trainable entries (the routing bias) never receive a gradient, so summing whole ranges is
+  // the trainable parameters' norm. Replicated gradients are equal on every rank after the
+  // allreduce; the ranks' own experts are summed over ranks.
+  const float* g = model.grads.data();
+  auto sum_sq = [g](const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+    double total = 0.0;
+    for (const auto& [offset, n] : ranges)
+      total += parallel_sum(n, [g, offset = offset](int64_t i) { return double(g[offset + i]) * double(g[offset + i]); });
+    return total;
+  };
+  double owned = sum_sq(owned_);
+  if (parallel_.dist && !owned_.empty()) parallel_.dist->allreduce_sum(&owned, 1);
+  return std::sqrt(sum_sq(replicated_) + owned);
 }
 
 }  // namespace moe

@@ -11,6 +11,8 @@
 #include "model/model.hpp"
 #include "train/data.hpp"
 #include "train/optimizer.hpp"
+#include "dist/dist.hpp"
+#include "dist/expert_parallel.hpp"
 
 namespace moe {
 
@@ -20,12 +22,17 @@ struct LayerLoad {
   std::vector<float> bias;      // routing bias after this step's update (train records only)
   double maxvio = 0.0;
   double balance_loss = 0.0;    // enabled balance losses of this layer (train records only)
+  // Several processes (train records only): expert rows each rank computed, and their MaxVio.
+  std::vector<int64_t> rank_rows;
+  double rank_maxvio = 0.0;
 };
 
 struct StepRecord {
   int64_t step = 0;  // optimizer steps completed
   int64_t steps = 0;
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
+  double comm_seconds = 0;  // rank 0's time inside MPI collectives during the step
+  int64_t ranks = 1;
   std::vector<LayerLoad> layers;
 };
 
@@ -36,9 +43,20 @@ struct EvalRecord {
   std::vector<LayerLoad> layers;
 };
 
+// How a step is spread over processes: one process (dist null or of size 1), data parallel (each
+// rank a 1/N share of every global batch, every gradient averaged), or expert parallel (also the
+// routed experts split over the ranks).
+struct Parallel {
+  Dist* dist = nullptr;
+  ExpertParallel* experts = nullptr;
+  int64_t ranks() const { return dist ? dist->size() : 1; }
+  int64_t rank() const { return dist ? dist->rank() : 0; }
+};
+
 class TrainStep {
  public:
-  TrainStep(const TrainConfig& config, const Model& model);
+  // With several ranks, config.batch is the global batch (divisible by the ranks).
+  TrainStep(const TrainConfig& config, const Model& model, Parallel parallel = {});
 
   // Runs optimizer step `step` (0-based) and returns its record (seconds and tokens_per_s unset).
   // A step whose loss or gradient norm is not finite changes nothing (finite = false).
@@ -46,11 +64,18 @@ class TrainStep {
                  bool& finite);
 
   Workspace& workspace() { return ws_; }
+  const Parallel& parallel() const { return parallel_; }
   int64_t tokens_per_step() const { return config_.batch * config_.seq * config_.accum; }
 
  private:
+  // sqrt(Σ g²) over the whole job's trainable parameters (replicated ones counted once).
+  double global_grad_norm(const Model& model);
+
   TrainConfig config_;
+  Parallel parallel_;
   Workspace ws_;
+  // Gradient ranges replicated on every rank (summed over ranks), and the rank's own experts.
+  std::vector<std::pair<int64_t, int64_t>> replicated_, owned_;
   BalanceLossConfig balance_;
   bool bias_balancing_;
   std::vector<int32_t> inputs_, targets_;

@@ -23,6 +23,8 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
+#include "dist/dist.hpp"
+#include "dist/expert_parallel.hpp"
 #include "model/checkpoint.hpp"
 #include "moe/balance.hpp"
 #include "ops/embedding.hpp"
@@ -73,6 +75,12 @@ json step_json(const StepRecord& r, bool skipped) {
             {"lr", r.lr},            {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
             {"seconds", r.seconds},  {"balance_loss", r.balance_loss}, {"layers", layers}};
   if (skipped) j["skipped"] = true;
+  if (r.ranks > 1) {
+    json per_layer = json::array();
+    for (const auto& l : r.layers)
+      per_layer.push_back({{"layer", l.layer}, {"rows", l.rank_rows}, {"maxvio", l.rank_maxvio}});
+    j["ranks"] = {{"n", r.ranks}, {"comm_seconds", r.comm_seconds}, {"layers", per_layer}};
+  }
   return j;
 }
 
@@ -109,17 +117,20 @@ void add_counts(const ModelConfig& c, const Workspace& ws, int64_t tokens, std::
   }
 }
 
+// Every rank evaluates its share of the windows (all ranks run the same number of forward passes:
+// with expert parallelism each one is collective); sums are combined over ranks.
 EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, const TextData& data, int64_t eval_tokens,
-                    int64_t step) {
+                    int64_t step, const Parallel& parallel) {
   const ModelConfig& c = model.config;
-  const int64_t B = ws.B, T = ws.T, V = c.vocab_size;
+  const int64_t B = ws.B, T = ws.T, V = c.vocab_size, ranks = parallel.ranks(), rank = parallel.rank();
   const int64_t available = (data.val_size() - 1) / T;  // whole windows with their next-byte targets
   const int64_t windows = std::max<int64_t>(1, std::min(available, (eval_tokens + T - 1) / T));
   std::vector<std::vector<int64_t>> counts(size_t(c.num_moe_layers()), std::vector<int64_t>(size_t(c.n_routed_experts)));
   std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
   double loss_sum = 0.0;
-  for (int64_t w0 = 0; w0 < windows; w0 += B) {
-    const int64_t rows = std::min(B, windows - w0);
+  for (int64_t g0 = 0; g0 < windows; g0 += B * ranks) {
+    const int64_t w0 = g0 + rank * B;
+    const int64_t rows = std::clamp<int64_t>(windows - w0, 0, B);
     for (int64_t b = 0; b < B; ++b) {
       // Rows past the last window repeat it; they are left out of the loss and the counts.
       const int64_t s = data.train_end + std::min(w0 + b, windows - 1) * T;
@@ -129,8 +140,13 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
       }
     }
     model_forward(ctx, model, ws, inputs.data(), nullptr);
+    if (rows == 0) continue;
     loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);
     add_counts(c, ws, rows * T, counts);
+  }
+  if (ranks > 1) {
+    parallel.dist->allreduce_sum(&loss_sum, 1);
+    for (auto& layer : counts) parallel.dist->allreduce_sum(layer.data(), int64_t(layer.size()));
   }
   EvalRecord r;
   r.step = step;
@@ -206,6 +222,56 @@ void truncate_metrics(const std::string& path, int64_t step) {
   write_file_atomic(path, kept);
 }
 
+class NullObserver : public TrainObserver {
+ public:
+  void on_start(const Config&, const std::string&, const std::string&, int64_t) override {}
+  void on_step(const StepRecord&, double) override {}
+  void on_eval(const EvalRecord&) override {}
+  void on_save(const std::string&, int64_t) override {}
+  void on_end(const EvalRecord*, const EvalRecord*, const StepRecord&, double) override {}
+};
+
+// The parallel flags against this job: clear errors naming the flag before anything runs.
+void check_parallel_options(const TrainOptions& o, const Dist& dist) {
+  const ModelConfig& mc = o.config.model;
+  const TrainConfig& tc = o.config.train;
+  const int64_t ranks = dist.size();
+  if ((o.expert_parallel || o.max_ranks_per_token > 0) && !Dist::built_with_mpi())
+    fail("--expert-parallel: this moe was built without MPI (install libopenmpi-dev and rebuild)");
+  if (o.max_ranks_per_token > 0 && !o.expert_parallel)
+    fail("--max-ranks-per-token: needs --expert-parallel (it limits the ranks a token's experts live on)");
+  if (tc.batch % ranks != 0)
+    fail("--batch: the global batch of " + std::to_string(tc.batch) + " sequences must be divisible by the " +
+         std::to_string(ranks) + " ranks (each rank takes an equal share)");
+  if (o.expert_parallel && mc.n_routed_experts % ranks != 0)
+    fail("--expert-parallel: n_routed_experts (" + std::to_string(mc.n_routed_experts) +
+         ") must be divisible by the number of ranks (" + std::to_string(ranks) + ")");
+  if (o.max_ranks_per_token > 0) {
+    if (mc.n_group > 1 && mc.topk_group < mc.n_group)
+      fail("--max-ranks-per-token: the model already limits routing to topk_group of n_group groups; set n_group "
+           "= 1 in the config (rank-limited routing replaces group-limited routing)");
+    if (o.max_ranks_per_token * (mc.n_routed_experts / ranks) < mc.num_experts_per_tok)
+      fail("--max-ranks-per-token: " + std::to_string(o.max_ranks_per_token) + " ranks hold " +
+           std::to_string(o.max_ranks_per_token * (mc.n_routed_experts / ranks)) + " experts, fewer than the " +
+           std::to_string(mc.num_experts_per_tok) + " each token needs (num_experts_per_tok)");
+  }
+}
+
+// Replicated parameters must be bit-identical on every rank (they see the same averaged
+// gradients); a difference means a reduction gave different results on different ranks.
+void check_replicas_agree(Dist& dist, const Model& model, int64_t step) {
+  uint64_t hash = 1469598103934665603ull;
+  for (const TensorSpec& spec : model.layout.tensors) {
+    if (spec.role == TensorRole::routed_expert && !model.shard.whole(model.config)) continue;
+    const auto* bytes = reinterpret_cast<const unsigned char*>(model.params.data() + spec.offset);
+    for (int64_t i = 0; i < spec.numel * int64_t(sizeof(float)); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  }
+  const int64_t h = int64_t(hash >> 1);
+  if (dist.allreduce_min(h) != dist.allreduce_max(h))
+    fail("the ranks' copies of the replicated parameters differ at step " + std::to_string(step) +
+         " (an MPI reduction returned different sums on different ranks); the last checkpoint is intact");
+}
+
 }  // namespace
 
 std::string default_run_dir(const std::string& config_path) {
@@ -214,16 +280,21 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + name;
 }
 
-int64_t train(const TrainOptions& options, TrainObserver& observer) {
+int64_t train(const TrainOptions& options, TrainObserver& given_observer) {
   const Config& cfg = options.config;
   const ModelConfig& mc = cfg.model;
   const TrainConfig& tc = cfg.train;
   const std::string& dir = options.out_dir;
   validate(mc, "config");
   validate(tc, mc, "config");
+  Dist& dist = Dist::world();
+  const int64_t ranks = dist.size();
+  check_parallel_options(options, dist);
   check_fits_in_memory(mc, tc);
 
-  const int threads = tc.threads > 0 ? int(tc.threads) : int(std::max(1u, std::thread::hardware_concurrency()));
+  // Ranks sharing a machine share its cores.
+  const int threads = tc.threads > 0 ? int(tc.threads)
+                                     : int(std::max(1u, std::thread::hardware_concurrency() / unsigned(dist.local_size())));
   omp_set_num_threads(threads);
 
   // Data first: a bad --data fails before anything is written.
@@ -233,10 +304,19 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
   if (data.val_size() < tc.seq + 1)
     fail(data.source + ": validation part (last 10%, " + std::to_string(data.val_size()) +
          " bytes) is shorter than one window of seq+1 = " + std::to_string(tc.seq + 1) + " bytes; use more data or a smaller --seq");
+  if (ranks > 1) {
+    // Every rank reads its own copy of the data: they must agree, byte for byte.
+    uint64_t root_print = fingerprint(data.bytes);
+    dist.broadcast(&root_print, 1);
+    if (dist.allreduce_max(root_print != fingerprint(data.bytes) ? 1 : 0) != 0)
+      fail(data.source + ": the ranks read different data (the file differs between machines); give every rank the same file");
+  }
 
-  // Run directory: refuse to overwrite a previous run by accident.
+  // Run directory (rank 0's business): refuse to overwrite a previous run by accident.
   const std::string state_path = dir + "/trainer_state.json";
-  if (options.resume) {
+  if (!dist.root()) {
+    // nothing: the other ranks never touch the run directory
+  } else if (options.resume) {
     recover_pending_checkpoint(dir);
     if (!path_exists(state_path)) fail(dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
   } else {
@@ -248,66 +328,99 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
         std::remove((dir + "/" + f).c_str());
     make_directories(dir);
   }
-  if (::access(dir.c_str(), W_OK) != 0) fail(dir + ": run directory is not writable");
+  if (dist.root() && ::access(dir.c_str(), W_OK) != 0) fail(dir + ": run directory is not writable");
 
   ComputeContext ctx;
-  Model model(mc);
+  const ExpertShard shard =
+      options.expert_parallel ? ExpertParallel::shard_of(mc, dist.rank(), dist.size()) : ExpertShard{};
+  Model model(mc, shard);
   AdamW adam(model.layout);
   Rng rng(tc.seed);
   int64_t start_step = 0;
   std::optional<EvalRecord> first_eval;
+  std::optional<ExpertParallel> experts;
+  if (options.expert_parallel) experts.emplace(dist, mc, tc.batch / ranks * tc.seq, options.max_ranks_per_token);
+  const Parallel parallel{&dist, experts ? &*experts : nullptr};
   if (options.resume) {
-    const json state = read_json_file(state_path);
-    std::string field = "config";  // what is being read, for the error message
-    try {
-      const Config stored = config_from_json(state.at("config"), state_path + ": config");
-      if (to_json(stored.model) != to_json(mc))
-        fail(state_path + ": the run was trained with a different model config; resume with the same one");
-      field = "data.fingerprint";
-      if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data.bytes))
-        fail(state_path + ": the run was trained on different data (" + state.at("data").value("source", "?") +
-             "); pass the same --data to resume");
-      field = "step";
-      start_step = state.at("step").get<int64_t>();
-      if (start_step < 0) fail(state_path + ": step: expected an integer >= 0, got " + std::to_string(start_step));
-      field = "rng";
-      rng.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
-      field = "first_eval";
-      if (state.contains("first_eval")) first_eval = eval_from_json(state.at("first_eval"));
-    } catch (const json::exception& e) {
-      std::string what = e.what();  // "[json.exception.type_error.302] type must be number, but is string"
-      if (what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
-      fail(state_path + ": malformed trainer state: field \"" + field + "\" (" + what + ")");
+    // Rank 0 reads the checkpoint (always a whole model) and sends it to every rank, which keeps
+    // its own tensors; the staging copies live only while resuming.
+    Model whole(mc, ExpertShard{}, /*with_grads=*/false);
+    AdamW whole_adam(whole.layout);
+    if (dist.root()) {
+      const json state = read_json_file(state_path);
+      std::string field = "config";  // what is being read, for the error message
+      try {
+        const Config stored = config_from_json(state.at("config"), state_path + ": config");
+        if (to_json(stored.model) != to_json(mc))
+          fail(state_path + ": the run was trained with a different model config; resume with the same one");
+        field = "data.fingerprint";
+        if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data.bytes))
+          fail(state_path + ": the run was trained on different data (" + state.at("data").value("source", "?") +
+               "); pass the same --data to resume");
+        field = "step";
+        start_step = state.at("step").get<int64_t>();
+        if (start_step < 0) fail(state_path + ": step: expected an integer >= 0, got " + std::to_string(start_step));
+        field = "rng";
+        rng.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
+        field = "first_eval";
+        if (state.contains("first_eval")) first_eval = eval_from_json(state.at("first_eval"));
+      } catch (const json::exception& e) {
+        std::string what = e.what();  // "[json.exception.type_error.302] type must be number, but is string"
+        if (what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
+        fail(state_path + ": malformed trainer state: field \"" + field + "\" (" + what + ")");
+      }
+      if (to_json(load_checkpoint_config(dir)) != to_json(mc))
+        fail(state_path + ": its model config differs from the checkpoint's " + dir +
+             "/config.json; the run directory mixes files of two runs");
+      const SafetensorsFile weights = read_safetensors(dir + "/model.safetensors");
+      load_tensors_into(weights, whole, whole.params.data());
+      load_optimizer_state(dir, whole, whole_adam);
+      if (start_step >= tc.steps)
+        fail(dir + ": already trained " + std::to_string(start_step) + " of " + std::to_string(tc.steps) +
+             " steps; pass a larger --steps to continue");
     }
-    if (to_json(load_checkpoint_config(dir)) != to_json(mc))
-      fail(state_path + ": its model config differs from the checkpoint's " + dir +
-           "/config.json; the run directory mixes files of two runs");
-    const SafetensorsFile weights = read_safetensors(dir + "/model.safetensors");
-    load_tensors_into(weights, model, model.params.data());
-    load_optimizer_state(dir, model, adam);
-    if (start_step >= tc.steps)
-      fail(dir + ": already trained " + std::to_string(start_step) + " of " + std::to_string(tc.steps) +
-           " steps; pass a larger --steps to continue");
+    if (ranks > 1) {
+      const auto r = rng.state();
+      std::array<uint64_t, 6> head{uint64_t(start_step), r[0], r[1], r[2], r[3], uint64_t(whole_adam.t)};
+      dist.broadcast(head.data(), int64_t(head.size()));
+      start_step = int64_t(head[0]);
+      rng.set_state({head[1], head[2], head[3], head[4]});
+      whole_adam.t = int64_t(head[5]);
+      dist.broadcast(whole.params.data(), whole.layout.total);
+      dist.broadcast(whole_adam.m.data(), whole.layout.total);
+      dist.broadcast(whole_adam.v.data(), whole.layout.total);
+    }
+    copy_tensors_by_name(whole.layout, whole.params.data(), model.layout, model.params.data());
+    copy_tensors_by_name(whole.layout, whole_adam.m.data(), model.layout, adam.m.data());
+    copy_tensors_by_name(whole.layout, whole_adam.v.data(), model.layout, adam.v.data());
+    adam.t = whole_adam.t;
   } else {
     model.init(tc.seed);
   }
 
+  // Rank 0 writes metrics.jsonl and the checkpoints; the other ranks are silent.
   const std::string metrics_path = dir + "/metrics.jsonl";
-  if (options.resume) truncate_metrics(metrics_path, start_step);
-  else write_file_atomic(metrics_path, "");
-  std::ofstream metrics(metrics_path, std::ios::app);
-  if (!metrics) fail(metrics_path + ": cannot open for writing");
+  std::ofstream metrics;
+  if (dist.root()) {
+    if (options.resume) truncate_metrics(metrics_path, start_step);
+    else write_file_atomic(metrics_path, "");
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics) fail(metrics_path + ": cannot open for writing");
+    write_file_atomic(dir + "/train_config.json", config_file_json(cfg).dump(2) + "\n");
+  }
+  NullObserver silent;
+  TrainObserver& observer = dist.root() ? given_observer : silent;
   auto append_metrics = [&](const json& line) {
+    if (!dist.root()) return;
     errno = 0;
     metrics << line.dump() << "\n" << std::flush;
     if (!metrics)
       fail(metrics_path + ": write failed (" + (errno != 0 ? std::strerror(errno) : "disk full?") +
            "); the last checkpoint in " + dir + " is intact");
   };
-  write_file_atomic(dir + "/train_config.json", config_file_json(cfg).dump(2) + "\n");
 
   const int64_t B = tc.batch, T = tc.seq;
-  TrainStep trainer_step(tc, model);
+  TrainStep trainer_step(tc, model, parallel);
   Workspace& ws = trainer_step.workspace();  // evaluation reuses the training workspace
   const int64_t end_step = options.stop_at > 0 ? std::min(options.stop_at, tc.steps) : tc.steps;
 
@@ -319,18 +432,42 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
               {"rng", rng.state()},
               {"adam_step", adam.t},
               {"threads", threads},
+              {"ranks", ranks},
+              {"expert_parallel", options.expert_parallel},
               {"data", {{"source", data.source}, {"bytes", data.size()}, {"fingerprint", fingerprint(data.bytes)}}},
               {"config", config_file_json(cfg)}};
     if (first_eval) s["first_eval"] = eval_json(*first_eval);
     return s;
   };
   auto save = [&](int64_t step) {
-    save_training_checkpoint(dir, model, adam, state_json(step));
+    if (ranks > 1) check_replicas_agree(dist, model, step);
+    if (!experts || ranks == 1) {
+      if (dist.root()) save_training_checkpoint(dir, model, adam, state_json(step));
+    } else {
+      // The single-directory checkpoint of a one-process run: rank 0 gathers every rank's
+      // tensors (its experts, plus the replicated ones) into a whole model.
+      const int64_t n = model.layout.total;
+      std::vector<float> all(dist.root() ? size_t(n * ranks) : 0);
+      Model whole(mc, ExpertShard{}, /*with_grads=*/false);
+      AdamW whole_adam(dist.root() ? whole.layout : ParamLayout{});
+      whole_adam.t = adam.t;
+      const std::pair<const float*, float*> parts[] = {{model.params.data(), whole.params.data()},
+                                                       {adam.m.data(), whole_adam.m.data()},
+                                                       {adam.v.data(), whole_adam.v.data()}};
+      for (const auto& [mine, into] : parts) {
+        dist.gather(mine, n, all.data());
+        if (!dist.root()) continue;
+        for (int q = 0; q < ranks; ++q)
+          copy_tensors_by_name(make_layout(mc, ExpertParallel::shard_of(mc, q, int(ranks))), all.data() + q * n,
+                               whole.layout, into, /*partial=*/true);
+      }
+      if (dist.root()) save_training_checkpoint(dir, whole, whole_adam, state_json(step));
+    }
     observer.on_save(dir, step);
   };
   std::optional<EvalRecord> last_eval;
   auto run_eval = [&](int64_t step) {
-    EvalRecord r = evaluate(ctx, model, ws, data, tc.eval_tokens, step);
+    EvalRecord r = evaluate(ctx, model, ws, data, tc.eval_tokens, step, parallel);
     append_metrics(eval_json(r));
     if (!first_eval) first_eval = r;
     last_eval = r;
@@ -357,28 +494,30 @@ int64_t train(const TrainOptions& options, TrainObserver& observer) {
     last = r;
     observer.on_step(r, last_eval ? last_eval->val_loss : NAN);
     if (bad_steps >= tc.max_bad_steps) {
-      metrics << json{{"kind", "end"}, {"step", step}, {"reason", "non-finite"}}.dump() << "\n" << std::flush;
+      append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", "non-finite"}});
       fail("training stopped: " + std::to_string(bad_steps) +
            " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir +
            " (try a smaller --lr)");
     }
 
     const bool final_step = step == end_step;
+    // Every rank stops at the same step: a signal seen by any of them counts for all.
+    const int stop_signal = ranks > 1 ? int(dist.allreduce_max(g_stop_signal)) : int(g_stop_signal);
     if ((tc.eval_every > 0 && step % tc.eval_every == 0) || step == tc.steps) run_eval(step);
-    if ((tc.save_every > 0 && step % tc.save_every == 0) || final_step || g_stop_signal) save(step);
-    if (g_stop_signal) {
-      const int sig = g_stop_signal;
-      metrics << json{{"kind", "end"}, {"step", step}, {"reason", "signal"}}.dump() << "\n";
-      metrics.close();
+    if ((tc.save_every > 0 && step % tc.save_every == 0) || final_step || stop_signal) save(step);
+    if (stop_signal) {
+      const int sig = stop_signal;
+      append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", "signal"}});
+      if (metrics.is_open()) metrics.close();
       observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
                       total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
-      std::fprintf(stderr, "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out %s --resume\n",
-                   (long long)step, dir.c_str(), dir.c_str());
+      if (dist.root())
+        std::fprintf(stderr, "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out %s --resume\n",
+                     (long long)step, dir.c_str(), dir.c_str());
       std::exit(sig == SIGINT ? 130 : 143);
     }
   }
-  metrics << json{{"kind", "end"}, {"step", step}, {"reason", step == tc.steps ? "completed" : "stop-at"}}.dump()
-          << "\n" << std::flush;
+  append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", step == tc.steps ? "completed" : "stop-at"}});
   observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
                   total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
   return step;

@@ -20,6 +20,10 @@ struct TrainOptions {
   bool resume = false;      // continue the run in out_dir
   bool force = false;       // overwrite an existing run directory
   int64_t stop_at = 0;      // stop (with a checkpoint) after this step; 0: config.train.steps
+  // Several processes (mpirun): routed experts split over the ranks (else data parallel), and
+  // device-limited routing (each token's experts on at most this many ranks; 0: off).
+  bool expert_parallel = false;
+  int64_t max_ranks_per_token = 0;
   // Flags given on the command line on --resume override the stored config (train section only).
   nlohmann::json* resume_overrides = nullptr;
 };
