@@ -46,13 +46,16 @@ Run add_train(CLI::App& app) {
                   "With --expert-parallel: each token's experts live on at most M ranks (device-limited routing)")
       ->check(Positive);
   TrainConfig& v = f->values;
+  // The setters live inside *f: they point at it without owning it (a shared_ptr here would be a
+  // reference cycle, never freed).
+  TrainFlags* flags = f.get();
   auto int_flag = [&](const char* name, int64_t TrainConfig::*field, const char* help, bool allow_zero) {
     auto* opt = cmd->add_option(name, v.*field, help)->check(allow_zero ? NonNegative : Positive);
-    f->given.push_back({opt, [f, field](TrainConfig& t) { t.*field = f->values.*field; }});
+    flags->given.push_back({opt, [flags, field](TrainConfig& t) { t.*field = flags->values.*field; }});
   };
   auto real_flag = [&](const char* name, double TrainConfig::*field, const char* help, bool allow_zero) {
     auto* opt = cmd->add_option(name, v.*field, help)->check(allow_zero ? NonNegative : Positive);
-    f->given.push_back({opt, [f, field](TrainConfig& t) { t.*field = f->values.*field; }});
+    flags->given.push_back({opt, [flags, field](TrainConfig& t) { t.*field = flags->values.*field; }});
   };
   int_flag("--steps", &TrainConfig::steps, "Optimizer steps in total", false);
   int_flag("--batch", &TrainConfig::batch, "Sequences per micro-batch", false);
@@ -74,12 +77,12 @@ Run add_train(CLI::App& app) {
   int_flag("--max-bad-steps", &TrainConfig::max_bad_steps, "Stop after this many consecutive non-finite steps", false);
   {
     auto* opt = cmd->add_option("--seed", v.seed, "Seed for initialisation and batch sampling");
-    f->given.push_back({opt, [f](TrainConfig& t) { t.seed = f->values.seed; }});
+    flags->given.push_back({opt, [flags](TrainConfig& t) { t.seed = flags->values.seed; }});
   }
   {
     auto* opt = cmd->add_option("--balance", f->balance, "none | aux | loss-free | loss-free+seq")
                     ->check(CLI::IsMember({"none", "aux", "loss-free", "loss-free+seq"}));
-    f->given.push_back({opt, [f](TrainConfig& t) { t.balance = parse_balance(f->balance, "--balance"); }});
+    flags->given.push_back({opt, [flags](TrainConfig& t) { t.balance = parse_balance(flags->balance, "--balance"); }});
   }
 
   return [f, cmd]() {
@@ -89,11 +92,18 @@ Run add_train(CLI::App& app) {
     options.data_path = f->data;
     if (f->resume) {
       // The run's own effective config is the base; flags given now override its train section.
+      // Under mpirun only rank 0 reads the run directory; the others get the state from it.
       const std::string state_path = options.out_dir + "/trainer_state.json";
-      if (Dist::world().root()) recover_pending_checkpoint(options.out_dir);
-      if (!path_exists(state_path))
-        fail(options.out_dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
-      const nlohmann::json state = read_json_file(state_path);
+      Dist& dist = Dist::world();
+      std::string state_text;
+      if (dist.root()) {
+        recover_pending_checkpoint(options.out_dir);
+        if (!path_exists(state_path))
+          fail(options.out_dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
+        state_text = read_json_file(state_path).dump();
+      }
+      dist.broadcast(state_text);
+      const nlohmann::json state = nlohmann::json::parse(state_text);
       if (!state.is_object() || !state.contains("config")) fail(state_path + ": missing the config section");
       options.config = config_from_json(state["config"], state_path + ": config");
       if (config_given) {

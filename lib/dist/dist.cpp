@@ -226,6 +226,19 @@ void Dist::broadcast(float* data, int64_t n) {
 #endif
 }
 
+void Dist::broadcast(std::string& text) {
+  if (size_ == 1) return;
+  uint64_t n = text.size();
+  broadcast(&n, 1);
+  text.resize(size_t(n));
+  CommTimer timer(comm_seconds_);
+#ifdef MOE_WITH_MPI
+  for (uint64_t i = 0; i < n; i += uint64_t(kChunk))
+    mpi_check(MPI_Bcast(text.data() + i, int(std::min<uint64_t>(uint64_t(kChunk), n - i)), MPI_CHAR, 0, MPI_COMM_WORLD),
+              "Bcast");
+#endif
+}
+
 int Dist::rank_if_joined() {
 #ifdef MOE_WITH_MPI
   int initialized = 0, finalized = 0;

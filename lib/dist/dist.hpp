@@ -44,6 +44,7 @@ class Dist {
   // Root's n values to every rank.
   void broadcast(uint64_t* data, int64_t n);
   void broadcast(float* data, int64_t n);
+  void broadcast(std::string& text);
   // This process's rank if it joined an MPI job, else 0; never initialises MPI (for messages).
   static int rank_if_joined();
   void barrier();
