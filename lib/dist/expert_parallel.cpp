@@ -107,11 +107,10 @@ void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const La
         std::memcpy(L.x_rows.data() + row * D, recv_.data() + i * D, sizeof(float) * D);
       }
 
-  std::vector<int64_t> order;
-  largest_first(L.offsets, order);
+  largest_first(L.offsets, order_);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < El; ++k) {
-    const int64_t e = order[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
+    const int64_t e = order_[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
     if (rows == 0) continue;
     ffn_forward(ctx, expert_ffn(w, e, D, Im), L.x_rows.data() + r0 * D, y_rows_.data() + r0 * D,
                 {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im}, rows, D, Im);
@@ -133,11 +132,10 @@ void ExpertParallel::backward(ComputeContext& ctx, const ModelConfig& c, const L
   for (int64_t r = 0; r < L.received; ++r)
     std::memcpy(d_owner + int64_t(L.recv_to_row[size_t(r)]) * D, recv_.data() + r * D, sizeof(float) * D);
   float* dx_owner = recv_.data();  // the received gradients now live in d_owner
-  std::vector<int64_t> order;
-  largest_first(L.offsets, order);
+  largest_first(L.offsets, order_);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < El; ++k) {
-    const int64_t e = order[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
+    const int64_t e = order_[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
     if (rows == 0) continue;
     const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
     ffn_backward(ctx, expert_ffn(w, e, D, Im), grads, L.x_rows.data() + r0 * D, d_owner + r0 * D, dx_owner + r0 * D,

@@ -46,7 +46,7 @@ class ExpertParallel : public RemoteExperts {
   int64_t max_ranks_ = 0, local_experts_ = 0, first_expert_ = 0, row_align_ = 1, capacity_ = 0;
   std::vector<Layer> layers_;
   std::vector<int64_t> count_send_, count_recv_;  // (ranks * local experts) per-expert counts
-  std::vector<int64_t> cursor_;
+  std::vector<int64_t> cursor_, order_;
   Buffer<float> recv_, back_, y_rows_, ffn_scratch_;  // (capacity, D) / scratch, not saved
 };
 

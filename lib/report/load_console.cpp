@@ -103,6 +103,33 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
       out += "\n";
     }
   }
+  // Several processes: how the expert rows were spread over the ranks, and the communication.
+  const TrainPoint& end = run.train.back();
+  if (end.ranks > 1 && !end.rank_rows.empty()) {
+    const TrainPoint* start = nullptr;
+    for (const auto& p : run.train)
+      if (p.ranks > 1 && p.rank_rows.size() == end.rank_rows.size()) {
+        start = &p;
+        break;
+      }
+    double comm = 0, total = 0;
+    for (const auto& p : run.train) comm += p.comm_seconds, total += p.seconds;
+    std::snprintf(buf, sizeof buf, "\nranks: %lld processes; %.1f%% of step time in MPI collectives (rank 0)\n",
+                  (long long)end.ranks, total > 0 ? 100 * comm / total : 0.0);
+    out += buf;
+    for (size_t l = 0; l < end.rank_rows.size() && l < report.layers.size(); ++l) {
+      std::snprintf(buf, sizeof buf, "  layer %lld: rows per rank at step %lld:", (long long)report.layers[l].layer,
+                    (long long)end.step);
+      out += buf;
+      for (int64_t r : end.rank_rows[l]) {
+        std::snprintf(buf, sizeof buf, " %lld", (long long)r);
+        out += buf;
+      }
+      std::snprintf(buf, sizeof buf, "   MaxVio_ranks %.3f @%lld -> %.3f @%lld\n", start->rank_maxvio[l],
+                    (long long)start->step, end.rank_maxvio[l], (long long)end.step);
+      out += buf;
+    }
+  }
   return out;
 }
 

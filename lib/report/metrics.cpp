@@ -171,6 +171,20 @@ RunMetrics read_metrics(const std::string& path) {
     const std::string kind = field<std::string>(j, "kind", where);
     if (kind == "train") {
       TrainPoint p;
+      if (j.contains("ranks")) {
+        const json& r = j["ranks"];
+        if (!r.is_object()) fail(where + ": field \"ranks\" is not an object");
+        p.ranks = field<int64_t>(r, "n", where);
+        p.comm_seconds = field<double>(r, "comm_seconds", where);
+        if (p.ranks < 1) fail(where + ": field \"ranks.n\" must be >= 1");
+        if (!r.contains("layers") || !r["layers"].is_array()) fail(where + ": missing array field \"ranks.layers\"");
+        for (const json& l : r["layers"]) {
+          if (!l.is_object()) fail(where + ": a \"ranks.layers\" entry is not an object");
+          p.rank_rows.push_back(field<std::vector<int64_t>>(l, "rows", where));
+          p.rank_maxvio.push_back(field<double>(l, "maxvio", where));
+        }
+      }
+      if (j.contains("seconds")) p.seconds = field<double>(j, "seconds", where);
       p.step = field<int64_t>(j, "step", where);
       p.loss = field<double>(j, "loss", where);
       p.lr = j.contains("lr") ? field<double>(j, "lr", where) : 0.0;

@@ -22,6 +22,12 @@ struct TrainPoint {
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, balance_loss = 0;
   bool skipped = false;
   std::vector<LayerPoint> layers;
+  // Runs on several processes (the "ranks" object): expert rows per rank and their MaxVio per
+  // MoE layer, and rank 0's seconds in MPI collectives; ranks = 1 otherwise.
+  int64_t ranks = 1;
+  double seconds = 0, comm_seconds = 0;
+  std::vector<std::vector<int64_t>> rank_rows;
+  std::vector<double> rank_maxvio;
 };
 
 struct EvalPoint {

@@ -448,20 +448,25 @@ int64_t train(const TrainOptions& options, TrainObserver& given_observer) {
       // tensors (its experts, plus the replicated ones) into a whole model.
       const int64_t n = model.layout.total;
       std::vector<float> all(dist.root() ? size_t(n * ranks) : 0);
-      Model whole(mc, ExpertShard{}, /*with_grads=*/false);
-      AdamW whole_adam(dist.root() ? whole.layout : ParamLayout{});
-      whole_adam.t = adam.t;
-      const std::pair<const float*, float*> parts[] = {{model.params.data(), whole.params.data()},
-                                                       {adam.m.data(), whole_adam.m.data()},
-                                                       {adam.v.data(), whole_adam.v.data()}};
+      std::optional<Model> whole;  // rank 0 only
+      std::optional<AdamW> whole_adam;
+      if (dist.root()) {
+        whole.emplace(mc, ExpertShard{}, /*with_grads=*/false);
+        whole_adam.emplace(whole->layout);
+        whole_adam->t = adam.t;
+      }
+      const std::pair<const float*, float*> parts[] = {
+          {model.params.data(), whole ? whole->params.data() : nullptr},
+          {adam.m.data(), whole_adam ? whole_adam->m.data() : nullptr},
+          {adam.v.data(), whole_adam ? whole_adam->v.data() : nullptr}};
       for (const auto& [mine, into] : parts) {
         dist.gather(mine, n, all.data());
         if (!dist.root()) continue;
         for (int q = 0; q < ranks; ++q)
           copy_tensors_by_name(make_layout(mc, ExpertParallel::shard_of(mc, q, int(ranks))), all.data() + q * n,
-                               whole.layout, into, /*partial=*/true);
+                               whole->layout, into, /*partial=*/true);
       }
-      if (dist.root()) save_training_checkpoint(dir, whole, whole_adam, state_json(step));
+      if (dist.root()) save_training_checkpoint(dir, *whole, *whole_adam, state_json(step));
     }
     observer.on_save(dir, step);
   };

@@ -133,3 +133,38 @@ TEST_CASE("sparkline squeezes a series into block characters", "[report]") {
   CHECK(sparkline({}, 10).empty());
   CHECK(sparkline({1, 1, 1, 1}, 2) == "\u2588\u2588");
 }
+
+TEST_CASE("metrics of a run on several ranks: per-rank rows, their MaxVio and the communication share", "[report]") {
+  const std::string path = (std::filesystem::temp_directory_path() / "moe_ranks_metrics.jsonl").string();
+  {
+    std::ofstream out(path);
+    for (int step = 1; step <= 2; ++step) {
+      nlohmann::json line = {{"kind", "train"}, {"step", step}, {"loss", 3.0}, {"lr", 0.001}, {"grad_norm", 1.0},
+                             {"tokens_per_s", 1000.0}, {"seconds", 0.5}, {"balance_loss", 0.0},
+                             {"layers", {{{"layer", 1}, {"counts", {30, 10, 20, 20}}, {"maxvio", 0.5},
+                                          {"bias", {0.0, 0.0, 0.0, 0.0}}}}}};
+      // rows per rank: 40 / 40 at step 1, 60 / 20 at step 2 -> MaxVio 0 then 0.5
+      line["ranks"] = {{"n", 2}, {"comm_seconds", 0.1},
+                       {"layers", {{{"layer", 1}, {"rows", step == 1 ? std::vector<int>{40, 40} : std::vector<int>{60, 20}},
+                                    {"maxvio", step == 1 ? 0.0 : 0.5}}}}};
+      out << line.dump() << "\n";
+    }
+  }
+  const moe::RunMetrics run = moe::read_metrics(path);
+  REQUIRE(run.train.size() == 2);
+  CHECK(run.train[1].ranks == 2);
+  CHECK(run.train[1].comm_seconds == 0.1);
+  CHECK(run.train[1].rank_rows == std::vector<std::vector<int64_t>>{{60, 20}});
+  const std::string text = moe::format_load_report(run, moe::build_load_report(run, 0), false);
+  INFO(text);
+  CHECK(text.find("ranks: 2 processes; 20.0% of step time in MPI collectives") != std::string::npos);
+  CHECK(text.find("rows per rank at step 2: 60 20   MaxVio_ranks 0.000 @1 -> 0.500 @2") != std::string::npos);
+  // A wrong type inside "ranks" is named like any other field.
+  {
+    std::ofstream out(path);
+    out << R"({"kind":"train","step":1,"loss":1,"lr":1,"grad_norm":1,"tokens_per_s":1,"balance_loss":0,"layers":[],)"
+        << R"("ranks":{"n":"two","comm_seconds":0,"layers":[]}})" << "\n";
+  }
+  CHECK_THROWS_WITH(moe::read_metrics(path), Catch::Contains("\"n\" has the wrong type"));
+  std::filesystem::remove(path);
+}
