@@ -18,12 +18,17 @@ namespace moe {
 
 namespace {
 
-// Times one collective into the job's counter.
+// Times one collective into the job's counter (and a second one for all-to-alls).
 struct CommTimer {
   double& total;
+  double* also;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-  explicit CommTimer(double& t) : total(t) {}
-  ~CommTimer() { total += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); }
+  explicit CommTimer(double& t, double* a = nullptr) : total(t), also(a) {}
+  ~CommTimer() {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    total += s;
+    if (also) *also += s;
+  }
 };
 
 #ifdef MOE_WITH_MPI
@@ -100,6 +105,12 @@ double Dist::take_comm_seconds() {
   return s;
 }
 
+double Dist::take_alltoall_seconds() {
+  const double s = alltoall_seconds_;
+  alltoall_seconds_ = 0.0;
+  return s;
+}
+
 void Dist::allreduce_sum(float* data, int64_t n) {
   if (size_ == 1) return;
   CommTimer timer(comm_seconds_);
@@ -153,7 +164,7 @@ void Dist::alltoall(const int64_t* send, int64_t* recv, int64_t per_rank) {
     std::copy_n(send, per_rank, recv);
     return;
   }
-  CommTimer timer(comm_seconds_);
+  CommTimer timer(comm_seconds_, &alltoall_seconds_);
 #ifdef MOE_WITH_MPI
   check(per_rank <= INT_MAX, "internal: alltoall block too large");
   mpi_check(MPI_Alltoall(send, int(per_rank), MPI_INT64_T, recv, int(per_rank), MPI_INT64_T, MPI_COMM_WORLD),
@@ -167,7 +178,7 @@ void Dist::alltoallv(const float* send, const int64_t* send_rows, float* recv, c
     std::copy_n(send, send_rows[0] * row_floats, recv);
     return;
   }
-  CommTimer timer(comm_seconds_);
+  CommTimer timer(comm_seconds_, &alltoall_seconds_);
 #ifdef MOE_WITH_MPI
   // Counts in rows (one contiguous datatype per row) keep them far below INT_MAX.
   MPI_Datatype row;

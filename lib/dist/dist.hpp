@@ -24,8 +24,10 @@ class Dist {
   // Ranks of this job on this machine (for the default thread count); 1 without MPI.
   int local_size() const { return local_size_; }
 
-  // Seconds spent inside collectives since the last take_comm_seconds().
+  // Seconds spent inside collectives since the last take_comm_seconds() (all of them, and the
+  // all-to-all exchanges of expert parallelism among them).
   double take_comm_seconds();
+  double take_alltoall_seconds();
 
   // In-place sums over all ranks; every rank gets the same result.
   void allreduce_sum(float* data, int64_t n);
@@ -52,7 +54,7 @@ class Dist {
  private:
   Dist() = default;
   int rank_ = 0, size_ = 1, local_size_ = 1;
-  double comm_seconds_ = 0.0;
+  double comm_seconds_ = 0.0, alltoall_seconds_ = 0.0;
 };
 
 }  // namespace moe

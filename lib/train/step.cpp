@@ -114,7 +114,10 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     r.layers.push_back(std::move(load));
     ++m;
   }
-  if (parallel_.dist) r.comm_seconds = parallel_.dist->take_comm_seconds();
+  if (parallel_.dist) {
+    r.comm_seconds = parallel_.dist->take_comm_seconds();
+    r.alltoall_seconds = parallel_.dist->take_alltoall_seconds();
+  }
   return r;
 }
 

@@ -31,7 +31,8 @@ struct StepRecord {
   int64_t step = 0;  // optimizer steps completed
   int64_t steps = 0;
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
-  double comm_seconds = 0;  // rank 0's time inside MPI collectives during the step
+  double comm_seconds = 0;      // rank 0's time inside MPI collectives during the step
+  double alltoall_seconds = 0;  // the expert-parallel all-to-alls among them
   int64_t ranks = 1;
   std::vector<LayerLoad> layers;
 };

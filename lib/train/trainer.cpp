@@ -79,7 +79,10 @@ json step_json(const StepRecord& r, bool skipped) {
     json per_layer = json::array();
     for (const auto& l : r.layers)
       per_layer.push_back({{"layer", l.layer}, {"rows", l.rank_rows}, {"maxvio", l.rank_maxvio}});
-    j["ranks"] = {{"n", r.ranks}, {"comm_seconds", r.comm_seconds}, {"layers", per_layer}};
+    j["ranks"] = {{"n", r.ranks},
+                  {"comm_seconds", r.comm_seconds},
+                  {"alltoall_seconds", r.alltoall_seconds},
+                  {"layers", per_layer}};
   }
   return j;
 }

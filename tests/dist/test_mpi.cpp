@@ -107,6 +107,10 @@ TEST_CASE("mpi: data- and expert-parallel runs on 2 and 4 ranks match one proces
       REQUIRE(b.contains("ranks"));
       CHECK(b["ranks"]["n"] == k.ranks);
       CHECK(b["ranks"]["comm_seconds"].get<double>() >= 0.0);
+      // All-to-all time is part of the communication, and only expert parallelism has any.
+      const double a2a = b["ranks"]["alltoall_seconds"].get<double>();
+      CHECK(a2a <= b["ranks"]["comm_seconds"].get<double>());
+      CHECK((k.flags.empty() ? a2a == 0.0 : a2a > 0.0));
       for (size_t l = 0; l < b["layers"].size(); ++l) {
         int64_t rows = 0;
         for (int64_t v : b["ranks"]["layers"][l]["rows"].get<std::vector<int64_t>>()) rows += v;
