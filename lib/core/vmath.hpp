@@ -16,7 +16,8 @@ inline float exp_fast(float x) {
   constexpr float kMax = 88.0f, kMin = -87.33654475f;
   // Plain compares and the 1.5·2^23 rounding trick instead of fmin/fmax/floor: GCC vectorises
   // those only under -ffast-math (their NaN and rounding-mode semantics).
-  const float xc = x < kMin ? kMin : (x > kMax ? kMax : x);
+  // NaN goes to kMin here (every compare is false) so no NaN reaches the int conversion below.
+  const float xc = x > kMin ? (x < kMax ? x : kMax) : kMin;
   constexpr float kRound = 12582912.0f;  // 1.5 · 2^23: adding it rounds to the nearest integer
   const float n = (xc * kLog2e + kRound) - kRound;
   const float r = (xc - n * kLn2Hi) - n * kLn2Lo;

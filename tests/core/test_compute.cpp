@@ -72,7 +72,7 @@ TEST_CASE("gemm matches a naive loop for every transposition, odd sizes and accu
         for (int acc = 0; acc < 2; ++acc) expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3);
 }
 
-TEST_CASE("2-D gemm needs no primitive; batched gemm reuses one cached primitive per shape", "[core]") {
+TEST_CASE("2-D gemm needs no primitive and batched gemm reuses one cached primitive per shape", "[core]") {
   // Expert GEMMs change their row count every step: through sgemm they must not grow any cache.
   moe::ComputeContext ctx;
   const ref::Vec A = ref::randn(64 * 64, 1), B = ref::randn(64 * 64, 2);

@@ -10,7 +10,7 @@
 #include "dist/expert_parallel.hpp"
 #include "model/model.hpp"
 
-TEST_CASE("expert-parallel dispatch on one rank equals the local MoE layer, forward and backward", "[dist]") {
+TEST_CASE("expert-parallel dispatch on one rank equals the local MoE layer in forward and backward", "[dist]") {
   moe::ModelConfig c;
   c.hidden_size = 16;
   c.num_hidden_layers = 3;

@@ -134,7 +134,7 @@ TEST_CASE("sparkline squeezes a series into block characters", "[report]") {
   CHECK(sparkline({1, 1, 1, 1}, 2) == "\u2588\u2588");
 }
 
-TEST_CASE("metrics of a run on several ranks: per-rank rows, their MaxVio and the communication share", "[report]") {
+TEST_CASE("metrics of a run on several ranks give per-rank rows with their MaxVio and the communication share", "[report]") {
   const std::string path = (std::filesystem::temp_directory_path() / "moe_ranks_metrics.jsonl").string();
   {
     std::ofstream out(path);
