@@ -86,6 +86,7 @@ Run add_train(CLI::App& app) {
   }
 
   return [f, cmd]() {
+    block_stop_signals();  // before any thread exists (see train())
     TrainOptions options;
     const bool config_given = cmd->get_option("--config")->count() > 0;
     options.out_dir = f->out.empty() ? default_run_dir(f->config) : f->out;

@@ -40,6 +40,11 @@ class TrainObserver {
                       double mean_tokens_per_s) = 0;
 };
 
+// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards: call it
+// first thing (before any OpenMP, oneDNN or MPI thread exists) in a process that will train, so
+// that only train()'s signal-waiting thread receives them.
+void block_stop_signals();
+
 // Runs training; returns the number of the last completed step.
 int64_t train(const TrainOptions& options, TrainObserver& observer);
 

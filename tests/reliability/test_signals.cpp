@@ -109,14 +109,15 @@ TEST_CASE("reliability: SIGINT and SIGTERM stop training with a checkpoint and e
 
 TEST_CASE("reliability: a second SIGINT exits at once and the last checkpoint stays intact", "[reliability]") {
   TempDir tmp, logs;
-  // The tiny model with large batches: a step takes about half a second (measured 9000 tokens/s),
-  // so the second SIGINT (50 ms after the first) arrives while the first waits for the step to end.
+  // The tiny model with 10 micro-batches of 16 x 256 per step: a step takes about half a second
+  // (tiny trains at ~80k tokens/s here), so the second SIGINT (50 ms after the first) arrives while
+  // the first waits for the step to end.
   const std::string config = MOE_SOURCE_DIR "/configs/tiny.json";
   const std::string dir = tmp / "run";
   const std::string out = logs / "train.out", err = logs / "train.err";
   const pid_t pid = spawn(train_args(config, dir,
                                      {"--steps", "100000", "--save-every", "1", "--eval-every", "0", "--eval-tokens",
-                                      "128", "--batch", "16", "--seq", "256"}),
+                                      "128", "--batch", "16", "--seq", "256", "--accum", "10"}),
                           out, err);
   // Once a checkpoint is in place and its .pending directory gone, the next step has begun.
   auto saved_step = [&]() -> int64_t {
