@@ -43,13 +43,6 @@ void mpi_check(int code, const char* what) {
 // MPI counts are ints: long arrays go in chunks.
 constexpr int64_t kChunk = int64_t(1) << 30;
 
-template <class T>
-void allreduce(T* data, int64_t n, MPI_Datatype type, MPI_Op op) {
-  for (int64_t i = 0; i < n; i += kChunk)
-    mpi_check(MPI_Allreduce(MPI_IN_PLACE, data + i, int(std::min(kChunk, n - i)), type, op, MPI_COMM_WORLD),
-              "Allreduce");
-}
-
 void finalize_at_exit() {
   int finalized = 0;
   MPI_Finalized(&finalized);
@@ -111,51 +104,33 @@ double Dist::take_alltoall_seconds() {
   return s;
 }
 
-void Dist::allreduce_sum(float* data, int64_t n) {
+void Dist::reduce(void* data, int64_t n, Element element, Op op) {
   if (size_ == 1) return;
   CommTimer timer(comm_seconds_);
 #ifdef MOE_WITH_MPI
-  allreduce(data, n, MPI_FLOAT, MPI_SUM);
+  const MPI_Datatype type = element == Element::f32 ? MPI_FLOAT : element == Element::f64 ? MPI_DOUBLE : MPI_INT64_T;
+  const MPI_Op mpi_op = op == Op::sum ? MPI_SUM : op == Op::max ? MPI_MAX : MPI_MIN;
+  const int64_t bytes = element == Element::f32 ? 4 : 8;
+  for (int64_t i = 0; i < n; i += kChunk)
+    mpi_check(MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + i * bytes, int(std::min(kChunk, n - i)), type,
+                            mpi_op, MPI_COMM_WORLD),
+              "Allreduce");
 #else
-  (void)data, (void)n;
+  (void)data, (void)n, (void)element, (void)op;
 #endif
 }
 
-void Dist::allreduce_sum(double* data, int64_t n) {
-  if (size_ == 1) return;
-  CommTimer timer(comm_seconds_);
-#ifdef MOE_WITH_MPI
-  allreduce(data, n, MPI_DOUBLE, MPI_SUM);
-#else
-  (void)data, (void)n;
-#endif
-}
-
-void Dist::allreduce_sum(int64_t* data, int64_t n) {
-  if (size_ == 1) return;
-  CommTimer timer(comm_seconds_);
-#ifdef MOE_WITH_MPI
-  allreduce(data, n, MPI_INT64_T, MPI_SUM);
-#else
-  (void)data, (void)n;
-#endif
-}
+void Dist::allreduce_sum(float* data, int64_t n) { reduce(data, n, Element::f32, Op::sum); }
+void Dist::allreduce_sum(double* data, int64_t n) { reduce(data, n, Element::f64, Op::sum); }
+void Dist::allreduce_sum(int64_t* data, int64_t n) { reduce(data, n, Element::i64, Op::sum); }
 
 int64_t Dist::allreduce_max(int64_t value) {
-  if (size_ == 1) return value;
-  CommTimer timer(comm_seconds_);
-#ifdef MOE_WITH_MPI
-  allreduce(&value, 1, MPI_INT64_T, MPI_MAX);
-#endif
+  reduce(&value, 1, Element::i64, Op::max);
   return value;
 }
 
 int64_t Dist::allreduce_min(int64_t value) {
-  if (size_ == 1) return value;
-  CommTimer timer(comm_seconds_);
-#ifdef MOE_WITH_MPI
-  allreduce(&value, 1, MPI_INT64_T, MPI_MIN);
-#endif
+  reduce(&value, 1, Element::i64, Op::min);
   return value;
 }
 
@@ -261,14 +236,6 @@ int Dist::rank_if_joined() {
   return rank;
 #else
   return 0;
-#endif
-}
-
-void Dist::barrier() {
-  if (size_ == 1) return;
-  CommTimer timer(comm_seconds_);
-#ifdef MOE_WITH_MPI
-  mpi_check(MPI_Barrier(MPI_COMM_WORLD), "Barrier");
 #endif
 }
 

@@ -49,10 +49,13 @@ class Dist {
   void broadcast(std::string& text);
   // This process's rank if it joined an MPI job, else 0; never initialises MPI (for messages).
   static int rank_if_joined();
-  void barrier();
 
  private:
   Dist() = default;
+  enum class Element { f32, f64, i64 };
+  enum class Op { sum, max, min };
+  // In-place allreduce of n elements (a no-op for a job of one), timed as communication.
+  void reduce(void* data, int64_t n, Element element, Op op);
   int rank_ = 0, size_ = 1, local_size_ = 1;
   double comm_seconds_ = 0.0, alltoall_seconds_ = 0.0;
 };

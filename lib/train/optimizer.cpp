@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/threads.hpp"
 
 namespace moe {
 
@@ -33,13 +32,6 @@ void AdamW::step(Model& model, double lr, double weight_decay, float grad_scale)
       p[i] -= decay * p[i] + lr_f * (mm[i] * c1) / (std::sqrt(vv[i] * c2) + e);
     }
   }
-}
-
-double grad_norm(const Model& model) {
-  // Non-trainable entries (the routing bias) never receive a gradient, so the whole arena's norm
-  // is the trainable parameters' norm.
-  const float* g = model.grads.data();
-  return std::sqrt(parallel_sum(model.layout.total, [g](int64_t i) { return double(g[i]) * double(g[i]); }));
 }
 
 float clip_scale(double norm, double max_norm) {

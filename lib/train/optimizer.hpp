@@ -19,8 +19,6 @@ struct AdamW {
   void step(Model& model, double lr, double weight_decay, float grad_scale = 1.0f);
 };
 
-// sqrt(Σ g²) over trainable tensors.
-double grad_norm(const Model& model);
 // The factor that brings a global gradient norm down to max_norm (1 when max_norm <= 0 or the norm
 // is already within it).
 float clip_scale(double norm, double max_norm);
