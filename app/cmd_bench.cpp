@@ -10,7 +10,7 @@
 #include "bench/bench.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
-#include "model/config.hpp"
+#include "train/train_config.hpp"
 
 namespace moe::app {
 

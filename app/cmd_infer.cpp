@@ -15,7 +15,7 @@
 #include "core/error.hpp"
 #include "infer/generate.hpp"
 #include "model/checkpoint.hpp"
-#include "moe/moe_layer.hpp"
+#include "moe/balance.hpp"
 #include "report/expert_table.hpp"
 #include "train/data.hpp"
 
@@ -181,7 +181,7 @@ namespace {
 struct EvalFlags {
   std::string model, data;
   int64_t ctx = 0, threads = 0;
-  bool json = false, expert_stats = false;
+  bool json = false;
 };
 }  // namespace
 

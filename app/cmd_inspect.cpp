@@ -17,6 +17,7 @@
 #include "core/safetensors.hpp"
 #include "infer/routing.hpp"
 #include "model/checkpoint.hpp"
+#include "train/train_config.hpp"
 #include "model/summary.hpp"
 #include "report/html.hpp"
 #include "report/load_console.hpp"

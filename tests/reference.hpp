@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/rng.hpp"
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 
 namespace ref {
 

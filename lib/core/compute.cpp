@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 
 namespace moe {
 
@@ -13,8 +14,8 @@ using tag = memory::format_tag;
 using dt = memory::data_type;
 
 size_t GemmSpecHash::operator()(const GemmSpec& s) const {
-  size_t h = 1469598103934665603ull;
-  auto mix = [&h](int64_t v) { h = (h ^ size_t(v)) * 1099511628211ull; };
+  uint64_t h = kFnvOffset;
+  auto mix = [&h](int64_t v) { h = fnv1a_word(h, uint64_t(v)); };
   mix(s.batch0), mix(s.batch1), mix(s.M), mix(s.N), mix(s.K);
   for (int i = 0; i < 4; ++i) mix(s.a_strides[i]), mix(s.b_strides[i]), mix(s.c_strides[i]);
   mix(s.accumulate);

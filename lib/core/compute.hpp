@@ -49,7 +49,6 @@ class ComputeContext {
   void gemm(const GemmSpec& spec, const float* A, const float* B, float* C);
   size_t cached_primitives() const { return cache_.size(); }
 
-  dnnl::engine& engine() { return engine_; }
   PhaseTimes phases;
 
  private:

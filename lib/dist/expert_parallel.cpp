@@ -11,7 +11,7 @@ namespace moe {
 
 namespace {
 
-FfnWeights expert_ffn(const LayerWeights& w, int64_t e, int64_t D, int64_t Im) {
+FfnWeights expert_ffn(const MoeWeights& w, int64_t e, int64_t D, int64_t Im) {
   return {w.experts_gate + e * Im * D, w.experts_up + e * Im * D, w.experts_down + e * D * Im};
 }
 
@@ -53,7 +53,7 @@ ExpertParallel::ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens,
   count_send_.resize(size_t(E)), count_recv_.resize(size_t(E));
 }
 
-void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, int64_t moe_layer,
+void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer,
                              const float* x, MoeSaved& s, int64_t N) {
   const int64_t ranks = dist_.size(), E = c.n_routed_experts, K = c.num_experts_per_tok, El = local_experts_;
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
@@ -121,7 +121,7 @@ void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const La
   dist_.alltoallv(back_.data(), L.recv_rows.data(), s.y_rows, L.send_rows.data(), D);
 }
 
-void ExpertParallel::backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+void ExpertParallel::backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                               int64_t moe_layer, const MoeSaved&, const float* d_rows, float* dx_rows, int64_t) {
   const int64_t El = local_experts_, D = c.hidden_size, Im = c.moe_intermediate_size;
   Layer& L = layers_[size_t(moe_layer)];

@@ -11,6 +11,7 @@
 
 #include "core/arena.hpp"
 #include "dist/dist.hpp"
+#include "model/params.hpp"
 #include "moe/moe_layer.hpp"
 
 namespace moe {
@@ -22,9 +23,9 @@ class ExpertParallel : public RemoteExperts {
   ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens, int64_t max_ranks_per_token);
 
   RankLimit rank_limit() const override { return {dist_.size(), max_ranks_}; }
-  void forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, int64_t moe_layer, const float* x,
+  void forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer, const float* x,
                MoeSaved& s, int64_t N) override;
-  void backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+  void backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                 int64_t moe_layer, const MoeSaved& s, const float* d_rows, float* dx_rows, int64_t N) override;
 
   // The shard of routed experts this rank holds.

@@ -22,19 +22,6 @@ KvCache::KvCache(const ModelConfig& c, int64_t batch_, int64_t max_len_)
       head_dim(c.head_dim), k(layers * batch_ * kv_heads * max_len_ * head_dim),
       v(layers * batch_ * kv_heads * max_len_ * head_dim), length(size_t(batch_), 0) {}
 
-ExpertTally::ExpertTally(const ModelConfig& c)
-    : counts(static_cast<size_t>(c.num_moe_layers()), std::vector<int64_t>(static_cast<size_t>(c.n_routed_experts))) {}
-
-void ExpertTally::add(const ModelConfig& c, const Workspace& ws, int64_t tokens) {
-  size_t m = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (!c.is_moe_layer(l)) continue;
-    const int32_t* expert = ws.layers[size_t(l)].moe.expert;
-    for (int64_t j = 0; j < tokens * c.num_experts_per_tok; ++j) ++counts[m][size_t(expert[j])];
-    ++m;
-  }
-}
-
 namespace {
 
 // The t-th of T contiguous slices of [0, total), each a multiple of `align` long (the last may be
@@ -244,13 +231,13 @@ void Decoder::step_thread(const int32_t* seq, const int32_t* tokens, int64_t n, 
     for (int64_t i = 0; i < n; ++i) rmsnorm_row(h + i * D, lw.post_attention_layernorm, xn + i * D, D, eps);
     part = partial(1, t);
     if (c.is_moe_layer(l)) {
-      mm(true, n, E, D, xn, D, lw.router, D, router_logits, E, false);
+      mm(true, n, E, D, xn, D, lw.moe.router, D, router_logits, E, false);
       for (int64_t i = 0; i < n; ++i) {
         router_scores_row(router_logits + i * E, scores + i * E, E, c.scoring_func);
-        route_token(c, scores + i * E, lw.router_bias, expert + i * K, weight + i * K, route);
+        route_token(c, scores + i * E, lw.moe.router_bias, expert + i * K, weight + i * K, route);
       }
       if (t == 0) std::copy_n(expert, n * K, a.moe.expert);
-      ffn_slice(xn, n, lw.shared_gate, lw.shared_up, lw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr,
+      ffn_slice(xn, n, lw.moe.shared_gate, lw.moe.shared_up, lw.moe.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr,
                 part, false);
       // Tokens grouped by expert (counting sort), so an expert chosen twice is read once.
       std::fill_n(counts, E + 1, 0);
@@ -268,7 +255,7 @@ void Decoder::step_thread(const int32_t* seq, const int32_t* tokens, int64_t n, 
           std::copy_n(xn + (j / K) * D, D, x_rows + m * D);
           row_scale[m] = weight[j];
         }
-        ffn_slice(x_rows, M, lw.experts_gate + e * Im * D, lw.experts_up + e * Im * D, lw.experts_down + e * D * Im,
+        ffn_slice(x_rows, M, lw.moe.experts_gate + e * Im * D, lw.moe.experts_up + e * Im * D, lw.moe.experts_down + e * D * Im,
                   Im, r, row_scale, y_rows, false);
         for (int64_t m = 0; m < M; ++m) {
           float* dst = part + (slots[first + m] / K) * D;

@@ -37,13 +37,6 @@ struct KvCache {
   float* v_at(int64_t l, int64_t b, int64_t h) { return v.data() + (((l * batch + b) * kv_heads + h) * max_len) * head_dim; }
 };
 
-// Expert load seen during inference: tokens per expert per MoE layer.
-struct ExpertTally {
-  std::vector<std::vector<int64_t>> counts;  // (MoE layers, E)
-  explicit ExpertTally(const ModelConfig& c);
-  void add(const ModelConfig& c, const Workspace& ws, int64_t tokens);
-};
-
 class Decoder {
  public:
   Decoder(const Model& model, int64_t batch, int64_t max_len);

@@ -7,7 +7,7 @@
 
 #include "core/error.hpp"
 #include "infer/generate.hpp"
-#include "moe/moe_layer.hpp"
+#include "moe/balance.hpp"
 
 namespace moe {
 

@@ -41,7 +41,6 @@ class Sampler {
   void apply_min_p();         // keep tokens with prob >= min_p * max prob
   const std::vector<Candidate>& candidates() const { return candidates_; }
 
-  Rng& rng() { return rng_; }
 
  private:
   void renormalise();

@@ -113,6 +113,17 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
   plan(take_f, take_i);
 }
 
+ExpertTally::ExpertTally(const ModelConfig& c)
+    : counts(size_t(c.num_moe_layers()), std::vector<int64_t>(size_t(c.n_routed_experts))) {}
+
+void ExpertTally::add(const ModelConfig& c, const Workspace& ws, int64_t tokens) {
+  for (int64_t l = c.first_k_dense_replace; l < c.num_hidden_layers; ++l) {
+    const int32_t* expert = ws.layers[size_t(l)].moe.expert;
+    std::vector<int64_t>& layer = counts[size_t(c.moe_layer_index(l))];
+    for (int64_t j = 0; j < tokens * c.num_experts_per_tok; ++j) ++layer[size_t(expert[j])];
+  }
+}
+
 double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, const int32_t* tokens,
                      const int32_t* targets, const BalanceLossConfig& balance) {
   const ModelConfig& c = model.config;
@@ -156,7 +167,7 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
     rmsnorm_forward(a.h, lw.post_attention_layernorm, a.xn2, a.rstd2, N, D, eps);
     phase.reset();
     if (c.is_moe_layer(l)) {
-      moe_forward(ctx, c, lw, a.xn2, ws.ffn_out, a.moe, B, T, balance, ws.remote, c.moe_layer_index(l));
+      moe_forward(ctx, c, lw.moe, a.xn2, ws.ffn_out, a.moe, B, T, balance, ws.remote, c.moe_layer_index(l));
       ws.balance_loss += a.moe.balance_loss;
     } else {
       PhaseScope dense(ctx, Phase::dense_ffn);
@@ -200,7 +211,7 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     LayerActivations& a = ws.layers[size_t(l)];
     // x' = h + ffn(rmsnorm(h)): d_resid flows straight to h and through the FFN branch.
     if (c.is_moe_layer(l)) {
-      moe_backward(ctx, c, lw, lg, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale,
+      moe_backward(ctx, c, lw.moe, lg.moe, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale,
                    ws.remote, c.moe_layer_index(l));
     } else {
       PhaseScope dense(ctx, Phase::dense_ffn);

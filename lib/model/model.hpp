@@ -6,7 +6,7 @@
 
 #include "core/arena.hpp"
 #include "core/compute.hpp"
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 #include "model/params.hpp"
 #include "moe/moe_layer.hpp"
 #include "ops/rope.hpp"
@@ -84,7 +84,15 @@ struct Workspace {
   double balance_loss = 0.0;  // sum over MoE layers of the last forward's balance losses
 
   Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training);
-  int64_t tokens_count() const { return B * T; }
+};
+
+// Tokens routed to each expert of each MoE layer, summed over the forward passes added: the load
+// statistics of training steps, evaluations and generation.
+struct ExpertTally {
+  std::vector<std::vector<int64_t>> counts;  // (MoE layers, E)
+  explicit ExpertTally(const ModelConfig& c);
+  // The routes of the first `tokens` positions of the last forward pass in `ws`.
+  void add(const ModelConfig& c, const Workspace& ws, int64_t tokens);
 };
 
 // tokens (B, T) -> ws.logits; returns the mean cross-entropy over the B*T positions when targets

@@ -61,14 +61,14 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
       add(p + "mlp.down_proj.weight", {D, I}, TensorRole::dense_ffn, l, &lw.down_proj);
       continue;
     }
-    add(p + "mlp.gate.weight", {E, D}, TensorRole::router, l, &lw.router);
-    add(p + "mlp.gate.e_score_correction_bias", {E}, TensorRole::router_bias, l, &lw.router_bias, false);
+    add(p + "mlp.gate.weight", {E, D}, TensorRole::router, l, &lw.moe.router);
+    add(p + "mlp.gate.e_score_correction_bias", {E}, TensorRole::router_bias, l, &lw.moe.router_bias, false);
     const struct {
       const char* name;
       float** field;
       bool down;
-    } projections[] = {{"gate_proj", &lw.experts_gate, false}, {"up_proj", &lw.experts_up, false},
-                       {"down_proj", &lw.experts_down, true}};
+    } projections[] = {{"gate_proj", &lw.moe.experts_gate, false}, {"up_proj", &lw.moe.experts_up, false},
+                       {"down_proj", &lw.moe.experts_down, true}};
     const int64_t first = shard.first, last = shard.first + shard.size(c);
     for (const auto& proj : projections)
       for (int64_t j = first; j < last; ++j)
@@ -76,9 +76,9 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
             proj.down ? std::vector<int64_t>{D, Im} : std::vector<int64_t>{Im, D}, TensorRole::routed_expert, l,
             j == first ? proj.field : nullptr);
     if (Is > 0) {
-      add(p + "mlp.shared_experts.gate_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.shared_gate);
-      add(p + "mlp.shared_experts.up_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.shared_up);
-      add(p + "mlp.shared_experts.down_proj.weight", {D, Is}, TensorRole::shared_expert, l, &lw.shared_down);
+      add(p + "mlp.shared_experts.gate_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.moe.shared_gate);
+      add(p + "mlp.shared_experts.up_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.moe.shared_up);
+      add(p + "mlp.shared_experts.down_proj.weight", {D, Is}, TensorRole::shared_expert, l, &lw.moe.shared_down);
     }
   }
   add("model.norm.weight", {D}, TensorRole::norm, -1, &w.norm);

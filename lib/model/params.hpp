@@ -7,7 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "model/config.hpp"
+#include "config/model_config.hpp"
+#include "moe/moe_layer.hpp"
 
 namespace moe {
 
@@ -36,15 +37,7 @@ struct LayerWeights {
   float* gate_proj = nullptr;  // (I, D)
   float* up_proj = nullptr;    // (I, D)
   float* down_proj = nullptr;  // (D, I)
-  // MoE FFN. Routed experts are stacked: expert j's matrix starts at j * (its size).
-  float* router = nullptr;        // (E, D)
-  float* router_bias = nullptr;   // (E) e_score_correction_bias
-  float* experts_gate = nullptr;  // (E, Im, D)
-  float* experts_up = nullptr;    // (E, Im, D)
-  float* experts_down = nullptr;  // (E, D, Im)
-  float* shared_gate = nullptr;   // (Is, D), Is = n_shared_experts * Im
-  float* shared_up = nullptr;     // (Is, D)
-  float* shared_down = nullptr;   // (D, Is)
+  MoeWeights moe;  // MoE FFN (layer >= first_k_dense_replace)
 };
 
 struct ModelWeights {

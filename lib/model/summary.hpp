@@ -7,7 +7,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 
 namespace moe {
 

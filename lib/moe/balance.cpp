@@ -1,8 +1,18 @@
 #include "moe/balance.hpp"
 
+#include <algorithm>
 #include <vector>
 
 namespace moe {
+
+double max_violation(const int64_t* counts, int64_t E) {
+  double total = 0.0, max = 0.0;
+  for (int64_t i = 0; i < E; ++i) total += double(counts[i]), max = std::max(max, double(counts[i]));
+  if (total == 0.0) return 0.0;
+  const double mean = total / double(E);
+  return (max - mean) / mean;
+}
+
 
 void update_bias(float* bias, const int64_t* counts, int64_t E, float rate) {
   double mean = 0.0;

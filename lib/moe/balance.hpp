@@ -3,9 +3,12 @@
 #pragma once
 #include <cstdint>
 
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 
 namespace moe {
+
+// MaxVio = (max_i c_i - mean c) / mean c; 0 when nothing was routed.
+double max_violation(const int64_t* counts, int64_t E);
 
 // b_i += rate · sign(mean(c) - c_i): overloaded experts lose selection priority, idle ones gain it.
 void update_bias(float* bias, const int64_t* counts, int64_t E, float rate);

@@ -60,18 +60,10 @@ namespace {
 int32_t padded(int32_t rows, int32_t align) { return (rows + align - 1) / align * align; }
 }  // namespace
 
-double max_violation(const int64_t* counts, int64_t E) {
-  double total = 0.0, max = 0.0;
-  for (int64_t i = 0; i < E; ++i) total += double(counts[i]), max = std::max(max, double(counts[i]));
-  if (total == 0.0) return 0.0;
-  const double mean = total / double(E);
-  return (max - mean) / mean;
-}
-
 namespace {
 
 // Expert j's slice of the stacked expert tensors.
-FfnWeights expert_weights(const LayerWeights& w, int64_t j, int64_t D, int64_t Im) {
+FfnWeights expert_weights(const MoeWeights& w, int64_t j, int64_t D, int64_t Im) {
   return {w.experts_gate + j * Im * D, w.experts_up + j * Im * D, w.experts_down + j * D * Im};
 }
 
@@ -81,7 +73,7 @@ namespace {
 
 // Routed experts held here: rows laid out per expert (counting sort, padded), one SwiGLU per
 // active expert, experts spread over the threads.
-void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x,
+void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const float* x,
                            MoeSaved& s, int64_t N) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
@@ -116,8 +108,8 @@ void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const Laye
   }
 }
 
-void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w,
-                            const LayerWeights& gw, const MoeSaved& s, const MoeScratch& scratch) {
+void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
+                            const MoeWeights& gw, const MoeSaved& s, const MoeScratch& scratch) {
   const int64_t E = c.n_routed_experts, D = c.hidden_size, Im = c.moe_intermediate_size;
   // Padding rows carry no gradient, so they add nothing to the expert weight gradients.
 #pragma omp parallel for schedule(static)
@@ -139,7 +131,7 @@ void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const Lay
 
 }  // namespace
 
-void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
+void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, float* out,
                  MoeSaved& s, int64_t B, int64_t T, const BalanceLossConfig& balance, RemoteExperts* remote,
                  int64_t moe_layer) {
   const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
@@ -185,7 +177,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& 
     s.balance_loss += seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, nullptr, 0);
 }
 
-void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                   const float* x, const float* d_out, float* dx, const MoeSaved& s, const MoeScratch& scratch,
                   int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale, RemoteExperts* remote,
                   int64_t moe_layer) {

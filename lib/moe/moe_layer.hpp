@@ -6,8 +6,7 @@
 #include <cstdint>
 
 #include "core/compute.hpp"
-#include "model/config.hpp"
-#include "model/params.hpp"
+#include "config/model_config.hpp"
 #include "moe/router.hpp"
 
 namespace moe {
@@ -20,6 +19,18 @@ namespace moe {
 // were fixed-shape primitives, for which it also bounded the number of shapes.)
 constexpr int64_t kExpertRowAlign = 16;
 int64_t expert_row_align(const ModelConfig& c, int64_t N);
+
+// One MoE layer's weights. Routed experts are stacked: expert j's matrix starts at j * (its size).
+struct MoeWeights {
+  float* router = nullptr;        // (E, D)
+  float* router_bias = nullptr;   // (E) e_score_correction_bias
+  float* experts_gate = nullptr;  // (E, Im, D)
+  float* experts_up = nullptr;    // (E, Im, D)
+  float* experts_down = nullptr;  // (E, D, Im)
+  float* shared_gate = nullptr;   // (Is, D), Is = n_shared_experts * Im
+  float* shared_up = nullptr;     // (Is, D)
+  float* shared_down = nullptr;   // (D, Is)
+};
 
 // Balance-loss settings for one forward pass (zero alphas switch a loss off).
 struct BalanceLossConfig {
@@ -80,29 +91,26 @@ class RemoteExperts {
   virtual RankLimit rank_limit() const = 0;
   // Given s.expert (N, K) for the tokens x (N, D): writes s.counts (E, this pass's load),
   // s.slot_row (N, K) and, at those rows of s.y_rows, each slot's expert output (unweighted).
-  virtual void forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, int64_t moe_layer,
+  virtual void forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer,
                        const float* x, MoeSaved& s, int64_t N) = 0;
   // Given d_rows (rows of s.slot_row: d loss / d expert output) writes dx_rows (d loss / d x of
   // each slot, same rows) and accumulates the held experts' weight gradients into gw.
-  virtual void backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+  virtual void backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                         int64_t moe_layer, const MoeSaved& s, const float* d_rows, float* dx_rows, int64_t N) = 0;
 };
 
 // x (N, D) normalised input -> out (N, D) written. Tokens are B sequences of T (for the
 // sequence-wise loss). bias may be null.
 // With `remote`, routed experts are computed by it (moe_layer: index of this MoE layer).
-void moe_forward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const float* x, float* out,
+void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, float* out,
                  MoeSaved& saved, int64_t B, int64_t T, const BalanceLossConfig& balance,
                  RemoteExperts* remote = nullptr, int64_t moe_layer = 0);
 
 // d_out (N, D) -> dx (N, D) written; weight grads accumulate into gw. loss_scale multiplies the
 // balance-loss gradient (the same factor the caller applied to the main loss, e.g. 1/accum).
-void moe_backward(ComputeContext& ctx, const ModelConfig& c, const LayerWeights& w, const LayerWeights& gw,
+void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                   const float* x, const float* d_out, float* dx, const MoeSaved& saved, const MoeScratch& scratch,
                   int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale,
                   RemoteExperts* remote = nullptr, int64_t moe_layer = 0);
-
-// MaxVio = (max_i c_i - mean c) / mean c; 0 when nothing was routed.
-double max_violation(const int64_t* counts, int64_t E);
 
 }  // namespace moe

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 
 namespace moe {
 

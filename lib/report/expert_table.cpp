@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "moe/moe_layer.hpp"
+#include "moe/balance.hpp"
 
 namespace moe {
 

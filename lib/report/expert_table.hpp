@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 
 namespace moe {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 #include "report/metrics.hpp"
 
 namespace moe {

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "train/synth.hpp"
 
 namespace moe {
@@ -74,9 +75,7 @@ void sample_batch(const TextData& data, Rng& rng, int64_t B, int64_t T, int32_t*
 }
 
 uint64_t fingerprint(const std::vector<uint8_t>& bytes) {
-  uint64_t h = 1469598103934665603ull;
-  for (uint8_t b : bytes) h = (h ^ b) * 1099511628211ull;
-  return h;
+  return fnv1a(bytes.data(), bytes.size());
 }
 
 }  // namespace moe

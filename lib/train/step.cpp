@@ -90,7 +90,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   size_t m = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
     if (!mc.is_moe_layer(l)) continue;
-    float* bias = model.weights.layers[size_t(l)].router_bias;
+    float* bias = model.weights.layers[size_t(l)].moe.router_bias;
     // No bias update for a step that went non-finite.
     if (bias_balancing_ && finite) update_bias(bias, counts_[m].data(), E, float(tc.bias_rate));
     LayerLoad load;

@@ -7,7 +7,7 @@
 
 #include "core/compute.hpp"
 #include "core/rng.hpp"
-#include "model/config.hpp"
+#include "train/train_config.hpp"
 #include "model/model.hpp"
 #include "train/data.hpp"
 #include "train/optimizer.hpp"

@@ -24,6 +24,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "core/rng.hpp"
 #include "dist/dist.hpp"
 #include "dist/expert_parallel.hpp"
@@ -136,18 +137,6 @@ EvalRecord eval_from_json(const json& j) {
   return r;
 }
 
-// Tokens of the first `tokens` positions routed to each expert, per MoE layer.
-void add_counts(const ModelConfig& c, const Workspace& ws, int64_t tokens, std::vector<std::vector<int64_t>>& counts) {
-  const int64_t K = c.num_experts_per_tok;
-  size_t m = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (!c.is_moe_layer(l)) continue;
-    const int32_t* expert = ws.layers[size_t(l)].moe.expert;
-    for (int64_t j = 0; j < tokens * K; ++j) ++counts[m][size_t(expert[j])];
-    ++m;
-  }
-}
-
 // Every rank evaluates its share of the windows (all ranks run the same number of forward passes:
 // with expert parallelism each one is collective); sums are combined over ranks.
 EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, const TextData& data, int64_t eval_tokens,
@@ -156,7 +145,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   const int64_t B = ws.B, T = ws.T, V = c.vocab_size, ranks = parallel.ranks(), rank = parallel.rank();
   const int64_t available = (data.val_size() - 1) / T;  // whole windows with their next-byte targets
   const int64_t windows = std::max<int64_t>(1, std::min(available, (eval_tokens + T - 1) / T));
-  std::vector<std::vector<int64_t>> counts(size_t(c.num_moe_layers()), std::vector<int64_t>(size_t(c.n_routed_experts)));
+  ExpertTally tally(c);
   std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
   double loss_sum = 0.0;
   for (int64_t g0 = 0; g0 < windows; g0 += B * ranks) {
@@ -173,11 +162,11 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
     model_forward(ctx, model, ws, inputs.data(), nullptr);
     if (rows == 0) continue;
     loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);
-    add_counts(c, ws, rows * T, counts);
+    tally.add(c, ws, rows * T);
   }
   if (ranks > 1) {
     parallel.dist->allreduce_sum(&loss_sum, 1);
-    for (auto& layer : counts) parallel.dist->allreduce_sum(layer.data(), int64_t(layer.size()));
+    for (auto& layer : tally.counts) parallel.dist->allreduce_sum(layer.data(), int64_t(layer.size()));
   }
   EvalRecord r;
   r.step = step;
@@ -188,7 +177,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
     if (!c.is_moe_layer(l)) continue;
     LayerLoad load;
     load.layer = l;
-    load.counts = counts[m++];
+    load.counts = tally.counts[m++];
     load.maxvio = max_violation(load.counts.data(), c.n_routed_experts);
     r.layers.push_back(std::move(load));
   }
@@ -291,11 +280,10 @@ void check_parallel_options(const TrainOptions& o, const Dist& dist) {
 // Replicated parameters must be bit-identical on every rank (they see the same averaged
 // gradients); a difference means a reduction gave different results on different ranks.
 void check_replicas_agree(Dist& dist, const Model& model, int64_t step) {
-  uint64_t hash = 1469598103934665603ull;
+  uint64_t hash = kFnvOffset;
   for (const TensorSpec& spec : model.layout.tensors) {
     if (spec.role == TensorRole::routed_expert && !model.shard.whole(model.config)) continue;
-    const auto* bytes = reinterpret_cast<const unsigned char*>(model.params.data() + spec.offset);
-    for (int64_t i = 0; i < spec.numel * int64_t(sizeof(float)); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+    hash = fnv1a(model.params.data() + spec.offset, size_t(spec.numel) * sizeof(float), hash);
   }
   const int64_t h = int64_t(hash >> 1);
   if (dist.allreduce_min(h) != dist.allreduce_max(h))

@@ -8,7 +8,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "model/config.hpp"
+#include "train/train_config.hpp"
 #include "train/step.hpp"
 
 namespace moe {

@@ -21,7 +21,7 @@
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
 #include "model/checkpoint.hpp"
-#include "model/config.hpp"
+#include "config/model_config.hpp"
 #include "model/model.hpp"
 
 using Catch::Contains;

@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
-#include "model/config.hpp"
+#include "train/train_config.hpp"
 
 using Catch::Contains;
 using nlohmann::json;

@@ -22,7 +22,7 @@
 
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
-#include "model/config.hpp"
+#include "train/train_config.hpp"
 #include "report/load_console.hpp"
 #include "report/metrics.hpp"
 

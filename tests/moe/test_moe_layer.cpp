@@ -32,7 +32,7 @@ struct MoeLayer {
   moe::ModelConfig c;
   int64_t B, T, N;
   ref::Vec params, grads;
-  moe::LayerWeights w, gw;
+  moe::MoeWeights w, gw;
   std::vector<float> saved_floats, scratch_floats;
   std::vector<int32_t> saved_ints;
   moe::MoeSaved saved;
@@ -52,7 +52,7 @@ struct MoeLayer {
     for (int64_t s : n) total += s;
     params.assign(size_t(total), 0.0f), grads.assign(size_t(total), 0.0f);
     auto bind = [&](float* base) {
-      moe::LayerWeights lw;
+      moe::MoeWeights lw;
       float** fields[] = {&lw.router,       &lw.router_bias, &lw.experts_gate, &lw.experts_up,
                           &lw.experts_down, &lw.shared_gate, &lw.shared_up,    &lw.shared_down};
       int64_t offset = 0;

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "model/checkpoint.hpp"
-#include "model/config.hpp"
+#include "train/train_config.hpp"
 #include "reliability_util.hpp"
 
 using namespace moe_rel;

@@ -1,0 +1,143 @@
+// The model field table and the rules between fields, with one-line errors naming the field.
+#include "config/model_config.hpp"
+
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+
+namespace moe {
+
+using nlohmann::json;
+
+const char* to_string(ScoringFunc f) { return f == ScoringFunc::sigmoid ? "sigmoid" : "softmax"; }
+
+namespace {
+
+// Every size is bounded before any product of sizes is formed, so no check below can overflow.
+constexpr int64_t kMaxSize = int64_t(1) << 24;
+
+}  // namespace
+
+const std::vector<Field<ModelConfig>>& model_fields() {
+  using M = ModelConfig;
+  static const std::vector<Field<M>> fields = {
+      {"vocab_size", &M::vocab_size, Check::positive, kMaxSize, "Tokens in the vocabulary (bytes: 256)"},
+      {"hidden_size", &M::hidden_size, Check::positive, kMaxSize, "Width D of the residual stream"},
+      {"num_hidden_layers", &M::num_hidden_layers, Check::positive, kMaxSize, "Decoder layers"},
+      {"num_attention_heads", &M::num_attention_heads, Check::positive, kMaxSize, "Query heads H"},
+      {"num_key_value_heads", &M::num_key_value_heads, Check::positive, kMaxSize, "Key/value heads (GQA)"},
+      {"head_dim", &M::head_dim, Check::positive, kMaxSize, "Width of a head (null: hidden_size / heads)"},
+      {"intermediate_size", &M::intermediate_size, Check::non_negative, kMaxSize, "Dense FFN width"},
+      {"moe_intermediate_size", &M::moe_intermediate_size, Check::positive, kMaxSize, "Width of one expert"},
+      {"first_k_dense_replace", &M::first_k_dense_replace, Check::non_negative, kMaxSize, "Leading dense layers"},
+      {"n_shared_experts", &M::n_shared_experts, Check::non_negative, kMaxSize, "Shared experts per MoE layer"},
+      {"n_routed_experts", &M::n_routed_experts, Check::positive, kMaxSize, "Routed experts E per MoE layer"},
+      {"num_experts_per_tok", &M::num_experts_per_tok, Check::positive, kMaxSize, "Routed experts K per token"},
+      {"n_group", &M::n_group, Check::positive, kMaxSize, "Expert groups for group-limited routing"},
+      {"topk_group", &M::topk_group, Check::positive, kMaxSize, "Groups a token may use"},
+      {"routed_scaling_factor", &M::routed_scaling_factor, Check::positive_finite, 0, "Scale of the gate weights"},
+      {"norm_topk_prob", &M::norm_topk_prob, Check::any, 0, "Normalise the K gate weights to sum 1"},
+      {"scoring_func", Choice<M>{{"sigmoid", "softmax"},
+                                 [](const M& m) { return std::string(to_string(m.scoring_func)); },
+                                 [](M& m, const std::string& s) {
+                                   m.scoring_func = s == "sigmoid" ? ScoringFunc::sigmoid : ScoringFunc::softmax;
+                                 }},
+       Check::any, 0, "Router affinity: sigmoid (DeepSeek-V3) or softmax"},
+      {"rms_norm_eps", &M::rms_norm_eps, Check::positive_finite, 0, "RMSNorm epsilon"},
+      {"rope_theta", &M::rope_theta, Check::positive_finite, 0, "RoPE base"},
+      {"max_position_embeddings", &M::max_position_embeddings, Check::positive, kMaxSize, "Longest context"},
+      {"initializer_range", &M::initializer_range, Check::positive_finite, 0, "Std of the initial weights"},
+  };
+  return fields;
+}
+
+ModelConfig model_config_from_json(const json& j, const std::string& where, bool allow_checkpoint_keys) {
+  require_object(j, where);
+  ModelConfig m;
+  bool head_dim_given = false;
+  for (const auto& [key, v] : j.items()) {
+    const std::string at = where + ": " + key;
+    if (key == "head_dim" && v.is_null()) continue;  // HF writes null for "derive it"
+    if (const Field<ModelConfig>* f = find_field(model_fields(), key)) {
+      read_field(*f, m, v, at);
+      head_dim_given = head_dim_given || key == "head_dim";
+    } else if (allow_checkpoint_keys && (key == "model_type" || key == "architectures" || key == "torch_dtype")) {
+      if (key == "model_type" && !(v.is_string() && v.get<std::string>() == "moe"))
+        fail(at + ": expected \"moe\", got " + show(v));
+    } else {
+      fail(where + ": unknown key \"" + key + "\" (did you mean \"" + nearest_name(key, field_names(model_fields())) +
+           "\"?)");
+    }
+  }
+  if (!head_dim_given) {
+    check_value(m.num_attention_heads, Check::positive, 0, where + ": num_attention_heads");
+    if (m.hidden_size % m.num_attention_heads != 0)
+      fail(where + ": num_attention_heads (" + std::to_string(m.num_attention_heads) + ") must divide hidden_size (" +
+           std::to_string(m.hidden_size) + ") when head_dim is not given");
+    m.head_dim = m.hidden_size / m.num_attention_heads;
+  }
+  validate(m, where);
+  return m;
+}
+
+void validate(const ModelConfig& m, const std::string& where) {
+  const std::string at = where + ": ";
+  validate_fields(model_fields(), m, at);
+  if (m.vocab_size < 256)
+    fail(at + "vocab_size: expected at least 256 (tokens are bytes), got " + std::to_string(m.vocab_size));
+  if (m.head_dim % 2 != 0)
+    fail(at + "head_dim: expected an even number (RoPE rotates pairs), got " + std::to_string(m.head_dim));
+  if (m.num_attention_heads % m.num_key_value_heads != 0)
+    fail(at + "num_key_value_heads (" + std::to_string(m.num_key_value_heads) + ") must divide num_attention_heads (" +
+         std::to_string(m.num_attention_heads) + ")");
+  if (m.first_k_dense_replace > m.num_hidden_layers)
+    fail(at + "first_k_dense_replace (" + std::to_string(m.first_k_dense_replace) +
+         ") must be at most num_hidden_layers (" + std::to_string(m.num_hidden_layers) + ")");
+  if (m.first_k_dense_replace > 0) check_value(m.intermediate_size, Check::positive, 0, at + "intermediate_size");
+  if (m.num_experts_per_tok > m.n_routed_experts)
+    fail(at + "num_experts_per_tok (" + std::to_string(m.num_experts_per_tok) + ") must be at most n_routed_experts (" +
+         std::to_string(m.n_routed_experts) + ")");
+  if (m.n_routed_experts % m.n_group != 0)
+    fail(at + "n_group (" + std::to_string(m.n_group) + ") must divide n_routed_experts (" +
+         std::to_string(m.n_routed_experts) + ")");
+  if (m.topk_group > m.n_group)
+    fail(at + "topk_group (" + std::to_string(m.topk_group) + ") must be at most n_group (" +
+         std::to_string(m.n_group) + ")");
+  const int64_t kept = m.topk_group * (m.n_routed_experts / m.n_group);
+  if (kept < m.num_experts_per_tok)
+    fail(at + "topk_group groups keep only " + std::to_string(kept) + " experts, fewer than num_experts_per_tok (" +
+         std::to_string(m.num_experts_per_tok) + ")");
+  // Refuse absurd sizes before anything is allocated: parameters alone must fit in 4 GiB of f32
+  // (the training arenas hold four copies of them), and per-dimension sizes stay sane.
+  const double D = double(m.hidden_size), L = double(m.num_hidden_layers);
+  const double params = 2 * double(m.vocab_size) * D +
+                        L * (D * double(m.q_dim() + 2 * m.kv_dim()) + double(m.q_dim()) * D) +
+                        double(m.first_k_dense_replace) * 3 * D * double(m.intermediate_size) +
+                        double(m.num_moe_layers()) * 3 * D * double(m.moe_intermediate_size) *
+                            double(m.n_routed_experts + m.n_shared_experts);
+  if (params > 1.0e9)
+    fail(at + "the model would have " + whole(params / 1e6) + "M parameters (" + whole(params * 16 / (1 << 30)) +
+         " GiB to train); moe supports at most 1000M on a CPU");
+  if (m.max_position_embeddings > 65536)
+    fail(at + "max_position_embeddings: expected at most 65536, got " + std::to_string(m.max_position_embeddings));
+  if (m.vocab_size > 1 << 20) fail(at + "vocab_size: expected at most 1048576, got " + std::to_string(m.vocab_size));
+}
+
+json to_json(const ModelConfig& m) {
+  json j = fields_json(model_fields(), m);
+  j["model_type"] = "moe";
+  return j;
+}
+
+double activation_bytes_estimate(const ModelConfig& m, int64_t batch, int64_t seq) {
+  const double floats = double(batch) * double(seq) *
+                        (double(m.num_hidden_layers) *
+                             (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
+                              6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
+                         4.0 * double(m.vocab_size));
+  return 4.0 * floats;
+}
+
+}  // namespace moe

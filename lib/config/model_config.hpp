@@ -1,0 +1,69 @@
+// The model's configuration: Hugging Face DeepSeek-V3 field names, read from the "model" section
+// of configs/*.json and from a checkpoint's flat config.json. Each field is one row of
+// model_fields(): parsing, validation, writing and printing read that table.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "config/fields.hpp"
+
+namespace moe {
+
+enum class ScoringFunc { sigmoid, softmax };
+const char* to_string(ScoringFunc f);
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t hidden_size = 64;
+  int64_t num_hidden_layers = 2;
+  int64_t num_attention_heads = 4;
+  int64_t num_key_value_heads = 4;
+  int64_t head_dim = 16;  // absent (or null) in a file: hidden_size / num_attention_heads
+  int64_t intermediate_size = 192;
+  int64_t moe_intermediate_size = 32;
+  int64_t first_k_dense_replace = 1;
+  int64_t n_shared_experts = 1;
+  int64_t n_routed_experts = 8;
+  int64_t num_experts_per_tok = 2;
+  int64_t n_group = 1;
+  int64_t topk_group = 1;
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = true;
+  ScoringFunc scoring_func = ScoringFunc::sigmoid;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  int64_t max_position_embeddings = 256;
+  double initializer_range = 0.02;
+
+  bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
+  // Position of MoE layer `layer` among the MoE layers.
+  int64_t moe_layer_index(int64_t layer) const { return layer - std::min(first_k_dense_replace, num_hidden_layers); }
+  int64_t num_moe_layers() const {
+    return num_hidden_layers > first_k_dense_replace ? num_hidden_layers - first_k_dense_replace : 0;
+  }
+  int64_t q_dim() const { return num_attention_heads * head_dim; }
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  int64_t shared_intermediate() const { return n_shared_experts * moe_intermediate_size; }
+};
+
+// The table of model fields, in the order of configs/*.json.
+const std::vector<Field<ModelConfig>>& model_fields();
+
+// Parses and validates. `where` names the source (a file path, "file: model") in error messages.
+// allow_checkpoint_keys: also accept the keys a checkpoint's config.json adds (model_type, ...).
+ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& where, bool allow_checkpoint_keys);
+
+// Checks every rule (sizes, divisibility, routing groups); throws Error naming the field.
+void validate(const ModelConfig& m, const std::string& where);
+
+nlohmann::json to_json(const ModelConfig& m);  // flat, Hugging Face field names, with model_type
+
+// Bytes of activations one training micro-batch of batch x seq tokens keeps (an estimate, used to
+// refuse a run that cannot fit before anything is allocated).
+double activation_bytes_estimate(const ModelConfig& m, int64_t batch, int64_t seq);
+
+}  // namespace moe

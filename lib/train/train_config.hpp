@@ -1,0 +1,61 @@
+// Training settings (the "train" section of configs/*.json and the `moe train` flags), one row
+// each in train_fields(), and the whole config file: {"model": {...}, "train": {...}}.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "config/fields.hpp"
+#include "config/model_config.hpp"
+
+namespace moe {
+
+enum class Balance { none, aux, loss_free, loss_free_seq };
+const char* to_string(Balance b);
+Balance parse_balance(const std::string& text, const std::string& where);
+
+struct TrainConfig {
+  int64_t steps = 300;
+  int64_t batch = 8;
+  int64_t seq = 128;
+  int64_t accum = 1;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup = 30;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+  Balance balance = Balance::loss_free;
+  double bias_rate = 1e-3;
+  double aux_alpha = 0.01;
+  double seq_aux_alpha = 1e-4;
+  int64_t eval_every = 50;
+  int64_t eval_tokens = 16384;
+  int64_t save_every = 100;
+  int64_t log_every = 10;
+  int64_t threads = 0;  // 0: all cores
+  uint64_t seed = 1234;
+  int64_t max_bad_steps = 10;  // consecutive non-finite steps before training stops
+};
+
+// The table of training fields, in the order of the `moe train --help` flags.
+const std::vector<Field<TrainConfig>>& train_fields();
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+};
+
+TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& where);
+Config config_from_json(const nlohmann::json& j, const std::string& where);
+Config load_config_file(const std::string& path);
+
+// Checks every field and the rules between them and the model; throws Error naming the field.
+void validate(const TrainConfig& t, const ModelConfig& m, const std::string& where);
+
+nlohmann::json to_json(const TrainConfig& t);
+// {"model": ..., "train": ...} in the format of configs/*.json (reads back with config_from_json).
+nlohmann::json config_file_json(const Config& c);
+
+}  // namespace moe
