@@ -5,8 +5,13 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "config/fields.hpp"
 
 namespace moe::app {
 
@@ -33,6 +38,40 @@ inline CLI::Validator InRange(double low, double high, bool low_open = false) {
     return std::string(buf);
   };
   return number_in(low, high, low_open, std::string("a number in ") + (low_open ? "(" : "[") + text(low) + ", " + text(high) + "]");
+}
+
+// Adds a command-line flag for every field of `fields` that has one (type, check and help from the
+// table). The values land in `values`; `given` collects, for the flags actually given, how to copy
+// them into a config, so flags override a config file field by field.
+template <class S>
+void add_field_flags(CLI::App* cmd, const std::vector<Field<S>>& fields, S& values,
+                     std::vector<std::pair<CLI::Option*, std::function<void(S&)>>>& given,
+                     std::vector<std::string>& choice_values) {
+  choice_values.reserve(fields.size());  // options keep pointers into it
+  for (const Field<S>& field : fields) {
+    if (!field.flag) continue;
+    CLI::Option* opt = nullptr;
+    const bool zero_ok = field.check == Check::non_negative || field.check == Check::non_negative_finite;
+    std::function<void(S&)> apply;
+    if (auto p = std::get_if<int64_t S::*>(&field.member)) {
+      opt = cmd->add_option(field.flag, values.*(*p), field.help);
+      apply = [&values, p = *p](S& s) { s.*p = values.*p; };
+    } else if (auto p = std::get_if<double S::*>(&field.member)) {
+      opt = cmd->add_option(field.flag, values.*(*p), field.help);
+      apply = [&values, p = *p](S& s) { s.*p = values.*p; };
+    } else if (auto p = std::get_if<uint64_t S::*>(&field.member)) {
+      opt = cmd->add_option(field.flag, values.*(*p), field.help);
+      apply = [&values, p = *p](S& s) { s.*p = values.*p; };
+    } else if (auto p = std::get_if<Choice<S>>(&field.member)) {
+      std::string& text = choice_values.emplace_back();
+      opt = cmd->add_option(field.flag, text, field.help)->check(CLI::IsMember(p->names));
+      apply = [&text, &field](S& s) { read_field(field, s, nlohmann::json(text), field.flag); };
+    } else {
+      continue;  // booleans and optional integers: config file only
+    }
+    if (field.check != Check::any) opt->check(zero_ok ? NonNegative : Positive);
+    given.push_back({opt, std::move(apply)});
+  }
 }
 
 Run add_inspect(CLI::App& app);

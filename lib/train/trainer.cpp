@@ -291,7 +291,40 @@ void check_replicas_agree(Dist& dist, const Model& model, int64_t step) {
          " (an MPI reduction returned different sums on different ranks); the last checkpoint is intact");
 }
 
+// The run directory holds a checkpoint to continue from (a save interrupted by a kill is finished first).
+void require_resumable(const std::string& dir) {
+  recover_pending_checkpoint(dir);
+  if (!path_exists(dir + "/trainer_state.json"))
+    fail(dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume "
+               "(add --force if the directory is not empty)");
+}
+
 }  // namespace
+
+ResumePlan plan_resume(const std::string& dir, const std::string& config_file, const std::string& data_path) {
+  const std::string state_path = dir + "/trainer_state.json";
+  Dist& dist = Dist::world();
+  std::string state_text;
+  if (dist.root()) {
+    require_resumable(dir);
+    state_text = read_json_file(state_path).dump();
+  }
+  dist.broadcast(state_text);
+  const json state = json::parse(state_text);
+  if (!state.is_object() || !state.contains("config")) fail(state_path + ": missing the config section");
+  ResumePlan plan{config_from_json(state["config"], state_path + ": config"), data_path};
+  if (!config_file.empty()) {
+    const Config file = load_config_file(config_file);
+    if (to_json(file.model) != to_json(plan.config.model))
+      fail(config_file + ": its model differs from the one the run in " + dir + " was trained with");
+  }
+  if (data_path.empty() && state.contains("data") && state["data"].is_object()) {
+    const auto it = state["data"].find("source");
+    const std::string source = it != state["data"].end() && it->is_string() ? it->get<std::string>() : "";
+    if (source.rfind("synthetic:", 0) != 0) plan.data_path = source;
+  }
+  return plan;
+}
 
 void block_stop_signals() {
   const sigset_t set = stop_signals();
@@ -341,8 +374,7 @@ int64_t train(const TrainOptions& options, TrainObserver& given_observer) {
   if (!dist.root()) {
     // nothing: the other ranks never touch the run directory
   } else if (options.resume) {
-    recover_pending_checkpoint(dir);
-    if (!path_exists(state_path)) fail(dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume (add --force if the directory is not empty)");
+    require_resumable(dir);
   } else {
     if (path_exists(dir) && !is_directory(dir)) fail(dir + ": exists and is not a directory");
     if (is_directory(dir) && !std::filesystem::is_empty(dir) && !options.force)

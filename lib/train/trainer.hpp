@@ -45,6 +45,16 @@ class TrainObserver {
 // that only train()'s signal-waiting thread receives them.
 void block_stop_signals();
 
+// What `moe train --resume` continues: the run's stored effective config (flags given now may
+// override its train section) and its data file when `data_path` is empty (the embedded corpus
+// stays ""). `config_file`, when not empty, must describe the same model. Under mpirun rank 0 reads
+// the run directory and every rank gets the result.
+struct ResumePlan {
+  Config config;
+  std::string data_path;
+};
+ResumePlan plan_resume(const std::string& dir, const std::string& config_file, const std::string& data_path);
+
 // Runs training; returns the number of the last completed step.
 int64_t train(const TrainOptions& options, TrainObserver& observer);
 
