@@ -200,12 +200,7 @@ double machine_memory_bytes() {
 // (the estimate of validate(TrainConfig)).
 void check_fits_in_memory(const ModelConfig& m, const TrainConfig& t) {
   const double params = double(make_layout(m).total);
-  const double activations = double(t.batch) * double(t.seq) *
-                             (double(m.num_hidden_layers) * (16.0 * double(m.hidden_size) +
-                              double(m.num_attention_heads) * double(t.seq) * 2.0 +
-                              6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
-                              4.0 * double(m.vocab_size));
-  const double need = 4.0 * (4.0 * params + activations), have = machine_memory_bytes();
+  const double need = 16.0 * params + activation_bytes_estimate(m, t.batch, t.seq), have = machine_memory_bytes();
   if (have > 0 && need > have) {
     char text[256];
     std::snprintf(text, sizeof text,
@@ -337,251 +332,310 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + name;
 }
 
-int64_t train(const TrainOptions& options, TrainObserver& given_observer) {
-  const Config& cfg = options.config;
-  const ModelConfig& mc = cfg.model;
-  const TrainConfig& tc = cfg.train;
-  const std::string& dir = options.out_dir;
-  validate(mc, "config");
-  validate(tc, mc, "config");
-  Dist& dist = Dist::world();
-  const int64_t ranks = dist.size();
-  check_parallel_options(options, dist);
-  check_fits_in_memory(mc, tc);
 
-  // Ranks sharing a machine share its cores.
-  const int threads = tc.threads > 0 ? int(tc.threads)
-                                     : int(std::max(1u, std::thread::hardware_concurrency() / unsigned(dist.local_size())));
-  omp_set_num_threads(threads);
+namespace {
 
-  // Data first: a bad --data fails before anything is written.
-  TextData data = options.data_path.empty() ? synthetic_text(kDefaultSynthBytes, kDefaultSynthSeed)
-                                            : load_text_file(options.data_path);
-  check_data_fits(data, tc.seq);
-  if (data.val_size() < tc.seq + 1)
-    fail(data.source + ": validation part (last 10%, " + std::to_string(data.val_size()) +
-         " bytes) is shorter than one window of seq+1 = " + std::to_string(tc.seq + 1) + " bytes; use more data or a smaller --seq");
-  if (ranks > 1) {
+// One `moe train` job, set up by the constructor (checks, data, run directory, model, resume) and
+// driven by run(): the steps with their evaluations, checkpoints and metrics lines.
+class TrainRun {
+ public:
+  TrainRun(const TrainOptions& options, TrainObserver& observer)
+      : options_(options), mc_(options.config.model), tc_(options.config.train), dir_(options.out_dir),
+        dist_(Dist::world()), ranks_(dist_.size()) {
+    validate(mc_, "config");
+    validate(tc_, mc_, "config");
+    check_parallel_options(options_, dist_);
+    check_fits_in_memory(mc_, tc_);
+    // Ranks sharing a machine share its cores.
+    threads_ = tc_.threads > 0 ? int(tc_.threads)
+                               : int(std::max(1u, std::thread::hardware_concurrency() / unsigned(dist_.local_size())));
+    omp_set_num_threads(threads_);
+    load_data();  // first: a bad --data fails before anything is written
+    prepare_run_dir();
+    const ExpertShard shard =
+        options_.expert_parallel ? ExpertParallel::shard_of(mc_, dist_.rank(), dist_.size()) : ExpertShard{};
+    model_.emplace(mc_, shard);
+    adam_.emplace(model_->layout);
+    rng_ = Rng(tc_.seed);
+    if (options_.expert_parallel)
+      experts_.emplace(dist_, mc_, tc_.batch / ranks_ * tc_.seq, options_.max_ranks_per_token);
+    parallel_ = Parallel{&dist_, experts_ ? &*experts_ : nullptr};
+    if (options_.resume) resume();
+    else model_->init(tc_.seed);
+    open_metrics();
+    observer_ = dist_.root() ? &observer : &silent_;
+  }
+
+  int64_t run();
+
+ private:
+  void load_data();
+  void prepare_run_dir();
+  void resume();
+  void read_trainer_state(Model& whole, AdamW& whole_adam);
+  void open_metrics();
+  void append_metrics(const json& line);
+  json state_json(int64_t step) const;
+  void save(int64_t step);
+  void gather_and_save(int64_t step);
+  void run_eval(int64_t step);
+  void end(const char* reason, int64_t step);
+  // Evaluation reuses the training workspace.
+  Workspace& workspace() { return step_->workspace(); }
+
+  const TrainOptions& options_;
+  const ModelConfig& mc_;
+  const TrainConfig& tc_;
+  const std::string& dir_;
+  Dist& dist_;
+  const int64_t ranks_;
+  int threads_ = 1;
+  TextData data_;
+  ComputeContext ctx_;
+  std::optional<Model> model_;
+  std::optional<AdamW> adam_;
+  Rng rng_;
+  std::optional<ExpertParallel> experts_;
+  Parallel parallel_;
+  int64_t start_step_ = 0;
+  std::optional<EvalRecord> first_eval_, last_eval_;
+  std::string metrics_path_;
+  std::ofstream metrics_;
+  NullObserver silent_;
+  TrainObserver* observer_ = nullptr;
+  StepRecord last_;
+  double total_seconds_ = 0.0;
+  int64_t total_tokens_ = 0;
+  TrainStep* step_ = nullptr;  // while run() runs
+};
+
+void TrainRun::load_data() {
+  data_ = options_.data_path.empty() ? synthetic_text(kDefaultSynthBytes, kDefaultSynthSeed)
+                                     : load_text_file(options_.data_path);
+  check_data_fits(data_, tc_.seq);
+  if (data_.val_size() < tc_.seq + 1)
+    fail(data_.source + ": validation part (last 10%, " + std::to_string(data_.val_size()) +
+         " bytes) is shorter than one window of seq+1 = " + std::to_string(tc_.seq + 1) +
+         " bytes; use more data or a smaller --seq");
+  if (ranks_ > 1) {
     // Every rank reads its own copy of the data: they must agree, byte for byte.
-    uint64_t root_print = fingerprint(data.bytes);
-    dist.broadcast(&root_print, 1);
-    if (dist.allreduce_max(root_print != fingerprint(data.bytes) ? 1 : 0) != 0)
-      fail(data.source + ": the ranks read different data (the file differs between machines); give every rank the same file");
+    uint64_t root_print = fingerprint(data_.bytes);
+    dist_.broadcast(&root_print, 1);
+    if (dist_.allreduce_max(root_print != fingerprint(data_.bytes) ? 1 : 0) != 0)
+      fail(data_.source +
+           ": the ranks read different data (the file differs between machines); give every rank the same file");
   }
+}
 
-  // Run directory (rank 0's business): refuse to overwrite a previous run by accident.
-  const std::string state_path = dir + "/trainer_state.json";
-  if (!dist.root()) {
-    // nothing: the other ranks never touch the run directory
-  } else if (options.resume) {
-    require_resumable(dir);
+// Rank 0's business (the other ranks never touch the run directory): refuse to overwrite a
+// previous run by accident.
+void TrainRun::prepare_run_dir() {
+  if (!dist_.root()) return;
+  if (options_.resume) {
+    require_resumable(dir_);
   } else {
-    if (path_exists(dir) && !is_directory(dir)) fail(dir + ": exists and is not a directory");
-    if (is_directory(dir) && !std::filesystem::is_empty(dir) && !options.force)
-      fail(dir + ": run directory already exists; use --resume to continue it or --force to overwrite it");
-    if (options.force && is_directory(dir))
-      for (const char* f : {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"})
-        std::remove((dir + "/" + f).c_str());
-    make_directories(dir);
+    if (path_exists(dir_) && !is_directory(dir_)) fail(dir_ + ": exists and is not a directory");
+    if (is_directory(dir_) && !std::filesystem::is_empty(dir_) && !options_.force)
+      fail(dir_ + ": run directory already exists; use --resume to continue it or --force to overwrite it");
+    if (options_.force && is_directory(dir_))
+      for (const char* f :
+           {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"})
+        std::remove((dir_ + "/" + f).c_str());
+    make_directories(dir_);
   }
-  if (dist.root() && ::access(dir.c_str(), W_OK) != 0) fail(dir + ": run directory is not writable");
+  if (::access(dir_.c_str(), W_OK) != 0) fail(dir_ + ": run directory is not writable");
+}
 
-  ComputeContext ctx;
-  const ExpertShard shard =
-      options.expert_parallel ? ExpertParallel::shard_of(mc, dist.rank(), dist.size()) : ExpertShard{};
-  Model model(mc, shard);
-  AdamW adam(model.layout);
-  Rng rng(tc.seed);
-  int64_t start_step = 0;
-  std::optional<EvalRecord> first_eval;
-  std::optional<ExpertParallel> experts;
-  if (options.expert_parallel) experts.emplace(dist, mc, tc.batch / ranks * tc.seq, options.max_ranks_per_token);
-  const Parallel parallel{&dist, experts ? &*experts : nullptr};
-  if (options.resume) {
-    // Rank 0 reads the checkpoint (always a whole model) and sends it to every rank, which keeps
-    // its own tensors; the staging copies live only while resuming.
-    Model whole(mc, ExpertShard{}, /*with_grads=*/false);
-    AdamW whole_adam(whole.layout);
-    if (dist.root()) {
-      const json state = read_json_file(state_path);
-      std::string field = "config";  // what is being read, for the error message
-      try {
-        const Config stored = config_from_json(state.at("config"), state_path + ": config");
-        if (to_json(stored.model) != to_json(mc))
-          fail(state_path + ": the run was trained with a different model config; resume with the same one");
-        field = "data.fingerprint";
-        if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data.bytes))
-          fail(state_path + ": the run was trained on different data (" + state.at("data").value("source", "?") +
-               "); pass the same --data to resume");
-        field = "step";
-        start_step = state.at("step").get<int64_t>();
-        if (start_step < 0) fail(state_path + ": step: expected an integer >= 0, got " + std::to_string(start_step));
-        field = "rng";
-        rng.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
-        field = "first_eval";
-        if (state.contains("first_eval")) first_eval = eval_from_json(state.at("first_eval"));
-      } catch (const json::exception& e) {
-        std::string what = e.what();  // "[json.exception.type_error.302] type must be number, but is string"
-        if (what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
-        fail(state_path + ": malformed trainer state: field \"" + field + "\" (" + what + ")");
-      }
-      if (to_json(load_checkpoint_config(dir)) != to_json(mc))
-        fail(state_path + ": its model config differs from the checkpoint's " + dir +
-             "/config.json; the run directory mixes files of two runs");
-      const SafetensorsFile weights = read_safetensors(dir + "/model.safetensors");
-      load_tensors_into(weights, whole, whole.params.data());
-      load_optimizer_state(dir, whole, whole_adam);
-      if (start_step >= tc.steps)
-        fail(dir + ": already trained " + std::to_string(start_step) + " of " + std::to_string(tc.steps) +
-             " steps; pass a larger --steps to continue");
-    }
-    if (ranks > 1) {
-      const auto r = rng.state();
-      std::array<uint64_t, 6> head{uint64_t(start_step), r[0], r[1], r[2], r[3], uint64_t(whole_adam.t)};
-      dist.broadcast(head.data(), int64_t(head.size()));
-      start_step = int64_t(head[0]);
-      rng.set_state({head[1], head[2], head[3], head[4]});
-      whole_adam.t = int64_t(head[5]);
-      dist.broadcast(whole.params.data(), whole.layout.total);
-      dist.broadcast(whole_adam.m.data(), whole.layout.total);
-      dist.broadcast(whole_adam.v.data(), whole.layout.total);
-    }
-    copy_tensors_by_name(whole.layout, whole.params.data(), model.layout, model.params.data());
-    copy_tensors_by_name(whole.layout, whole_adam.m.data(), model.layout, adam.m.data());
-    copy_tensors_by_name(whole.layout, whole_adam.v.data(), model.layout, adam.v.data());
-    adam.t = whole_adam.t;
+// Rank 0 reads the checkpoint (always a whole model) and sends it to every rank, which keeps its
+// own tensors; the staging copies live only while resuming.
+void TrainRun::resume() {
+  Model whole(mc_, ExpertShard{}, /*with_grads=*/false);
+  AdamW whole_adam(whole.layout);
+  if (dist_.root()) read_trainer_state(whole, whole_adam);
+  if (ranks_ > 1) {
+    const auto r = rng_.state();
+    std::array<uint64_t, 6> head{uint64_t(start_step_), r[0], r[1], r[2], r[3], uint64_t(whole_adam.t)};
+    dist_.broadcast(head.data(), int64_t(head.size()));
+    start_step_ = int64_t(head[0]);
+    rng_.set_state({head[1], head[2], head[3], head[4]});
+    whole_adam.t = int64_t(head[5]);
+    dist_.broadcast(whole.params.data(), whole.layout.total);
+    dist_.broadcast(whole_adam.m.data(), whole.layout.total);
+    dist_.broadcast(whole_adam.v.data(), whole.layout.total);
+  }
+  copy_tensors_by_name(whole.layout, whole.params.data(), model_->layout, model_->params.data());
+  copy_tensors_by_name(whole.layout, whole_adam.m.data(), model_->layout, adam_->m.data());
+  copy_tensors_by_name(whole.layout, whole_adam.v.data(), model_->layout, adam_->v.data());
+  adam_->t = whole_adam.t;
+}
+
+void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
+  const std::string state_path = dir_ + "/trainer_state.json";
+  const json state = read_json_file(state_path);
+  std::string field = "config";  // what is being read, for the error message
+  try {
+    const Config stored = config_from_json(state.at("config"), state_path + ": config");
+    if (to_json(stored.model) != to_json(mc_))
+      fail(state_path + ": the run was trained with a different model config; resume with the same one");
+    field = "data.fingerprint";
+    if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data_.bytes))
+      fail(state_path + ": the run was trained on different data (" + state.at("data").value("source", "?") +
+           "); pass the same --data to resume");
+    field = "step";
+    start_step_ = state.at("step").get<int64_t>();
+    if (start_step_ < 0) fail(state_path + ": step: expected an integer >= 0, got " + std::to_string(start_step_));
+    field = "rng";
+    rng_.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
+    field = "first_eval";
+    if (state.contains("first_eval")) first_eval_ = eval_from_json(state.at("first_eval"));
+  } catch (const json::exception& e) {
+    std::string what = e.what();  // "[json.exception.type_error.302] type must be number, but is string"
+    if (what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
+    fail(state_path + ": malformed trainer state: field \"" + field + "\" (" + what + ")");
+  }
+  if (to_json(load_checkpoint_config(dir_)) != to_json(mc_))
+    fail(state_path + ": its model config differs from the checkpoint's " + dir_ +
+         "/config.json; the run directory mixes files of two runs");
+  const SafetensorsFile weights = read_safetensors(dir_ + "/model.safetensors");
+  load_tensors_into(weights, whole, whole.params.data());
+  load_optimizer_state(dir_, whole, whole_adam);
+  if (start_step_ >= tc_.steps)
+    fail(dir_ + ": already trained " + std::to_string(start_step_) + " of " + std::to_string(tc_.steps) +
+         " steps; pass a larger --steps to continue");
+}
+
+// Rank 0 writes metrics.jsonl and the checkpoints; the other ranks are silent.
+void TrainRun::open_metrics() {
+  metrics_path_ = dir_ + "/metrics.jsonl";
+  if (!dist_.root()) return;
+  if (options_.resume) truncate_metrics(metrics_path_, start_step_);
+  else write_file_atomic(metrics_path_, "");
+  metrics_.open(metrics_path_, std::ios::app);
+  if (!metrics_) fail(metrics_path_ + ": cannot open for writing");
+  write_file_atomic(dir_ + "/train_config.json", config_file_json(options_.config).dump(2) + "\n");
+}
+
+void TrainRun::append_metrics(const json& line) {
+  if (!dist_.root()) return;
+  errno = 0;
+  metrics_ << line.dump() << "\n" << std::flush;
+  if (!metrics_)
+    fail(metrics_path_ + ": write failed (" + (errno != 0 ? std::strerror(errno) : "disk full?") +
+         "); the last checkpoint in " + dir_ + " is intact");
+}
+
+json TrainRun::state_json(int64_t step) const {
+  json s = {{"format", 1},
+            {"step", step},
+            {"rng", rng_.state()},
+            {"adam_step", adam_->t},
+            {"threads", threads_},
+            {"ranks", ranks_},
+            {"expert_parallel", options_.expert_parallel},
+            {"data", {{"source", data_.source}, {"bytes", data_.size()}, {"fingerprint", fingerprint(data_.bytes)}}},
+            {"config", config_file_json(options_.config)}};
+  if (first_eval_) s["first_eval"] = eval_json(*first_eval_);
+  return s;
+}
+
+void TrainRun::save(int64_t step) {
+  if (ranks_ > 1) check_replicas_agree(dist_, *model_, step);
+  if (!experts_ || ranks_ == 1) {
+    if (dist_.root()) save_training_checkpoint(dir_, *model_, *adam_, state_json(step));
   } else {
-    model.init(tc.seed);
+    gather_and_save(step);
   }
+  observer_->on_save(dir_, step);
+}
 
-  // Rank 0 writes metrics.jsonl and the checkpoints; the other ranks are silent.
-  const std::string metrics_path = dir + "/metrics.jsonl";
-  std::ofstream metrics;
-  if (dist.root()) {
-    if (options.resume) truncate_metrics(metrics_path, start_step);
-    else write_file_atomic(metrics_path, "");
-    metrics.open(metrics_path, std::ios::app);
-    if (!metrics) fail(metrics_path + ": cannot open for writing");
-    write_file_atomic(dir + "/train_config.json", config_file_json(cfg).dump(2) + "\n");
+// The single-directory checkpoint of a one-process run: rank 0 gathers every rank's tensors (its
+// experts, plus the replicated ones) into a whole model.
+void TrainRun::gather_and_save(int64_t step) {
+  const int64_t n = model_->layout.total;
+  std::vector<float> all(dist_.root() ? size_t(n * ranks_) : 0);
+  std::optional<Model> whole;  // rank 0 only
+  std::optional<AdamW> whole_adam;
+  if (dist_.root()) {
+    whole.emplace(mc_, ExpertShard{}, /*with_grads=*/false);
+    whole_adam.emplace(whole->layout);
+    whole_adam->t = adam_->t;
   }
-  NullObserver silent;
-  TrainObserver& observer = dist.root() ? given_observer : silent;
-  auto append_metrics = [&](const json& line) {
-    if (!dist.root()) return;
-    errno = 0;
-    metrics << line.dump() << "\n" << std::flush;
-    if (!metrics)
-      fail(metrics_path + ": write failed (" + (errno != 0 ? std::strerror(errno) : "disk full?") +
-           "); the last checkpoint in " + dir + " is intact");
-  };
+  const std::pair<const float*, float*> parts[] = {{model_->params.data(), whole ? whole->params.data() : nullptr},
+                                                   {adam_->m.data(), whole_adam ? whole_adam->m.data() : nullptr},
+                                                   {adam_->v.data(), whole_adam ? whole_adam->v.data() : nullptr}};
+  for (const auto& [mine, into] : parts) {
+    dist_.gather(mine, n, all.data());
+    if (!dist_.root()) continue;
+    for (int q = 0; q < ranks_; ++q)
+      copy_tensors_by_name(make_layout(mc_, ExpertParallel::shard_of(mc_, q, int(ranks_))), all.data() + q * n,
+                           whole->layout, into, /*partial=*/true);
+  }
+  if (dist_.root()) save_training_checkpoint(dir_, *whole, *whole_adam, state_json(step));
+}
 
-  const int64_t B = tc.batch, T = tc.seq;
-  TrainStep trainer_step(tc, model, parallel);
-  Workspace& ws = trainer_step.workspace();  // evaluation reuses the training workspace
-  const int64_t end_step = options.stop_at > 0 ? std::min(options.stop_at, tc.steps) : tc.steps;
+void TrainRun::run_eval(int64_t step) {
+  EvalRecord r = evaluate(ctx_, *model_, workspace(), data_, tc_.eval_tokens, step, parallel_);
+  append_metrics(eval_json(r));
+  if (!first_eval_) first_eval_ = r;
+  last_eval_ = r;
+  observer_->on_eval(r);
+}
 
-  observer.on_start(cfg, dir, data.source, start_step);
+void TrainRun::end(const char* reason, int64_t step) {
+  append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", reason}});
+  if (metrics_.is_open()) metrics_.close();
+  observer_->on_end(first_eval_ ? &*first_eval_ : nullptr, last_eval_ ? &*last_eval_ : nullptr, last_,
+                    total_seconds_ > 0 ? double(total_tokens_) / total_seconds_ : 0.0);
+}
 
-  auto state_json = [&](int64_t step) {
-    json s = {{"format", 1},
-              {"step", step},
-              {"rng", rng.state()},
-              {"adam_step", adam.t},
-              {"threads", threads},
-              {"ranks", ranks},
-              {"expert_parallel", options.expert_parallel},
-              {"data", {{"source", data.source}, {"bytes", data.size()}, {"fingerprint", fingerprint(data.bytes)}}},
-              {"config", config_file_json(cfg)}};
-    if (first_eval) s["first_eval"] = eval_json(*first_eval);
-    return s;
-  };
-  auto save = [&](int64_t step) {
-    if (ranks > 1) check_replicas_agree(dist, model, step);
-    if (!experts || ranks == 1) {
-      if (dist.root()) save_training_checkpoint(dir, model, adam, state_json(step));
-    } else {
-      // The single-directory checkpoint of a one-process run: rank 0 gathers every rank's
-      // tensors (its experts, plus the replicated ones) into a whole model.
-      const int64_t n = model.layout.total;
-      std::vector<float> all(dist.root() ? size_t(n * ranks) : 0);
-      std::optional<Model> whole;  // rank 0 only
-      std::optional<AdamW> whole_adam;
-      if (dist.root()) {
-        whole.emplace(mc, ExpertShard{}, /*with_grads=*/false);
-        whole_adam.emplace(whole->layout);
-        whole_adam->t = adam.t;
-      }
-      const std::pair<const float*, float*> parts[] = {
-          {model.params.data(), whole ? whole->params.data() : nullptr},
-          {adam.m.data(), whole_adam ? whole_adam->m.data() : nullptr},
-          {adam.v.data(), whole_adam ? whole_adam->v.data() : nullptr}};
-      for (const auto& [mine, into] : parts) {
-        dist.gather(mine, n, all.data());
-        if (!dist.root()) continue;
-        for (int q = 0; q < ranks; ++q)
-          copy_tensors_by_name(make_layout(mc, ExpertParallel::shard_of(mc, q, int(ranks))), all.data() + q * n,
-                               whole->layout, into, /*partial=*/true);
-      }
-      if (dist.root()) save_training_checkpoint(dir, *whole, *whole_adam, state_json(step));
-    }
-    observer.on_save(dir, step);
-  };
-  std::optional<EvalRecord> last_eval;
-  auto run_eval = [&](int64_t step) {
-    EvalRecord r = evaluate(ctx, model, ws, data, tc.eval_tokens, step, parallel);
-    append_metrics(eval_json(r));
-    if (!first_eval) first_eval = r;
-    last_eval = r;
-    observer.on_eval(r);
-  };
-
+int64_t TrainRun::run() {
+  const int64_t B = tc_.batch, T = tc_.seq;
+  TrainStep trainer_step(tc_, *model_, parallel_);
+  step_ = &trainer_step;
+  const int64_t end_step = options_.stop_at > 0 ? std::min(options_.stop_at, tc_.steps) : tc_.steps;
+  observer_->on_start(options_.config, dir_, data_.source, start_step_);
   SignalGuard signals;
-  if (start_step == 0) run_eval(0);
-
-  StepRecord last;
-  double total_seconds = 0.0;
-  int64_t total_tokens = 0, bad_steps = 0, step = start_step;
+  if (start_step_ == 0) run_eval(0);
+  int64_t bad_steps = 0, step = start_step_;
   while (step < end_step) {
     const auto t0 = std::chrono::steady_clock::now();
     bool finite = true;
-    StepRecord r = trainer_step.run(ctx, model, adam, data, rng, step, finite);
+    StepRecord r = trainer_step.run(ctx_, *model_, *adam_, data_, rng_, step, finite);
     ++step;
     bad_steps = finite ? 0 : bad_steps + 1;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.tokens_per_s = double(B * T * tc.accum) / r.seconds;
-    total_seconds += r.seconds;
-    total_tokens += B * T * tc.accum;
+    r.tokens_per_s = double(B * T * tc_.accum) / r.seconds;
+    total_seconds_ += r.seconds;
+    total_tokens_ += B * T * tc_.accum;
     append_metrics(step_json(r, !finite));
-    last = r;
-    observer.on_step(r, last_eval ? last_eval->val_loss : NAN);
-    if (bad_steps >= tc.max_bad_steps) {
+    last_ = r;
+    observer_->on_step(r, last_eval_ ? last_eval_->val_loss : NAN);
+    if (bad_steps >= tc_.max_bad_steps) {
       append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", "non-finite"}});
       fail("training stopped: " + std::to_string(bad_steps) +
-           " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir +
+           " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir_ +
            " (try a smaller --lr)");
     }
-
-    const bool final_step = step == end_step;
     // Every rank stops at the same step: a signal seen by any of them counts for all.
-    const int stop_signal = ranks > 1 ? int(dist.allreduce_max(g_stop_signal)) : int(g_stop_signal);
-    if ((tc.eval_every > 0 && step % tc.eval_every == 0) || step == tc.steps) run_eval(step);
-    if ((tc.save_every > 0 && step % tc.save_every == 0) || final_step || stop_signal) save(step);
+    const int stop_signal = ranks_ > 1 ? int(dist_.allreduce_max(g_stop_signal)) : int(g_stop_signal);
+    if ((tc_.eval_every > 0 && step % tc_.eval_every == 0) || step == tc_.steps) run_eval(step);
+    if ((tc_.save_every > 0 && step % tc_.save_every == 0) || step == end_step || stop_signal) save(step);
     if (stop_signal) {
-      const int sig = stop_signal;
-      append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", "signal"}});
-      if (metrics.is_open()) metrics.close();
-      observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
-                      total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
-      if (dist.root())
-        std::fprintf(stderr, "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out %s --resume\n",
-                     (long long)step, dir.c_str(), dir.c_str());
-      std::exit(sig == SIGINT ? 130 : 143);
+      end("signal", step);
+      if (dist_.root())
+        std::fprintf(stderr,
+                     "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out "
+                     "%s --resume\n",
+                     (long long)step, dir_.c_str(), dir_.c_str());
+      std::exit(stop_signal == SIGINT ? 130 : 143);
     }
   }
-  append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", step == tc.steps ? "completed" : "stop-at"}});
-  observer.on_end(first_eval ? &*first_eval : nullptr, last_eval ? &*last_eval : nullptr, last,
-                  total_seconds > 0 ? double(total_tokens) / total_seconds : 0.0);
+  end(step == tc_.steps ? "completed" : "stop-at", step);
   return step;
 }
+
+}  // namespace
+
+int64_t train(const TrainOptions& options, TrainObserver& observer) { return TrainRun(options, observer).run(); }
 
 }  // namespace moe
