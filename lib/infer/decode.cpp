@@ -43,29 +43,222 @@ constexpr int64_t kSliceAlign = 16;
 
 }  // namespace
 
+// One thread's scratch for a decode step of up to B tokens. plan() hands out the pointers from two
+// bumps; Decoder's constructor runs it on counting bumps to size the buffers, so the sizes and the
+// layout are one piece of code.
+struct ThreadBuffers {
+  float *x, *h, *xn;                     // (B, D) residual, after attention, normed
+  float *router_logits, *scores;         // (B, E)
+  float *weight, *row_scale;             // (B*K) gate weights, per-row scales
+  float *x_rows, *y_rows;                // (B*K, D) gathered expert inputs and outputs
+  float *gate, *up;                      // (B*K, max FFN width)
+  float* q_rot;                          // (head_dim) one rotated query
+  int32_t *expert, *counts, *offsets, *slots;  // (B*K), (E+1), (E+1), (B*K)
+
+  void plan(const ModelConfig& c, int64_t B, Bump<float>& f, Bump<int32_t>& ib) {
+    const int64_t D = c.hidden_size, E = c.n_routed_experts, rows = B * std::max<int64_t>(c.num_experts_per_tok, 1);
+    const int64_t width = std::max({c.intermediate_size, c.moe_intermediate_size, c.shared_intermediate()});
+    x = f.take(B * D), h = f.take(B * D), xn = f.take(B * D);
+    router_logits = f.take(B * E), scores = f.take(B * E);
+    weight = f.take(rows), row_scale = f.take(rows);
+    x_rows = f.take(rows * D), y_rows = f.take(rows * D);
+    gate = f.take(rows * width), up = f.take(rows * width);
+    q_rot = f.take(c.head_dim);
+    expert = ib.take(rows), counts = ib.take(E + 1), offsets = ib.take(E + 1), slots = ib.take(rows);
+  }
+};
+
+// One thread's share of one decode step (see the header): its scratch and the pieces it runs.
+struct Decoder::ThreadStep {
+  Decoder& d;
+  const ModelConfig& c;
+  const int32_t* seq;
+  int64_t n;
+  std::atomic<bool>& ok;
+  const int t, T;  // this thread, team size
+  const int64_t D, E, K, B;
+  ThreadBuffers buf;
+
+  ThreadStep(Decoder& decoder, const int32_t* seq_, int64_t n_, std::atomic<bool>& ok_)
+      : d(decoder), c(decoder.model_.config), seq(seq_), n(n_), ok(ok_), t(omp_get_thread_num()),
+        T(omp_get_num_threads()), D(c.hidden_size), E(c.n_routed_experts), K(c.num_experts_per_tok),
+        B(decoder.cache_.batch) {
+    Bump<float> f(d.scratch_[size_t(t)].floats.data());
+    Bump<int32_t> ib(d.scratch_[size_t(t)].ints.data());
+    buf.plan(c, B, f, ib);
+  }
+
+  float* partial(int which, int thread) const { return d.partial_.data() + ((which * d.max_threads_ + thread) * B) * D; }
+
+  void mm(bool trans_b, int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* Bm, int64_t ldb,
+          float* C, int64_t ldc, bool acc) {
+    if (!sgemm_rowmajor(trans_b, M, N, Kd, A, lda, Bm, ldb, C, ldc, acc)) ok.store(false);
+  }
+
+  // out (n, D) = base + all threads' partial sums of `which`, added in thread order (the same bits
+  // on every thread).
+  void reduce(const float* base, int which, float* out) const {
+    for (int64_t i = 0; i < n * D; ++i) out[i] = base[i];
+    for (int u = 0; u < T; ++u) {
+      const float* p = partial(which, u);
+      for (int64_t i = 0; i < n * D; ++i) out[i] += p[i];
+    }
+  }
+
+  // A SwiGLU FFN slice: rows of xs (M, D) through gate/up rows [r.begin, r.end) of (., D) weights
+  // and the matching columns of down (D, ld_down) -> y (M, D), written or accumulated. `scale_rows`
+  // (M) multiplies each row's activation (the routed gate weights) when given.
+  void ffn_slice(const float* xs, int64_t M, const float* wg, const float* wu, const float* wd, int64_t ld_down,
+                 Range r, const float* scale_rows, float* y, bool acc) {
+    const int64_t W = r.size();
+    if (W == 0) {
+      if (!acc) std::fill_n(y, M * D, 0.0f);
+      return;
+    }
+    mm(true, M, W, D, xs, D, wg + r.begin * D, D, buf.gate, W, false);
+    mm(true, M, W, D, xs, D, wu + r.begin * D, D, buf.up, W, false);
+    for (int64_t m = 0; m < M; ++m) {
+      const float s = scale_rows ? scale_rows[m] : 1.0f;
+      for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
+    }
+    mm(true, M, D, W, buf.gate, W, wd + r.begin, ld_down, y, D, acc);
+  }
+
+  // Phase 1: q/k/v of this thread's KV heads (and their query heads) for xn, RoPE, append to the
+  // cache, attend, and this thread's columns of o_proj -> partial sum 0.
+  void attention(int64_t l, const LayerWeights& lw, LayerActivations& a) {
+    Workspace& ws = d.step_ws_;
+    KvCache& cache = d.cache_;
+    const int64_t Hkv = c.num_key_value_heads, hd = c.head_dim, g = c.num_attention_heads / Hkv;
+    const int64_t qd = c.q_dim(), kvd = c.kv_dim(), L = cache.max_len;
+    const float scale = 1.0f / std::sqrt(float(hd));
+    const Range heads = slice(Hkv, t, T, 1);
+    const int64_t q0 = heads.begin * g * hd, nq = heads.size() * g * hd, k0 = heads.begin * hd, nk = heads.size() * hd;
+    float* part = partial(0, t);
+    if (nq == 0) {
+      std::fill_n(part, n * D, 0.0f);
+      return;
+    }
+    mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, ws.q_flat + q0, qd, false);
+    mm(true, n, nk, D, buf.xn, D, lw.k_proj + k0 * D, D, ws.k_flat + k0, kvd, false);
+    mm(true, n, nk, D, buf.xn, D, lw.v_proj + k0 * D, D, ws.v_flat + k0, kvd, false);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = seq[i], pos = cache.length[size_t(b)], len = pos + 1;
+      for (int64_t kh = heads.begin; kh < heads.end; ++kh) {
+        rope_rotate(d.model_.rope, ws.k_flat + i * kvd + kh * hd, cache.k_at(l, b, kh) + pos * hd, pos);
+        std::copy_n(ws.v_flat + i * kvd + kh * hd, hd, cache.v_at(l, b, kh) + pos * hd);
+      }
+      for (int64_t qh = heads.begin * g; qh < heads.end * g; ++qh) {
+        rope_rotate(d.model_.rope, ws.q_flat + i * qd + qh * hd, buf.q_rot, pos);
+        const float* keys = cache.k_at(l, b, qh / g);
+        const float* values = cache.v_at(l, b, qh / g);
+        float* p = d.attn_scratch_.data() + (i * c.num_attention_heads + qh) * L;
+        float max = -INFINITY;
+        for (int64_t j = 0; j < len; ++j) {
+          // A vector reduction: a scalar chain of hd dependent adds per key would dominate the step.
+          float dot = 0.0f;
+          const float* key = keys + j * hd;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t e = 0; e < hd; ++e) dot += buf.q_rot[e] * key[e];
+          p[j] = dot * scale;
+          max = std::max(max, p[j]);
+        }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast(p[j] - max));
+        float* out = a.attn + i * qd + qh * hd;
+        std::fill_n(out, hd, 0.0f);
+        for (int64_t j = 0; j < len; ++j) {
+          const float pj = p[j] / sum;
+          for (int64_t e = 0; e < hd; ++e) out[e] += pj * values[j * hd + e];
+        }
+      }
+    }
+    // o_proj (D, qd): this thread's columns -> a partial sum over its heads.
+    mm(true, n, D, nq, a.attn + q0, qd, lw.o_proj + q0, qd, part, D, false);
+  }
+
+  // Phase 2 of an MoE layer: route every token (redundantly on each thread: tiny), then this
+  // thread's slice of the shared experts and of every chosen expert -> partial sum 1.
+  void moe(const MoeWeights& mw, LayerActivations& a, RouteScratch& route) {
+    const int64_t Im = c.moe_intermediate_size, Is = c.shared_intermediate();
+    float* part = partial(1, t);
+    mm(true, n, E, D, buf.xn, D, mw.router, D, buf.router_logits, E, false);
+    for (int64_t i = 0; i < n; ++i) {
+      router_scores_row(buf.router_logits + i * E, buf.scores + i * E, E, c.scoring_func);
+      route_token(c, buf.scores + i * E, mw.router_bias, buf.expert + i * K, buf.weight + i * K, route);
+    }
+    if (t == 0) std::copy_n(buf.expert, n * K, a.moe.expert);
+    ffn_slice(buf.xn, n, mw.shared_gate, mw.shared_up, mw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr, part,
+              false);
+    // Tokens grouped by expert (counting sort), so an expert chosen twice is read once.
+    std::fill_n(buf.counts, E + 1, 0);
+    for (int64_t j = 0; j < n * K; ++j) ++buf.counts[buf.expert[j]];
+    buf.offsets[0] = 0;
+    for (int64_t e = 0; e < E; ++e) buf.offsets[e + 1] = buf.offsets[e] + buf.counts[e];
+    std::copy_n(buf.offsets, E, buf.counts);  // reused as fill cursors
+    for (int64_t j = 0; j < n * K; ++j) buf.slots[buf.counts[buf.expert[j]]++] = int32_t(j);
+    const Range r = slice(Im, t, T, kSliceAlign);
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t first = buf.offsets[e], M = buf.offsets[e + 1] - first;
+      if (M == 0 || r.size() == 0) continue;
+      for (int64_t m = 0; m < M; ++m) {
+        const int32_t j = buf.slots[first + m];
+        std::copy_n(buf.xn + (j / K) * D, D, buf.x_rows + m * D);
+        buf.row_scale[m] = buf.weight[j];
+      }
+      ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im, Im,
+                r, buf.row_scale, buf.y_rows, false);
+      for (int64_t m = 0; m < M; ++m) {
+        float* dst = part + (buf.slots[first + m] / K) * D;
+        const float* src = buf.y_rows + m * D;
+        for (int64_t k = 0; k < D; ++k) dst[k] += src[k];
+      }
+    }
+  }
+
+  void run(const int32_t* tokens) {
+    const ModelWeights& w = d.model_.weights;
+    const int64_t V = c.vocab_size, I = c.intermediate_size;
+    const float eps = float(c.rms_norm_eps);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(w.embed_tokens + int64_t(tokens[i]) * D, D, buf.x + i * D);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const LayerWeights& lw = w.layers[size_t(l)];
+      LayerActivations& a = d.step_ws_.layers[size_t(l)];
+      for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, lw.input_layernorm, buf.xn + i * D, D, eps);
+      attention(l, lw, a);
+#pragma omp barrier
+      // Every thread forms the same h and normed input; then its slice of the FFN.
+      reduce(buf.x, 0, buf.h);
+      for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.h + i * D, lw.post_attention_layernorm, buf.xn + i * D, D, eps);
+      if (c.is_moe_layer(l))
+        moe(lw.moe, a, d.scratch_[size_t(t)].route);
+      else
+        ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, I, slice(I, t, T, kSliceAlign), nullptr, partial(1, t),
+                  false);
+#pragma omp barrier
+      reduce(buf.h, 1, buf.x);
+    }
+    const Range vr = slice(V, t, T, kSliceAlign);
+    for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, w.norm, buf.xn + i * D, D, eps);
+    mm(true, n, vr.size(), D, buf.xn, D, w.lm_head + vr.begin * D, D, d.step_ws_.logits + vr.begin, V, false);
+  }
+};
+
 Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len)
     : model_(model), cache_(model.config, batch, max_len), step_ws_(model.config, batch, 1, false),
       attn_scratch_(batch * model.config.num_attention_heads * max_len), max_threads_(std::max(1, omp_get_max_threads())) {
-  const ModelConfig& c = model.config;
-  const int64_t D = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
-  const int64_t rows = batch * std::max<int64_t>(K, 1);
-  const int64_t width = std::max({c.intermediate_size, c.moe_intermediate_size,
-                                  c.n_shared_experts * c.moe_intermediate_size});
   scratch_.resize(size_t(max_threads_));
   for (ThreadScratch& s : scratch_) {
     Bump<float> f;
-    f.take(batch * D), f.take(batch * D), f.take(batch * D);  // x, h, xn
-    f.take(batch * E), f.take(batch * E), f.take(rows);       // router logits, scores, weights
-    f.take(rows * D), f.take(rows * D);                       // gathered rows, expert outputs
-    f.take(rows * width), f.take(rows * width);               // gate, up
-    f.take(c.head_dim), f.take(rows);                         // one rotated query, row scales
-    s.floats.resize(f.used());
     Bump<int32_t> n;
-    n.take(rows), n.take(E + 1), n.take(E + 1), n.take(rows);  // experts, counts, offsets, slots
+    ThreadBuffers sizes;
+    sizes.plan(model.config, batch, f, n);
+    s.floats.resize(f.used());
     s.ints.resize(n.used());
-    s.route.resize(c);
+    s.route.resize(model.config);
   }
-  partial_.resize(2 * max_threads_ * batch * D);
+  partial_.resize(2 * max_threads_ * batch * model.config.hidden_size);
 }
 
 const float* Decoder::prefill(ComputeContext& ctx, int64_t b, const std::vector<int32_t>& prompt, ExpertTally* tally) {
@@ -104,174 +297,12 @@ const float* Decoder::step(ComputeContext& ctx, const int32_t* seq, const int32_
   if (n == 0) return step_ws_.logits;
   std::atomic<bool> ok{true};
 #pragma omp parallel num_threads(max_threads_)
-  step_thread(seq, tokens, n, ok);
+  ThreadStep(*this, seq, n, ok).run(tokens);
   check(ok.load(), "oneDNN sgemm failed during decoding");
   for (int64_t i = 0; i < n; ++i) ++cache_.length[size_t(seq[i])];
   if (tally) tally->add(c, step_ws_, n);
   return step_ws_.logits;
 }
 
-void Decoder::step_thread(const int32_t* seq, const int32_t* tokens, int64_t n, std::atomic<bool>& ok) {
-  const int t = omp_get_thread_num(), T = omp_get_num_threads();
-  const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
-  Workspace& ws = step_ws_;
-  const int64_t D = c.hidden_size, V = c.vocab_size, Hkv = c.num_key_value_heads, E = c.n_routed_experts;
-  const int64_t K = c.num_experts_per_tok, hd = c.head_dim, g = c.num_attention_heads / Hkv;
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), L = cache_.max_len, B = cache_.batch;
-  const int64_t Im = c.moe_intermediate_size, Is = c.n_shared_experts * Im, I = c.intermediate_size;
-  const int64_t rows_cap = B * std::max<int64_t>(K, 1);
-  const int64_t width = std::max({I, Im, Is});
-  const float eps = float(c.rms_norm_eps), scale = 1.0f / std::sqrt(float(hd));
-
-  Bump<float> f(scratch_[size_t(t)].floats.data());
-  float* x = f.take(B * D);
-  float* h = f.take(B * D);
-  float* xn = f.take(B * D);
-  float* router_logits = f.take(B * E);
-  float* scores = f.take(B * E);
-  float* weight = f.take(rows_cap);
-  float* x_rows = f.take(rows_cap * D);
-  float* y_rows = f.take(rows_cap * D);
-  float* gate = f.take(rows_cap * width);
-  float* up = f.take(rows_cap * width);
-  float* q_rot = f.take(hd);
-  float* row_scale = f.take(rows_cap);
-  Bump<int32_t> ib(scratch_[size_t(t)].ints.data());
-  int32_t* expert = ib.take(rows_cap);
-  int32_t* counts = ib.take(E + 1);
-  int32_t* offsets = ib.take(E + 1);
-  int32_t* slots = ib.take(rows_cap);
-  RouteScratch& route = scratch_[size_t(t)].route;
-  auto partial = [&](int which, int thread) { return partial_.data() + ((which * max_threads_ + thread) * B) * D; };
-  auto mm = [&](bool trans_b, int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* Bm,
-                int64_t ldb, float* C, int64_t ldc, bool acc) {
-    if (!sgemm_rowmajor(trans_b, M, N, Kd, A, lda, Bm, ldb, C, ldc, acc)) ok.store(false);
-  };
-  // out (rows, D) = sum of all threads' partial sums of `which`, added to `base`, in thread order.
-  auto reduce = [&](const float* base, int which, float* out) {
-    for (int64_t i = 0; i < n * D; ++i) out[i] = base[i];
-    for (int u = 0; u < T; ++u) {
-      const float* p = partial(which, u);
-      for (int64_t i = 0; i < n * D; ++i) out[i] += p[i];
-    }
-  };
-  // A SwiGLU FFN slice: rows of xs (M, D) through gate/up rows [r.begin, r.end) of (·, D) weights
-  // and the matching columns of down (D, ld_down) -> y (M, D), written or accumulated. `scale_rows`
-  // (M) multiplies each row's activation (the routed gate weights) when given.
-  auto ffn_slice = [&](const float* xs, int64_t M, const float* wg, const float* wu, const float* wd, int64_t ld_down,
-                       Range r, const float* scale_rows, float* y, bool acc) {
-    const int64_t W = r.size();
-    if (W == 0) {
-      if (!acc) std::fill_n(y, M * D, 0.0f);
-      return;
-    }
-    mm(true, M, W, D, xs, D, wg + r.begin * D, D, gate, W, false);
-    mm(true, M, W, D, xs, D, wu + r.begin * D, D, up, W, false);
-    for (int64_t m = 0; m < M; ++m) {
-      const float s = scale_rows ? scale_rows[m] : 1.0f;
-      for (int64_t j = 0; j < W; ++j) gate[m * W + j] = swiglu_value(gate[m * W + j], up[m * W + j]) * s;
-    }
-    mm(true, M, D, W, gate, W, wd + r.begin, ld_down, y, D, acc);
-  };
-
-  for (int64_t i = 0; i < n; ++i) std::copy_n(w.embed_tokens + int64_t(tokens[i]) * D, D, x + i * D);
-  const Range heads = slice(Hkv, t, T, 1);
-  const int64_t q0 = heads.begin * g * hd, nq = heads.size() * g * hd, k0 = heads.begin * hd, nk = heads.size() * hd;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LayerWeights& lw = w.layers[size_t(l)];
-    LayerActivations& a = ws.layers[size_t(l)];
-    // Phase 1: attention of this thread's heads.
-    float* part = partial(0, t);
-    if (nq > 0) {
-      for (int64_t i = 0; i < n; ++i) rmsnorm_row(x + i * D, lw.input_layernorm, xn + i * D, D, eps);
-      mm(true, n, nq, D, xn, D, lw.q_proj + q0 * D, D, ws.q_flat + q0, qd, false);
-      mm(true, n, nk, D, xn, D, lw.k_proj + k0 * D, D, ws.k_flat + k0, kvd, false);
-      mm(true, n, nk, D, xn, D, lw.v_proj + k0 * D, D, ws.v_flat + k0, kvd, false);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t b = seq[i], pos = cache_.length[size_t(b)], len = pos + 1;
-        for (int64_t kh = heads.begin; kh < heads.end; ++kh) {
-          rope_rotate(model_.rope, ws.k_flat + i * kvd + kh * hd, cache_.k_at(l, b, kh) + pos * hd, pos);
-          std::copy_n(ws.v_flat + i * kvd + kh * hd, hd, cache_.v_at(l, b, kh) + pos * hd);
-        }
-        for (int64_t qh = heads.begin * g; qh < heads.end * g; ++qh) {
-          rope_rotate(model_.rope, ws.q_flat + i * qd + qh * hd, q_rot, pos);
-          const float* keys = cache_.k_at(l, b, qh / g);
-          const float* values = cache_.v_at(l, b, qh / g);
-          float* p = attn_scratch_.data() + (i * c.num_attention_heads + qh) * L;
-          float max = -INFINITY;
-          for (int64_t j = 0; j < len; ++j) {
-            // A vector reduction: a scalar chain of hd dependent adds per key would dominate the step.
-            float dot = 0.0f;
-            const float* key = keys + j * hd;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < hd; ++d) dot += q_rot[d] * key[d];
-            p[j] = dot * scale;
-            max = std::max(max, p[j]);
-          }
-          float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast(p[j] - max));
-          float* out = a.attn + i * qd + qh * hd;
-          std::fill_n(out, hd, 0.0f);
-          for (int64_t j = 0; j < len; ++j) {
-            const float pj = p[j] / sum;
-            for (int64_t d = 0; d < hd; ++d) out[d] += pj * values[j * hd + d];
-          }
-        }
-      }
-      // o_proj (D, qd): this thread's columns -> a partial sum over its heads.
-      mm(true, n, D, nq, a.attn + q0, qd, lw.o_proj + q0, qd, part, D, false);
-    } else {
-      std::fill_n(part, n * D, 0.0f);
-    }
-#pragma omp barrier
-    // Phase 2: every thread forms the same h and normed input; then its slice of the FFN.
-    reduce(x, 0, h);
-    for (int64_t i = 0; i < n; ++i) rmsnorm_row(h + i * D, lw.post_attention_layernorm, xn + i * D, D, eps);
-    part = partial(1, t);
-    if (c.is_moe_layer(l)) {
-      mm(true, n, E, D, xn, D, lw.moe.router, D, router_logits, E, false);
-      for (int64_t i = 0; i < n; ++i) {
-        router_scores_row(router_logits + i * E, scores + i * E, E, c.scoring_func);
-        route_token(c, scores + i * E, lw.moe.router_bias, expert + i * K, weight + i * K, route);
-      }
-      if (t == 0) std::copy_n(expert, n * K, a.moe.expert);
-      ffn_slice(xn, n, lw.moe.shared_gate, lw.moe.shared_up, lw.moe.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr,
-                part, false);
-      // Tokens grouped by expert (counting sort), so an expert chosen twice is read once.
-      std::fill_n(counts, E + 1, 0);
-      for (int64_t j = 0; j < n * K; ++j) ++counts[expert[j]];
-      offsets[0] = 0;
-      for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
-      std::copy_n(offsets, E, counts);  // reused as fill cursors
-      for (int64_t j = 0; j < n * K; ++j) slots[counts[expert[j]]++] = int32_t(j);
-      const Range r = slice(Im, t, T, kSliceAlign);
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t first = offsets[e], M = offsets[e + 1] - first;
-        if (M == 0 || r.size() == 0) continue;
-        for (int64_t m = 0; m < M; ++m) {
-          const int32_t j = slots[first + m];
-          std::copy_n(xn + (j / K) * D, D, x_rows + m * D);
-          row_scale[m] = weight[j];
-        }
-        ffn_slice(x_rows, M, lw.moe.experts_gate + e * Im * D, lw.moe.experts_up + e * Im * D, lw.moe.experts_down + e * D * Im,
-                  Im, r, row_scale, y_rows, false);
-        for (int64_t m = 0; m < M; ++m) {
-          float* dst = part + (slots[first + m] / K) * D;
-          const float* src = y_rows + m * D;
-          for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
-        }
-      }
-    } else {
-      ffn_slice(xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, I, slice(I, t, T, kSliceAlign), nullptr, part, false);
-    }
-#pragma omp barrier
-    reduce(h, 1, x);
-  }
-  const Range vr = slice(V, t, T, kSliceAlign);
-  for (int64_t i = 0; i < n; ++i) rmsnorm_row(x + i * D, w.norm, xn + i * D, D, eps);
-  mm(true, n, vr.size(), D, xn, D, w.lm_head + vr.begin * D, D, ws.logits + vr.begin, V, false);
-}
 
 }  // namespace moe

@@ -52,7 +52,7 @@ class Decoder {
 
  private:
   // The body of one decode step for thread omp_get_thread_num() of the current team.
-  void step_thread(const int32_t* seq, const int32_t* tokens, int64_t n, std::atomic<bool>& ok);
+  struct ThreadStep;
 
   const Model& model_;
   KvCache cache_;
