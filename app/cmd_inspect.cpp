@@ -71,8 +71,8 @@ Target classify(const std::string& path) {
 
 RunMetrics filter_layer(RunMetrics run, int64_t layer) {
   if (layer < 0) return run;
-  auto keep = [layer](std::vector<LayerPoint>& layers) {
-    std::vector<LayerPoint> kept;
+  auto keep = [layer](std::vector<LayerLoad>& layers) {
+    std::vector<LayerLoad> kept;
     for (auto& l : layers)
       if (l.layer == layer) kept.push_back(std::move(l));
     layers = std::move(kept);

@@ -30,25 +30,25 @@ const char* const kEvalColor = svg::kPalette[1];
 // ---------------------------------------------------------------------------------------------
 // Run data
 
-svg::Points train_series(const RunMetrics& run, double TrainPoint::*field) {
+svg::Points train_series(const RunMetrics& run, double StepRecord::*field) {
   svg::Points p;
-  for (const TrainPoint& t : run.train) p.add(double(t.step), t.*field);
+  for (const StepRecord& t : run.train) p.add(double(t.step), t.*field);
   return p;
 }
 
 svg::Points val_loss_series(const RunMetrics& run) {
   svg::Points p;
-  for (const EvalPoint& e : run.eval) p.add(double(e.step), e.val_loss);
+  for (const EvalRecord& e : run.eval) p.add(double(e.step), e.val_loss);
   return p;
 }
 
 // Per-step MaxVio_batch averaged over the MoE layers (finite values only).
 svg::Points mean_maxvio_series(const RunMetrics& run) {
   svg::Points p;
-  for (const TrainPoint& t : run.train) {
+  for (const StepRecord& t : run.train) {
     double sum = 0;
     int count = 0;
-    for (const LayerPoint& l : t.layers)
+    for (const LayerLoad& l : t.layers)
       if (std::isfinite(l.maxvio)) sum += l.maxvio, ++count;
     p.add(double(t.step), count > 0 ? sum / count : std::nan(""));
   }
@@ -58,7 +58,7 @@ svg::Points mean_maxvio_series(const RunMetrics& run) {
 double mean_tokens_per_s(const RunMetrics& run) {
   double sum = 0;
   int64_t count = 0;
-  for (const TrainPoint& t : run.train)
+  for (const StepRecord& t : run.train)
     if (std::isfinite(t.tokens_per_s) && t.tokens_per_s > 0) sum += t.tokens_per_s, ++count;
   return count > 0 ? sum / double(count) : std::nan("");
 }
@@ -111,7 +111,7 @@ std::string loss_chart(const HtmlRun& r) {
   c.title = "Loss";
   c.x_title = "step", c.y_title = "loss (nats/byte)";
   c.empty_message = "no train or eval lines yet";
-  add_noisy_series(c, "train loss", kTrainColor, train_series(*r.metrics, &TrainPoint::loss), "", true);
+  add_noisy_series(c, "train loss", kTrainColor, train_series(*r.metrics, &StepRecord::loss), "", true);
   svg::Series val{"validation loss", "eval", kEvalColor, val_loss_series(*r.metrics)};
   val.markers = val.points.size() <= 60, val.width = 2.2;
   c.series.push_back(std::move(val));
@@ -155,8 +155,8 @@ std::string maxvio_layer_chart(const HtmlRun& r, size_t li) {
   const std::string attributes = " data-layer=\"" + id + "\"";
   add_noisy_series(c, "MaxVio_batch", svg::palette_color(li), batch, attributes, false);
   svg::Points global;
-  for (const EvalPoint& e : r.metrics->eval)
-    for (const LayerPoint& l : e.layers)
+  for (const EvalRecord& e : r.metrics->eval)
+    for (const LayerLoad& l : e.layers)
       if (l.layer == layer.layer) global.add(double(e.step), l.maxvio);
   svg::Series g{"MaxVio_global (eval)", "global", "#1f2328", global};
   g.markers = true, g.width = 1.2, g.attributes = attributes;
@@ -174,7 +174,7 @@ std::string bias_chart(const HtmlRun& r, size_t li) {
   c.y_from_zero = true;
   std::vector<svg::Points> bias(experts);
   bool any = false, nonzero = false;
-  for (const TrainPoint& t : r.metrics->train) {
+  for (const StepRecord& t : r.metrics->train) {
     if (li >= t.layers.size() || t.layers[li].bias.size() != experts) continue;
     for (size_t e = 0; e < experts; ++e) {
       bias[e].add(double(t.step), t.layers[li].bias[e]);
@@ -212,9 +212,9 @@ std::string heatmap_chart(const HtmlRun& r, size_t li) {
   h.rows = experts;
   h.uniform = experts > 0 ? 1.0 / double(experts) : 0.0;
 
-  auto has_counts = [&](const TrainPoint& t) { return li < t.layers.size() && t.layers[li].counts.size() == experts; };
+  auto has_counts = [&](const StepRecord& t) { return li < t.layers.size() && t.layers[li].counts.size() == experts; };
   int64_t first = INT64_MAX, last = INT64_MIN;
-  for (const TrainPoint& t : r.metrics->train)
+  for (const StepRecord& t : r.metrics->train)
     if (has_counts(t)) first = std::min(first, t.step), last = std::max(last, t.step);
   if (experts == 0 || first > last) return svg::render_share_heatmap(h);
   h.x_first = first, h.x_last = last;
@@ -225,7 +225,7 @@ std::string heatmap_chart(const HtmlRun& r, size_t li) {
       std::max<int64_t>(1, std::min<int64_t>({200, span, std::max<int64_t>(24, 6000 / int64_t(experts))}));
   std::vector<double> counts(size_t(columns) * experts, 0.0), totals(size_t(columns), 0.0);
   std::vector<int64_t> bin_first(size_t(columns), INT64_MAX), bin_last(size_t(columns), INT64_MIN);
-  for (const TrainPoint& t : r.metrics->train) {
+  for (const StepRecord& t : r.metrics->train) {
     if (!has_counts(t)) continue;
     const size_t c = size_t(std::min<int64_t>(columns - 1, (t.step - first) * columns / span));
     for (size_t e = 0; e < experts; ++e) {

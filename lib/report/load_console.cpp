@@ -104,11 +104,12 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     }
   }
   // Several processes: how the expert rows were spread over the ranks, and the communication.
-  const TrainPoint& end = run.train.back();
-  if (end.ranks > 1 && !end.rank_rows.empty()) {
-    const TrainPoint* start = nullptr;
+  const StepRecord& end = run.train.back();
+  auto has_rank_rows = [](const StepRecord& p) { return p.ranks > 1 && !p.layers.empty() && !p.layers[0].rank_rows.empty(); };
+  if (has_rank_rows(end)) {
+    const StepRecord* start = nullptr;
     for (const auto& p : run.train)
-      if (p.ranks > 1 && p.rank_rows.size() == end.rank_rows.size()) {
+      if (has_rank_rows(p) && p.layers.size() == end.layers.size()) {
         start = &p;
         break;
       }
@@ -117,16 +118,16 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     std::snprintf(buf, sizeof buf, "\nranks: %lld processes; %.1f%% of step time in MPI collectives (rank 0)\n",
                   (long long)end.ranks, total > 0 ? 100 * comm / total : 0.0);
     out += buf;
-    for (size_t l = 0; l < end.rank_rows.size() && l < report.layers.size(); ++l) {
+    for (size_t l = 0; l < end.layers.size() && l < report.layers.size(); ++l) {
       std::snprintf(buf, sizeof buf, "  layer %lld: rows per rank at step %lld:", (long long)report.layers[l].layer,
                     (long long)end.step);
       out += buf;
-      for (int64_t r : end.rank_rows[l]) {
+      for (int64_t r : end.layers[l].rank_rows) {
         std::snprintf(buf, sizeof buf, " %lld", (long long)r);
         out += buf;
       }
-      std::snprintf(buf, sizeof buf, "   MaxVio_ranks %.3f @%lld -> %.3f @%lld\n", start->rank_maxvio[l],
-                    (long long)start->step, end.rank_maxvio[l], (long long)end.step);
+      std::snprintf(buf, sizeof buf, "   MaxVio_ranks %.3f @%lld -> %.3f @%lld\n", start->layers[l].rank_maxvio,
+                    (long long)start->step, end.layers[l].rank_maxvio, (long long)end.step);
       out += buf;
     }
   }

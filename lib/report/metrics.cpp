@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "config/fields.hpp"
 #include "core/error.hpp"
 
 namespace moe {
@@ -31,109 +32,11 @@ int64_t RunMetrics::num_experts() const {
 
 namespace {
 
-// JSON value -> T, refusing what nlohmann's get<T>() would convert silently: get<int64_t>() of
-// 1e30 is undefined behaviour (float-to-integer overflow), of 2.5 truncates, of true gives 1, and
-// get<double>() of true gives 1.0. An integer may be written as an integral float (64.0).
-bool convert(const json& v, int64_t& out) {
-  if (v.is_number_unsigned()) {
-    if (v.get<uint64_t>() > uint64_t(INT64_MAX)) return false;
-    out = int64_t(v.get<uint64_t>());
-    return true;
-  }
-  if (v.is_number_integer()) {
-    out = v.get<int64_t>();
-    return true;
-  }
-  if (v.is_number_float()) {
-    const double d = v.get<double>();
-    if (!(std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15)) return false;
-    out = int64_t(d);
-    return true;
-  }
-  return false;
-}
-bool convert(const json& v, double& out) {
-  if (!v.is_number()) return false;
-  out = v.get<double>();
-  return true;
-}
-bool convert(const json& v, std::string& out) {
-  if (!v.is_string()) return false;
-  out = v.get_ref<const std::string&>();
-  return true;
-}
-template <class T>
-bool convert(const json& v, std::vector<T>& out) {
-  if (!v.is_array()) return false;
-  out.clear();
-  out.reserve(v.size());
-  for (const json& e : v) {
-    T x{};
-    if (!convert(e, x)) return false;
-    out.push_back(std::move(x));
-  }
-  return true;
-}
-
-template <class T> constexpr const char* expected_type = "";
-template <> constexpr const char* expected_type<int64_t> = "an integer";
-template <> constexpr const char* expected_type<double> = "a number";
-template <> constexpr const char* expected_type<std::string> = "a string";
-template <> constexpr const char* expected_type<std::vector<int64_t>> = "an array of integers";
-template <> constexpr const char* expected_type<std::vector<double>> = "an array of numbers";
-
-// The start of v as JSON, for a message: scalars, and the scalars of an array. Not v.dump() of a
-// container: that recurses once per nesting level (a value of 20000 nested brackets overflowed
-// the stack) and prints all of a huge value.
-std::string preview(const json& v) {
-  auto scalar = [](const json& e) {
-    if (e.is_array()) return std::string(e.empty() ? "[]" : "[...]");
-    if (e.is_object()) return std::string(e.empty() ? "{}" : "{...}");
-    if (e.is_string() && e.get_ref<const std::string&>().size() > 40)
-      return json(e.get_ref<const std::string&>().substr(0, 40)).dump(-1, ' ', false, json::error_handler_t::replace);
-    return e.dump(-1, ' ', false, json::error_handler_t::replace);
-  };
-  if (!v.is_array()) return scalar(v);
-  std::string s = "[";
-  for (const json& e : v) {
-    if (s.size() > 40) break;
-    if (s.size() > 1) s += ",";
-    s += scalar(e);
-  }
-  return s + "]";
-}
-
-template <class T>
-T field(const json& j, const char* key, const std::string& where) {
+std::string string_field(const json& j, const char* key, const std::string& where) {
   const auto it = j.find(key);
   if (it == j.end()) fail(where + ": missing field \"" + key + "\"");
-  T value{};
-  if (!convert(*it, value)) {
-    std::string shown = preview(*it);
-    if (shown.size() > 40) shown = shown.substr(0, 37) + "...";
-    fail(where + ": field \"" + key + "\" has the wrong type (expected " + expected_type<T> + ", got " + shown + ")");
-  }
-  return value;
-}
-
-std::vector<LayerPoint> parse_layers(const json& j, const std::string& where, bool with_bias) {
-  if (!j.contains("layers") || !j["layers"].is_array()) fail(where + ": missing array field \"layers\"");
-  std::vector<LayerPoint> layers;
-  for (const json& l : j["layers"]) {
-    if (!l.is_object()) fail(where + ": a \"layers\" entry is not an object");
-    LayerPoint p;
-    p.layer = field<int64_t>(l, "layer", where);
-    p.counts = field<std::vector<int64_t>>(l, "counts", where);
-    p.maxvio = field<double>(l, "maxvio", where);
-    if (with_bias && l.contains("bias")) p.bias = field<std::vector<double>>(l, "bias", where);
-    for (int64_t c : p.counts)
-      if (c < 0) fail(where + ": negative expert count");
-    if (!p.bias.empty() && p.bias.size() != p.counts.size())
-      fail(where + ": layer " + std::to_string(p.layer) + " has " + std::to_string(p.bias.size()) + " bias values for " +
-           std::to_string(p.counts.size()) + " experts");
-    layers.push_back(std::move(p));
-  }
-  return layers;
+  if (!it->is_string()) fail(where + ": field \"" + key + "\" has the wrong type (expected a string, got " + show(*it) + ")");
+  return it->get<std::string>();
 }
 
 }  // namespace
@@ -168,39 +71,11 @@ RunMetrics read_metrics(const std::string& path) {
       fail(where + ": not valid JSON");
     }
     if (!j.is_object()) fail(where + ": expected a JSON object");
-    const std::string kind = field<std::string>(j, "kind", where);
+    const std::string kind = string_field(j, "kind", where);
     if (kind == "train") {
-      TrainPoint p;
-      if (j.contains("ranks")) {
-        const json& r = j["ranks"];
-        if (!r.is_object()) fail(where + ": field \"ranks\" is not an object");
-        p.ranks = field<int64_t>(r, "n", where);
-        p.comm_seconds = field<double>(r, "comm_seconds", where);
-        if (p.ranks < 1) fail(where + ": field \"ranks.n\" must be >= 1");
-        if (!r.contains("layers") || !r["layers"].is_array()) fail(where + ": missing array field \"ranks.layers\"");
-        for (const json& l : r["layers"]) {
-          if (!l.is_object()) fail(where + ": a \"ranks.layers\" entry is not an object");
-          p.rank_rows.push_back(field<std::vector<int64_t>>(l, "rows", where));
-          p.rank_maxvio.push_back(field<double>(l, "maxvio", where));
-        }
-      }
-      if (j.contains("seconds")) p.seconds = field<double>(j, "seconds", where);
-      p.step = field<int64_t>(j, "step", where);
-      p.loss = field<double>(j, "loss", where);
-      p.lr = j.contains("lr") ? field<double>(j, "lr", where) : 0.0;
-      p.grad_norm = j.contains("grad_norm") ? field<double>(j, "grad_norm", where) : 0.0;
-      p.tokens_per_s = j.contains("tokens_per_s") ? field<double>(j, "tokens_per_s", where) : 0.0;
-      p.balance_loss = j.contains("balance_loss") ? field<double>(j, "balance_loss", where) : 0.0;
-      p.skipped = j.contains("skipped") && j["skipped"].is_boolean() && j["skipped"].get<bool>();
-      p.layers = parse_layers(j, where, true);
-      run.train.push_back(std::move(p));
+      run.train.push_back(step_from_json(j, where));
     } else if (kind == "eval") {
-      EvalPoint p;
-      p.step = field<int64_t>(j, "step", where);
-      p.val_loss = field<double>(j, "val_loss", where);
-      p.tokens = j.contains("tokens") ? field<int64_t>(j, "tokens", where) : 0;
-      p.layers = parse_layers(j, where, false);
-      run.eval.push_back(std::move(p));
+      run.eval.push_back(eval_from_json(j, where));
     } else if (kind == "end") {
       run.ended = true;
     } else {
@@ -230,10 +105,10 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
     std::vector<double> early(E), recent(E), min(E, 1.0), max(E, 0.0);
     double early_total = 0, recent_total = 0;
     for (int64_t s = 0; s < n; ++s) {
-      const TrainPoint& p = run.train[size_t(s)];
+      const StepRecord& p = run.train[size_t(s)];
       if (li >= p.layers.size() || p.layers[li].counts.size() != E)
         fail(run.path + ": step " + std::to_string(p.step) + " has a different number of layers or experts");
-      const LayerPoint& lp = p.layers[li];
+      const LayerLoad& lp = p.layers[li];
       double total = 0;
       for (int64_t c : lp.counts) total += double(c);
       for (size_t e = 0; e < E; ++e) {
@@ -259,7 +134,7 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
       lr.experts.push_back(share);
     }
     if (!run.eval.empty()) {
-      for (const EvalPoint* p : {&run.eval.front(), &run.eval.back()}) {
+      for (const EvalRecord* p : {&run.eval.front(), &run.eval.back()}) {
         if (li >= p->layers.size()) continue;
         if (p == &run.eval.front()) lr.global_first = p->layers[li].maxvio, lr.global_first_step = p->step;
         if (p == &run.eval.back()) lr.global_last = p->layers[li].maxvio, lr.global_last_step = p->step;

@@ -8,40 +8,15 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "train/metrics_line.hpp"
+
 namespace moe {
-
-struct LayerPoint {
-  int64_t layer = 0;
-  std::vector<int64_t> counts;
-  std::vector<double> bias;  // empty on eval lines
-  double maxvio = 0;
-};
-
-struct TrainPoint {
-  int64_t step = 0;
-  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, balance_loss = 0;
-  bool skipped = false;
-  std::vector<LayerPoint> layers;
-  // Runs on several processes (the "ranks" object): expert rows per rank and their MaxVio per
-  // MoE layer, and rank 0's seconds in MPI collectives; ranks = 1 otherwise.
-  int64_t ranks = 1;
-  double seconds = 0, comm_seconds = 0;
-  std::vector<std::vector<int64_t>> rank_rows;
-  std::vector<double> rank_maxvio;
-};
-
-struct EvalPoint {
-  int64_t step = 0;
-  double val_loss = 0;
-  int64_t tokens = 0;
-  std::vector<LayerPoint> layers;
-};
 
 struct RunMetrics {
   std::string path;  // the metrics.jsonl file
   std::string name;  // short label (the run directory's name)
-  std::vector<TrainPoint> train;
-  std::vector<EvalPoint> eval;
+  std::vector<StepRecord> train;
+  std::vector<EvalRecord> eval;
   bool ended = false;                 // an "end" line was read: training finished or stopped
   std::vector<std::string> notes;     // e.g. a torn last line of a run in progress
   int64_t num_experts() const;

@@ -10,39 +10,12 @@
 #include "train/train_config.hpp"
 #include "model/model.hpp"
 #include "train/data.hpp"
+#include "train/metrics_line.hpp"
 #include "train/optimizer.hpp"
 #include "dist/dist.hpp"
 #include "dist/expert_parallel.hpp"
 
 namespace moe {
-
-struct LayerLoad {
-  int64_t layer = 0;
-  std::vector<int64_t> counts;  // tokens routed to each expert
-  std::vector<float> bias;      // routing bias after this step's update (train records only)
-  double maxvio = 0.0;
-  double balance_loss = 0.0;    // enabled balance losses of this layer (train records only)
-  // Several processes (train records only): expert rows each rank computed, and their MaxVio.
-  std::vector<int64_t> rank_rows;
-  double rank_maxvio = 0.0;
-};
-
-struct StepRecord {
-  int64_t step = 0;  // optimizer steps completed
-  int64_t steps = 0;
-  double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
-  double comm_seconds = 0;      // rank 0's time inside MPI collectives during the step
-  double alltoall_seconds = 0;  // the expert-parallel all-to-alls among them
-  int64_t ranks = 1;
-  std::vector<LayerLoad> layers;
-};
-
-struct EvalRecord {
-  int64_t step = 0;
-  double val_loss = 0;
-  int64_t tokens = 0;
-  std::vector<LayerLoad> layers;
-};
 
 // How a step is spread over processes: one process (dist null or of size 1), data parallel (each
 // rank a 1/N share of every global batch, every gradient averaged), or expert parallel (also the

@@ -91,52 +91,6 @@ struct SignalGuard {
   }
 };
 
-json layer_json(const LayerLoad& l, bool with_bias) {
-  json j = {{"layer", l.layer}, {"counts", l.counts}, {"maxvio", l.maxvio}};
-  if (with_bias) j["bias"] = l.bias, j["balance_loss"] = l.balance_loss;
-  return j;
-}
-
-json step_json(const StepRecord& r, bool skipped) {
-  json layers = json::array();
-  for (const auto& l : r.layers) layers.push_back(layer_json(l, true));
-  json j = {{"kind", "train"},       {"step", r.step},      {"loss", r.loss},
-            {"lr", r.lr},            {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-            {"seconds", r.seconds},  {"balance_loss", r.balance_loss}, {"layers", layers}};
-  if (skipped) j["skipped"] = true;
-  if (r.ranks > 1) {
-    json per_layer = json::array();
-    for (const auto& l : r.layers)
-      per_layer.push_back({{"layer", l.layer}, {"rows", l.rank_rows}, {"maxvio", l.rank_maxvio}});
-    j["ranks"] = {{"n", r.ranks},
-                  {"comm_seconds", r.comm_seconds},
-                  {"alltoall_seconds", r.alltoall_seconds},
-                  {"layers", per_layer}};
-  }
-  return j;
-}
-
-json eval_json(const EvalRecord& r) {
-  json layers = json::array();
-  for (const auto& l : r.layers) layers.push_back(layer_json(l, false));
-  return {{"kind", "eval"}, {"step", r.step}, {"val_loss", r.val_loss}, {"tokens", r.tokens}, {"layers", layers}};
-}
-
-EvalRecord eval_from_json(const json& j) {
-  EvalRecord r;
-  r.step = j.at("step").get<int64_t>();
-  r.val_loss = j.at("val_loss").get<double>();
-  r.tokens = j.at("tokens").get<int64_t>();
-  for (const auto& l : j.at("layers")) {
-    LayerLoad load;
-    load.layer = l.at("layer").get<int64_t>();
-    load.counts = l.at("counts").get<std::vector<int64_t>>();
-    load.maxvio = l.at("maxvio").get<double>();
-    r.layers.push_back(load);
-  }
-  return r;
-}
-
 // Every rank evaluates its share of the windows (all ranks run the same number of forward passes:
 // with expert parallelism each one is collective); sums are combined over ranks.
 EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, const TextData& data, int64_t eval_tokens,
@@ -487,7 +441,7 @@ void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
     field = "rng";
     rng_.set_state(state.at("rng").get<std::array<uint64_t, 4>>());
     field = "first_eval";
-    if (state.contains("first_eval")) first_eval_ = eval_from_json(state.at("first_eval"));
+    if (state.contains("first_eval")) first_eval_ = eval_from_json(state.at("first_eval"), state_path + ": first_eval");
   } catch (const json::exception& e) {
     std::string what = e.what();  // "[json.exception.type_error.302] type must be number, but is string"
     if (what.find("] ") != std::string::npos) what = what.substr(what.find("] ") + 2);
@@ -534,7 +488,7 @@ json TrainRun::state_json(int64_t step) const {
             {"expert_parallel", options_.expert_parallel},
             {"data", {{"source", data_.source}, {"bytes", data_.size()}, {"fingerprint", fingerprint(data_.bytes)}}},
             {"config", config_file_json(options_.config)}};
-  if (first_eval_) s["first_eval"] = eval_json(*first_eval_);
+  if (first_eval_) s["first_eval"] = to_json(*first_eval_);
   return s;
 }
 
@@ -575,14 +529,14 @@ void TrainRun::gather_and_save(int64_t step) {
 
 void TrainRun::run_eval(int64_t step) {
   EvalRecord r = evaluate(ctx_, *model_, workspace(), data_, tc_.eval_tokens, step, parallel_);
-  append_metrics(eval_json(r));
+  append_metrics(to_json(r));
   if (!first_eval_) first_eval_ = r;
   last_eval_ = r;
   observer_->on_eval(r);
 }
 
 void TrainRun::end(const char* reason, int64_t step) {
-  append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", reason}});
+  append_metrics(end_json(step, reason));
   if (metrics_.is_open()) metrics_.close();
   observer_->on_end(first_eval_ ? &*first_eval_ : nullptr, last_eval_ ? &*last_eval_ : nullptr, last_,
                     total_seconds_ > 0 ? double(total_tokens_) / total_seconds_ : 0.0);
@@ -607,11 +561,12 @@ int64_t TrainRun::run() {
     r.tokens_per_s = double(B * T * tc_.accum) / r.seconds;
     total_seconds_ += r.seconds;
     total_tokens_ += B * T * tc_.accum;
-    append_metrics(step_json(r, !finite));
+    r.skipped = !finite;
+    append_metrics(to_json(r));
     last_ = r;
     observer_->on_step(r, last_eval_ ? last_eval_->val_loss : NAN);
     if (bad_steps >= tc_.max_bad_steps) {
-      append_metrics(json{{"kind", "end"}, {"step", step}, {"reason", "non-finite"}});
+      append_metrics(end_json(step, "non-finite"));
       fail("training stopped: " + std::to_string(bad_steps) +
            " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir_ +
            " (try a smaller --lr)");

@@ -309,7 +309,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
     return html;
   };
   auto layer = [](int64_t id, std::vector<int64_t> counts, double maxvio) {
-    LayerPoint p;
+    LayerLoad p;
     p.layer = id, p.counts = std::move(counts), p.maxvio = maxvio;
     p.bias.assign(p.counts.size(), 0.0);
     return p;
@@ -327,7 +327,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
   SECTION("eval lines only") {
     RunMetrics m;
     m.name = "eval-only";
-    EvalPoint e;
+    EvalRecord e;
     e.step = 0, e.val_loss = 5.5, e.layers = {layer(1, {10, 20, 30, 40}, 0.6)};
     m.eval.push_back(e);
     const std::string html = render(m);
@@ -340,7 +340,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
   SECTION("a single step, no eval") {
     RunMetrics m;
     m.name = "one";
-    TrainPoint t;
+    StepRecord t;
     t.step = 7, t.loss = 3.0, t.layers = {layer(1, {5, 5, 5, 5}, 0.0)};
     m.train.push_back(t);
     const auto all = charts(render(m));
@@ -351,7 +351,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
     RunMetrics m;
     m.name = "zeros";
     for (int s = 1; s <= 30; ++s) {
-      TrainPoint t;
+      StepRecord t;
       t.step = s;
       t.loss = s % 5 == 0 ? std::nan("") : s % 7 == 0 ? INFINITY : 2.0;
       t.tokens_per_s = s % 3 == 0 ? -INFINITY : 100.0;
@@ -359,7 +359,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
       t.layers[0].bias = {0.0, s % 4 == 0 ? INFINITY : 0.01, -0.01};
       m.train.push_back(t);
     }
-    EvalPoint e;
+    EvalRecord e;
     e.step = 30, e.val_loss = std::nan(""), e.layers = {layer(1, {0, 0, 0}, std::nan(""))};
     m.eval.push_back(e);
     const std::string html = render(m);
@@ -378,7 +378,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
     const int steps = 100000;
     m.train.reserve(steps);
     for (int s = 1; s <= steps; ++s) {
-      TrainPoint t;
+      StepRecord t;
       t.step = s, t.loss = 2.0 + std::sin(s * 0.01);
       t.layers = {layer(1, {int64_t(100 + s % 17), 100, 100, int64_t(100 - s % 13)}, 0.1 + 0.05 * std::sin(s * 0.1))};
       t.layers[0].bias = {1e-6 * s, 0.0, 0.0, -1e-6 * s};

@@ -154,7 +154,7 @@ TEST_CASE("metrics of a run on several ranks give per-rank rows with their MaxVi
   REQUIRE(run.train.size() == 2);
   CHECK(run.train[1].ranks == 2);
   CHECK(run.train[1].comm_seconds == 0.1);
-  CHECK(run.train[1].rank_rows == std::vector<std::vector<int64_t>>{{60, 20}});
+  CHECK(run.train[1].layers[0].rank_rows == std::vector<int64_t>{60, 20});
   const std::string text = moe::format_load_report(run, moe::build_load_report(run, 0), false);
   INFO(text);
   CHECK(text.find("ranks: 2 processes; 20.0% of step time in MPI collectives") != std::string::npos);
