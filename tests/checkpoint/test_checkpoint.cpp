@@ -1,7 +1,5 @@
 // Checkpoints: a save/load round trip with identical bytes, the exact safetensors layout (parsed here
 // independently of lib/), and every rejection of the reader, on files crafted byte by byte.
-#include <unistd.h>
-
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -18,6 +16,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.hpp"
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
 #include "model/checkpoint.hpp"
@@ -25,6 +24,7 @@
 #include "model/model.hpp"
 
 using Catch::Contains;
+using moe_test::TempDir;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
@@ -37,21 +37,6 @@ namespace {
     REQUIRE_THROWS_AS(expr, moe::Error); \
     REQUIRE_THROWS_WITH(expr, matcher);  \
   } while (false)
-
-// A scratch directory unique to this process and test, removed afterwards.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("moe_test_checkpoint_" + std::to_string(::getpid()) + "_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -163,7 +148,7 @@ std::vector<RawTensor>::iterator find_tensor(std::vector<RawTensor>& tensors, co
 }  // namespace
 
 TEST_CASE("checkpoint: save then load gives identical bytes for every tensor", "[checkpoint]") {
-  TempDir dir("roundtrip");
+  TempDir dir("checkpoint_roundtrip");
   const auto model = random_model(42);
   const std::string ckpt = dir / "run";
   moe::save_checkpoint(ckpt, *model);
@@ -196,7 +181,7 @@ TEST_CASE("checkpoint: save then load gives identical bytes for every tensor", "
 }
 
 TEST_CASE("checkpoint: config.json is flat with model_type moe", "[checkpoint]") {
-  TempDir dir("config_json");
+  TempDir dir("checkpoint_config_json");
   const auto model = random_model(1);
   moe::save_checkpoint(dir / "ckpt", *model);
   const json config = json::parse(read_bytes(dir / "ckpt/config.json"));
@@ -212,7 +197,7 @@ TEST_CASE("checkpoint: config.json is flat with model_type moe", "[checkpoint]")
 }
 
 TEST_CASE("checkpoint: model.safetensors has the exact documented layout", "[checkpoint]") {
-  TempDir dir("format");
+  TempDir dir("checkpoint_format");
   const auto model = random_model(7);
   moe::save_checkpoint(dir / "ckpt", *model);
   const std::string bytes = read_bytes(dir / "ckpt/model.safetensors");
@@ -305,7 +290,7 @@ TEST_CASE("checkpoint: tensor names follow Hugging Face DeepSeek-V3", "[checkpoi
 TEST_CASE("checkpoint: a crafted file from our own writer loads", "[checkpoint]") {
   // Guards the rejection tests below: the same writer with nothing broken must be accepted, also
   // with tensors in a different order than the layout.
-  TempDir dir("crafted_ok");
+  TempDir dir("checkpoint_crafted_ok");
   const auto model = random_model(5);
   auto tensors = tensors_of(*model);
   std::reverse(tensors.begin(), tensors.end());
@@ -314,7 +299,7 @@ TEST_CASE("checkpoint: a crafted file from our own writer loads", "[checkpoint]"
 }
 
 TEST_CASE("checkpoint: reader rejects malformed safetensors files", "[checkpoint]") {
-  TempDir dir("reader");
+  TempDir dir("checkpoint_reader");
   const std::string path = dir / "t.safetensors";
   const std::string four_floats = f32_bytes({1, 2, 3, 4});
   auto header_with = [](const json& entry) { return json{{"x", entry}}.dump(); };
@@ -418,7 +403,7 @@ TEST_CASE("checkpoint: reader rejects malformed safetensors files", "[checkpoint
 }
 
 TEST_CASE("checkpoint: loader rejects files that do not match the config", "[checkpoint]") {
-  TempDir dir("loader");
+  TempDir dir("checkpoint_loader");
   const auto model = random_model(11);
   auto tensors = tensors_of(*model);
 
@@ -482,7 +467,7 @@ TEST_CASE("checkpoint: loader rejects files that do not match the config", "[che
 }
 
 TEST_CASE("checkpoint: loader rejects bad directories and config.json", "[checkpoint]") {
-  TempDir dir("loader_dirs");
+  TempDir dir("checkpoint_loader_dirs");
   const auto model = random_model(13);
   SECTION("no such directory") {
     const std::string missing = dir / "nope";
@@ -524,7 +509,7 @@ TEST_CASE("checkpoint: loader rejects bad directories and config.json", "[checkp
 }
 
 TEST_CASE("checkpoint: a failed write leaves no partial file", "[checkpoint]") {
-  TempDir dir("failed_write");
+  TempDir dir("checkpoint_failed_write");
   const std::vector<float> values = {1, 2, 3, 4};
   const std::vector<moe::TensorRef> refs = {{"x", {4}, values.data()}};
   auto listing = [](const fs::path& p) {
@@ -537,7 +522,7 @@ TEST_CASE("checkpoint: a failed write leaves no partial file", "[checkpoint]") {
     const std::string path = dir / "no_such_dir/model.safetensors";
     REQUIRE_MOE_ERROR(moe::write_safetensors(path, refs), Contains(path) && Contains("cannot create"));
     CHECK_FALSE(fs::exists(dir / "no_such_dir"));
-    CHECK(listing(dir.path).empty());
+    CHECK(listing(dir.path()).empty());
   }
   SECTION("rename onto a directory fails after the data was written") {
     // The temporary file is created and filled, then the rename fails: it must be removed.
@@ -545,16 +530,16 @@ TEST_CASE("checkpoint: a failed write leaves no partial file", "[checkpoint]") {
     fs::create_directories(path);
     write_bytes(path + "/keep", "keep");
     REQUIRE_MOE_ERROR(moe::write_safetensors(path, refs), Contains(path) && Contains("rename failed"));
-    CHECK(listing(dir.path) == std::set<std::string>{"taken"});
+    CHECK(listing(dir.path()) == std::set<std::string>{"taken"});
     CHECK(listing(path) == std::set<std::string>{"keep"});
     REQUIRE_MOE_ERROR(moe::write_file_atomic(path, "{}"), Contains("rename failed"));
-    CHECK(listing(dir.path) == std::set<std::string>{"taken"});
+    CHECK(listing(dir.path()) == std::set<std::string>{"taken"});
   }
   SECTION("save_checkpoint under a missing parent") {
     const auto model = random_model(17);
     const std::string ckpt = dir / "missing_parent/ckpt";
     REQUIRE_THROWS_AS(moe::save_checkpoint(ckpt, *model), moe::Error);
-    CHECK(listing(dir.path).empty());
+    CHECK(listing(dir.path()).empty());
   }
   SECTION("a successful write replaces the old file whole") {
     const std::string path = dir / "w.safetensors";
@@ -563,6 +548,6 @@ TEST_CASE("checkpoint: a failed write leaves no partial file", "[checkpoint]") {
     const moe::SafetensorsFile file = moe::read_safetensors(path);
     CHECK(file.f32("x")[2] == 3.0f);
     CHECK(file.metadata.at("format") == "pt");
-    CHECK(listing(dir.path) == std::set<std::string>{"w.safetensors"});
+    CHECK(listing(dir.path()) == std::set<std::string>{"w.safetensors"});
   }
 }

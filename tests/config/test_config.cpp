@@ -1,19 +1,17 @@
 // Config parsing and validation: every rule in lib/model/config.cpp has a failing example whose
 // one-line message must name the field and what was expected, plus the shipped configs and the
 // to_json -> from_json round trip.
-#include <unistd.h>
-
-#include <filesystem>
-#include <fstream>
 #include <string>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.hpp"
 #include "core/error.hpp"
 #include "train/train_config.hpp"
 
 using Catch::Contains;
+using moe_test::TempDir;
 using nlohmann::json;
 
 namespace {
@@ -65,25 +63,6 @@ json with_model(std::initializer_list<std::pair<const char*, json>> fields) {
   return j;
 }
 
-// A scratch directory unique to this process and test, removed afterwards.
-struct TempDir {
-  std::filesystem::path path;
-  explicit TempDir(const std::string& name)
-      : path(std::filesystem::temp_directory_path() / ("moe_test_config_" + std::to_string(::getpid()) + "_" + name)) {
-    std::filesystem::remove_all(path);
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string write(const std::string& file, const std::string& contents) const {
-    const std::string p = (path / file).string();
-    std::ofstream(p, std::ios::binary) << contents;
-    return p;
-  }
-};
-
 std::string project_file(const std::string& relative) { return std::string(MOE_SOURCE_DIR) + "/" + relative; }
 
 }  // namespace
@@ -97,7 +76,7 @@ TEST_CASE("config: the valid example parses", "[config]") {
 }
 
 TEST_CASE("config: file that is not JSON", "[config]") {
-  TempDir dir("not_json");
+  TempDir dir("config_not_json");
   const std::string path = dir.write("broken.json", "{\"model\": {\"vocab_size\": 256,, }");
   REQUIRE_MOE_ERROR(moe::load_config_file(path), Contains(path) && Contains("not valid JSON"));
   const std::string empty = dir.write("empty.json", "");
@@ -105,11 +84,11 @@ TEST_CASE("config: file that is not JSON", "[config]") {
 }
 
 TEST_CASE("config: missing file and directory", "[config]") {
-  TempDir dir("missing");
-  const std::string missing = (dir.path / "nope.json").string();
+  TempDir dir("config_missing");
+  const std::string missing = dir / "nope.json";
   REQUIRE_MOE_ERROR(moe::load_config_file(missing), Contains(missing) && Contains("cannot open"));
   // A directory must not be reported as "not valid JSON".
-  const std::string directory = dir.path.string();
+  const std::string directory = dir.path();
   REQUIRE_MOE_ERROR(moe::load_config_file(directory), Contains(directory) && Contains("directory"));
 }
 

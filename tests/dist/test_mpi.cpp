@@ -3,20 +3,27 @@
 // process, resume with the same ranks, refuse bad options, and survive a killed rank with the last
 // checkpoint intact. Built only with MPI.
 #ifdef MOE_WITH_MPI
-#include <catch2/catch.hpp>
-
 #include <dirent.h>
+#include <signal.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
 #include "../reliability/reliability_util.hpp"
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 
 namespace {
 
 using namespace moe_rel;
+using namespace moe_test;
 
 // 8 routed experts (divisible by 1, 2, 4 ranks), top-2, no groups (so device-limited routing may
 // apply), global batch 8, and a save every 10 steps.
@@ -37,8 +44,8 @@ json mpi_config() {
 }
 
 std::vector<std::string> mpirun(int ranks, std::vector<std::string> args) {
-  std::vector<std::string> cmd = {"mpirun", "--allow-run-as-root", "--oversubscribe", "-np", std::to_string(ranks),
-                                   "-x", "OMP_WAIT_POLICY=PASSIVE", kBinary};
+  std::vector<std::string> cmd = {"mpirun", "--allow-run-as-root",     "--oversubscribe", "-np", std::to_string(ranks),
+                                  "-x",     "OMP_WAIT_POLICY=PASSIVE", kMoeBinary};
   cmd.insert(cmd.end(), args.begin(), args.end());
   return cmd;
 }
@@ -65,7 +72,7 @@ Run train_run(const TempDir& tmp, const std::string& name, int ranks, std::vecto
   if (!fs::exists(config)) write_bytes(config, mpi_config().dump());
   std::vector<std::string> args = {"train", "--config", config, "--data", kShakespeare, "--out", tmp / name};
   args.insert(args.end(), extra.begin(), extra.end());
-  const Result r = run(ranks == 0 ? moe_cmd(args) : mpirun(ranks, args), tmp.path, 300);
+  const RunResult r = run(ranks == 0 ? moe_argv(args) : mpirun(ranks, args), {.timeout_s = 300});
   INFO(r.describe());
   REQUIRE(r.exited);
   REQUIRE(r.code == 0);
@@ -75,7 +82,7 @@ Run train_run(const TempDir& tmp, const std::string& name, int ranks, std::vecto
 }  // namespace
 
 TEST_CASE("mpi: data- and expert-parallel runs on 2 and 4 ranks match one process over 20 steps", "[mpi]") {
-  TempDir tmp;
+  TempDir tmp("mpi");
   const Run one = train_run(tmp, "one", 0, {});
   REQUIRE(one.train.size() == 20);
   struct Case {
@@ -121,17 +128,18 @@ TEST_CASE("mpi: data- and expert-parallel runs on 2 and 4 ranks match one proces
     for (size_t e = 0; e < one.eval.size(); ++e)
       CHECK(std::fabs(one.eval[e]["val_loss"].get<double>() - run.eval[e]["val_loss"].get<double>()) < 1e-4);
     // One checkpoint directory, usable by the one-process tools.
-    const Result ev = moe_rel::run(moe_cmd({"eval", "-m", run.dir, "--data", kShakespeare, "--json"}), tmp.path, 120);
+    const RunResult ev = run_moe({"eval", "-m", run.dir, "--data", kShakespeare, "--json"}, {.timeout_s = 120});
     INFO(ev.describe());
     CHECK(ev.code == 0);
   }
 }
 
 TEST_CASE("mpi: expert-parallel resume on the same ranks ends with the uninterrupted run's weights", "[mpi]") {
-  TempDir tmp;
+  TempDir tmp("mpi");
   const Run straight = train_run(tmp, "straight", 2, {"--expert-parallel"});
   train_run(tmp, "resumed", 2, {"--expert-parallel", "--stop-at", "10"});
-  const Result r = run(mpirun(2, {"train", "--out", tmp / "resumed", "--resume", "--expert-parallel"}), tmp.path, 300);
+  const RunResult r =
+      run(mpirun(2, {"train", "--out", tmp / "resumed", "--resume", "--expert-parallel"}), {.timeout_s = 300});
   INFO(r.describe());
   REQUIRE(r.code == 0);
   CHECK(read_bytes(straight.dir + "/model.safetensors") == read_bytes(tmp / "resumed/model.safetensors"));
@@ -139,7 +147,7 @@ TEST_CASE("mpi: expert-parallel resume on the same ranks ends with the uninterru
 }
 
 TEST_CASE("mpi: device-limited routing runs and every token's experts come from at most M ranks", "[mpi]") {
-  TempDir tmp;
+  TempDir tmp("mpi");
   const Run run = train_run(tmp, "limited", 4, {"--expert-parallel", "--max-ranks-per-token", "1"});
   REQUIRE(run.train.size() == 20);
   // With M = 1 and 2 experts per rank, both of a token's experts share a rank; the routing itself
@@ -149,7 +157,7 @@ TEST_CASE("mpi: device-limited routing runs and every token's experts come from 
 }
 
 TEST_CASE("mpi: bad parallel options are refused with one line naming the flag", "[mpi]") {
-  TempDir tmp;
+  TempDir tmp("mpi");
   const std::string config = tmp / "mpi.json";
   write_bytes(config, mpi_config().dump());
   json grouped = mpi_config();
@@ -170,7 +178,7 @@ TEST_CASE("mpi: bad parallel options are refused with one line naming the flag",
   for (const Case& k : cases) {
     std::vector<std::string> args = {"train", "--data", kShakespeare, "--out", tmp / "bad"};
     args.insert(args.end(), k.args.begin(), k.args.end());
-    const Result r = run(mpirun(k.ranks, args), tmp.path, 120);
+    const RunResult r = run(mpirun(k.ranks, args), {.timeout_s = 120});
     INFO(r.describe());
     CHECK(r.exited);
     CHECK(r.code != 0);
@@ -201,16 +209,15 @@ pid_t find_rank(int rank, const std::string& marker) {
 }  // namespace
 
 TEST_CASE("mpi: killing one rank ends the job with an error and the last checkpoint stays intact", "[mpi]") {
-  TempDir tmp;
+  TempDir tmp("mpi");
   json c = mpi_config();
   c["train"]["steps"] = 100000;
   c["train"]["save_every"] = 5;
   c["train"]["eval_every"] = 0;
   write_bytes(tmp / "long.json", c.dump());
   const std::string out = tmp / "killed";
-  const pid_t job = spawn(mpirun(2, {"train", "--config", tmp / "long.json", "--data", kShakespeare, "--out", out,
-                                     "--expert-parallel"}),
-                          tmp / "job.out", tmp / "job.err");
+  Process job(
+      mpirun(2, {"train", "--config", tmp / "long.json", "--data", kShakespeare, "--out", out, "--expert-parallel"}));
   // Wait for a checkpoint, then kill rank 1.
   const auto t0 = std::chrono::steady_clock::now();
   while (!fs::exists(out + "/trainer_state.json")) {
@@ -221,14 +228,13 @@ TEST_CASE("mpi: killing one rank ends the job with an error and the last checkpo
   const pid_t victim = find_rank(1, out);
   REQUIRE(victim > 0);
   ::kill(victim, SIGKILL);
-  const int status = wait_for(job, 120);
-  const Result r = collect(status, tmp / "job.out", tmp / "job.err", 0);
+  const RunResult r = job.wait(120);
   INFO(r.describe());
   CHECK(r.exited);
   CHECK(r.code != 0);
   CHECK((r.err + r.out).find("signal 9") != std::string::npos);  // mpirun names the dead rank's signal
   // The checkpoint loads: a recovery of any interrupted save, then eval on one process.
-  const Result ev = run(moe_cmd({"eval", "-m", out, "--data", kShakespeare}), tmp.path, 120);
+  const RunResult ev = run_moe({"eval", "-m", out, "--data", kShakespeare}, {.timeout_s = 120});
   INFO(ev.describe());
   CHECK(ev.code == 0);
 }

@@ -1,58 +1,41 @@
 // `moe infer` and `moe eval` end to end on a checkpoint written by the library.
-#include <catch2/catch.hpp>
-
-#include <sys/wait.h>
-
-#include <cstdio>
-#include <filesystem>
+#include <cmath>
 #include <fstream>
 #include <string>
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 #include "model/checkpoint.hpp"
 
 using namespace moe;
-namespace fs = std::filesystem;
+using moe_test::run_moe;
+using moe_test::RunResult;
+using moe_test::TempDir;
 
 namespace {
 
-struct Result {
-  int status;
-  std::string out;
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MOE_BINARY) + " " + args + " 2>/dev/null";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  REQUIRE(pipe);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  const int status = pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
-std::string make_checkpoint() {
-  const fs::path dir = fs::temp_directory_path() / ("moe_infer_cli_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+// A small random model saved into `dir`.
+void make_checkpoint(const TempDir& dir) {
   ModelConfig c;
   c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 2, c.num_key_value_heads = 1;
   c.head_dim = 16, c.intermediate_size = 48, c.moe_intermediate_size = 16, c.first_k_dense_replace = 1;
   c.n_routed_experts = 4, c.num_experts_per_tok = 2, c.max_position_embeddings = 64, c.initializer_range = 0.2;
   Model model(c);
   model.init(3);
-  save_checkpoint(dir.string(), model);
-  return dir.string();
+  save_checkpoint(dir.path(), model);
 }
 
 }  // namespace
 
 TEST_CASE("infer --json carries the documented fields and a seed reproduces the text", "[infer][cli]") {
-  const std::string dir = make_checkpoint();
-  const Result a = run("infer -m " + dir + " -p 'hello' -n 12 --seed 5 --json -t 1");
-  REQUIRE(a.status == 0);
+  const TempDir tmp("infer_cli");
+  make_checkpoint(tmp);
+  const std::string& dir = tmp.path();
+  const RunResult a = run_moe({"infer", "-m", dir, "-p", "hello", "-n", "12", "--seed", "5", "--json", "-t", "1"});
+  REQUIRE(a.code == 0);
   const auto j = nlohmann::json::parse(a.out);
   CHECK(j.at("prompt") == "hello");
   const std::vector<uint8_t> text_bytes = j.at("text_bytes").get<std::vector<uint8_t>>();
@@ -66,47 +49,48 @@ TEST_CASE("infer --json carries the documented fields and a seed reproduces the 
   int64_t routed = 0;
   for (const auto& v : j["expert_stats"][0]["counts"]) routed += v.get<int64_t>();
   CHECK(routed == (5 + 11) * 2);
-  const Result b = run("infer -m " + dir + " -p 'hello' -n 12 --seed 5 --json -t 1");
+  const RunResult b = run_moe({"infer", "-m", dir, "-p", "hello", "-n", "12", "--seed", "5", "--json", "-t", "1"});
   CHECK(nlohmann::json::parse(b.out).at("text_bytes") == j.at("text_bytes"));
   // Streaming mode prints the prompt followed by the same text.
-  const Result s = run("infer -m " + dir + " -p 'hello' -n 12 --seed 5 -t 1");
+  const RunResult s = run_moe({"infer", "-m", dir, "-p", "hello", "-n", "12", "--seed", "5", "-t", "1"});
   CHECK(s.out == "hello" + std::string(text_bytes.begin(), text_bytes.end()) + "\n");
-  fs::remove_all(dir);
 }
 
 TEST_CASE("infer --prompts-file generates every prompt, in order", "[infer][cli]") {
-  const std::string dir = make_checkpoint();
+  const TempDir tmp("infer_cli");
+  make_checkpoint(tmp);
+  const std::string& dir = tmp.path();
   const std::string prompts = dir + "/prompts.txt";
   std::ofstream(prompts) << "abc\nsecond prompt\n\n";
-  const Result r = run("infer -m " + dir + " --prompts-file " + prompts + " -n 6 --temp 0 --json");
-  REQUIRE(r.status == 0);
+  const RunResult r = run_moe({"infer", "-m", dir, "--prompts-file", prompts, "-n", "6", "--temp", "0", "--json"});
+  REQUIRE(r.code == 0);
   const auto j = nlohmann::json::parse(r.out);
   REQUIRE(j.at("results").size() == 3);
   CHECK(j["results"][0]["prompt"] == "abc");
   CHECK(j["results"][1]["prompt"] == "second prompt");
   CHECK(j["results"][2]["prompt"] == "\n");
   // Batched greedy text equals each prompt generated alone.
-  const Result single = run("infer -m " + dir + " -p 'second prompt' -n 6 --temp 0 --json");
+  const RunResult single = run_moe({"infer", "-m", dir, "-p", "second prompt", "-n", "6", "--temp", "0", "--json"});
   CHECK(nlohmann::json::parse(single.out).at("text_bytes") == j["results"][1]["text_bytes"]);
-  fs::remove_all(dir);
 }
 
 TEST_CASE("eval --json reports loss, perplexity, tokens and per-layer counts", "[infer][cli]") {
-  const std::string dir = make_checkpoint();
+  const TempDir tmp("infer_cli");
+  make_checkpoint(tmp);
+  const std::string& dir = tmp.path();
   const std::string data = dir + "/text.txt";
   std::ofstream(data) << std::string(150, 'x') << "some more text at the end";
-  const Result r = run("eval -m " + dir + " --data " + data + " --ctx 32 --json");
-  REQUIRE(r.status == 0);
+  const RunResult r = run_moe({"eval", "-m", dir, "--data", data, "--ctx", "32", "--json"});
+  REQUIRE(r.code == 0);
   const auto j = nlohmann::json::parse(r.out);
   CHECK(j.at("tokens") == 174);
   CHECK(j.at("perplexity").get<double>() == Approx(std::exp(j.at("loss").get<double>())));
   int64_t routed = 0;
   for (const auto& v : j["layers"][0]["counts"]) routed += v.get<int64_t>();
   CHECK(routed == 174 * 2);
-  CHECK(run("eval -m " + dir + " --data " + dir + "/missing.txt").status != 0);
-  CHECK(run("eval -m " + dir + " --data " + data + " --ctx 1000").status != 0);
-  CHECK(run("infer -m " + dir + " -p x --top-p 0").status != 0);
-  CHECK(run("infer -m " + dir + " -p x --temp -1").status != 0);
-  CHECK(run("infer -m " + dir + "/nope -p x").status != 0);
-  fs::remove_all(dir);
+  CHECK(run_moe({"eval", "-m", dir, "--data", dir + "/missing.txt"}).code != 0);
+  CHECK(run_moe({"eval", "-m", dir, "--data", data, "--ctx", "1000"}).code != 0);
+  CHECK(run_moe({"infer", "-m", dir, "-p", "x", "--top-p", "0"}).code != 0);
+  CHECK(run_moe({"infer", "-m", dir, "-p", "x", "--temp", "-1"}).code != 0);
+  CHECK(run_moe({"infer", "-m", dir + "/nope", "-p", "x"}).code != 0);
 }

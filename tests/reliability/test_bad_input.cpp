@@ -1,5 +1,5 @@
 // Bad input, table-driven, through the real binary: every row must be refused with a non-zero exit
-// status (never a signal, never a hang: each runs under `timeout 30`), exactly one line on stderr
+// status (never a signal, never a hang: each runs with a 30 s limit), exactly one line on stderr
 // that starts with "moe: " and names the file, field or flag, and no file written or changed
 // anywhere in the test's directory (which holds every fixture and every output path).
 #include <sys/stat.h>
@@ -9,17 +9,20 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 #include "model/checkpoint.hpp"
 #include "train/train_config.hpp"
 #include "reliability_util.hpp"
 
 using namespace moe_rel;
+using namespace moe_test;
 
 namespace {
 
@@ -32,7 +35,6 @@ struct Row {
 
 // Runs every row against a tree rooted at `root`; the tree must be byte-identical afterwards.
 void check_refused(const std::vector<Row>& rows, const std::string& root) {
-  TempDir logs;  // stdout/stderr files live outside the watched tree
   for (const Row& row : rows) {
     INFO("row: " << row.name);
     if (!row.skip.empty()) {
@@ -40,16 +42,14 @@ void check_refused(const std::vector<Row>& rows, const std::string& root) {
       continue;
     }
     const auto before = snapshot(root);
-    std::vector<std::string> argv = {"timeout", "30", kBinary};
-    argv.insert(argv.end(), row.args.begin(), row.args.end());
-    const Result r = run(argv, logs.path, 40);
+    const RunResult r = run_moe(row.args, {.timeout_s = 30});
     INFO(r.describe());
     if (std::getenv("MOE_REL_VERBOSE")) std::fprintf(stderr, "[%s] %s", row.name.c_str(), r.err.c_str());
+    CHECK_FALSE(r.timed_out);  // the command hung
     CHECK_FALSE(r.signaled);
     CHECK(r.exited);
     CHECK(r.code != 0);
-    CHECK(r.code != 124);  // timeout's status: the command hung
-    CHECK(r.code < 124);   // 125..: timeout could not run it; 128+n: killed by signal n
+    CHECK(r.code < 124);  // 124..: a shell's or timeout's status for a hang, a failed start or a signal
     // Exactly one line, "moe: ...", naming what is wrong.
     CHECK(r.err.rfind("moe: ", 0) == 0);
     CHECK(count_substr(r.err, "\n") == 1);
@@ -62,8 +62,10 @@ void check_refused(const std::vector<Row>& rows, const std::string& root) {
     const auto after = snapshot(root);
     if (after != before) {
       for (const auto& [name, contents] : after)
-        if (!before.count(name)) UNSCOPED_INFO("new: " << name);
-        else if (before.at(name) != contents) UNSCOPED_INFO("changed: " << name);
+        if (!before.count(name))
+          UNSCOPED_INFO("new: " << name);
+        else if (before.at(name) != contents)
+          UNSCOPED_INFO("changed: " << name);
       for (const auto& [name, contents] : before)
         if (!after.count(name)) UNSCOPED_INFO("removed: " << name);
     }
@@ -108,7 +110,7 @@ std::string one_float(float v) {
 // --- fixtures ------------------------------------------------------------------------------
 
 struct Fixtures {
-  TempDir tmp;
+  TempDir tmp{"reliability"};
   std::string config, data, eval_data, checkpoint;
 
   Fixtures() {
@@ -148,7 +150,9 @@ struct Fixtures {
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
-  std::vector<std::string> eval(const std::string& model) { return {"eval", "--model", model, "--data", eval_data, "-t", "2"}; }
+  std::vector<std::string> eval(const std::string& model) {
+    return {"eval", "--model", model, "--data", eval_data, "-t", "2"};
+  }
 };
 
 double machine_memory_gib() {
@@ -184,8 +188,8 @@ TEST_CASE("reliability: bad configs are refused naming the file and field", "[re
     rows.push_back({"config missing", fx.train(m, out), {m, "cannot open"}, ""});
   }
   rows.push_back(row("no model section", "nomodel.json", [](json& c) { c.erase("model"); }, {"\"model\""}));
-  rows.push_back(row("unknown top-level key", "toplevel.json", [](json& c) { c["modle"] = json::object(); },
-                     {"\"modle\""}));
+  rows.push_back(
+      row("unknown top-level key", "toplevel.json", [](json& c) { c["modle"] = json::object(); }, {"\"modle\""}));
   rows.push_back(row("model field of the wrong type (string)", "type_string.json",
                      [](json& c) { c["model"]["hidden_size"] = "32"; }, {"hidden_size", "expected an integer"}));
   rows.push_back(row("model field of the wrong type (fraction)", "type_fraction.json",
@@ -210,8 +214,8 @@ TEST_CASE("reliability: bad configs are refused naming the file and field", "[re
                      {"vocab_size", "256"}));
   rows.push_back(row("unknown scoring_func", "scoring.json", [](json& c) { c["model"]["scoring_func"] = "relu"; },
                      {"scoring_func", "relu"}));
-  rows.push_back(row("negative rms_norm_eps", "eps.json", [](json& c) { c["model"]["rms_norm_eps"] = -1e-6; },
-                     {"rms_norm_eps"}));
+  rows.push_back(
+      row("negative rms_norm_eps", "eps.json", [](json& c) { c["model"]["rms_norm_eps"] = -1e-6; }, {"rms_norm_eps"}));
   rows.push_back(row("zero routed_scaling_factor", "scaling.json",
                      [](json& c) { c["model"]["routed_scaling_factor"] = 0; }, {"routed_scaling_factor"}));
   rows.push_back(row("unknown balance mode", "balance.json", [](json& c) { c["train"]["balance"] = "sideways"; },
@@ -225,9 +229,10 @@ TEST_CASE("reliability: bad configs are refused naming the file and field", "[re
                      [](json& c) { c["model"]["num_attention_heads"] = 3; }, {"num_attention_heads", "hidden_size"}));
   rows.push_back(row("odd head_dim", "head_dim.json", [](json& c) { c["model"]["head_dim"] = 15; }, {"head_dim"}));
   rows.push_back(row("more experts per token than experts", "topk.json",
-                     [](json& c) { c["model"]["num_experts_per_tok"] = 5; }, {"num_experts_per_tok", "n_routed_experts"}));
-  rows.push_back(row("n_group not dividing experts", "groups.json", [](json& c) { c["model"]["n_group"] = 3; },
-                     {"n_group"}));
+                     [](json& c) { c["model"]["num_experts_per_tok"] = 5; },
+                     {"num_experts_per_tok", "n_routed_experts"}));
+  rows.push_back(
+      row("n_group not dividing experts", "groups.json", [](json& c) { c["model"]["n_group"] = 3; }, {"n_group"}));
   rows.push_back(row("kept groups hold fewer than K experts", "topk_group.json",
                      [](json& c) {
                        c["model"]["n_group"] = 4;
@@ -251,9 +256,13 @@ TEST_CASE("reliability: bad configs are refused naming the file and field", "[re
     // refused with the estimate before anything is allocated, on any machine with less memory.
     Row r = row("more memory than the machine has", "big.json",
                 [](json& c) {
-                  c["model"].update({{"hidden_size", 4096}, {"num_hidden_layers", 4}, {"num_attention_heads", 32},
-                                     {"num_key_value_heads", 32}, {"intermediate_size", 12288},
-                                     {"first_k_dense_replace", 4}, {"max_position_embeddings", 256}});
+                  c["model"].update({{"hidden_size", 4096},
+                                     {"num_hidden_layers", 4},
+                                     {"num_attention_heads", 32},
+                                     {"num_key_value_heads", 32},
+                                     {"intermediate_size", 12288},
+                                     {"first_k_dense_replace", 4},
+                                     {"max_position_embeddings", 256}});
                   c["train"].update({{"batch", 48}, {"seq", 256}});
                 },
                 {"GiB", "this machine has"});
@@ -263,7 +272,7 @@ TEST_CASE("reliability: bad configs are refused naming the file and field", "[re
     rows.push_back(r);
   }
   REQUIRE(rows.size() >= 30);
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }
 
 TEST_CASE("reliability: bad flags are refused naming the flag", "[reliability]") {
@@ -284,7 +293,10 @@ TEST_CASE("reliability: bad flags are refused naming the flag", "[reliability]")
       {"non-numeric --steps", train({"--steps", "abc"}), {"--steps", "abc"}, ""},
       {"fractional --steps", train({"--steps", "1.5"}), {"--steps"}, ""},
       {"negative --threads (0 means all cores)", train({"--threads", "-1"}), {"--threads"}, ""},
-      {"absurd --threads", {"train", "--config", fx.config, "--out", out, "--threads", "5000"}, {"threads", "1024"}, ""},
+      {"absurd --threads",
+       {"train", "--config", fx.config, "--out", out, "--threads", "5000"},
+       {"threads", "1024"},
+       ""},
       {"--threads given twice", train({"--threads", "3"}), {"--threads"}, ""},
       {"zero --batch", train({"--batch", "0"}), {"--batch"}, ""},
       {"NaN --lr", train({"--lr", "nan"}), {"--lr"}, ""},
@@ -300,12 +312,14 @@ TEST_CASE("reliability: bad flags are refused naming the flag", "[reliability]")
       {"infer without a prompt", {"infer", "--model", fx.checkpoint}, {"-p"}, ""},
       {"-p and -f together", infer({"-f", fx.eval_data}), {"-f"}, ""},
       {"eval without --data", {"eval", "--model", fx.checkpoint}, {"--data"}, ""},
-      {"eval --ctx past the context", {"eval", "--model", fx.checkpoint, "--data", fx.eval_data, "--ctx", "1000"},
-       {"--ctx", "max_position_embeddings"}, ""},
+      {"eval --ctx past the context",
+       {"eval", "--model", fx.checkpoint, "--data", fx.eval_data, "--ctx", "1000"},
+       {"--ctx", "max_position_embeddings"},
+       ""},
       {"inspect without a path", {"inspect"}, {"paths"}, ""},
       {"data synth --bytes 0", {"data", "synth", "--out", fx.tmp / "corpus.txt", "--bytes", "0"}, {"--bytes"}, ""},
   };
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }
 
 TEST_CASE("reliability: bad data files are refused naming the file", "[reliability]") {
@@ -316,7 +330,7 @@ TEST_CASE("reliability: bad data files are refused naming the file", "[reliabili
                     unreadable = fx.tmp / "unreadable.txt";
   fs::create_directory(dir);
   write_bytes(empty, "");
-  write_bytes(shorter, "hello world");                 // 9 training bytes < seq + 1 = 33
+  write_bytes(shorter, "hello world");                           // 9 training bytes < seq + 1 = 33
   write_bytes(no_val, read_bytes(kShakespeare).substr(0, 300));  // validation part: 30 bytes < 33
   write_bytes(unreadable, "some text that cannot be read\n");
   ::chmod(unreadable.c_str(), 0);
@@ -338,7 +352,7 @@ TEST_CASE("reliability: bad data files are refused naming the file", "[reliabili
       {"infer --prompts-file empty", {"infer", "--model", fx.checkpoint, "--prompts-file", empty}, {empty}, ""},
       {"inspect --data missing", {"inspect", fx.checkpoint, "--data", missing}, {missing}, ""},
   };
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }
 
 TEST_CASE("reliability: corrupt checkpoints are refused by eval and infer naming the file", "[reliability]") {
@@ -355,7 +369,8 @@ TEST_CASE("reliability: corrupt checkpoints are refused by eval and infer naming
   add("missing model.safetensors", d, {d + "/model.safetensors"});
   d = fx.checkpoint_with("no_config", [](const std::string& p) { fs::remove(p + "/config.json"); });
   add("missing config.json", d, {d + "/config.json"});
-  d = fx.checkpoint_with("config_not_json", [](const std::string& p) { write_bytes(p + "/config.json", "{\"hidden_size\": "); });
+  d = fx.checkpoint_with("config_not_json",
+                         [](const std::string& p) { write_bytes(p + "/config.json", "{\"hidden_size\": "); });
   add("config.json not JSON", d, {d + "/config.json", "not valid JSON"});
   d = fx.checkpoint_with("config_typo", [](const std::string& p) {
     json c = read_json(p + "/config.json");
@@ -448,17 +463,16 @@ TEST_CASE("reliability: corrupt checkpoints are refused by eval and infer naming
   });
   add("shapes disagreeing with config.json", d, {d + "/model.safetensors", "config implies"});
   REQUIRE(rows.size() >= 40);
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }
 
 TEST_CASE("reliability: resume refuses a run directory it cannot continue exactly", "[reliability]") {
   Fixtures fx;
-  TempDir logs;
   // Two real runs: the micro model, and one of a different width.
   const std::string run = fx.tmp / "run", other_run = fx.tmp / "other_run";
   const std::string other_config = fx.config_with("other.json", [](json& c) { c["model"]["hidden_size"] = 48; });
   for (const auto& [config, dir] : {std::pair{fx.config, run}, std::pair{other_config, other_run}}) {
-    const Result r = moe_rel::run(moe_cmd(fx.train(config, dir, {"--steps", "2"})), logs.path);
+    const RunResult r = run_moe(fx.train(config, dir, {"--steps", "2"}), {.timeout_s = 60});
     INFO(r.describe());
     REQUIRE(r.exited);
     REQUIRE(r.code == 0);
@@ -484,17 +498,14 @@ TEST_CASE("reliability: resume refuses a run directory it cannot continue exactl
   const std::string foreign = copy_run("foreign_state", [&](const std::string& dir) {
     fs::copy_file(other_run + "/trainer_state.json", dir + "/trainer_state.json", fs::copy_options::overwrite_existing);
   });
-  const std::string not_json = copy_run("state_not_json", [](const std::string& dir) {
-    write_bytes(dir + "/trainer_state.json", "{\"step\": 2, ");
-  });
-  const std::string state_array = copy_run("state_array", [](const std::string& dir) {
-    write_bytes(dir + "/trainer_state.json", "[]\n");
-  });
+  const std::string not_json = copy_run(
+      "state_not_json", [](const std::string& dir) { write_bytes(dir + "/trainer_state.json", "{\"step\": 2, "); });
+  const std::string state_array =
+      copy_run("state_array", [](const std::string& dir) { write_bytes(dir + "/trainer_state.json", "[]\n"); });
   const std::string step_type = edit_state("step_type", [](json& s) { s["step"] = "two"; });
   const std::string no_rng = edit_state("no_rng", [](json& s) { s.erase("rng"); });
-  const std::string no_optimizer = copy_run("no_optimizer", [](const std::string& dir) {
-    fs::remove(dir + "/optimizer.safetensors");
-  });
+  const std::string no_optimizer =
+      copy_run("no_optimizer", [](const std::string& dir) { fs::remove(dir + "/optimizer.safetensors"); });
   const std::string bad_optimizer = copy_run("bad_optimizer", [](const std::string& dir) {
     const std::string raw = read_bytes(dir + "/optimizer.safetensors");
     write_bytes(dir + "/optimizer.safetensors", raw.substr(0, raw.size() - 100));
@@ -512,25 +523,45 @@ TEST_CASE("reliability: resume refuses a run directory it cannot continue exactl
   const std::string missing = fx.tmp / "missing_dir";
 
   const std::vector<Row> rows = {
-      {"--resume with --config of a different model", resume(run, {"--config", other_config, "--steps", "4"}),
-       {other_config, "differs", run}, ""},
-      {"trainer_state.json of another run", resume(foreign, {"--steps", "4"}),
-       {foreign + "/trainer_state.json", foreign + "/config.json"}, ""},
-      {"trainer_state.json not JSON", resume(not_json, {"--steps", "4"}), {not_json + "/trainer_state.json", "not valid JSON"}, ""},
-      {"trainer_state.json not an object", resume(state_array, {"--steps", "4"}), {state_array + "/trainer_state.json"}, ""},
-      {"trainer_state.json step of the wrong type", resume(step_type, {"--steps", "4"}),
-       {step_type + "/trainer_state.json", "\"step\""}, ""},
+      {"--resume with --config of a different model",
+       resume(run, {"--config", other_config, "--steps", "4"}),
+       {other_config, "differs", run},
+       ""},
+      {"trainer_state.json of another run",
+       resume(foreign, {"--steps", "4"}),
+       {foreign + "/trainer_state.json", foreign + "/config.json"},
+       ""},
+      {"trainer_state.json not JSON",
+       resume(not_json, {"--steps", "4"}),
+       {not_json + "/trainer_state.json", "not valid JSON"},
+       ""},
+      {"trainer_state.json not an object",
+       resume(state_array, {"--steps", "4"}),
+       {state_array + "/trainer_state.json"},
+       ""},
+      {"trainer_state.json step of the wrong type",
+       resume(step_type, {"--steps", "4"}),
+       {step_type + "/trainer_state.json", "\"step\""},
+       ""},
       {"trainer_state.json without rng", resume(no_rng, {"--steps", "4"}), {no_rng + "/trainer_state.json", "rng"}, ""},
-      {"missing optimizer.safetensors", resume(no_optimizer, {"--steps", "4"}), {no_optimizer + "/optimizer.safetensors"}, ""},
-      {"truncated optimizer.safetensors", resume(bad_optimizer, {"--steps", "4"}), {bad_optimizer + "/optimizer.safetensors"}, ""},
-      {"NaN in the run's model.safetensors", resume(nan_model, {"--steps", "4"}),
-       {nan_model + "/model.safetensors", "non-finite"}, ""},
+      {"missing optimizer.safetensors",
+       resume(no_optimizer, {"--steps", "4"}),
+       {no_optimizer + "/optimizer.safetensors"},
+       ""},
+      {"truncated optimizer.safetensors",
+       resume(bad_optimizer, {"--steps", "4"}),
+       {bad_optimizer + "/optimizer.safetensors"},
+       ""},
+      {"NaN in the run's model.safetensors",
+       resume(nan_model, {"--steps", "4"}),
+       {nan_model + "/model.safetensors", "non-finite"},
+       ""},
       {"resume on other data", resume(run, {"--data", other_data, "--steps", "4"}), {"different data", "--data"}, ""},
       {"resume an empty directory", resume(empty, {"--steps", "4"}), {empty, "nothing to resume"}, ""},
       {"resume a missing directory", resume(missing, {"--steps", "4"}), {missing, "nothing to resume"}, ""},
       {"resume a finished run", resume(run, {}), {run, "--steps"}, ""},
   };
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }
 
 TEST_CASE("reliability: inspect refuses bad metrics files naming the file and line", "[reliability]") {
@@ -552,18 +583,38 @@ TEST_CASE("reliability: inspect refuses bad metrics files naming the file and li
   add("binary garbage", std::string("\x01\x02\xff\xfe garbage\x00\n", 15) + good + "\n", {":1", "not valid JSON"});
   add("step of the wrong type", good + "\n" + R"({"kind":"train","step":"two","loss":1,"layers":[]})" + "\n",
       {":2", "\"step\""});
-  add("loss of the wrong type", R"({"kind":"train","step":1,"loss":"low","layers":[]})" "\n", {":1", "\"loss\""});
-  add("counts of the wrong type", R"({"kind":"train","step":1,"loss":1,"layers":[{"layer":1,"counts":"many","maxvio":0}]})" "\n",
+  add("loss of the wrong type",
+      R"({"kind":"train","step":1,"loss":"low","layers":[]})"
+      "\n",
+      {":1", "\"loss\""});
+  add("counts of the wrong type",
+      R"({"kind":"train","step":1,"loss":1,"layers":[{"layer":1,"counts":"many","maxvio":0}]})"
+      "\n",
       {":1", "\"counts\""});
-  add("val_loss of the wrong type", R"({"kind":"eval","step":0,"val_loss":null,"layers":[]})" "\n", {":1", "\"val_loss\""});
+  add("val_loss of the wrong type",
+      R"({"kind":"eval","step":0,"val_loss":null,"layers":[]})"
+      "\n",
+      {":1", "\"val_loss\""});
   add("line not an object", "[1, 2, 3]\n", {":1", "JSON object"});
-  add("missing kind", R"({"step":1,"loss":1})" "\n", {":1", "\"kind\""});
-  add("unknown kind", R"({"kind":"banana","step":1})" "\n", {":1", "banana"});
-  add("layers not an array", R"({"kind":"train","step":1,"loss":1,"layers":{}})" "\n", {":1", "\"layers\""});
-  add("negative expert count", R"({"kind":"train","step":1,"loss":1,"layers":[{"layer":1,"counts":[-1,2],"maxvio":0}]})" "\n",
+  add("missing kind",
+      R"({"step":1,"loss":1})"
+      "\n",
+      {":1", "\"kind\""});
+  add("unknown kind",
+      R"({"kind":"banana","step":1})"
+      "\n",
+      {":1", "banana"});
+  add("layers not an array",
+      R"({"kind":"train","step":1,"loss":1,"layers":{}})"
+      "\n",
+      {":1", "\"layers\""});
+  add("negative expert count",
+      R"({"kind":"train","step":1,"loss":1,"layers":[{"layer":1,"counts":[-1,2],"maxvio":0}]})"
+      "\n",
       {":1", "negative"});
   add("bias of the wrong length",
-      R"({"kind":"train","step":1,"loss":1,"layers":[{"layer":1,"counts":[1,2],"maxvio":0,"bias":[0]}]})" "\n",
+      R"({"kind":"train","step":1,"loss":1,"layers":[{"layer":1,"counts":[1,2],"maxvio":0,"bias":[0]}]})"
+      "\n",
       {":1", "bias"});
   add("experts changing between steps",
       good + "\n" + R"({"kind":"train","step":2,"loss":1,"layers":[{"layer":1,"counts":[1,2],"maxvio":0}]})" + "\n",
@@ -572,7 +623,8 @@ TEST_CASE("reliability: inspect refuses bad metrics files naming the file and li
     const std::string dir = fx.tmp / "run_with_garbage";
     fs::create_directory(dir);
     write_bytes(dir + "/metrics.jsonl", good + "\n{\"kind\": \n" + good + "\n");
-    rows.push_back({"run directory with a torn middle line", {"inspect", dir}, {dir + "/metrics.jsonl:2", "not valid JSON"}, ""});
+    rows.push_back(
+        {"run directory with a torn middle line", {"inspect", dir}, {dir + "/metrics.jsonl:2", "not valid JSON"}, ""});
     const std::string plain = fx.tmp / "plain_dir";
     fs::create_directory(plain);
     rows.push_back({"directory that is not a run", {"inspect", plain}, {plain, "not a run"}, ""});
@@ -582,21 +634,22 @@ TEST_CASE("reliability: inspect refuses bad metrics files naming the file and li
     rows.push_back({"--layer that does not exist", {"inspect", ok, "--layer", "7"}, {"--layer 7"}, ""});
     const std::string blocker = fx.tmp / "regular_file";
     write_bytes(blocker, "x");
-    rows.push_back({"--html under a regular file", {"inspect", ok, "--html", blocker + "/report.html"},
-                    {blocker + "/report.html"}, ""});
+    rows.push_back({"--html under a regular file",
+                    {"inspect", ok, "--html", blocker + "/report.html"},
+                    {blocker + "/report.html"},
+                    ""});
   }
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }
 
 TEST_CASE("reliability: unwritable and existing run directories are refused before training", "[reliability]") {
   Fixtures fx;
-  TempDir logs;
   const std::string blocker = fx.tmp / "regular_file";
   write_bytes(blocker, "not a directory\n");
   // A finished run: refusing to train into it again must leave every byte as it was.
   const std::string run = fx.tmp / "finished";
   {
-    const Result r = moe_rel::run(moe_cmd(fx.train(fx.config, run, {"--steps", "2"})), logs.path);
+    const RunResult r = run_moe(fx.train(fx.config, run, {"--steps", "2"}), {.timeout_s = 60});
     INFO(r.describe());
     REQUIRE(r.exited);
     REQUIRE(r.code == 0);
@@ -614,18 +667,28 @@ TEST_CASE("reliability: unwritable and existing run directories are refused befo
   const std::vector<Row> rows = {
       // As root no permission bits stop a write, so the unwritable places are a path under a
       // regular file and /proc, where nobody can create directories.
-      {"--out under a regular file", fx.train(fx.config, blocker + "/run"), {blocker + "/run", "cannot create directory"}, ""},
+      {"--out under a regular file",
+       fx.train(fx.config, blocker + "/run"),
+       {blocker + "/run", "cannot create directory"},
+       ""},
       {"--out deeper under a regular file", fx.train(fx.config, blocker + "/a/b/c"), {blocker + "/a/b/c"}, ""},
       {"--out in /proc", fx.train(fx.config, "/proc/moe_reliability_run"), {"/proc/moe_reliability_run"}, ""},
       {"--out is a regular file", fx.train(fx.config, blocker), {blocker, "not a directory"}, ""},
       {"--out inside a read-only directory", fx.train(fx.config, read_only + "/run"), {read_only + "/run"}, as_root},
-      {"--out a read-only empty directory", fx.train(fx.config, read_only_run), {read_only_run, "not writable"}, as_root},
+      {"--out a read-only empty directory",
+       fx.train(fx.config, read_only_run),
+       {read_only_run, "not writable"},
+       as_root},
       {"existing run without --resume", fx.train(fx.config, run), {run, "--resume", "--force"}, ""},
-      {"existing run without --resume (other flags)", fx.train(fx.config, run, {"--steps", "9", "--seed", "3"}),
-       {run, "--resume", "--force"}, ""},
+      {"existing run without --resume (other flags)",
+       fx.train(fx.config, run, {"--steps", "9", "--seed", "3"}),
+       {run, "--resume", "--force"},
+       ""},
       {"existing non-empty directory", fx.train(fx.config, notes), {notes, "--resume", "--force"}, ""},
-      {"data synth --out under a regular file", {"data", "synth", "--out", blocker + "/corpus.txt", "--bytes", "1000"},
-       {blocker + "/corpus.txt"}, ""},
+      {"data synth --out under a regular file",
+       {"data", "synth", "--out", blocker + "/corpus.txt", "--bytes", "1000"},
+       {blocker + "/corpus.txt"},
+       ""},
   };
-  check_refused(rows, fx.tmp.path);
+  check_refused(rows, fx.tmp.path());
 }

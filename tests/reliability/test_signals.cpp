@@ -4,8 +4,6 @@
 // checkpoint: resuming after every kill reaches the same final weights, byte for byte, as a run
 // that was never interrupted.
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -17,53 +15,55 @@
 #include <tuple>
 #include <vector>
 
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 #include "reliability_util.hpp"
 
 using namespace moe_rel;
+using namespace moe_test;
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> train_args(const std::string& config, const std::string& dir, std::vector<std::string> extra) {
-  std::vector<std::string> a = {kBinary, "train", "--config", config, "--data", kShakespeare, "--out", dir, "--threads", "2"};
+  std::vector<std::string> a = {kMoeBinary,   "train", "--config", config,      "--data",
+                                kShakespeare, "--out", dir,        "--threads", "2"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
 
 std::vector<std::string> resume_args(const std::string& dir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {kBinary, "train", "--out", dir, "--resume", "--threads", "2"};
+  std::vector<std::string> a = {kMoeBinary, "train", "--out", dir, "--resume", "--threads", "2"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
 
-size_t train_lines(const std::string& dir) { return count_substr(read_bytes(dir + "/metrics.jsonl"), "\"kind\":\"train\""); }
-
-// Whether the child has ended, without reaping it (its status stays for wait_for).
-bool has_exited(pid_t pid) {
-  siginfo_t info{};
-  return ::waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+size_t train_lines(const std::string& dir) {
+  return count_substr(read_bytes(dir + "/metrics.jsonl"), "\"kind\":\"train\"");
 }
 
 // Polls `ready` every 0.2 ms until it holds; false when the process ended first or after `limit_s`.
 template <class F>
-bool poll_until(pid_t pid, F ready, double limit_s = 30) {
+bool poll_until(const Process& process, F ready, double limit_s = 30) {
   const auto t0 = Clock::now();
   while (!ready()) {
-    if (has_exited(pid)) return false;
+    if (process.has_exited()) return false;
     if (std::chrono::duration<double>(Clock::now() - t0).count() > limit_s) return false;
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   return true;
 }
 
-int64_t checkpoint_step(const std::string& dir) { return read_json(dir + "/trainer_state.json").at("step").get<int64_t>(); }
+int64_t checkpoint_step(const std::string& dir) {
+  return read_json(dir + "/trainer_state.json").at("step").get<int64_t>();
+}
 
 // `moe eval` of the checkpoint in `dir` succeeds.
 void check_checkpoint_loads(const std::string& dir, const std::string& logs) {
   const std::string text = logs + "/eval.txt";
   write_bytes(text, "to be or not to be, that is the question\n");
-  const Result r = run(moe_cmd({"eval", "--model", dir, "--data", text, "-t", "2"}), logs);
+  const RunResult r = run_moe({"eval", "--model", dir, "--data", text, "-t", "2"}, {.timeout_s = 60});
   INFO("moe eval of the checkpoint in " << dir << "\n" << r.describe());
   CHECK(r.exited);
   CHECK(r.code == 0);
@@ -72,17 +72,15 @@ void check_checkpoint_loads(const std::string& dir, const std::string& logs) {
 }  // namespace
 
 TEST_CASE("reliability: SIGINT and SIGTERM stop training with a checkpoint and exit 130 and 143", "[reliability]") {
-  TempDir tmp, logs;
+  TempDir tmp("reliability"), logs("reliability_logs");
   const std::string config = write_json(tmp / "micro.json", micro_config());
   for (const auto& [sig, code, name] : {std::tuple{SIGINT, 130, "SIGINT"}, std::tuple{SIGTERM, 143, "SIGTERM"}}) {
     INFO(name);
     const std::string dir = tmp / (std::string("run_") + name);
-    const std::string out = logs / "train.out", err = logs / "train.err";
-    const auto t0 = Clock::now();
-    const pid_t pid = spawn(train_args(config, dir, {"--steps", "100000", "--save-every", "0", "--eval-every", "0"}), out, err);
-    const bool running = poll_until(pid, [&] { return train_lines(dir) >= 3; });
-    ::kill(pid, sig);
-    const Result r = collect(wait_for(pid, 30), out, err, std::chrono::duration<double>(Clock::now() - t0).count());
+    Process train(train_args(config, dir, {"--steps", "100000", "--save-every", "0", "--eval-every", "0"}));
+    const bool running = poll_until(train, [&] { return train_lines(dir) >= 3; });
+    train.kill(sig);
+    const RunResult r = train.wait(30);
     INFO(r.describe());
     REQUIRE(running);
     REQUIRE(r.exited);
@@ -96,9 +94,9 @@ TEST_CASE("reliability: SIGINT and SIGTERM stop training with a checkpoint and e
     CHECK(step >= 3);
     CHECK(int64_t(train_lines(dir)) == step);
     CHECK(read_bytes(dir + "/metrics.jsonl").find("\"reason\":\"signal\"") != std::string::npos);
-    check_checkpoint_loads(dir, logs.path);
+    check_checkpoint_loads(dir, logs.path());
     // --resume continues from there.
-    const Result again = run(resume_args(dir, {"--stop-at", std::to_string(step + 2)}), logs.path);
+    const RunResult again = run(resume_args(dir, {"--stop-at", std::to_string(step + 2)}), {.timeout_s = 60});
     INFO(again.describe());
     REQUIRE(again.exited);
     CHECK(again.code == 0);
@@ -108,34 +106,33 @@ TEST_CASE("reliability: SIGINT and SIGTERM stop training with a checkpoint and e
 }
 
 TEST_CASE("reliability: a second SIGINT exits at once and the last checkpoint stays intact", "[reliability]") {
-  TempDir tmp, logs;
+  TempDir tmp("reliability"), logs("reliability_logs");
   // The tiny model with 10 micro-batches of 16 x 256 per step: a step takes about half a second
   // (tiny trains at ~80k tokens/s here), so the second SIGINT (50 ms after the first) arrives while
   // the first waits for the step to end.
   const std::string config = MOE_SOURCE_DIR "/configs/tiny.json";
   const std::string dir = tmp / "run";
-  const std::string out = logs / "train.out", err = logs / "train.err";
-  const pid_t pid = spawn(train_args(config, dir,
-                                     {"--steps", "100000", "--save-every", "1", "--eval-every", "0", "--eval-tokens",
-                                      "128", "--batch", "16", "--seq", "256", "--accum", "10"}),
-                          out, err);
+  Process train(train_args(config, dir,
+                           {"--steps", "100000", "--save-every", "1", "--eval-every", "0", "--eval-tokens", "128",
+                            "--batch", "16", "--seq", "256", "--accum", "10"}));
   // Once a checkpoint is in place and its .pending directory gone, the next step has begun.
   auto saved_step = [&]() -> int64_t {
     const std::string text = read_bytes(dir + "/trainer_state.json");
     return text.empty() ? 0 : json::parse(text).at("step").get<int64_t>();
   };
-  bool running = poll_until(pid, [&] { return saved_step() >= 1; }, 60);
+  bool running = poll_until(
+      train, [&] { return saved_step() >= 1; }, 60);
   const int64_t seen = saved_step();
-  running = running && poll_until(pid, [&] { return saved_step() > seen && !fs::exists(dir + "/.pending"); }, 60);
+  running = running && poll_until(
+                           train, [&] { return saved_step() > seen && !fs::exists(dir + "/.pending"); }, 60);
   const int64_t before_signals = saved_step();
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  ::kill(pid, SIGINT);
+  train.kill(SIGINT);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const auto t_second = Clock::now();
-  ::kill(pid, SIGINT);
-  const int status = wait_for(pid, 30);
+  train.kill(SIGINT);
+  const RunResult r = train.wait(30);
   const double exit_after = std::chrono::duration<double>(Clock::now() - t_second).count();
-  const Result r = collect(status, out, err, exit_after);
   INFO(r.describe());
   REQUIRE(running);
   REQUIRE(r.exited);
@@ -147,8 +144,8 @@ TEST_CASE("reliability: a second SIGINT exits at once and the last checkpoint st
   // The last checkpoint loads, and --resume (which discards a save cut short) continues it.
   const int64_t step = checkpoint_step(dir);
   CHECK(step == before_signals);  // the step under way when the signals came was not saved
-  check_checkpoint_loads(dir, logs.path);
-  const Result again = run(resume_args(dir, {"--stop-at", std::to_string(step + 1)}), logs.path);
+  check_checkpoint_loads(dir, logs.path());
+  const RunResult again = run(resume_args(dir, {"--stop-at", std::to_string(step + 1)}), {.timeout_s = 60});
   INFO(again.describe());
   REQUIRE(again.exited);
   CHECK(again.code == 0);
@@ -158,15 +155,15 @@ TEST_CASE("reliability: a second SIGINT exits at once and the last checkpoint st
 
 TEST_CASE("reliability: SIGKILL at random moments then --resume reaches the uninterrupted weights exactly",
           "[reliability]") {
-  TempDir tmp, logs;
+  TempDir tmp("reliability"), logs("reliability_logs");
   const std::string config = write_json(tmp / "micro.json", micro_config());
   const int kSteps = 30;
-  const std::vector<std::string> flags = {"--steps", std::to_string(kSteps), "--save-every", "1", "--eval-every", "10",
-                                          "--seed", "99"};
+  const std::vector<std::string> flags = {
+      "--steps", std::to_string(kSteps), "--save-every", "1", "--eval-every", "10", "--seed", "99"};
   const std::string ref = tmp / "reference", dir = tmp / "killed";
   double step_s = 0;  // wall time of a step with its save, from the reference run
   {
-    const Result r = run(train_args(config, ref, flags), logs.path);
+    const RunResult r = run(train_args(config, ref, flags), {.timeout_s = 60});
     INFO(r.describe());
     REQUIRE(r.exited);
     REQUIRE(r.code == 0);
@@ -182,31 +179,29 @@ TEST_CASE("reliability: SIGKILL at random moments then --resume reaches the unin
   int64_t last_step = 0;
   for (bool first = true;; first = false) {
     REQUIRE(segments++ < 40);
-    const std::string out = logs / "train.out", err = logs / "train.err";
-    const auto t0 = Clock::now();
-    const pid_t pid = spawn(first ? train_args(config, dir, flags) : resume_args(dir), out, err);
+    Process train(first ? train_args(config, dir, flags) : resume_args(dir));
     if (kills < kKills) {
       // The first run must have written a checkpoint; a resumed run always has one.
-      if (first) poll_until(pid, [&] { return fs::exists(dir + "/trainer_state.json"); });
+      if (first) poll_until(train, [&] { return fs::exists(dir + "/trainer_state.json"); });
       const bool aimed = kills % 2 == 1;
       if (aimed) {
         // Aimed at a save: once a save cut short by the last kill has been cleared away at
         // startup, kill as soon as DIR/.pending appears again.
-        poll_until(pid, [&] { return !fs::exists(dir + "/.pending"); });
-        poll_until(pid, [&] { return fs::exists(dir + "/.pending"); });
+        poll_until(train, [&] { return !fs::exists(dir + "/.pending"); });
+        poll_until(train, [&] { return fs::exists(dir + "/.pending"); });
       } else {
         const auto until = Clock::now() + std::chrono::microseconds(5000 + int64_t(1e6 * step_s * delay_steps(rng)));
-        poll_until(pid, [&] { return Clock::now() >= until; });
+        poll_until(train, [&] { return Clock::now() >= until; });
       }
-      ::kill(pid, SIGKILL);
-      const Result r = collect(wait_for(pid, 30), out, err, std::chrono::duration<double>(Clock::now() - t0).count());
+      train.kill(SIGKILL);
+      const RunResult r = train.wait(30);
       if (r.exited) {  // finished before the kill landed
         INFO(r.describe());
         REQUIRE(r.code == 0);
         break;
       }
       REQUIRE(r.signaled);
-      REQUIRE(WTERMSIG(r.status) == SIGKILL);
+      REQUIRE(r.signal == SIGKILL);
       ++kills;
       const bool in_save = aimed && fs::exists(dir + "/.pending");
       kills_in_save += in_save;
@@ -214,14 +209,14 @@ TEST_CASE("reliability: SIGKILL at random moments then --resume reaches the unin
       const int64_t step = checkpoint_step(dir);
       INFO("kill " << kills << (in_save ? " during a save" : "") << " at checkpoint step " << step);
       if (std::getenv("MOE_REL_VERBOSE"))
-        std::fprintf(stderr, "kill %d%s%s after %.3f s: checkpoint step %lld\n", kills, aimed ? " (aimed at a save)" : "",
-                     in_save ? " during a save" : "", r.seconds, (long long)step);
+        std::fprintf(stderr, "kill %d%s%s after %.3f s: checkpoint step %lld\n", kills,
+                     aimed ? " (aimed at a save)" : "", in_save ? " during a save" : "", r.seconds, (long long)step);
       CHECK(step >= last_step);
       last_step = step;
-      check_checkpoint_loads(dir, logs.path);
+      check_checkpoint_loads(dir, logs.path());
       continue;
     }
-    const Result r = collect(wait_for(pid, 60), out, err, std::chrono::duration<double>(Clock::now() - t0).count());
+    const RunResult r = train.wait(60);
     INFO(r.describe());
     REQUIRE(r.exited);
     REQUIRE(r.code == 0);

@@ -8,7 +8,6 @@
 // SIGXFSZ ignored, so its next checkpoint write fails with EFBIG.
 #include <sys/mount.h>
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
@@ -17,19 +16,25 @@
 #include <thread>
 #include <vector>
 
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 #include "reliability_util.hpp"
 
 using namespace moe_rel;
+using namespace moe_test;
 
 namespace {
 
 std::vector<std::string> train_args(const std::string& config, const std::string& dir, std::vector<std::string> extra) {
-  std::vector<std::string> a = {kBinary, "train", "--config", config, "--data", kShakespeare, "--out", dir, "--threads", "2"};
+  std::vector<std::string> a = {kMoeBinary,   "train", "--config", config,      "--data",
+                                kShakespeare, "--out", dir,        "--threads", "2"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
 
-int64_t checkpoint_step(const std::string& dir) { return read_json(dir + "/trainer_state.json").at("step").get<int64_t>(); }
+int64_t checkpoint_step(const std::string& dir) {
+  return read_json(dir + "/trainer_state.json").at("step").get<int64_t>();
+}
 
 uint64_t pages(uint64_t bytes) { return (bytes + 4095) / 4096; }
 
@@ -59,7 +64,7 @@ struct TmpfsMount {
   }
 };
 
-void check_one_error_line(const Result& r) {
+void check_one_error_line(const RunResult& r) {
   CHECK_FALSE(r.signaled);
   REQUIRE(r.exited);
   CHECK(r.code == 1);
@@ -70,7 +75,7 @@ void check_one_error_line(const Result& r) {
 void check_checkpoint_loads(const std::string& dir, const std::string& logs) {
   const std::string text = logs + "/eval.txt";
   write_bytes(text, "to be or not to be, that is the question\n");
-  const Result r = run(moe_cmd({"eval", "--model", dir, "--data", text, "-t", "2"}), logs);
+  const RunResult r = run_moe({"eval", "--model", dir, "--data", text, "-t", "2"}, {.timeout_s = 60});
   INFO(r.describe());
   CHECK(r.exited);
   CHECK(r.code == 0);
@@ -80,16 +85,16 @@ void check_checkpoint_loads(const std::string& dir, const std::string& logs) {
 
 TEST_CASE("reliability: a full disk during a save keeps the previous checkpoint and reports the error",
           "[reliability]") {
-  TempDir tmp, logs;
+  TempDir tmp("reliability"), logs("reliability_logs");
   const std::string config = write_json(tmp / "micro.json", micro_config());
   const std::vector<std::string> flags = {"--steps", "10", "--save-every", "1", "--eval-every", "0"};
   // References on the ordinary disk: the checkpoint of step 1 and the whole run.
   const std::string first = tmp / "first", full = tmp / "full";
-  for (const auto& [dir, extra] : {std::pair{first, std::vector<std::string>{"--stop-at", "1"}},
-                                   std::pair{full, std::vector<std::string>{}}}) {
+  for (const auto& [dir, extra] :
+       {std::pair{first, std::vector<std::string>{"--stop-at", "1"}}, std::pair{full, std::vector<std::string>{}}}) {
     std::vector<std::string> f = flags;
     f.insert(f.end(), extra.begin(), extra.end());
-    const Result r = run(train_args(config, dir, f), logs.path);
+    const RunResult r = run(train_args(config, dir, f), {.timeout_s = 60});
     INFO(r.describe());
     REQUIRE(r.code == 0);
   }
@@ -104,7 +109,7 @@ TEST_CASE("reliability: a full disk during a save keeps the previous checkpoint 
     return;
   }
   const std::string dir = disk.dir + "/run";
-  const Result r = run(train_args(config, dir, flags), logs.path);
+  const RunResult r = run(train_args(config, dir, flags), {.timeout_s = 60});
   INFO(r.describe());
   check_one_error_line(r);
   CHECK(r.err.find("No space left on device") != std::string::npos);
@@ -118,10 +123,10 @@ TEST_CASE("reliability: a full disk during a save keeps the previous checkpoint 
     CHECK(read_bytes(dir + "/" + f) == read_bytes(first + "/" + f));
   }
   CHECK(leftovers(dir).empty());
-  check_checkpoint_loads(dir, logs.path);
+  check_checkpoint_loads(dir, logs.path());
   // With room again, --resume finishes the run with the weights of the run that had room all along.
   REQUIRE(disk.resize(16ull << 20));
-  const Result again = run({kBinary, "train", "--out", dir, "--resume", "--threads", "2"}, logs.path);
+  const RunResult again = run_moe({"train", "--out", dir, "--resume", "--threads", "2"}, {.timeout_s = 60});
   INFO(again.describe());
   REQUIRE(again.code == 0);
   CHECK(checkpoint_step(dir) == 10);
@@ -131,20 +136,18 @@ TEST_CASE("reliability: a full disk during a save keeps the previous checkpoint 
 
 TEST_CASE("reliability: a write error during a save keeps the previous checkpoint and reports the error",
           "[reliability]") {
-  TempDir tmp, logs;
+  TempDir tmp("reliability"), logs("reliability_logs");
   const std::string config = write_json(tmp / "micro.json", micro_config());
   const std::vector<std::string> flags = {"--steps", "300", "--save-every", "1", "--eval-every", "0"};
   const std::string dir = tmp / "run";
-  const std::string out = logs / "train.out", err = logs / "train.err";
   const auto t0 = std::chrono::steady_clock::now();
-  const pid_t pid = spawn(train_args(config, dir, flags), out, err, /*ignore_sigxfsz=*/true);
+  Process train(train_args(config, dir, flags), {.ignore_sigxfsz = true});
   // Once a checkpoint exists, no file of the trainer may grow past 64 KiB (a model is ~150 KiB).
   while (!fs::exists(dir + "/trainer_state.json") && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30))
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   const struct rlimit limit = {64 << 10, 64 << 10};
-  const bool limited = ::prlimit(pid, RLIMIT_FSIZE, &limit, nullptr) == 0;
-  const Result r = collect(wait_for(pid, 30), out, err,
-                           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  const bool limited = ::prlimit(train.pid(), RLIMIT_FSIZE, &limit, nullptr) == 0;
+  const RunResult r = train.wait(30);
   INFO(r.describe());
   REQUIRE(limited);
   check_one_error_line(r);
@@ -159,17 +162,17 @@ TEST_CASE("reliability: a write error during a save keeps the previous checkpoin
   const std::string ref = tmp / "reference";
   std::vector<std::string> f = flags;
   f.insert(f.end(), {"--stop-at", std::to_string(step)});
-  const Result rr = run(train_args(config, ref, f), logs.path);
+  const RunResult rr = run(train_args(config, ref, f), {.timeout_s = 60});
   INFO(rr.describe());
   REQUIRE(rr.code == 0);
   for (const char* file : {"model.safetensors", "optimizer.safetensors"}) {
     INFO(file);
     CHECK(read_bytes(dir + "/" + file) == read_bytes(ref + "/" + file));
   }
-  check_checkpoint_loads(dir, logs.path);
+  check_checkpoint_loads(dir, logs.path());
   // Without the limit, --resume continues.
-  const Result again =
-      run({kBinary, "train", "--out", dir, "--resume", "--threads", "2", "--stop-at", std::to_string(step + 2)}, logs.path);
+  const RunResult again = run_moe(
+      {"train", "--out", dir, "--resume", "--threads", "2", "--stop-at", std::to_string(step + 2)}, {.timeout_s = 60});
   INFO(again.describe());
   REQUIRE(again.code == 0);
   CHECK(checkpoint_step(dir) == step + 2);

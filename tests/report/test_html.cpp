@@ -1,13 +1,11 @@
 // The HTML report: self-contained (no external references), every MoE layer charted, edge cases
 // (empty, single step, zero counts, NaN, huge runs) rendered without crashing, and a real headless
 // Chromium loading the file and laying out every chart.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -17,6 +15,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 #include "model/summary.hpp"
 #include "report/html.hpp"
 
@@ -25,29 +25,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace moe;
+using moe_test::TempDir;
 
 const char* const kChromium = "/usr/bin/chromium";
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/moe_html_test_XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  REQUIRE(out.good());
-}
 
 // A metrics.jsonl like training writes it: `steps` train lines for `layers` MoE layers (ids 1..) of
 // `experts` experts whose imbalance decays (expert E-1 overloaded, expert 0 idle at first), with
@@ -98,8 +78,7 @@ std::string write_fixture(const TempDir& dir, const std::string& name, int steps
           << "\n";
   }
   if (ended) out << json{{"kind", "end"}, {"step", steps}, {"reason", "completed"}}.dump() << "\n";
-  const std::string path = dir / (name + "/metrics.jsonl");
-  write_file(path, out.str());
+  const std::string path = dir.write(name + "/metrics.jsonl", out.str());
   return path;
 }
 
@@ -189,43 +168,27 @@ struct LoadedRun {
   }
 };
 
-// Runs a shell command under `timeout`; returns its stdout and exit status.
-std::pair<std::string, int> run_command(const std::string& command) {
-  std::string output;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[65536];
-  for (size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  return {output, WIFEXITED(status) ? WEXITSTATUS(status) : -1};
-}
-
 std::string chromium_dump_dom(const TempDir& dir, const std::string& html_path) {
   INFO("the browser check needs Debian's chromium at "
        << kChromium << "; scripts/test installs it (MOE_PACKAGES in scripts/lib.sh)");
   REQUIRE(::access(kChromium, X_OK) == 0);
   const std::string profile = dir / "chromium-profile";
   fs::create_directories(profile);
-  const std::string command =
-      std::string("timeout 60 ") + kChromium +
-      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
-      " --disable-component-update --disable-sync --disable-dev-shm-usage --window-size=1280,2400"
-      " --user-data-dir='" +
-      profile + "' --dump-dom 'file://" + html_path + "' 2>'" + (dir / "chromium.log") + "'";
-  auto [dom, status] = run_command(command);
-  std::ifstream log(dir / "chromium.log");
-  std::stringstream log_text;
-  log_text << log.rdbuf();
-  INFO("chromium exit status " << status << ", stderr:\n" << log_text.str().substr(0, 2000));
-  REQUIRE(status == 0);
-  REQUIRE(dom.find("</html>") != std::string::npos);
-  return dom;
+  const moe_test::RunResult r = moe_test::run(
+      {kChromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+       "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+       "--window-size=1280,2400", "--user-data-dir=" + profile, "--dump-dom", "file://" + html_path},
+      {.timeout_s = 60});
+  INFO("chromium exit status " << r.code << ", stderr:\n" << r.err.substr(0, 2000));
+  REQUIRE(r.code == 0);
+  REQUIRE(r.out.find("</html>") != std::string::npos);
+  return r.out;
 }
 
 }  // namespace
 
 TEST_CASE("html report of one run is self-contained and charts every MoE layer", "[html]") {
-  TempDir dir;
+  TempDir dir("html");
   LoadedRun run(write_fixture(dir, "lf run", 60, 2, 8, 3, 0.9, true), "lf run");
   const ModelConfig model = fixture_model();
   const std::string html =
@@ -401,7 +364,7 @@ TEST_CASE("html report handles empty, tiny, zero, non-finite and huge runs", "[h
 }
 
 TEST_CASE("html report compares several runs first", "[html]") {
-  TempDir dir;
+  TempDir dir("html");
   LoadedRun a(write_fixture(dir, "loss-free", 60, 2, 8, 3, 0.9, true), "loss-free");
   LoadedRun b(write_fixture(dir, "none", 60, 2, 8, 3, 2.5, true), "none");
   LoadedRun c(write_fixture(dir, "aux", 40, 2, 8, 2, 1.5, false), "aux");
@@ -437,7 +400,7 @@ TEST_CASE("html report compares several runs first", "[html]") {
 }
 
 TEST_CASE("html report renders in headless chromium", "[html]") {
-  TempDir dir;
+  TempDir dir("html");
   LoadedRun a(write_fixture(dir, "loss-free", 60, 2, 8, 3, 0.9, true), "loss-free");
   LoadedRun b(write_fixture(dir, "none", 60, 2, 8, 3, 2.5, true), "none");
   LoadedRun c(write_fixture(dir, "aux", 40, 2, 8, 2, 1.5, false), "aux");
@@ -447,8 +410,7 @@ TEST_CASE("html report renders in headless chromium", "[html]") {
                                                {labels[1], &b.metrics, &b.report, &model},
                                                {labels[2], &c.metrics, &c.report, &model}},
                                               "MoE load report");
-  const std::string report_path = dir / "report.html";
-  write_file(report_path, html);
+  const std::string report_path = dir.write("report.html", html);
 
   // 1. The report as written: the browser's DOM holds every chart with its data.
   const std::string dom = chromium_dump_dom(dir, report_path);
@@ -492,8 +454,7 @@ document.body.appendChild(pre);
 </script>)";
   std::string probed = html;
   probed.insert(probed.rfind("</body>"), probe);
-  const std::string probed_path = dir / "probed.html";
-  write_file(probed_path, probed);
+  const std::string probed_path = dir.write("probed.html", probed);
   const std::string probed_dom = chromium_dump_dom(dir, probed_path);
   const size_t from = probed_dom.find("<pre id=\"geometry\">"), to = probed_dom.find("</pre>", from);
   REQUIRE(from != std::string::npos);

@@ -1,28 +1,21 @@
 // The load report computed from a recorded metrics.jsonl fixture, and robustness of the reader
 // against files that training is still writing or that are damaged.
-#include <catch2/catch.hpp>
-
-#include <filesystem>
 #include <fstream>
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/temp_dir.hpp"
 #include "core/error.hpp"
 #include "report/load_console.hpp"
 #include "report/metrics.hpp"
 
 using namespace moe;
-namespace fs = std::filesystem;
+using moe_test::TempDir;
 
 namespace {
 
 const std::string kFixture = std::string(MOE_SOURCE_DIR) + "/tests/fixtures/metrics_small.jsonl";
-
-std::string write_temp(const std::string& name, const std::string& text) {
-  const fs::path p = fs::temp_directory_path() / ("moe_metrics_" + std::to_string(::getpid()) + "_" + name);
-  std::ofstream(p, std::ios::binary) << text;
-  return p.string();
-}
 
 std::string read_all(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -88,8 +81,9 @@ TEST_CASE("load report on the fixture: shares, MaxVio and verdicts", "[report]")
 }
 
 TEST_CASE("a torn last line is skipped with a note and damaged lines are named", "[report]") {
+  const TempDir tmp("metrics");
   const std::string full = read_all(kFixture);
-  const std::string torn = write_temp("torn.jsonl", full.substr(0, full.size() - 60));  // cut inside the last eval line
+  const std::string torn = tmp.write("torn.jsonl", full.substr(0, full.size() - 60));  // cut inside the last eval line
   const RunMetrics run = read_metrics(torn);
   CHECK(run.train.size() == 20);
   CHECK(run.eval.size() == 1);
@@ -97,7 +91,7 @@ TEST_CASE("a torn last line is skipped with a note and damaged lines are named",
   REQUIRE(run.notes.size() == 1);
   CHECK(run.notes[0].find("incomplete") != std::string::npos);
 
-  const std::string empty = write_temp("empty.jsonl", "");
+  const std::string empty = tmp.write("empty.jsonl", "");
   const RunMetrics none = read_metrics(empty);
   CHECK(none.train.empty());
   const LoadReport report = build_load_report(none, 0);
@@ -111,18 +105,19 @@ TEST_CASE("a torn last line is skipped with a note and damaged lines are named",
     const std::string line = full.substr(pos, next - pos);
     if (line.find("\"train\"") != std::string::npos) train_only += line + "\n";
   }
-  const RunMetrics no_eval = read_metrics(write_temp("noeval.jsonl", train_only));
+  const RunMetrics no_eval = read_metrics(tmp.write("noeval.jsonl", train_only));
   const LoadReport r2 = build_load_report(no_eval, 0);
   CHECK_FALSE(r2.layers[0].global_first.has_value());
   CHECK(format_load_report(no_eval, r2, false).find("no evaluation lines") != std::string::npos);
 
-  CHECK_THROWS_WITH(read_metrics(write_temp("garbage.jsonl", "{\"kind\":\"train\"}\nnot json at all\n{}\n")),
+  CHECK_THROWS_WITH(read_metrics(tmp.write("garbage.jsonl", "{\"kind\":\"train\"}\nnot json at all\n{}\n")),
                     Catch::Contains("garbage.jsonl:1") && Catch::Contains("missing field \"step\""));
-  CHECK_THROWS_WITH(read_metrics(write_temp("garbage2.jsonl", "hello\n{}\n")),
+  CHECK_THROWS_WITH(read_metrics(tmp.write("garbage2.jsonl", "hello\n{}\n")),
                     Catch::Contains("garbage2.jsonl:1") && Catch::Contains("not valid JSON"));
-  CHECK_THROWS_WITH(read_metrics(write_temp("types.jsonl", "{\"kind\":\"eval\",\"step\":\"x\",\"val_loss\":1,\"layers\":[]}\n")),
-                    Catch::Contains("types.jsonl:1") && Catch::Contains("\"step\""));
-  CHECK_THROWS_WITH(read_metrics(write_temp("kind.jsonl", "{\"kind\":\"weird\",\"step\":1}\n")),
+  CHECK_THROWS_WITH(
+      read_metrics(tmp.write("types.jsonl", "{\"kind\":\"eval\",\"step\":\"x\",\"val_loss\":1,\"layers\":[]}\n")),
+      Catch::Contains("types.jsonl:1") && Catch::Contains("\"step\""));
+  CHECK_THROWS_WITH(read_metrics(tmp.write("kind.jsonl", "{\"kind\":\"weird\",\"step\":1}\n")),
                     Catch::Contains("unknown kind"));
   CHECK_THROWS_WITH(read_metrics("/nonexistent/metrics.jsonl"), Catch::Contains("cannot open"));
 }
@@ -134,19 +129,30 @@ TEST_CASE("sparkline squeezes a series into block characters", "[report]") {
   CHECK(sparkline({1, 1, 1, 1}, 2) == "\u2588\u2588");
 }
 
-TEST_CASE("metrics of a run on several ranks give per-rank rows with their MaxVio and the communication share", "[report]") {
-  const std::string path = (std::filesystem::temp_directory_path() / "moe_ranks_metrics.jsonl").string();
+TEST_CASE("metrics of a run on several ranks give per-rank rows with their MaxVio and the communication share",
+          "[report]") {
+  const TempDir tmp("metrics");
+  const std::string path = tmp / "ranks_metrics.jsonl";
   {
     std::ofstream out(path);
     for (int step = 1; step <= 2; ++step) {
-      nlohmann::json line = {{"kind", "train"}, {"step", step}, {"loss", 3.0}, {"lr", 0.001}, {"grad_norm", 1.0},
-                             {"tokens_per_s", 1000.0}, {"seconds", 0.5}, {"balance_loss", 0.0},
-                             {"layers", {{{"layer", 1}, {"counts", {30, 10, 20, 20}}, {"maxvio", 0.5},
-                                          {"bias", {0.0, 0.0, 0.0, 0.0}}}}}};
+      nlohmann::json line = {
+          {"kind", "train"},
+          {"step", step},
+          {"loss", 3.0},
+          {"lr", 0.001},
+          {"grad_norm", 1.0},
+          {"tokens_per_s", 1000.0},
+          {"seconds", 0.5},
+          {"balance_loss", 0.0},
+          {"layers", {{{"layer", 1}, {"counts", {30, 10, 20, 20}}, {"maxvio", 0.5}, {"bias", {0.0, 0.0, 0.0, 0.0}}}}}};
       // rows per rank: 40 / 40 at step 1, 60 / 20 at step 2 -> MaxVio 0 then 0.5
-      line["ranks"] = {{"n", 2}, {"comm_seconds", 0.1},
-                       {"layers", {{{"layer", 1}, {"rows", step == 1 ? std::vector<int>{40, 40} : std::vector<int>{60, 20}},
-                                    {"maxvio", step == 1 ? 0.0 : 0.5}}}}};
+      line["ranks"] = {{"n", 2},
+                       {"comm_seconds", 0.1},
+                       {"layers",
+                        {{{"layer", 1},
+                          {"rows", step == 1 ? std::vector<int>{40, 40} : std::vector<int>{60, 20}},
+                          {"maxvio", step == 1 ? 0.0 : 0.5}}}}};
       out << line.dump() << "\n";
     }
   }
@@ -163,8 +169,8 @@ TEST_CASE("metrics of a run on several ranks give per-rank rows with their MaxVi
   {
     std::ofstream out(path);
     out << R"({"kind":"train","step":1,"loss":1,"lr":1,"grad_norm":1,"tokens_per_s":1,"balance_loss":0,"layers":[],)"
-        << R"("ranks":{"n":"two","comm_seconds":0,"layers":[]}})" << "\n";
+        << R"("ranks":{"n":"two","comm_seconds":0,"layers":[]}})"
+        << "\n";
   }
   CHECK_THROWS_WITH(moe::read_metrics(path), Catch::Contains("\"n\" has the wrong type"));
-  std::filesystem::remove(path);
 }

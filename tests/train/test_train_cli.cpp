@@ -1,9 +1,6 @@
 // `moe train` and `moe data synth` end to end: the built binary on small real data, checked through
 // what it leaves in the run directory (metrics.jsonl, checkpoint files, trainer_state.json).
 // Every run uses --threads 2 (resume equivalence needs one thread count) and few steps.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -18,6 +15,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/run_moe.hpp"
+#include "../support/temp_dir.hpp"
 #include "core/safetensors.hpp"
 #include "train/run_dir.hpp"
 
@@ -25,36 +24,20 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using namespace moe_test;
 
 const std::string kTiny = MOE_SOURCE_DIR "/configs/tiny.json";
 const std::string kShakespeare = MOE_SHARED_DATA "/tinyshakespeare.txt";
 
-// A fresh directory under /tmp, removed with everything in it at the end of the test.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/moe_train_test_XXXXXX";
-    const char* p = ::mkdtemp(tmpl);
-    REQUIRE(p != nullptr);
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
+using Args = std::vector<std::string>;
 
-struct RunResult {
-  bool exited = false;  // ended by exit() (not killed by a signal)
-  int code = -1;
-  std::string output;  // stdout + stderr
-  bool ok() const { return exited && code == 0; }
-  // A clean refusal: a non-zero exit status, not a crash (a shell reports a signal as 128 + n).
-  bool refused() const { return exited && code > 0 && code < 128; }
-  // The end of the output (skips the long effective-config dump) for failure messages.
-  std::string tail() const { return output.size() > 1500 ? "..." + output.substr(output.size() - 1500) : output; }
-};
+Args concat(Args a, const Args& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// A clean refusal: a non-zero exit status, not a crash.
+bool refused(const RunResult& r) { return r.exited && r.code > 0 && r.code < 128; }
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -76,25 +59,11 @@ bool same_files(const std::string& a, const std::string& b) {
   return same_bytes(read_bytes(a), read_bytes(b));
 }
 
-// Runs `moe <args>` from the project root. OMP_WAIT_POLICY=PASSIVE (results do not depend on
-// it) keeps OpenMP from spin-waiting on a shared, oversubscribed machine, which was measured to
-// make these runs several times slower.
-RunResult run_moe(const std::string& args, const TempDir& tmp) {
-  const std::string log = tmp / "moe_output.log";
-  const std::string cmd = "cd '" MOE_SOURCE_DIR "' && OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} '" MOE_BINARY "' " +
-                          args + " > '" + log + "' 2>&1";
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exited = status != -1 && WIFEXITED(status);
-  r.code = r.exited ? WEXITSTATUS(status) : -1;
-  r.output = read_bytes(log);
-  std::remove(log.c_str());
-  return r;
+Args train_args(const std::string& out, const Args& extra) {
+  return concat({"train", "--config", kTiny, "--data", kShakespeare, "--out", out, "--threads", "2"}, extra);
 }
 
-std::string train_args(const std::string& out, const std::string& extra) {
-  return "train --config '" + kTiny + "' --data '" + kShakespeare + "' --out '" + out + "' --threads 2 " + extra;
-}
+Args resume_args(const std::string& out) { return {"train", "--out", out, "--resume", "--threads", "2"}; }
 
 std::vector<json> read_metrics(const std::string& dir) {
   std::ifstream in(dir + "/metrics.jsonl");
@@ -163,10 +132,10 @@ double max_tensor_diff(const std::string& a_path, const std::string& b_path) {
 }  // namespace
 
 TEST_CASE("moe train on tinyshakespeare lowers validation loss well below its start", "[train]") {
-  TempDir tmp;
+  TempDir tmp("train");
   const std::string out = tmp / "run";
-  const RunResult r = run_moe(train_args(out, "--steps 100 --eval-every 50 --eval-tokens 4096"), tmp);
-  INFO(r.tail());
+  const RunResult r = run_moe(train_args(out, {"--steps", "100", "--eval-every", "50", "--eval-tokens", "4096"}));
+  INFO(r.describe());
   REQUIRE(r.ok());
   const auto evals = of_kind(read_metrics(out), "eval");
   REQUIRE(evals.size() == 3);  // steps 0, 50, 100
@@ -182,17 +151,18 @@ TEST_CASE("moe train on tinyshakespeare lowers validation loss well below its st
   CHECK(last < first - 2.5);
   CHECK(last < 2.8);
   // The terminal summary reports the same losses.
-  CHECK(r.output.find("summary") != std::string::npos);
+  CHECK(r.output().find("summary") != std::string::npos);
 }
 
 TEST_CASE("balance loss-free ends a short run with clearly lower MaxVio than --balance none", "[train]") {
-  TempDir tmp;
-  const std::string common = "--steps 80 --eval-every 0 --eval-tokens 4096 --bias-rate 0.01 --seed 1234";
-  const RunResult none = run_moe(train_args(tmp / "none", common + " --balance none"), tmp);
-  INFO(none.tail());
+  TempDir tmp("train");
+  const Args common = {"--steps", "80",          "--eval-every", "0",      "--eval-tokens",
+                       "4096",    "--bias-rate", "0.01",         "--seed", "1234"};
+  const RunResult none = run_moe(train_args(tmp / "none", concat(common, {"--balance", "none"})));
+  INFO(none.describe());
   REQUIRE(none.ok());
-  const RunResult free = run_moe(train_args(tmp / "free", common + " --balance loss-free"), tmp);
-  INFO(free.tail());
+  const RunResult free = run_moe(train_args(tmp / "free", concat(common, {"--balance", "loss-free"})));
+  INFO(free.describe());
   REQUIRE(free.ok());
 
   const auto none_lines = read_metrics(tmp / "none"), free_lines = read_metrics(tmp / "free");
@@ -227,24 +197,23 @@ TEST_CASE("balance loss-free ends a short run with clearly lower MaxVio than --b
 }
 
 TEST_CASE("resume continues a run exactly: 10 + 10 steps equal 20 steps in one run", "[train]") {
-  TempDir tmp;
+  TempDir tmp("train");
   const std::string a = tmp / "a", b = tmp / "b";
   // Accumulation and a large bias rate make sure micro-batch sampling and the bias are covered.
-  const std::string common =
-      "--steps 20 --eval-every 0 --eval-tokens 512 --batch 4 --seq 64 --accum 2 "
-      "--bias-rate 0.01 --warmup 5";
-  const RunResult ra = run_moe(train_args(a, common + " --save-every 0"), tmp);
-  INFO(ra.tail());
+  const Args common = {"--steps", "20", "--eval-every", "0", "--eval-tokens", "512",  "--batch",  "4",
+                       "--seq",   "64", "--accum",      "2", "--bias-rate",   "0.01", "--warmup", "5"};
+  const RunResult ra = run_moe(train_args(a, concat(common, {"--save-every", "0"})));
+  INFO(ra.describe());
   REQUIRE(ra.ok());
-  const RunResult rb1 = run_moe(train_args(b, common + " --save-every 0 --stop-at 10"), tmp);
-  INFO(rb1.tail());
+  const RunResult rb1 = run_moe(train_args(b, concat(common, {"--save-every", "0", "--stop-at", "10"})));
+  INFO(rb1.describe());
   REQUIRE(rb1.ok());
   CHECK(read_json(b + "/trainer_state.json").at("step") == 10);
   CHECK(of_kind(read_metrics(b), "train").size() == 10);
   CHECK(read_metrics(b).back().at("reason") == "stop-at");
   // The resumed run takes data, config and seed from the run directory.
-  const RunResult rb2 = run_moe("train --out '" + b + "' --resume --threads 2", tmp);
-  INFO(rb2.tail());
+  const RunResult rb2 = run_moe(resume_args(b));
+  INFO(rb2.describe());
   REQUIRE(rb2.ok());
 
   const json state_a = read_json(a + "/trainer_state.json"), state_b = read_json(b + "/trainer_state.json");
@@ -298,11 +267,12 @@ TEST_CASE("resume continues a run exactly: 10 + 10 steps equal 20 steps in one r
 }
 
 TEST_CASE("checkpoint files are written atomically and an interrupted save is recovered", "[train]") {
-  TempDir tmp;
-  const std::string common = "--steps 4 --eval-every 0 --eval-tokens 256 --batch 2 --seq 32 --save-every 0 ";
+  TempDir tmp("train");
+  const Args common = {"--steps", "4", "--eval-every", "0",  "--eval-tokens", "256",
+                       "--batch", "2", "--seq",        "32", "--save-every",  "0"};
   const std::string dir = tmp / "run";
-  RunResult r = run_moe(train_args(dir, common + "--stop-at 2"), tmp);
-  INFO(r.tail());
+  RunResult r = run_moe(train_args(dir, concat(common, {"--stop-at", "2"})));
+  INFO(r.describe());
   REQUIRE(r.ok());
   const std::set<std::string> expected = {"config.json",        "model.safetensors", "optimizer.safetensors",
                                           "trainer_state.json", "metrics.jsonl",     "train_config.json"};
@@ -310,8 +280,8 @@ TEST_CASE("checkpoint files are written atomically and an interrupted save is re
 
   // Reference: the same run straight to step 4, and a copy of it stopped at 3 (the "new" checkpoint).
   const std::string straight = tmp / "straight", newer = tmp / "newer";
-  REQUIRE(run_moe(train_args(straight, common), tmp).ok());
-  REQUIRE(run_moe(train_args(newer, common + "--stop-at 3"), tmp).ok());
+  REQUIRE(run_moe(train_args(straight, common)).ok());
+  REQUIRE(run_moe(train_args(newer, concat(common, {"--stop-at", "3"}))).ok());
   CHECK(dir_entries(straight) == expected);
   CHECK(read_json(newer + "/trainer_state.json").at("step") == 3);
 
@@ -327,8 +297,8 @@ TEST_CASE("checkpoint files are written atomically and an interrupted save is re
     const std::string full = read_bytes(newer + "/model.safetensors");
     std::ofstream(crash + "/.pending/model.safetensors", std::ios::binary) << full.substr(0, full.size() / 2);
     fs::copy_file(newer + "/config.json", crash + "/.pending/config.json");
-    r = run_moe("train --out '" + crash + "' --resume --threads 2", tmp);
-    INFO(r.tail());
+    r = run_moe(resume_args(crash));
+    INFO(r.describe());
     REQUIRE(r.ok());
     CHECK(dir_entries(crash) == expected);  // .pending removed
     CHECK(read_json(crash + "/trainer_state.json").at("step") == 4);
@@ -366,8 +336,8 @@ TEST_CASE("checkpoint files are written atomically and an interrupted save is re
     for (const char* f : {"config.json", "model.safetensors"})
       fs::copy_file(newer + "/" + f, moved + "/" + f, fs::copy_options::overwrite_existing);
     std::ofstream(moved + "/.pending/COMPLETE").flush();
-    r = run_moe("train --out '" + moved + "' --resume --threads 2", tmp);
-    INFO(r.tail());
+    r = run_moe(resume_args(moved));
+    INFO(r.describe());
     REQUIRE(r.ok());
     CHECK(dir_entries(moved) == expected);
     // It continued from the new checkpoint (step 3): the log has steps 1, 2 (old run) then 4 only.
@@ -379,18 +349,16 @@ TEST_CASE("checkpoint files are written atomically and an interrupted save is re
 }
 
 TEST_CASE("metrics.jsonl lines parse and carry the documented fields with consistent sizes", "[train]") {
-  TempDir tmp;
+  TempDir tmp("train");
   const int64_t batch = 2, seq = 32, K = 2, E = 8, eval_tokens = 1000;
   const double u = 0.01;
   for (int accum : {1, 2}) {
     CAPTURE(accum);
     const std::string dir = tmp / ("accum" + std::to_string(accum));
-    const RunResult r = run_moe(train_args(dir,
-                                           "--steps 6 --eval-every 3 --eval-tokens 1000 --batch 2 --seq 32 "
-                                           "--bias-rate 0.01 --accum " +
-                                               std::to_string(accum)),
-                                tmp);
-    INFO(r.tail());
+    const RunResult r =
+        run_moe(train_args(dir, {"--steps", "6", "--eval-every", "3", "--eval-tokens", "1000", "--batch", "2", "--seq",
+                                 "32", "--bias-rate", "0.01", "--accum", std::to_string(accum)}));
+    INFO(r.describe());
     REQUIRE(r.ok());
     const auto lines = read_metrics(dir);
     const auto train = of_kind(lines, "train"), evals = of_kind(lines, "eval");
@@ -464,7 +432,7 @@ TEST_CASE("metrics.jsonl lines parse and carry the documented fields with consis
 }
 
 TEST_CASE("each --balance mode records its balance loss and moves the bias only when bias-balanced", "[train]") {
-  TempDir tmp;
+  TempDir tmp("train");
   struct Mode {
     const char* name;
     double alpha;  // expected per-layer loss scale (0: no balance loss)
@@ -476,11 +444,9 @@ TEST_CASE("each --balance mode records its balance loss and moves the bias only 
                           Mode{"loss-free+seq", 1e-4, true}}) {
     CAPTURE(mode.name);
     const std::string dir = tmp / mode.name;
-    const RunResult r = run_moe(train_args(dir, std::string("--steps 2 --eval-every 0 --eval-tokens 128 --batch 2 "
-                                                            "--seq 32 --bias-rate 0.01 --balance ") +
-                                                    mode.name),
-                                tmp);
-    INFO(r.tail());
+    const RunResult r = run_moe(train_args(dir, {"--steps", "2", "--eval-every", "0", "--eval-tokens", "128", "--batch",
+                                                 "2", "--seq", "32", "--bias-rate", "0.01", "--balance", mode.name}));
+    INFO(r.describe());
     REQUIRE(r.ok());
     const auto train = of_kind(read_metrics(dir), "train");
     REQUIRE(train.size() == 2);
@@ -510,29 +476,31 @@ TEST_CASE("each --balance mode records its balance loss and moves the bias only 
 }
 
 TEST_CASE("moe train refuses bad run directories, data and flags with a clear message", "[train]") {
-  TempDir tmp;
-  const std::string fast = "--steps 1 --eval-tokens 128 --batch 2 --seq 32 --eval-every 0 ";
+  TempDir tmp("train");
+  const Args fast = {"--steps", "1", "--eval-tokens", "128", "--batch", "2", "--seq", "32", "--eval-every", "0"};
 
   SECTION("an existing non-empty directory needs --resume or --force") {
     const std::string dir = tmp / "busy";
     fs::create_directory(dir);
     std::ofstream(dir + "/notes.txt") << "keep me";
-    const RunResult r = run_moe(train_args(dir, fast), tmp);
-    INFO(r.tail());
-    CHECK(r.refused());
-    CHECK(r.output.find("--resume") != std::string::npos);
-    CHECK(r.output.find(dir) != std::string::npos);
+    const RunResult r = run_moe(train_args(dir, fast));
+    INFO(r.describe());
+    CHECK(refused(r));
+    CHECK(r.output().find("--resume") != std::string::npos);
+    CHECK(r.output().find(dir) != std::string::npos);
     CHECK(dir_entries(dir) == std::set<std::string>{"notes.txt"});  // nothing written
   }
   SECTION("--force overwrites a previous run") {
     const std::string dir = tmp / "prev";
-    REQUIRE(run_moe(train_args(dir, "--steps 2 --eval-tokens 128 --batch 2 --seq 32 --eval-every 0"), tmp).ok());
+    REQUIRE(run_moe(train_args(dir, {"--steps", "2", "--eval-tokens", "128", "--batch", "2", "--seq", "32",
+                                     "--eval-every", "0"}))
+                .ok());
     REQUIRE(of_kind(read_metrics(dir), "train").size() == 2);
-    const RunResult again = run_moe(train_args(dir, fast), tmp);
-    CHECK(again.refused());
-    CHECK(again.output.find("--resume") != std::string::npos);
-    const RunResult r = run_moe(train_args(dir, fast + "--force"), tmp);
-    INFO(r.tail());
+    const RunResult again = run_moe(train_args(dir, fast));
+    CHECK(refused(again));
+    CHECK(again.output().find("--resume") != std::string::npos);
+    const RunResult r = run_moe(train_args(dir, concat(fast, {"--force"})));
+    INFO(r.describe());
     REQUIRE(r.ok());
     CHECK(read_json(dir + "/trainer_state.json").at("step") == 1);
     const auto train = of_kind(read_metrics(dir), "train");
@@ -543,49 +511,48 @@ TEST_CASE("moe train refuses bad run directories, data and flags with a clear me
     const std::string empty = tmp / "empty";
     fs::create_directory(empty);
     for (const std::string& dir : {empty, tmp / "missing"}) {
-      const RunResult r = run_moe("train --out '" + dir + "' --resume --threads 2", tmp);
-      INFO(r.tail());
-      CHECK(r.refused());
-      CHECK(r.output.find(dir) != std::string::npos);
-      CHECK(r.output.find("nothing to resume") != std::string::npos);
+      const RunResult r = run_moe(resume_args(dir));
+      INFO(r.describe());
+      CHECK(refused(r));
+      CHECK(r.output().find(dir) != std::string::npos);
+      CHECK(r.output().find("nothing to resume") != std::string::npos);
     }
   }
   SECTION("--resume of a finished run without a larger --steps") {
     const std::string dir = tmp / "done";
-    REQUIRE(run_moe(train_args(dir, fast), tmp).ok());
-    const RunResult r = run_moe("train --out '" + dir + "' --resume --threads 2", tmp);
-    INFO(r.tail());
-    CHECK(r.refused());
-    CHECK(r.output.find("--steps") != std::string::npos);
+    REQUIRE(run_moe(train_args(dir, fast)).ok());
+    const RunResult r = run_moe(resume_args(dir));
+    INFO(r.describe());
+    CHECK(refused(r));
+    CHECK(r.output().find("--steps") != std::string::npos);
   }
   SECTION("a missing --data file is named") {
     const std::string missing = tmp / "no_such_corpus.txt";
     const std::string dir = tmp / "nodata";
-    const RunResult r =
-        run_moe("train --config '" + kTiny + "' --data '" + missing + "' --out '" + dir + "' " + fast, tmp);
-    INFO(r.tail());
-    CHECK(r.refused());
-    CHECK(r.output.find(missing) != std::string::npos);
+    const RunResult r = run_moe(concat({"train", "--config", kTiny, "--data", missing, "--out", dir}, fast));
+    INFO(r.describe());
+    CHECK(refused(r));
+    CHECK(r.output().find(missing) != std::string::npos);
     CHECK(!fs::exists(dir));  // failed before creating the run directory
   }
   SECTION("bad numbers") {
-    for (const std::string flag :
-         {"--steps -1", "--steps 0", "--batch 0", "--lr -0.1", "--balance sideways", "--steps abc"}) {
+    for (const Args& flag : {Args{"--steps", "-1"}, Args{"--steps", "0"}, Args{"--batch", "0"}, Args{"--lr", "-0.1"},
+                             Args{"--balance", "sideways"}, Args{"--steps", "abc"}}) {
       CAPTURE(flag);
-      const RunResult r = run_moe(train_args(tmp / "bad", "--eval-tokens 128 " + flag), tmp);
-      INFO(r.tail());
-      CHECK(r.refused());
+      const RunResult r = run_moe(train_args(tmp / "bad", concat({"--eval-tokens", "128"}, flag)));
+      INFO(r.describe());
+      CHECK(refused(r));
       CHECK(!fs::exists(tmp / "bad"));
     }
   }
 }
 
 TEST_CASE("moe data synth writes the deterministic four-domain corpus with its labels", "[train]") {
-  TempDir tmp;
+  TempDir tmp("train");
   auto synth = [&](const std::string& name, int seed) {
     const std::string path = tmp / name;
-    const RunResult r = run_moe("data synth --out '" + path + "' --bytes 5000 --seed " + std::to_string(seed), tmp);
-    INFO(r.tail());
+    const RunResult r = run_moe({"data", "synth", "--out", path, "--bytes", "5000", "--seed", std::to_string(seed)});
+    INFO(r.describe());
     REQUIRE(r.ok());
     return std::pair{read_bytes(path), read_bytes(path + ".domains")};
   };
@@ -616,11 +583,11 @@ TEST_CASE("moe data synth writes the deterministic four-domain corpus with its l
 }
 
 TEST_CASE("moe train without --data trains on the embedded synthetic corpus", "[train]") {
-  TempDir tmp;
+  TempDir tmp("train");
   const std::string dir = tmp / "default";
   // Default config (configs/tiny.json from the project root) and default data.
-  const RunResult r = run_moe("train --steps 3 --eval-tokens 512 --threads 2 --out '" + dir + "'", tmp);
-  INFO(r.tail());
+  const RunResult r = run_moe({"train", "--steps", "3", "--eval-tokens", "512", "--threads", "2", "--out", dir});
+  INFO(r.describe());
   REQUIRE(r.ok());
   const json state = read_json(dir + "/trainer_state.json");
   CHECK(state.at("step") == 3);
@@ -630,10 +597,10 @@ TEST_CASE("moe train without --data trains on the embedded synthetic corpus", "[
 
   // `moe data synth` with its defaults writes that same corpus.
   const std::string corpus = tmp / "corpus.txt";
-  REQUIRE(run_moe("data synth --out '" + corpus + "'", tmp).ok());
-  const RunResult r2 = run_moe(
-      "train --steps 1 --eval-tokens 128 --threads 2 --data '" + corpus + "' --out '" + (tmp / "from_file") + "'", tmp);
-  INFO(r2.tail());
+  REQUIRE(run_moe({"data", "synth", "--out", corpus}).ok());
+  const RunResult r2 = run_moe({"train", "--steps", "1", "--eval-tokens", "128", "--threads", "2", "--data", corpus,
+                                "--out", tmp / "from_file"});
+  INFO(r2.describe());
   REQUIRE(r2.ok());
   const json state2 = read_json(tmp / "from_file/trainer_state.json");
   CHECK(state2.at("data").at("bytes") == state.at("data").at("bytes"));
