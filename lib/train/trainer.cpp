@@ -6,12 +6,10 @@
 #include <omp.h>
 
 #include <array>
-#include <atomic>
-#include <pthread.h>
 #include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -34,6 +32,7 @@
 #include "train/data.hpp"
 #include "train/optimizer.hpp"
 #include "train/run_dir.hpp"
+#include "train/signals.hpp"
 #include "train/synth.hpp"
 
 namespace moe {
@@ -41,55 +40,6 @@ namespace moe {
 using nlohmann::json;
 
 namespace {
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-void on_signal(int sig) {
-  if (g_stop_signal != 0 && sig == SIGINT) _exit(130);  // second Ctrl-C: leave now, checkpoint is intact
-  g_stop_signal = sig;
-}
-
-sigset_t stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  return set;
-}
-
-// SIGINT/SIGTERM are taken by one waiting thread (sigtimedwait), not by interrupting a compute
-// thread: a signal frame pushed onto the stack of a thread inside a oneDNN JIT kernel corrupted
-// the heap (reproduced: 3 of 40 runs aborted with "corrupted size vs. prev_size" in the step after
-// a SIGINT). block_stop_signals() before any thread starts makes the waiter the only taker; the
-// handler stays as the fallback for threads created earlier (library use).
-struct SignalGuard {
-  struct sigaction old_int {}, old_term {};
-  std::atomic<bool> done{false};
-  std::thread waiter;
-  SignalGuard() {
-    g_stop_signal = 0;
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    waiter = std::thread([this] {
-      const sigset_t set = stop_signals();
-      pthread_sigmask(SIG_BLOCK, &set, nullptr);
-      const timespec tick{0, 50 * 1000 * 1000};
-      while (!done.load()) {
-        const int sig = sigtimedwait(&set, nullptr, &tick);
-        if (sig > 0) on_signal(sig);
-      }
-    });
-  }
-  ~SignalGuard() {
-    done.store(true);
-    waiter.join();
-    sigaction(SIGINT, &old_int, nullptr);
-    sigaction(SIGTERM, &old_term, nullptr);
-  }
-};
 
 // Every rank evaluates its share of the windows (all ranks run the same number of forward passes:
 // with expert parallelism each one is collective); sums are combined over ranks.
@@ -273,11 +223,6 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
     if (source.rfind("synthetic:", 0) != 0) plan.data_path = source;
   }
   return plan;
-}
-
-void block_stop_signals() {
-  const sigset_t set = stop_signals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 std::string default_run_dir(const std::string& config_path) {
@@ -548,7 +493,7 @@ int64_t TrainRun::run() {
   step_ = &trainer_step;
   const int64_t end_step = options_.stop_at > 0 ? std::min(options_.stop_at, tc_.steps) : tc_.steps;
   observer_->on_start(options_.config, dir_, data_.source, start_step_);
-  SignalGuard signals;
+  StopSignals signals;
   if (start_step_ == 0) run_eval(0);
   int64_t bad_steps = 0, step = start_step_;
   while (step < end_step) {
@@ -572,7 +517,7 @@ int64_t TrainRun::run() {
            " (try a smaller --lr)");
     }
     // Every rank stops at the same step: a signal seen by any of them counts for all.
-    const int stop_signal = ranks_ > 1 ? int(dist_.allreduce_max(g_stop_signal)) : int(g_stop_signal);
+    const int stop_signal = ranks_ > 1 ? int(dist_.allreduce_max(signals.received())) : signals.received();
     if ((tc_.eval_every > 0 && step % tc_.eval_every == 0) || step == tc_.steps) run_eval(step);
     if ((tc_.save_every > 0 && step % tc_.save_every == 0) || step == end_step || stop_signal) save(step);
     if (stop_signal) {

@@ -9,6 +9,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "train/train_config.hpp"
+#include "train/signals.hpp"
 #include "train/step.hpp"
 
 namespace moe {
@@ -39,11 +40,6 @@ class TrainObserver {
   virtual void on_end(const EvalRecord* first_eval, const EvalRecord* last_eval, const StepRecord& last_step,
                       double mean_tokens_per_s) = 0;
 };
-
-// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards: call it
-// first thing (before any OpenMP, oneDNN or MPI thread exists) in a process that will train, so
-// that only train()'s signal-waiting thread receives them.
-void block_stop_signals();
 
 // What `moe train --resume` continues: the run's stored effective config (flags given now may
 // override its train section) and its data file when `data_path` is empty (the embedded corpus
