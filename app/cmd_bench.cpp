@@ -1,11 +1,10 @@
 // `moe bench`: throughput, MFU and memory of training, prefill and decode (see lib/bench).
-#include <omp.h>
-
 #include <cstdio>
 #include <iostream>
 #include <map>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "bench/bench.hpp"
 #include "commands.hpp"
@@ -27,9 +26,15 @@ Run add_bench(CLI::App& app) {
   cmd->add_option("--config", f->options.configs, "Config files (repeatable; default configs/small.json)");
   cmd->add_option("-t,--threads", f->options.threads, "Thread counts (repeatable; default: all cores)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")->capture_default_str()->check(CLI::Range(1, 1000));
-  cmd->add_option("--steps", f->options.steps_per_rep, "Training steps per repetition")->capture_default_str()->check(CLI::Range(1, 1000));
-  cmd->add_option("--decode-tokens", f->options.decode_tokens, "Decode steps per repetition")->capture_default_str()->check(CLI::Range(1, 100000));
+  cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--steps", f->options.steps_per_rep, "Training steps per repetition")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--decode-tokens", f->options.decode_tokens, "Decode steps per repetition")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   cmd->add_option("-o,--output", f->output, "md or json")->capture_default_str()->check(CLI::IsMember({"md", "json"}));
   return [f]() {
     BenchOptions& o = f->options;
@@ -47,8 +52,10 @@ Run add_bench(CLI::App& app) {
         results.push_back(bench_config(c, t, o, peaks[t]));
       }
     }
-    if (f->output == "json") std::cout << bench_json(results).dump(2) << "\n";
-    else std::cout << format_bench_markdown(results);
+    if (f->output == "json")
+      std::cout << bench_json(results).dump(2) << "\n";
+    else
+      std::cout << format_bench_markdown(results);
     return 0;
   };
 }

@@ -23,7 +23,9 @@ Run add_data(CLI::App& app) {
   auto* synth = cmd->add_subcommand("synth", "Write the synthetic four-domain corpus that train uses by default");
   synth->add_option("--out", f->out, "Output text file; domain labels go to FILE.domains (one byte per byte)")
       ->required();
-  synth->add_option("--bytes", f->bytes, "Corpus size in bytes")->capture_default_str()->check(InRange(int64_t(1), int64_t(1) << 32));
+  synth->add_option("--bytes", f->bytes, "Corpus size in bytes")
+      ->capture_default_str()
+      ->check(InRange(int64_t(1), int64_t(1) << 32));
   synth->add_option("--seed", f->seed, "Generator seed")->capture_default_str();
   return [f]() {
     const SynthCorpus corpus = make_synth_corpus(f->bytes, f->seed);

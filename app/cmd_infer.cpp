@@ -1,6 +1,4 @@
 // `moe infer` (generate text from a checkpoint) and `moe eval` (exact perplexity of a file).
-#include <omp.h>
-
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -10,6 +8,7 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "commands.hpp"
 #include "core/error.hpp"
@@ -66,9 +65,13 @@ Run add_infer(CLI::App& app) {
   auto* pp = cmd->add_option("--prompts-file", f->prompts_file, "One prompt per line, generated together as a batch");
   p->excludes(pf)->excludes(pp);
   pf->excludes(pp);
-  cmd->add_option("-n,--n-predict", f->n_predict, "Tokens (bytes) to generate")->capture_default_str()->check(NonNegative);
+  cmd->add_option("-n,--n-predict", f->n_predict, "Tokens (bytes) to generate")
+      ->capture_default_str()
+      ->check(NonNegative);
   cmd->add_option("--temp", f->sampler.temp, "Temperature; 0 is greedy")->capture_default_str()->check(NonNegative);
-  cmd->add_option("--top-k", f->sampler.top_k, "Keep the k most likely tokens (0: all)")->capture_default_str()->check(NonNegative);
+  cmd->add_option("--top-k", f->sampler.top_k, "Keep the k most likely tokens (0: all)")
+      ->capture_default_str()
+      ->check(NonNegative);
   cmd->add_option("--top-p", f->sampler.top_p, "Nucleus: smallest set with this probability mass, in (0, 1]")
       ->capture_default_str()
       ->check(InRange(0.0, 1.0, true));
@@ -97,7 +100,8 @@ Run add_infer(CLI::App& app) {
     GenerateRequest request;
     request.n_predict = f->n_predict;
     request.sampler = f->sampler;
-    request.seed = f->seed >= 0 ? uint64_t(f->seed) : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
+    request.seed =
+        f->seed >= 0 ? uint64_t(f->seed) : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
     if (pp->count() > 0) {
       std::istringstream lines(read_text(f->prompts_file));
       std::string line;
@@ -125,14 +129,17 @@ Run add_infer(CLI::App& app) {
     if (stream) std::fputc('\n', stdout), std::fflush(stdout);
     for (size_t i = 0; i < outputs.size(); ++i) {
       if (outputs[i].prompt_truncated)
-        std::fprintf(stderr, "moe: note: prompt %zu was longer than the context (%lld); only its last %lld bytes were used\n",
+        std::fprintf(stderr,
+                     "moe: note: prompt %zu was longer than the context (%lld); only its last %lld bytes were used\n",
                      i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].prompt_tokens);
       if (outputs[i].hit_context_limit)
-        std::fprintf(stderr, "moe: note: generation %zu stopped at the context limit of %lld tokens (after %lld of %lld)\n",
-                     i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].generated, (long long)f->n_predict);
+        std::fprintf(
+            stderr, "moe: note: generation %zu stopped at the context limit of %lld tokens (after %lld of %lld)\n",
+            i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].generated, (long long)f->n_predict);
     }
     const double prompt_tps = timings.prompt_seconds > 0 ? double(timings.prompt_tokens) / timings.prompt_seconds : 0;
-    const double gen_tps = timings.generate_seconds > 0 ? double(timings.generated_tokens) / timings.generate_seconds : 0;
+    const double gen_tps =
+        timings.generate_seconds > 0 ? double(timings.generated_tokens) / timings.generate_seconds : 0;
     if (f->json) {
       nlohmann::json results = nlohmann::json::array();
       for (const auto& o : outputs)
@@ -209,12 +216,8 @@ Run add_eval(CLI::App& app) {
     const EvalResult r = evaluate_bytes(ctx, *model, data.bytes, T, &tally);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (f->json) {
-      std::cout << nlohmann::json{{"loss", r.loss},
-                                  {"perplexity", r.perplexity},
-                                  {"tokens", r.tokens},
-                                  {"ctx", T},
-                                  {"seconds", seconds},
-                                  {"layers", stats_json(c, tally)}}
+      std::cout << nlohmann::json{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},
+                                  {"ctx", T},       {"seconds", seconds},         {"layers", stats_json(c, tally)}}
                        .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
                 << "\n";
       return 0;

@@ -1,6 +1,5 @@
 // `moe inspect PATH...`: model summary, load report of runs (live with --follow), comparison of
 // several runs, HTML report, and routing analysis of a checkpoint (--text / --data).
-#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,13 +10,13 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
 #include "infer/routing.hpp"
 #include "model/checkpoint.hpp"
-#include "train/train_config.hpp"
 #include "model/summary.hpp"
 #include "report/html.hpp"
 #include "report/load_console.hpp"
@@ -25,6 +24,7 @@
 #include "train/data.hpp"
 #include "train/run_dir.hpp"
 #include "train/synth.hpp"
+#include "train/train_config.hpp"
 
 namespace moe::app {
 
@@ -41,7 +41,7 @@ struct InspectFlags {
 // What a PATH names.
 struct Target {
   std::string path, name;
-  std::string metrics;  // metrics.jsonl, if any
+  std::string metrics;      // metrics.jsonl, if any
   bool checkpoint = false;  // config.json + model.safetensors
   std::optional<ModelConfig> model;
 };
@@ -117,7 +117,9 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
     bytes.push_back('\n');
     const RoutingTrace trace = trace_routing(ctx, *model, bytes, c.max_position_embeddings);
     if (f.json) {
-      std::cout << routing_trace_json(trace, c.num_experts_per_tok).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      std::cout << routing_trace_json(trace, c.num_experts_per_tok)
+                       .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+                << "\n";
     } else {
       std::printf("routing of %zu tokens through %s\n", trace.tokens.size(), t.path.c_str());
       std::fputs(format_routing_text(trace, c.num_experts_per_tok).c_str(), stdout);
@@ -208,7 +210,9 @@ Run add_inspect(CLI::App& app) {
     if (!f->html.empty()) {
       std::vector<HtmlRun> html_runs;
       for (size_t i = 0; i < targets.size(); ++i)
-        if (runs[i]) html_runs.push_back({targets[i].name, runs[i].get(), reports[i].get(), targets[i].model ? &*targets[i].model : nullptr});
+        if (runs[i])
+          html_runs.push_back(
+              {targets[i].name, runs[i].get(), reports[i].get(), targets[i].model ? &*targets[i].model : nullptr});
       if (html_runs.empty()) fail("--html needs at least one run directory (with metrics.jsonl)");
       write_file_atomic(f->html, render_html_report(html_runs, "moe report: " + html_runs[0].label +
                                                                    (html_runs.size() > 1 ? " and others" : "")));
@@ -223,7 +227,8 @@ Run add_inspect(CLI::App& app) {
         if (runs[i]) j["load"] = load_report_json(*runs[i], *reports[i]);
         out.push_back(j);
       }
-      std::cout << (out.size() == 1 ? out[0] : out).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      std::cout << (out.size() == 1 ? out[0] : out).dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+                << "\n";
       return 0;
     }
     if (!f->html.empty() && !::isatty(STDOUT_FILENO)) return 0;

@@ -23,7 +23,8 @@ inline CLI::Validator number_in(double low, double high, bool low_open, const st
   return CLI::Validator(
       [=](std::string& input) -> std::string {
         double v = 0;
-        if (!CLI::detail::lexical_cast(input, v) || std::isnan(v)) return "expected " + expected + ", got \"" + input + "\"";
+        if (!CLI::detail::lexical_cast(input, v) || std::isnan(v))
+          return "expected " + expected + ", got \"" + input + "\"";
         if (v < low || (low_open && v == low) || v > high) return "expected " + expected + ", got " + input;
         return std::string();
       },
@@ -37,7 +38,8 @@ inline CLI::Validator InRange(double low, double high, bool low_open = false) {
     std::snprintf(buf, sizeof buf, "%.12g", v);
     return std::string(buf);
   };
-  return number_in(low, high, low_open, std::string("a number in ") + (low_open ? "(" : "[") + text(low) + ", " + text(high) + "]");
+  return number_in(low, high, low_open,
+                   std::string("a number in ") + (low_open ? "(" : "[") + text(low) + ", " + text(high) + "]");
 }
 
 // Adds a command-line flag for every field of `fields` that has one (type, check and help from the

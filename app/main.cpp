@@ -11,18 +11,15 @@
 #include "dist/dist.hpp"
 
 int main(int argc, char** argv) {
-  CLI::App app{"moe: train and run small DeepSeek-V3-style Mixture-of-Experts transformers on CPUs,\n"
-               "and watch how the experts' load is balanced."};
+  CLI::App app{
+      "moe: train and run small DeepSeek-V3-style Mixture-of-Experts transformers on CPUs,\n"
+      "and watch how the experts' load is balanced."};
   app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
   app.require_subcommand(1);
   app.fallthrough(false);
   const std::pair<std::string, moe::app::Run> commands[] = {
-      {"train", moe::app::add_train(app)},
-      {"infer", moe::app::add_infer(app)},
-      {"eval", moe::app::add_eval(app)},
-      {"inspect", moe::app::add_inspect(app)},
-      {"data", moe::app::add_data(app)},
-      {"bench", moe::app::add_bench(app)},
+      {"train", moe::app::add_train(app)},     {"infer", moe::app::add_infer(app)}, {"eval", moe::app::add_eval(app)},
+      {"inspect", moe::app::add_inspect(app)}, {"data", moe::app::add_data(app)},   {"bench", moe::app::add_bench(app)},
   };
   try {
     app.parse(argc, argv);
@@ -36,8 +33,10 @@ int main(int argc, char** argv) {
       if (sub) command += " " + sub->get_name();
     }
     if (command == "moe" && argc > 1)
-      std::fprintf(stderr, argv[1][0] == '-' ? "moe: unknown option \"%s\"; a command comes first (see moe --help)\n"
-                                              : "moe: unknown command \"%s\" (see moe --help)\n", argv[1]);
+      std::fprintf(stderr,
+                   argv[1][0] == '-' ? "moe: unknown option \"%s\"; a command comes first (see moe --help)\n"
+                                     : "moe: unknown command \"%s\" (see moe --help)\n",
+                   argv[1]);
     else
       std::fprintf(stderr, "moe: %s (see %s --help)\n", e.what(), command.c_str());
     return e.get_exit_code();
@@ -50,8 +49,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     // Under mpirun every rank may report; the others say which one they are.
     const int rank = moe::Dist::rank_if_joined();
-    if (rank > 0) std::fprintf(stderr, "moe: rank %d: %s\n", rank, e.what());
-    else std::fprintf(stderr, "moe: %s\n", e.what());
+    if (rank > 0)
+      std::fprintf(stderr, "moe: rank %d: %s\n", rank, e.what());
+    else
+      std::fprintf(stderr, "moe: %s\n", e.what());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "moe: out of memory\n");

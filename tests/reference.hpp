@@ -9,8 +9,8 @@
 #include <numeric>
 #include <vector>
 
-#include "core/rng.hpp"
 #include "config/model_config.hpp"
+#include "core/rng.hpp"
 
 namespace ref {
 

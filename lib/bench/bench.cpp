@@ -1,7 +1,5 @@
 #include "bench/bench.hpp"
 
-#include <omp.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -9,6 +7,7 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "core/arena.hpp"
 #include "infer/decode.hpp"
@@ -204,8 +203,9 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
       out += buf;
     }
   }
-  out += "\n| config | threads | GEMM peak GFLOP/s | train GFLOP/s | MFU | peak RSS MiB | RSS growth KiB |\n"
-         "|---|---:|---:|---:|---:|---:|---:|\n";
+  out +=
+      "\n| config | threads | GEMM peak GFLOP/s | train GFLOP/s | MFU | peak RSS MiB | RSS growth KiB |\n"
+      "|---|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& r : results) {
     std::snprintf(buf, sizeof buf, "| %s | %lld | %.1f | %.1f | %.1f%% | %.1f | %lld |\n", r.config.c_str(),
                   (long long)r.threads, r.gemm_peak_gflops, r.train_tokens_per_s.mean * r.train_flops_per_token / 1e9,
@@ -226,9 +226,10 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
     }
     out += "\n";
   }
-  out += "\nMFU = train tok/s x FLOPs/token / GEMM peak; FLOPs/token = 6 x activated matrix parameters "
-         "(attention, FFNs, K of E routed experts, router, lm head) + 12 x layers x q_dim x seq (attention "
-         "scores and weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 2048^3 matmuls.\n";
+  out +=
+      "\nMFU = train tok/s x FLOPs/token / GEMM peak; FLOPs/token = 6 x activated matrix parameters "
+      "(attention, FFNs, K of E routed experts, router, lm head) + 12 x layers x q_dim x seq (attention "
+      "scores and weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 2048^3 matmuls.\n";
   return out;
 }
 

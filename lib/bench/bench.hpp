@@ -31,9 +31,9 @@ struct BenchResult {
   int64_t params = 0, activated = 0;
   Stat train_tokens_per_s, prefill_tokens_per_s, decode_tokens_per_s;
   double phase_share[int(Phase::count)] = {};  // of measured training step time
-  double train_flops_per_token = 0;           // 6 * activated matmul params + 12 * L * q_dim * T
+  double train_flops_per_token = 0;            // 6 * activated matmul params + 12 * L * q_dim * T
   double gemm_peak_gflops = 0;
-  double mfu = 0;                             // achieved training FLOP/s / GEMM peak
+  double mfu = 0;  // achieved training FLOP/s / GEMM peak
   int64_t peak_rss_kib = 0, rss_growth_kib = 0;
 };
 

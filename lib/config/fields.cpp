@@ -121,7 +121,8 @@ std::string whole(double x) {
 }
 
 void check_value(int64_t v, Check check, int64_t at_most, const std::string& where) {
-  if (at_most > 0 && v > at_most) fail(where + ": expected at most " + std::to_string(at_most) + ", got " + std::to_string(v));
+  if (at_most > 0 && v > at_most)
+    fail(where + ": expected at most " + std::to_string(at_most) + ", got " + std::to_string(v));
   if (check == Check::positive && v <= 0) fail(where + ": expected a positive integer, got " + std::to_string(v));
   if (check == Check::non_negative && v < 0) fail(where + ": expected an integer >= 0, got " + std::to_string(v));
 }
@@ -131,8 +132,9 @@ void check_value(double v, Check check, const std::string& where) {
                    (check == Check::non_negative_finite && !(std::isfinite(v) && v >= 0));
   if (!bad) return;
   std::ostringstream s;
-  s << where << (check == Check::positive_finite ? ": expected a positive finite number, got "
-                                                  : ": expected a finite number >= 0, got ")
+  s << where
+    << (check == Check::positive_finite ? ": expected a positive finite number, got "
+                                        : ": expected a finite number >= 0, got ")
     << v;
   fail(s.str());
 }

@@ -47,7 +47,7 @@ struct Field {
   // std::optional<int64_t>: JSON null (or absent) is "not set".
   std::variant<int64_t S::*, double S::*, bool S::*, uint64_t S::*, std::optional<int64_t> S::*, Choice<S>> member;
   Check check = Check::any;
-  int64_t at_most = 0;       // integers: largest accepted value (0: no bound)
+  int64_t at_most = 0;  // integers: largest accepted value (0: no bound)
   const char* help = "";
   const char* flag = nullptr;  // command-line flag, e.g. "--min-lr"; null: config file only
 };
@@ -59,16 +59,21 @@ std::string choice_error(const std::vector<std::string>& names, const std::strin
 // Sets the field from a JSON value, checking its type (not its range: see validate_fields).
 template <class S>
 void read_field(const Field<S>& f, S& s, const nlohmann::json& v, const std::string& where) {
-  if (auto p = std::get_if<int64_t S::*>(&f.member)) s.*(*p) = get_int(v, where);
-  else if (auto p = std::get_if<double S::*>(&f.member)) s.*(*p) = get_number(v, where);
-  else if (auto p = std::get_if<bool S::*>(&f.member)) s.*(*p) = get_bool(v, where);
+  if (auto p = std::get_if<int64_t S::*>(&f.member))
+    s.*(*p) = get_int(v, where);
+  else if (auto p = std::get_if<double S::*>(&f.member))
+    s.*(*p) = get_number(v, where);
+  else if (auto p = std::get_if<bool S::*>(&f.member))
+    s.*(*p) = get_bool(v, where);
   else if (auto p = std::get_if<uint64_t S::*>(&f.member)) {
     const int64_t x = get_int(v, where);
     check_value(x, Check::non_negative, 0, where);
     s.*(*p) = uint64_t(x);
   } else if (auto p = std::get_if<std::optional<int64_t> S::*>(&f.member)) {
-    if (v.is_null()) s.*(*p) = std::nullopt;
-    else s.*(*p) = get_int(v, where);
+    if (v.is_null())
+      s.*(*p) = std::nullopt;
+    else
+      s.*(*p) = get_int(v, where);
   } else {
     const Choice<S>& c = std::get<Choice<S>>(f.member);
     const std::string text = get_string(v, where);
@@ -97,8 +102,10 @@ template <class S>
 void validate_fields(const std::vector<Field<S>>& fields, const S& s, const std::string& prefix) {
   for (const Field<S>& f : fields) {
     const std::string at = prefix + f.name;
-    if (auto p = std::get_if<int64_t S::*>(&f.member)) check_value(s.*(*p), f.check, f.at_most, at);
-    else if (auto p = std::get_if<double S::*>(&f.member)) check_value(s.*(*p), f.check, at);
+    if (auto p = std::get_if<int64_t S::*>(&f.member))
+      check_value(s.*(*p), f.check, f.at_most, at);
+    else if (auto p = std::get_if<double S::*>(&f.member))
+      check_value(s.*(*p), f.check, at);
     else if (auto p = std::get_if<std::optional<int64_t> S::*>(&f.member)) {
       if (s.*(*p)) check_value(*(s.*(*p)), f.check, f.at_most, at);
     }

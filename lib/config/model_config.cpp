@@ -39,11 +39,12 @@ const std::vector<Field<ModelConfig>>& model_fields() {
       {"topk_group", &M::topk_group, Check::positive, kMaxSize, "Groups a token may use"},
       {"routed_scaling_factor", &M::routed_scaling_factor, Check::positive_finite, 0, "Scale of the gate weights"},
       {"norm_topk_prob", &M::norm_topk_prob, Check::any, 0, "Normalise the K gate weights to sum 1"},
-      {"scoring_func", Choice<M>{{"sigmoid", "softmax"},
-                                 [](const M& m) { return std::string(to_string(m.scoring_func)); },
-                                 [](M& m, const std::string& s) {
-                                   m.scoring_func = s == "sigmoid" ? ScoringFunc::sigmoid : ScoringFunc::softmax;
-                                 }},
+      {"scoring_func",
+       Choice<M>{{"sigmoid", "softmax"},
+                 [](const M& m) { return std::string(to_string(m.scoring_func)); },
+                 [](M& m, const std::string& s) {
+                   m.scoring_func = s == "sigmoid" ? ScoringFunc::sigmoid : ScoringFunc::softmax;
+                 }},
        Check::any, 0, "Router affinity: sigmoid (DeepSeek-V3) or softmax"},
       {"rms_norm_eps", &M::rms_norm_eps, Check::positive_finite, 0, "RMSNorm epsilon"},
       {"rope_theta", &M::rope_theta, Check::positive_finite, 0, "RoPE base"},
@@ -132,11 +133,11 @@ json to_json(const ModelConfig& m) {
 }
 
 double activation_bytes_estimate(const ModelConfig& m, int64_t batch, int64_t seq) {
-  const double floats = double(batch) * double(seq) *
-                        (double(m.num_hidden_layers) *
-                             (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
-                              6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
-                         4.0 * double(m.vocab_size));
+  const double floats =
+      double(batch) * double(seq) *
+      (double(m.num_hidden_layers) * (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
+                                      6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
+       4.0 * double(m.vocab_size));
   return 4.0 * floats;
 }
 

@@ -27,8 +27,8 @@ struct ComputeContext::Entry {
 };
 
 const char* to_string(Phase phase) {
-  static const char* names[] = {"attention", "router", "routed experts", "shared/dense FFN", "lm head + loss",
-                                "optimizer", "balancing", "other"};
+  static const char* names[] = {"attention",      "router",    "routed experts", "shared/dense FFN",
+                                "lm head + loss", "optimizer", "balancing",      "other"};
   return names[int(phase)];
 }
 
@@ -89,8 +89,7 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
         for (int64_t b1 = 0; b1 < spec.batch1; ++b1)
           for (int64_t i = 0; i < spec.M; ++i)
             for (int64_t j = 0; j < spec.N; ++j)
-              C[b0 * spec.c_strides[0] + b1 * spec.c_strides[1] + i * spec.c_strides[2] +
-                j * spec.c_strides[3]] = 0.0f;
+              C[b0 * spec.c_strides[0] + b1 * spec.c_strides[1] + i * spec.c_strides[2] + j * spec.c_strides[3]] = 0.0f;
     return;
   }
   if (!batched(spec)) {
@@ -106,8 +105,8 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
     int64_t lda = 0, ldb = 0, ldc = 0;
     if (layout(spec.a_strides, ta, lda) && layout(spec.b_strides, tb, ldb) && layout(spec.c_strides, tc, ldc) &&
         tc == 'N') {
-      const dnnl_status_t status = dnnl_sgemm(ta, tb, spec.M, spec.N, spec.K, 1.0f, A, lda, B, ldb,
-                                              spec.accumulate ? 1.0f : 0.0f, C, ldc);
+      const dnnl_status_t status =
+          dnnl_sgemm(ta, tb, spec.M, spec.N, spec.K, 1.0f, A, lda, B, ldb, spec.accumulate ? 1.0f : 0.0f, C, ldc);
       check(status == dnnl_success, "oneDNN sgemm failed (status " + std::to_string(int(status)) + ")");
       return;
     }
@@ -123,9 +122,8 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
   stream_.wait();
 }
 
-void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-          bool accumulate) {
+void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
   GemmSpec spec;
   spec.M = M, spec.N = N, spec.K = K;
   spec.a_strides = trans_a ? std::array<int64_t, 4>{0, 0, 1, lda} : std::array<int64_t, 4>{0, 0, lda, 1};
@@ -147,9 +145,8 @@ bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* 
   return dnnl_sgemm('N', trans_b ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) == dnnl_success;
 }
 
-void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,
-                     float* dx, float* dW, int64_t rows, int64_t in, int64_t out,
-                     bool accumulate_dx) {
+void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy, float* dx, float* dW,
+                     int64_t rows, int64_t in, int64_t out, bool accumulate_dx) {
   // dx (rows, in) = dy (rows, out) · W (out, in)
   if (dx) gemm(ctx, false, false, rows, in, out, dy, out, W, in, dx, in, accumulate_dx);
   // dW (out, in) += dyᵀ (out, rows) · x (rows, in)

@@ -75,9 +75,8 @@ class PhaseScope {
 
 // Row-major GEMM in BLAS terms: C (M×N) [+]= op(A) · op(B), where op(A) is M×K (stored K×M with
 // row stride lda when trans_a), op(B) is K×N (stored N×K when trans_b).
-void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-          const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-          bool accumulate);
+void gemm(ComputeContext& ctx, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate);
 
 // Row-major C (M×N) [+]= A (M×K) · op(B) through oneDNN's BLAS-style dnnl_sgemm: op(B) is B
 // (K×N, row stride ldb) or, when trans_b, Bᵀ with B stored N×K. For the many tiny products of
@@ -90,15 +89,14 @@ bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* 
 
 // Linear layer y = x Wᵀ with W stored [out, in] (Hugging Face layout).
 // x (rows, in), W (out, in), y (rows, out).
-inline void linear_forward(ComputeContext& ctx, const float* x, const float* W, float* y,
-                           int64_t rows, int64_t in, int64_t out) {
+inline void linear_forward(ComputeContext& ctx, const float* x, const float* W, float* y, int64_t rows, int64_t in,
+                           int64_t out) {
   gemm(ctx, false, true, rows, out, in, x, in, W, in, y, out, false);
 }
 
 // Backward of y = x Wᵀ: dx (=, or += when accumulate_dx) dy W; dW += dyᵀ x.
 // Pass dx == nullptr to skip the input gradient.
-void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy,
-                     float* dx, float* dW, int64_t rows, int64_t in, int64_t out,
-                     bool accumulate_dx);
+void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy, float* dx, float* dW,
+                     int64_t rows, int64_t in, int64_t out, bool accumulate_dx);
 
 }  // namespace moe

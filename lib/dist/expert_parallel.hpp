@@ -25,8 +25,8 @@ class ExpertParallel : public RemoteExperts {
   RankLimit rank_limit() const override { return {dist_.size(), max_ranks_}; }
   void forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer, const float* x,
                MoeSaved& s, int64_t N) override;
-  void backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
-                int64_t moe_layer, const MoeSaved& s, const float* d_rows, float* dx_rows, int64_t N) override;
+  void backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, int64_t moe_layer,
+                const MoeSaved& s, const float* d_rows, float* dx_rows, int64_t N) override;
 
   // The shard of routed experts this rank holds.
   static ExpertShard shard_of(const ModelConfig& c, int rank, int ranks);
@@ -41,7 +41,7 @@ class ExpertParallel : public RemoteExperts {
     std::vector<int64_t> offsets;               // (local experts + 1) padded per-expert layout
     std::vector<int32_t> recv_to_row;           // received row -> row of the padded layout
     int64_t received = 0;
-    Buffer<float> x_rows, g, u, a;              // saved for backward, padded layout
+    Buffer<float> x_rows, g, u, a;  // saved for backward, padded layout
   };
   Dist& dist_;
   int64_t max_ranks_ = 0, local_experts_ = 0, first_expert_ = 0, row_align_ = 1, capacity_ = 0;

@@ -9,18 +9,23 @@
 
 #include "core/error.hpp"
 #include "core/vmath.hpp"
+#include "moe/router.hpp"
 #include "ops/embedding.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/rope.hpp"
 #include "ops/swiglu.hpp"
-#include "moe/router.hpp"
 
 namespace moe {
 
 KvCache::KvCache(const ModelConfig& c, int64_t batch_, int64_t max_len_)
-    : layers(c.num_hidden_layers), batch(batch_), max_len(max_len_), kv_heads(c.num_key_value_heads),
-      head_dim(c.head_dim), k(layers * batch_ * kv_heads * max_len_ * head_dim),
-      v(layers * batch_ * kv_heads * max_len_ * head_dim), length(size_t(batch_), 0) {}
+    : layers(c.num_hidden_layers),
+      batch(batch_),
+      max_len(max_len_),
+      kv_heads(c.num_key_value_heads),
+      head_dim(c.head_dim),
+      k(layers * batch_ * kv_heads * max_len_ * head_dim),
+      v(layers * batch_ * kv_heads * max_len_ * head_dim),
+      length(size_t(batch_), 0) {}
 
 namespace {
 
@@ -47,12 +52,12 @@ constexpr int64_t kSliceAlign = 16;
 // bumps; Decoder's constructor runs it on counting bumps to size the buffers, so the sizes and the
 // layout are one piece of code.
 struct ThreadBuffers {
-  float *x, *h, *xn;                     // (B, D) residual, after attention, normed
-  float *router_logits, *scores;         // (B, E)
-  float *weight, *row_scale;             // (B*K) gate weights, per-row scales
-  float *x_rows, *y_rows;                // (B*K, D) gathered expert inputs and outputs
-  float *gate, *up;                      // (B*K, max FFN width)
-  float* q_rot;                          // (head_dim) one rotated query
+  float *x, *h, *xn;                           // (B, D) residual, after attention, normed
+  float *router_logits, *scores;               // (B, E)
+  float *weight, *row_scale;                   // (B*K) gate weights, per-row scales
+  float *x_rows, *y_rows;                      // (B*K, D) gathered expert inputs and outputs
+  float *gate, *up;                            // (B*K, max FFN width)
+  float* q_rot;                                // (head_dim) one rotated query
   int32_t *expert, *counts, *offsets, *slots;  // (B*K), (E+1), (E+1), (B*K)
 
   void plan(const ModelConfig& c, int64_t B, Bump<float>& f, Bump<int32_t>& ib) {
@@ -80,15 +85,25 @@ struct Decoder::ThreadStep {
   ThreadBuffers buf;
 
   ThreadStep(Decoder& decoder, const int32_t* seq_, int64_t n_, std::atomic<bool>& ok_)
-      : d(decoder), c(decoder.model_.config), seq(seq_), n(n_), ok(ok_), t(omp_get_thread_num()),
-        T(omp_get_num_threads()), D(c.hidden_size), E(c.n_routed_experts), K(c.num_experts_per_tok),
+      : d(decoder),
+        c(decoder.model_.config),
+        seq(seq_),
+        n(n_),
+        ok(ok_),
+        t(omp_get_thread_num()),
+        T(omp_get_num_threads()),
+        D(c.hidden_size),
+        E(c.n_routed_experts),
+        K(c.num_experts_per_tok),
         B(decoder.cache_.batch) {
     Bump<float> f(d.scratch_[size_t(t)].floats.data());
     Bump<int32_t> ib(d.scratch_[size_t(t)].ints.data());
     buf.plan(c, B, f, ib);
   }
 
-  float* partial(int which, int thread) const { return d.partial_.data() + ((which * d.max_threads_ + thread) * B) * D; }
+  float* partial(int which, int thread) const {
+    return d.partial_.data() + ((which * d.max_threads_ + thread) * B) * D;
+  }
 
   void mm(bool trans_b, int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* Bm, int64_t ldb,
           float* C, int64_t ldc, bool acc) {
@@ -207,8 +222,8 @@ struct Decoder::ThreadStep {
         std::copy_n(buf.xn + (j / K) * D, D, buf.x_rows + m * D);
         buf.row_scale[m] = buf.weight[j];
       }
-      ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im, Im,
-                r, buf.row_scale, buf.y_rows, false);
+      ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im,
+                Im, r, buf.row_scale, buf.y_rows, false);
       for (int64_t m = 0; m < M; ++m) {
         float* dst = part + (buf.slots[first + m] / K) * D;
         const float* src = buf.y_rows + m * D;
@@ -234,8 +249,8 @@ struct Decoder::ThreadStep {
       if (c.is_moe_layer(l))
         moe(lw.moe, a, d.scratch_[size_t(t)].route);
       else
-        ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, I, slice(I, t, T, kSliceAlign), nullptr, partial(1, t),
-                  false);
+        ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, I, slice(I, t, T, kSliceAlign), nullptr,
+                  partial(1, t), false);
 #pragma omp barrier
       reduce(buf.h, 1, buf.x);
     }
@@ -246,8 +261,11 @@ struct Decoder::ThreadStep {
 };
 
 Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len)
-    : model_(model), cache_(model.config, batch, max_len), step_ws_(model.config, batch, 1, false),
-      attn_scratch_(batch * model.config.num_attention_heads * max_len), max_threads_(std::max(1, omp_get_max_threads())) {
+    : model_(model),
+      cache_(model.config, batch, max_len),
+      step_ws_(model.config, batch, 1, false),
+      attn_scratch_(batch * model.config.num_attention_heads * max_len),
+      max_threads_(std::max(1, omp_get_max_threads())) {
   scratch_.resize(size_t(max_threads_));
   for (ThreadScratch& s : scratch_) {
     Bump<float> f;
@@ -303,6 +321,5 @@ const float* Decoder::step(ComputeContext& ctx, const int32_t* seq, const int32_
   if (tally) tally->add(c, step_ws_, n);
   return step_ws_.logits;
 }
-
 
 }  // namespace moe

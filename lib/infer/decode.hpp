@@ -29,12 +29,16 @@ namespace moe {
 
 struct KvCache {
   int64_t layers = 0, batch = 0, max_len = 0, kv_heads = 0, head_dim = 0;
-  Buffer<float> k, v;            // (L, batch, Hkv, max_len, hd) each, keys after RoPE
-  std::vector<int64_t> length;   // tokens cached per sequence
+  Buffer<float> k, v;           // (L, batch, Hkv, max_len, hd) each, keys after RoPE
+  std::vector<int64_t> length;  // tokens cached per sequence
 
   KvCache(const ModelConfig& c, int64_t batch, int64_t max_len);
-  float* k_at(int64_t l, int64_t b, int64_t h) { return k.data() + (((l * batch + b) * kv_heads + h) * max_len) * head_dim; }
-  float* v_at(int64_t l, int64_t b, int64_t h) { return v.data() + (((l * batch + b) * kv_heads + h) * max_len) * head_dim; }
+  float* k_at(int64_t l, int64_t b, int64_t h) {
+    return k.data() + (((l * batch + b) * kv_heads + h) * max_len) * head_dim;
+  }
+  float* v_at(int64_t l, int64_t b, int64_t h) {
+    return v.data() + (((l * batch + b) * kv_heads + h) * max_len) * head_dim;
+  }
 };
 
 class Decoder {
@@ -56,7 +60,7 @@ class Decoder {
 
   const Model& model_;
   KvCache cache_;
-  Workspace step_ws_;          // (batch, 1): shared q/k/v/attention buffers, logits, chosen experts
+  Workspace step_ws_;           // (batch, 1): shared q/k/v/attention buffers, logits, chosen experts
   Buffer<float> attn_scratch_;  // (batch * H, max_len) attention weights
 
   // Per-thread slices (see the header comment); sized for max_threads_ threads once.

@@ -103,7 +103,8 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
     std::vector<int32_t> x(size_t(ws.B * len)), y(size_t(ws.B * len));
     for (int64_t b = 0; b < ws.B; ++b) {
       const int64_t s = (first_window + std::min(b, rows - 1)) * T;  // unused rows repeat the last window
-      for (int64_t t = 0; t < len; ++t) x[size_t(b * len + t)] = bytes[size_t(s + t)], y[size_t(b * len + t)] = bytes[size_t(s + t + 1)];
+      for (int64_t t = 0; t < len; ++t)
+        x[size_t(b * len + t)] = bytes[size_t(s + t)], y[size_t(b * len + t)] = bytes[size_t(s + t + 1)];
     }
     model_forward(ctx, model, ws, x.data(), nullptr);
     loss_sum += cross_entropy_forward_backward(ws.logits, y.data(), nullptr, rows * len, V, 0.0f);

@@ -104,12 +104,15 @@ std::string format_routing_text(const RoutingTrace& trace, int64_t K) {
   for (int64_t t0 = 0; t0 < n; t0 += kPerBlock) {
     const int64_t t1 = std::min(n, t0 + kPerBlock);
     out += "\n  token   ";
-    for (int64_t t = t0; t < t1; ++t) std::snprintf(buf, sizeof buf, "%4s", show_byte(trace.tokens[size_t(t)]).c_str()), out += buf;
+    for (int64_t t = t0; t < t1; ++t)
+      std::snprintf(buf, sizeof buf, "%4s", show_byte(trace.tokens[size_t(t)]).c_str()), out += buf;
     out += "\n";
     for (size_t m = 0; m < trace.layers.size(); ++m)
       for (int64_t k = 0; k < K; ++k) {
-        if (k == 0) std::snprintf(buf, sizeof buf, "  L%-2lld #%lld  ", (long long)trace.layers[m], (long long)k + 1);
-        else std::snprintf(buf, sizeof buf, "      #%lld  ", (long long)k + 1);
+        if (k == 0)
+          std::snprintf(buf, sizeof buf, "  L%-2lld #%lld  ", (long long)trace.layers[m], (long long)k + 1);
+        else
+          std::snprintf(buf, sizeof buf, "      #%lld  ", (long long)k + 1);
         out += buf;
         for (int64_t t = t0; t < t1; ++t)
           std::snprintf(buf, sizeof buf, "%4d", trace.experts[m][size_t(t * K + k)]), out += buf;
@@ -150,7 +153,8 @@ std::string format_domain_routing(const std::vector<DomainRouting>& layers, cons
       }
       out += "\n";
     };
-    for (size_t d = 0; d < r.by_domain.size(); ++d) row(d < names.size() ? names[d] : std::to_string(d), r.by_domain[d]);
+    for (size_t d = 0; d < r.by_domain.size(); ++d)
+      row(d < names.size() ? names[d] : std::to_string(d), r.by_domain[d]);
     row("all", r.counts);
     out += "\n";
   }
@@ -176,12 +180,12 @@ nlohmann::json routing_trace_json(const RoutingTrace& trace, int64_t K) {
 nlohmann::json domain_routing_json(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& r : layers) {
-    nlohmann::json j = {{"layer", r.layer},
-                        {"counts", r.counts},
-                        {"maxvio", max_violation(r.counts.data(), int64_t(r.counts.size()))}};
+    nlohmann::json j = {
+        {"layer", r.layer}, {"counts", r.counts}, {"maxvio", max_violation(r.counts.data(), int64_t(r.counts.size()))}};
     if (!r.by_domain.empty()) {
       nlohmann::json domains = nlohmann::json::object();
-      for (size_t d = 0; d < r.by_domain.size(); ++d) domains[d < names.size() ? names[d] : std::to_string(d)] = r.by_domain[d];
+      for (size_t d = 0; d < r.by_domain.size(); ++d)
+        domains[d < names.size() ? names[d] : std::to_string(d)] = r.by_domain[d];
       j["by_domain"] = domains;
       j["specialisation"] = r.specialisation;
     }

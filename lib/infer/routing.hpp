@@ -15,10 +15,10 @@
 namespace moe {
 
 struct RoutingTrace {
-  std::vector<uint8_t> tokens;                  // the routed input bytes (all but the last byte)
-  std::vector<int64_t> layers;                  // MoE layer indices
-  std::vector<std::vector<int32_t>> experts;    // per MoE layer: (tokens, K) chosen experts
-  std::vector<std::vector<float>> weights;      // per MoE layer: (tokens, K) gate weights
+  std::vector<uint8_t> tokens;                // the routed input bytes (all but the last byte)
+  std::vector<int64_t> layers;                // MoE layer indices
+  std::vector<std::vector<int32_t>> experts;  // per MoE layer: (tokens, K) chosen experts
+  std::vector<std::vector<float>> weights;    // per MoE layer: (tokens, K) gate weights
 };
 
 // Routes every byte of `bytes` but the last, in eval windows of T. A text of one byte is routed
@@ -27,9 +27,9 @@ RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, const std::v
 
 struct DomainRouting {
   int64_t layer = 0;
-  std::vector<int64_t> counts;                    // (E) all routed slots
-  std::vector<std::vector<int64_t>> by_domain;    // (domains, E) routed slots of tokens of each domain
-  double specialisation = 0;  // I(domain; expert) / H(domain), in [0, 1]
+  std::vector<int64_t> counts;                  // (E) all routed slots
+  std::vector<std::vector<int64_t>> by_domain;  // (domains, E) routed slots of tokens of each domain
+  double specialisation = 0;                    // I(domain; expert) / H(domain), in [0, 1]
 };
 
 // domain: one label per byte (same length as the traced bytes + 1, or empty for no domains).

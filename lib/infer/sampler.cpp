@@ -19,8 +19,7 @@ void Sampler::apply_repeat_penalty(const std::vector<int32_t>& history) {
   const float penalty = float(config_.repeat_penalty);
   if (penalty == 1.0f || config_.repeat_last_n == 0) return;
   std::fill(seen_.begin(), seen_.end(), 0);
-  const size_t n = config_.repeat_last_n < 0 ? history.size()
-                                              : std::min(history.size(), size_t(config_.repeat_last_n));
+  const size_t n = config_.repeat_last_n < 0 ? history.size() : std::min(history.size(), size_t(config_.repeat_last_n));
   for (size_t i = history.size() - n; i < history.size(); ++i) seen_[size_t(history[i])] = 1;
   // candidates_ is still indexed by id here (load() order).
   for (Candidate& c : candidates_)

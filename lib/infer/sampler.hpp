@@ -10,9 +10,9 @@ namespace moe {
 
 struct SamplerConfig {
   double temp = 0.8;
-  int64_t top_k = 40;         // <= 0: keep all
-  double top_p = 0.95;        // 1: off
-  double min_p = 0.0;         // 0: off
+  int64_t top_k = 40;           // <= 0: keep all
+  double top_p = 0.95;          // 1: off
+  double min_p = 0.0;           // 0: off
   double repeat_penalty = 1.0;  // 1: off
   int64_t repeat_last_n = 64;   // how many recent tokens the penalty looks at
 };
@@ -35,12 +35,11 @@ class Sampler {
   // divided by the penalty when positive and multiplied by it when negative.
   void load(const float* logits);
   void apply_repeat_penalty(const std::vector<int32_t>& history);
-  void sort_by_logit();       // descending logit, ties to the lower id; fills prob = softmax
-  void apply_top_k();         // keep the top_k best
-  void apply_top_p();         // keep the smallest prefix whose probability mass reaches top_p
-  void apply_min_p();         // keep tokens with prob >= min_p * max prob
+  void sort_by_logit();  // descending logit, ties to the lower id; fills prob = softmax
+  void apply_top_k();    // keep the top_k best
+  void apply_top_p();    // keep the smallest prefix whose probability mass reaches top_p
+  void apply_min_p();    // keep tokens with prob >= min_p * max prob
   const std::vector<Candidate>& candidates() const { return candidates_; }
-
 
  private:
   void renormalise();

@@ -51,8 +51,7 @@ void load_tensors_into(const SafetensorsFile& file, const Model& model, float* d
   if (file.tensors.size() != model.layout.tensors.size())
     for (const auto& [name, entry] : file.tensors) {
       (void)entry;
-      if (!model.find(name))
-        fail(file.path + ": unknown tensor \"" + name + "\" (not part of this config's model)");
+      if (!model.find(name)) fail(file.path + ": unknown tensor \"" + name + "\" (not part of this config's model)");
     }
 }
 

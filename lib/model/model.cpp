@@ -15,10 +15,14 @@
 namespace moe {
 
 Model::Model(const ModelConfig& c, ExpertShard shard_, bool with_grads)
-    : config((validate(c, "model config"), c)), layout(make_layout(c, shard_)), params(layout.total),
-      grads(with_grads ? layout.total : 0), weights(bind_weights(c, params.data(), shard_)),
+    : config((validate(c, "model config"), c)),
+      layout(make_layout(c, shard_)),
+      params(layout.total),
+      grads(with_grads ? layout.total : 0),
+      weights(bind_weights(c, params.data(), shard_)),
       grad(with_grads ? bind_weights(c, grads.data(), shard_) : ModelWeights{}),
-      rope(c.head_dim, c.max_position_embeddings, c.rope_theta), shard(shard_) {
+      rope(c.head_dim, c.max_position_embeddings, c.rope_theta),
+      shard(shard_) {
   check(shard.first >= 0 && shard.first + shard.size(c) <= c.n_routed_experts, "internal: expert shard out of range");
 }
 
@@ -34,8 +38,10 @@ void Model::init(uint64_t seed) {
   const double stddev = config.initializer_range;
   for (const TensorSpec& spec : layout.tensors) {
     float* p = params.data() + spec.offset;
-    if (spec.role == TensorRole::norm) std::fill_n(p, spec.numel, 1.0f);
-    else if (spec.role == TensorRole::router_bias) std::fill_n(p, spec.numel, 0.0f);
+    if (spec.role == TensorRole::norm)
+      std::fill_n(p, spec.numel, 1.0f);
+    else if (spec.role == TensorRole::router_bias)
+      std::fill_n(p, spec.numel, 0.0f);
     else
       for (int64_t i = 0; i < spec.numel; ++i) p[i] = float(rng.normal() * stddev);
   }
@@ -49,9 +55,9 @@ const TensorSpec* Model::find(const std::string& name) const {
 
 Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_) : B(B_), T(T_), training(training_) {
   // RoPE tables and the attention layout stop at the model's context.
-  check(B > 0 && T > 0 && T <= c.max_position_embeddings,
-        "sequence length " + std::to_string(T) + " must be in 1.." + std::to_string(c.max_position_embeddings) +
-            " (max_position_embeddings)");
+  check(B > 0 && T > 0 && T <= c.max_position_embeddings, "sequence length " + std::to_string(T) + " must be in 1.." +
+                                                              std::to_string(c.max_position_embeddings) +
+                                                              " (max_position_embeddings)");
   const int64_t N = B * T, D = c.hidden_size, H = c.num_attention_heads;
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size, L = c.num_hidden_layers;
   const int64_t I = c.intermediate_size;
@@ -171,8 +177,7 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
       ws.balance_loss += a.moe.balance_loss;
     } else {
       PhaseScope dense(ctx, Phase::dense_ffn);
-      ffn_forward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, a.xn2, ws.ffn_out, a.dense, N, D,
-                  c.intermediate_size);
+      ffn_forward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, a.xn2, ws.ffn_out, a.dense, N, D, c.intermediate_size);
     }
     phase.emplace(ctx, Phase::other);
     float* out = ws.resid[size_t(l + 1)];
@@ -211,8 +216,8 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     LayerActivations& a = ws.layers[size_t(l)];
     // x' = h + ffn(rmsnorm(h)): d_resid flows straight to h and through the FFN branch.
     if (c.is_moe_layer(l)) {
-      moe_backward(ctx, c, lw.moe, lg.moe, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance, loss_scale,
-                   ws.remote, c.moe_layer_index(l));
+      moe_backward(ctx, c, lw.moe, lg.moe, a.xn2, ws.d_resid, ws.d_norm, a.moe, ws.moe_scratch, B, T, balance,
+                   loss_scale, ws.remote, c.moe_layer_index(l));
     } else {
       PhaseScope dense(ctx, Phase::dense_ffn);
       ffn_backward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, {lg.gate_proj, lg.up_proj, lg.down_proj}, a.xn2,
@@ -220,8 +225,8 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     }
     std::optional<PhaseScope> phase;
     phase.emplace(ctx, Phase::other);
-    rmsnorm_backward(a.h, lw.post_attention_layernorm, a.rstd2, ws.d_norm, ws.d_resid, lg.post_attention_layernorm,
-                     N, D);
+    rmsnorm_backward(a.h, lw.post_attention_layernorm, a.rstd2, ws.d_norm, ws.d_resid, lg.post_attention_layernorm, N,
+                     D);
     phase.emplace(ctx, Phase::attention);
     // h = x + o_proj(attn)
     float* d_attn = ws.q_flat;  // (N, H*hd), forward scratch is free in backward
@@ -235,8 +240,7 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     linear_backward(ctx, a.xn1, lw.k_proj, ws.k_flat, ws.d_norm, lg.k_proj, N, D, c.kv_dim(), true);
     linear_backward(ctx, a.xn1, lw.v_proj, ws.v_flat, ws.d_norm, lg.v_proj, N, D, c.kv_dim(), true);
     phase.emplace(ctx, Phase::other);
-    rmsnorm_backward(ws.resid[size_t(l)], lw.input_layernorm, a.rstd1, ws.d_norm, ws.d_resid, lg.input_layernorm, N,
-                     D);
+    rmsnorm_backward(ws.resid[size_t(l)], lw.input_layernorm, a.rstd1, ws.d_norm, ws.d_resid, lg.input_layernorm, N, D);
   }
   PhaseScope phase(ctx, Phase::other);
   embedding_backward(ws.tokens, ws.d_resid, g.embed_tokens, N, D);

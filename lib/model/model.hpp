@@ -4,9 +4,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "config/model_config.hpp"
 #include "core/arena.hpp"
 #include "core/compute.hpp"
-#include "config/model_config.hpp"
 #include "model/params.hpp"
 #include "moe/moe_layer.hpp"
 #include "ops/rope.hpp"
@@ -23,7 +23,7 @@ struct Model {
   ModelWeights grad;     // views into grads
   RopeTable rope;
 
-  ExpertShard shard;     // the routed experts held here (all, unless expert-parallel)
+  ExpertShard shard;  // the routed experts held here (all, unless expert-parallel)
 
   // with_grads = false for inference and for staging copies: no gradient arena.
   explicit Model(const ModelConfig& config, ExpertShard shard = {}, bool with_grads = true);
@@ -65,18 +65,18 @@ struct Workspace {
   float* rstdf = nullptr;   // (N)
   float* logits = nullptr;  // (N, V)
   // Scratch, reused by every layer.
-  float* q_flat = nullptr;    // (N, H*hd)
-  float* k_flat = nullptr;    // (N, Hkv*hd)
-  float* v_flat = nullptr;    // (N, Hkv*hd)
-  float* ffn_out = nullptr;   // (N, D)
-  float* d_resid = nullptr;   // (N, D)
-  float* d_norm = nullptr;    // (N, D)
-  float* d_heads = nullptr;   // (B, H, T, hd)
-  float* dq = nullptr;        // (B, H, T, hd)
-  float* dk = nullptr;        // (B, Hkv, T, hd)
-  float* dv = nullptr;        // (B, Hkv, T, hd)
-  float* d_probs = nullptr;   // (B, H, T, T)
-  float* d_logits = nullptr;  // (N, V)
+  float* q_flat = nullptr;       // (N, H*hd)
+  float* k_flat = nullptr;       // (N, Hkv*hd)
+  float* v_flat = nullptr;       // (N, Hkv*hd)
+  float* ffn_out = nullptr;      // (N, D)
+  float* d_resid = nullptr;      // (N, D)
+  float* d_norm = nullptr;       // (N, D)
+  float* d_heads = nullptr;      // (B, H, T, hd)
+  float* dq = nullptr;           // (B, H, T, hd)
+  float* dk = nullptr;           // (B, Hkv, T, hd)
+  float* dv = nullptr;           // (B, Hkv, T, hd)
+  float* d_probs = nullptr;      // (B, H, T, T)
+  float* d_logits = nullptr;     // (N, V)
   float* ffn_scratch = nullptr;  // dense FFN backward
   MoeScratch moe_scratch{};
   // Routed experts computed on other processes (expert parallelism); null: here.

@@ -10,15 +10,24 @@ namespace moe {
 
 const char* to_string(TensorRole role) {
   switch (role) {
-    case TensorRole::embedding: return "embedding";
-    case TensorRole::attention: return "attention";
-    case TensorRole::norm: return "norms";
-    case TensorRole::dense_ffn: return "dense FFN";
-    case TensorRole::shared_expert: return "shared experts";
-    case TensorRole::routed_expert: return "routed experts";
-    case TensorRole::router: return "router";
-    case TensorRole::router_bias: return "router bias";
-    case TensorRole::head: return "lm head";
+    case TensorRole::embedding:
+      return "embedding";
+    case TensorRole::attention:
+      return "attention";
+    case TensorRole::norm:
+      return "norms";
+    case TensorRole::dense_ffn:
+      return "dense FFN";
+    case TensorRole::shared_expert:
+      return "shared experts";
+    case TensorRole::routed_expert:
+      return "routed experts";
+    case TensorRole::router:
+      return "router";
+    case TensorRole::router_bias:
+      return "router bias";
+    case TensorRole::head:
+      return "lm head";
   }
   return "?";
 }
@@ -67,7 +76,8 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
       const char* name;
       float** field;
       bool down;
-    } projections[] = {{"gate_proj", &lw.moe.experts_gate, false}, {"up_proj", &lw.moe.experts_up, false},
+    } projections[] = {{"gate_proj", &lw.moe.experts_gate, false},
+                       {"up_proj", &lw.moe.experts_up, false},
                        {"down_proj", &lw.moe.experts_down, true}};
     const int64_t first = shard.first, last = shard.first + shard.size(c);
     for (const auto& proj : projections)
@@ -88,18 +98,24 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
 ParamLayout make_layout(const ModelConfig& config, ExpertShard shard) {
   ParamLayout layout;
   ModelWeights unused;
-  for_each_tensor(config, unused, [&](const TensorSpec& spec, float**) {
-    layout.tensors.push_back(spec);
-    layout.total = spec.offset + spec.numel;
-  }, shard);
+  for_each_tensor(
+      config, unused,
+      [&](const TensorSpec& spec, float**) {
+        layout.tensors.push_back(spec);
+        layout.total = spec.offset + spec.numel;
+      },
+      shard);
   return layout;
 }
 
 ModelWeights bind_weights(const ModelConfig& config, float* base, ExpertShard shard) {
   ModelWeights weights;
-  for_each_tensor(config, weights, [&](const TensorSpec& spec, float** field) {
-    if (field) *field = base + spec.offset;
-  }, shard);
+  for_each_tensor(
+      config, weights,
+      [&](const TensorSpec& spec, float** field) {
+        if (field) *field = base + spec.offset;
+      },
+      shard);
   return weights;
 }
 
@@ -110,7 +126,8 @@ void copy_tensors_by_name(const ParamLayout& from, const float* from_data, const
   for (const TensorSpec& spec : to.tensors) {
     const auto it = index.find(spec.name);
     if (it == index.end() && partial) continue;
-    if (it == index.end() || it->second->numel != spec.numel) fail("internal: no tensor " + spec.name + " to copy from");
+    if (it == index.end() || it->second->numel != spec.numel)
+      fail("internal: no tensor " + spec.name + " to copy from");
     std::copy_n(from_data + it->second->offset, spec.numel, to_data + spec.offset);
   }
 }

@@ -12,7 +12,17 @@
 
 namespace moe {
 
-enum class TensorRole { embedding, attention, norm, dense_ffn, shared_expert, routed_expert, router, router_bias, head };
+enum class TensorRole {
+  embedding,
+  attention,
+  norm,
+  dense_ffn,
+  shared_expert,
+  routed_expert,
+  router,
+  router_bias,
+  head
+};
 const char* to_string(TensorRole role);
 
 struct TensorSpec {
@@ -21,9 +31,9 @@ struct TensorSpec {
   int64_t offset = 0;          // in floats, within the arena
   int64_t numel = 0;
   TensorRole role = TensorRole::attention;
-  int64_t layer = -1;          // -1 for tensors outside the layers
-  bool trainable = true;       // the routing bias is state updated by balancing, not by AdamW
-  bool decay = false;          // weight decay applies to matrices only
+  int64_t layer = -1;     // -1 for tensors outside the layers
+  bool trainable = true;  // the routing bias is state updated by balancing, not by AdamW
+  bool decay = false;     // weight decay applies to matrices only
 };
 
 struct LayerWeights {
@@ -37,7 +47,7 @@ struct LayerWeights {
   float* gate_proj = nullptr;  // (I, D)
   float* up_proj = nullptr;    // (I, D)
   float* down_proj = nullptr;  // (D, I)
-  MoeWeights moe;  // MoE FFN (layer >= first_k_dense_replace)
+  MoeWeights moe;              // MoE FFN (layer >= first_k_dense_replace)
 };
 
 struct ModelWeights {

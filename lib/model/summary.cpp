@@ -10,9 +10,9 @@ namespace moe {
 
 ParamSummary summarize_params(const ModelConfig& c) {
   ParamSummary s;
-  const TensorRole order[] = {TensorRole::embedding, TensorRole::attention, TensorRole::norm,
+  const TensorRole order[] = {TensorRole::embedding, TensorRole::attention,     TensorRole::norm,
                               TensorRole::dense_ffn, TensorRole::shared_expert, TensorRole::routed_expert,
-                              TensorRole::router, TensorRole::head};
+                              TensorRole::router,    TensorRole::head};
   for (TensorRole role : order) s.rows.push_back({to_string(role), 0, 0});
   for (const TensorSpec& spec : make_layout(c).tensors) {
     if (spec.role == TensorRole::router_bias) {
@@ -36,9 +36,12 @@ namespace {
 
 std::string human(int64_t n) {
   char buf[32];
-  if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", double(n) / 1e6);
-  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", double(n) / 1e3);
-  else std::snprintf(buf, sizeof buf, "%lld", (long long)n);
+  if (n >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.2fM", double(n) / 1e6);
+  else if (n >= 1000)
+    std::snprintf(buf, sizeof buf, "%.1fK", double(n) / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lld", (long long)n);
   return buf;
 }
 
@@ -57,12 +60,13 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
                 (long long)c.head_dim, (long long)c.max_position_embeddings);
   out += line;
   if (c.num_moe_layers() > 0) {
-    std::snprintf(line, sizeof line,
-                  "  MoE: %lld routed experts of width %lld, top-%lld, %lld shared, %lld groups keep %lld, %s scores%s, "
-                  "scale %g\n",
-                  (long long)c.n_routed_experts, (long long)c.moe_intermediate_size, (long long)c.num_experts_per_tok,
-                  (long long)c.n_shared_experts, (long long)c.n_group, (long long)c.topk_group,
-                  to_string(c.scoring_func), c.norm_topk_prob ? " (normalised top-k)" : "", c.routed_scaling_factor);
+    std::snprintf(
+        line, sizeof line,
+        "  MoE: %lld routed experts of width %lld, top-%lld, %lld shared, %lld groups keep %lld, %s scores%s, "
+        "scale %g\n",
+        (long long)c.n_routed_experts, (long long)c.moe_intermediate_size, (long long)c.num_experts_per_tok,
+        (long long)c.n_shared_experts, (long long)c.n_group, (long long)c.topk_group, to_string(c.scoring_func),
+        c.norm_topk_prob ? " (normalised top-k)" : "", c.routed_scaling_factor);
     out += line;
   }
   out += "\n  part                    total   activated/token\n";

@@ -13,7 +13,6 @@ double max_violation(const int64_t* counts, int64_t E) {
   return (max - mean) / mean;
 }
 
-
 void update_bias(float* bias, const int64_t* counts, int64_t E, float rate) {
   double mean = 0.0;
   for (int64_t i = 0; i < E; ++i) mean += double(counts[i]);
@@ -28,8 +27,8 @@ namespace {
 
 // Shared by both losses: given per-expert coefficients coef_i = dL/ds'_{t,i} (the same for every
 // token of a block), add scale · dL/ds for tokens [t0, t1) through s' = s / Σ s.
-void add_normalised_grad(const float* scores, int64_t t0, int64_t t1, int64_t E, const double* coef,
-                         float* d_scores, float scale) {
+void add_normalised_grad(const float* scores, int64_t t0, int64_t t1, int64_t E, const double* coef, float* d_scores,
+                         float scale) {
   for (int64_t t = t0; t < t1; ++t) {
     const float* s = scores + t * E;
     float* ds = d_scores + t * E;
@@ -69,8 +68,8 @@ double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E
   return loss;
 }
 
-double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K,
-                    float alpha, float* d_scores, float scale) {
+double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K, float alpha,
+                    float* d_scores, float scale) {
   double loss = 0.0;
   std::vector<double> f(static_cast<size_t>(E)), P(static_cast<size_t>(E)), coef(static_cast<size_t>(E));
   for (int64_t b = 0; b < B; ++b) {

@@ -21,7 +21,7 @@ double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E
 
 // Sequence-wise loss: per sequence of T tokens, α·Σ_i f_i P_i with f_i = E/(K·T)·(tokens of the
 // sequence routed to i) and P_i the sequence's mean normalised score; averaged over the B sequences.
-double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K,
-                    float alpha, float* d_scores, float scale);
+double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K, float alpha,
+                    float* d_scores, float scale);
 
 }  // namespace moe

@@ -73,8 +73,8 @@ namespace {
 
 // Routed experts held here: rows laid out per expert (counting sort, padded), one SwiGLU per
 // active expert, experts spread over the threads.
-void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const float* x,
-                           MoeSaved& s, int64_t N) {
+void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, MoeSaved& s,
+                           int64_t N) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
   // Counting sort of the N*K (token, expert) slots by expert, in token order within an expert.
@@ -92,8 +92,10 @@ void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeW
   const int64_t R = s.offsets[E];
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
-    if (s.row_token[r] >= 0) std::memcpy(s.x_rows + r * D, x + int64_t(s.row_token[r]) * D, sizeof(float) * D);
-    else std::memset(s.x_rows + r * D, 0, sizeof(float) * D);  // padding rows compute zeros
+    if (s.row_token[r] >= 0)
+      std::memcpy(s.x_rows + r * D, x + int64_t(s.row_token[r]) * D, sizeof(float) * D);
+    else
+      std::memset(s.x_rows + r * D, 0, sizeof(float) * D);  // padding rows compute zeros
   }
 
   // One SwiGLU per active expert over its contiguous (padded) rows, experts spread over the
@@ -108,8 +110,8 @@ void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeW
   }
 }
 
-void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
-                            const MoeWeights& gw, const MoeSaved& s, const MoeScratch& scratch) {
+void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
+                            const MoeSaved& s, const MoeScratch& scratch) {
   const int64_t E = c.n_routed_experts, D = c.hidden_size, Im = c.moe_intermediate_size;
   // Padding rows carry no gradient, so they add nothing to the expert weight gradients.
 #pragma omp parallel for schedule(static)
@@ -177,10 +179,9 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
     s.balance_loss += seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, nullptr, 0);
 }
 
-void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
-                  const float* x, const float* d_out, float* dx, const MoeSaved& s, const MoeScratch& scratch,
-                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale, RemoteExperts* remote,
-                  int64_t moe_layer) {
+void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, const float* x,
+                  const float* d_out, float* dx, const MoeSaved& s, const MoeScratch& scratch, int64_t B, int64_t T,
+                  const BalanceLossConfig& balance, float loss_scale, RemoteExperts* remote, int64_t moe_layer) {
   const int64_t N = B * T, E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t D = c.hidden_size, Is = c.shared_intermediate();
 
@@ -200,8 +201,10 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w
       scratch.d_weight[t * K + k] = dot;
     }
   }
-  if (remote) remote->backward(ctx, c, w, gw, moe_layer, s, scratch.d_rows, scratch.dx_rows, N);
-  else local_experts_backward(ctx, c, w, gw, s, scratch);
+  if (remote)
+    remote->backward(ctx, c, w, gw, moe_layer, s, scratch.d_rows, scratch.dx_rows, N);
+  else
+    local_experts_backward(ctx, c, w, gw, s, scratch);
 
   phase.emplace(ctx, Phase::dense_ffn);
   if (Is > 0)

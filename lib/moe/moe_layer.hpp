@@ -5,8 +5,8 @@
 #pragma once
 #include <cstdint>
 
-#include "core/compute.hpp"
 #include "config/model_config.hpp"
+#include "core/compute.hpp"
 #include "moe/router.hpp"
 
 namespace moe {
@@ -51,15 +51,15 @@ struct MoeSaved {
   // Row alignment of each expert's block; 1 for decoding, where a padded row would cost as much
   // as a real token.
   int32_t row_align = int32_t(kExpertRowAlign);
-  float* x_rows = nullptr;       // (R, D) gathered inputs, padding rows zero
-  float* g = nullptr;            // (R, Im) gate projections
-  float* u = nullptr;            // (R, Im) up projections
-  float* a = nullptr;            // (R, Im) silu(g) ⊙ u
-  float* y_rows = nullptr;       // (R, D) expert outputs before weighting
-  float* shared_g = nullptr;     // (N, Is)
-  float* shared_u = nullptr;     // (N, Is)
-  float* shared_a = nullptr;     // (N, Is)
-  double balance_loss = 0.0;     // value of the enabled balance losses (already times α)
+  float* x_rows = nullptr;    // (R, D) gathered inputs, padding rows zero
+  float* g = nullptr;         // (R, Im) gate projections
+  float* u = nullptr;         // (R, Im) up projections
+  float* a = nullptr;         // (R, Im) silu(g) ⊙ u
+  float* y_rows = nullptr;    // (R, D) expert outputs before weighting
+  float* shared_g = nullptr;  // (N, Is)
+  float* shared_u = nullptr;  // (N, Is)
+  float* shared_a = nullptr;  // (N, Is)
+  double balance_loss = 0.0;  // value of the enabled balance losses (already times α)
 };
 
 // Scratch for backward (not saved between passes).
@@ -108,9 +108,9 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
 
 // d_out (N, D) -> dx (N, D) written; weight grads accumulate into gw. loss_scale multiplies the
 // balance-loss gradient (the same factor the caller applied to the main loss, e.g. 1/accum).
-void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
-                  const float* x, const float* d_out, float* dx, const MoeSaved& saved, const MoeScratch& scratch,
-                  int64_t B, int64_t T, const BalanceLossConfig& balance, float loss_scale,
-                  RemoteExperts* remote = nullptr, int64_t moe_layer = 0);
+void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, const float* x,
+                  const float* d_out, float* dx, const MoeSaved& saved, const MoeScratch& scratch, int64_t B, int64_t T,
+                  const BalanceLossConfig& balance, float loss_scale, RemoteExperts* remote = nullptr,
+                  int64_t moe_layer = 0);
 
 }  // namespace moe

@@ -73,8 +73,10 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
       float best = -INFINITY, second = -INFINITY;
       for (int64_t i = g * group_size; i < (g + 1) * group_size; ++i) {
         const float k = keys[i];
-        if (k > best) second = best, best = k;
-        else if (k > second) second = k;
+        if (k > best)
+          second = best, best = k;
+        else if (k > second)
+          second = k;
       }
       group_score[g] = group_size >= 2 ? best + second : best;
     }

@@ -47,8 +47,8 @@ struct RouteScratch {
 // than routing one token.
 void route_token(const ModelConfig& config, const float* s, const float* bias, int32_t* chosen, float* w,
                  RouteScratch& scratch, const RankLimit& limit = {});
-void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert,
-                  float* weight, int64_t N, const RankLimit& limit = {});
+void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert, float* weight,
+                  int64_t N, const RankLimit& limit = {});
 
 // Gradient of the weight formula: d_weight (N, K) -> d_scores (N, E) accumulated at the chosen
 // experts. The choice itself is not differentiable and the bias receives no gradient.

@@ -11,9 +11,9 @@ namespace moe {
 namespace {
 
 // A (B, Hkv)-batched GEMM; strides are {batch, kv head, row, col}.
-void batched(ComputeContext& ctx, const AttentionShape& s, int64_t M, int64_t N, int64_t K,
-             std::array<int64_t, 4> a, std::array<int64_t, 4> b, std::array<int64_t, 4> c, const float* A,
-             const float* Bm, float* C, bool accumulate = false) {
+void batched(ComputeContext& ctx, const AttentionShape& s, int64_t M, int64_t N, int64_t K, std::array<int64_t, 4> a,
+             std::array<int64_t, 4> b, std::array<int64_t, 4> c, const float* A, const float* Bm, float* C,
+             bool accumulate = false) {
   GemmSpec spec;
   spec.accumulate = accumulate;
   spec.batch0 = s.B, spec.batch1 = s.Hkv;
@@ -41,8 +41,8 @@ std::vector<QueryBlock> query_blocks(int64_t T) {
 
 }  // namespace
 
-void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k,
-                       const float* v, float* probs, float* out) {
+void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k, const float* v,
+                       float* probs, float* out) {
   const int64_t T = s.T, hd = s.hd, g = s.group(), H = s.H, Hkv = s.Hkv;
   const int64_t gT = g * T;
   const std::array<int64_t, 4> q_strides{H * T * hd, gT * hd, hd, 1}, p_strides{H * T * T, gT * T, T, 1};
@@ -77,9 +77,8 @@ void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float
               out + (gi * T + b.r0) * hd);
 }
 
-void attention_backward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k,
-                        const float* v, const float* probs, const float* d_out, float* d_probs, float* dq,
-                        float* dk, float* dv) {
+void attention_backward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k, const float* v,
+                        const float* probs, const float* d_out, float* d_probs, float* dq, float* dk, float* dv) {
   const int64_t T = s.T, hd = s.hd, g = s.group(), H = s.H, Hkv = s.Hkv;
   const int64_t gT = g * T;
   const std::array<int64_t, 4> q_strides{H * T * hd, gT * hd, hd, 1}, p_strides{H * T * T, gT * T, T, 1};

@@ -1,11 +1,11 @@
 #include "ops/embedding.hpp"
 
-#include "core/threads.hpp"
-
 #include <algorithm>
 #include <cmath>
 
 #include <omp.h>
+
+#include "core/threads.hpp"
 
 namespace moe {
 

@@ -87,8 +87,8 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     std::snprintf(buf, sizeof buf, "\n  MaxVio_batch over steps %lld-%lld (0 .. %.2f): ", (long long)l.steps.front(),
                   (long long)l.steps.back(), max_v);
     out += buf + sparkline(l.maxvio_batch, 60) + "\n";
-    std::snprintf(buf, sizeof buf, "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%)\n", "expert", "early",
-                  "recent", "min", "max", "bias", 100 * uniform);
+    std::snprintf(buf, sizeof buf, "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%)\n", "expert",
+                  "early", "recent", "min", "max", "bias", 100 * uniform);
     out += buf;
     const double scale = std::max(2.0 * uniform, 1e-9);  // bars span 0 .. twice the uniform share
     for (const auto& e : l.experts) {
@@ -97,15 +97,20 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
       out += buf;
       std::string b = bar(e.recent / scale, 20);
       const bool over = e.recent > uniform * 1.2, under = e.recent < uniform * 0.8;
-      if (color && over) out += "\033[31m" + b + "\033[0m";
-      else if (color && under) out += "\033[34m" + b + "\033[0m";
-      else out += b;
+      if (color && over)
+        out += "\033[31m" + b + "\033[0m";
+      else if (color && under)
+        out += "\033[34m" + b + "\033[0m";
+      else
+        out += b;
       out += "\n";
     }
   }
   // Several processes: how the expert rows were spread over the ranks, and the communication.
   const StepRecord& end = run.train.back();
-  auto has_rank_rows = [](const StepRecord& p) { return p.ranks > 1 && !p.layers.empty() && !p.layers[0].rank_rows.empty(); };
+  auto has_rank_rows = [](const StepRecord& p) {
+    return p.ranks > 1 && !p.layers.empty() && !p.layers[0].rank_rows.empty();
+  };
   if (has_rank_rows(end)) {
     const StepRecord* start = nullptr;
     for (const auto& p : run.train)

@@ -17,9 +17,12 @@ using nlohmann::json;
 
 const char* to_string(Verdict v) {
   switch (v) {
-    case Verdict::balanced: return "balanced";
-    case Verdict::converging: return "still converging";
-    case Verdict::diverging: return "diverging";
+    case Verdict::balanced:
+      return "balanced";
+    case Verdict::converging:
+      return "still converging";
+    case Verdict::diverging:
+      return "diverging";
   }
   return "?";
 }
@@ -35,7 +38,8 @@ namespace {
 std::string string_field(const json& j, const char* key, const std::string& where) {
   const auto it = j.find(key);
   if (it == j.end()) fail(where + ": missing field \"" + key + "\"");
-  if (!it->is_string()) fail(where + ": field \"" + key + "\" has the wrong type (expected a string, got " + show(*it) + ")");
+  if (!it->is_string())
+    fail(where + ": field \"" + key + "\" has the wrong type (expected a string, got " + show(*it) + ")");
   return it->get<std::string>();
 }
 
@@ -97,7 +101,8 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
     report.recent_from = run.train[size_t(n - window)].step;
     report.recent_to = run.train.back().step;
   }
-  const size_t layers = n > 0 ? run.train.front().layers.size() : (run.eval.empty() ? 0 : run.eval.front().layers.size());
+  const size_t layers =
+      n > 0 ? run.train.front().layers.size() : (run.eval.empty() ? 0 : run.eval.front().layers.size());
   for (size_t li = 0; li < layers; ++li) {
     LayerLoadReport lr;
     lr.layer = n > 0 ? run.train.front().layers[li].layer : run.eval.front().layers[li].layer;
@@ -142,9 +147,12 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
     }
     // Verdict from MaxVio_batch: low now -> balanced; high but falling -> still converging;
     // high and not falling -> diverging.
-    if (lr.recent_maxvio <= kBalancedMaxVio) lr.verdict = Verdict::balanced;
-    else if (lr.recent_maxvio < lr.early_maxvio) lr.verdict = Verdict::converging;
-    else lr.verdict = Verdict::diverging;
+    if (lr.recent_maxvio <= kBalancedMaxVio)
+      lr.verdict = Verdict::balanced;
+    else if (lr.recent_maxvio < lr.early_maxvio)
+      lr.verdict = Verdict::converging;
+    else
+      lr.verdict = Verdict::diverging;
     report.layers.push_back(std::move(lr));
   }
   return report;

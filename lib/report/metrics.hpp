@@ -17,8 +17,8 @@ struct RunMetrics {
   std::string name;  // short label (the run directory's name)
   std::vector<StepRecord> train;
   std::vector<EvalRecord> eval;
-  bool ended = false;                 // an "end" line was read: training finished or stopped
-  std::vector<std::string> notes;     // e.g. a torn last line of a run in progress
+  bool ended = false;              // an "end" line was read: training finished or stopped
+  std::vector<std::string> notes;  // e.g. a torn last line of a run in progress
   int64_t num_experts() const;
 };
 
@@ -31,24 +31,24 @@ const char* to_string(Verdict v);
 
 struct ExpertShare {
   int64_t expert = 0;
-  double early = 0, recent = 0;        // share of routed tokens in the early / recent window
-  double min = 0, max = 0;             // smallest / largest per-step share over the run
-  double bias = 0;                     // current (last logged) routing bias
+  double early = 0, recent = 0;  // share of routed tokens in the early / recent window
+  double min = 0, max = 0;       // smallest / largest per-step share over the run
+  double bias = 0;               // current (last logged) routing bias
 };
 
 struct LayerLoadReport {
   int64_t layer = 0;
   std::vector<ExpertShare> experts;
-  std::vector<int64_t> steps;          // train steps, for the series below
-  std::vector<double> maxvio_batch;    // MaxVio_batch per step
-  double early_maxvio = 0, recent_maxvio = 0;  // mean MaxVio_batch over each window
+  std::vector<int64_t> steps;                       // train steps, for the series below
+  std::vector<double> maxvio_batch;                 // MaxVio_batch per step
+  double early_maxvio = 0, recent_maxvio = 0;       // mean MaxVio_batch over each window
   std::optional<double> global_first, global_last;  // MaxVio_global at the first / last eval
   int64_t global_first_step = 0, global_last_step = 0;
   Verdict verdict = Verdict::balanced;
 };
 
 struct LoadReport {
-  int64_t window = 0;                  // steps per window
+  int64_t window = 0;                                                    // steps per window
   int64_t early_from = 0, early_to = 0, recent_from = 0, recent_to = 0;  // step ranges (inclusive)
   std::vector<LayerLoadReport> layers;
 };

@@ -57,10 +57,11 @@ void load_domains_if_present(TextData& data, const std::string& path) {
 
 void check_data_fits(const TextData& data, int64_t seq) {
   if (data.train_end < seq + 1)
-    fail(data.source + ": training part (" + std::to_string(data.train_end) + " bytes, 90% of the file) is shorter than one window of seq+1 = " +
-         std::to_string(seq + 1) + " bytes");
+    fail(data.source + ": training part (" + std::to_string(data.train_end) +
+         " bytes, 90% of the file) is shorter than one window of seq+1 = " + std::to_string(seq + 1) + " bytes");
   if (data.val_size() < 2)
-    fail(data.source + ": validation part (last 10%, " + std::to_string(data.val_size()) + " bytes) is too short to evaluate");
+    fail(data.source + ": validation part (last 10%, " + std::to_string(data.val_size()) +
+         " bytes) is too short to evaluate");
 }
 
 void sample_batch(const TextData& data, Rng& rng, int64_t B, int64_t T, int32_t* inputs, int32_t* targets) {
@@ -74,8 +75,6 @@ void sample_batch(const TextData& data, Rng& rng, int64_t B, int64_t T, int32_t*
   }
 }
 
-uint64_t fingerprint(const std::vector<uint8_t>& bytes) {
-  return fnv1a(bytes.data(), bytes.size());
-}
+uint64_t fingerprint(const std::vector<uint8_t>& bytes) { return fnv1a(bytes.data(), bytes.size()); }
 
 }  // namespace moe

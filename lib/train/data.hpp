@@ -10,7 +10,7 @@
 namespace moe {
 
 struct TextData {
-  std::string source;           // a path, or "synthetic:<bytes>:<seed>"
+  std::string source;  // a path, or "synthetic:<bytes>:<seed>"
   std::vector<uint8_t> bytes;
   std::vector<uint8_t> domain;  // per-byte domain when known (synthetic corpus), else empty
   int64_t train_end = 0;        // bytes [0, train_end) train, [train_end, size) validation

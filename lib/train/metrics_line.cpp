@@ -47,11 +47,6 @@ bool convert(const json& v, double& out) {
   out = v.get<double>();
   return true;
 }
-bool convert(const json& v, std::string& out) {
-  if (!v.is_string()) return false;
-  out = v.get_ref<const std::string&>();
-  return true;
-}
 template <class T>
 bool convert(const json& v, std::vector<T>& out) {
   if (!v.is_array()) return false;
@@ -65,12 +60,16 @@ bool convert(const json& v, std::vector<T>& out) {
   return true;
 }
 
-template <class T> constexpr const char* expected_type = "";
-template <> constexpr const char* expected_type<int64_t> = "an integer";
-template <> constexpr const char* expected_type<double> = "a number";
-template <> constexpr const char* expected_type<std::string> = "a string";
-template <> constexpr const char* expected_type<std::vector<int64_t>> = "an array of integers";
-template <> constexpr const char* expected_type<std::vector<double>> = "an array of numbers";
+template <class T>
+constexpr const char* expected_type = "";
+template <>
+constexpr const char* expected_type<int64_t> = "an integer";
+template <>
+constexpr const char* expected_type<double> = "a number";
+template <>
+constexpr const char* expected_type<std::vector<int64_t>> = "an array of integers";
+template <>
+constexpr const char* expected_type<std::vector<double>> = "an array of numbers";
 
 // The start of v as JSON, for a message: scalars, and the scalars of an array. Not v.dump() of a
 // container: that recurses once per nesting level (a value of 20000 nested brackets overflowed
@@ -120,8 +119,8 @@ std::vector<LayerLoad> parse_layers(const json& j, const std::string& where, boo
     for (int64_t c : p.counts)
       if (c < 0) fail(where + ": negative expert count");
     if (!p.bias.empty() && p.bias.size() != p.counts.size())
-      fail(where + ": layer " + std::to_string(p.layer) + " has " + std::to_string(p.bias.size()) + " bias values for " +
-           std::to_string(p.counts.size()) + " experts");
+      fail(where + ": layer " + std::to_string(p.layer) + " has " + std::to_string(p.bias.size()) +
+           " bias values for " + std::to_string(p.counts.size()) + " experts");
     layers.push_back(std::move(p));
   }
   return layers;
@@ -150,10 +149,10 @@ void parse_ranks(const json& r, StepRecord& p, const std::string& where) {
 json to_json(const StepRecord& r) {
   json layers = json::array();
   for (const auto& l : r.layers) layers.push_back(layer_json(l, true));
-  json j = {{"kind", "train"},      {"step", r.step},
-            {"loss", r.loss},       {"lr", r.lr},
+  json j = {{"kind", "train"},          {"step", r.step},
+            {"loss", r.loss},           {"lr", r.lr},
             {"grad_norm", r.grad_norm}, {"tokens_per_s", r.tokens_per_s},
-            {"seconds", r.seconds}, {"balance_loss", r.balance_loss},
+            {"seconds", r.seconds},     {"balance_loss", r.balance_loss},
             {"layers", layers}};
   if (r.skipped) j["skipped"] = true;
   if (r.ranks > 1) {

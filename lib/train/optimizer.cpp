@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-
 namespace moe {
 
 void AdamW::step(Model& model, double lr, double weight_decay, float grad_scale) {

@@ -32,7 +32,8 @@ bool is_directory(const std::string& path) {
 void make_directories(const std::string& path) {
   std::error_code ec;
   fs::create_directories(path, ec);
-  if (ec || !is_directory(path)) fail(path + ": cannot create directory (" + (ec ? ec.message() : "not a directory") + ")");
+  if (ec || !is_directory(path))
+    fail(path + ": cannot create directory (" + (ec ? ec.message() : "not a directory") + ")");
 }
 
 void remove_tree(const std::string& path) {
@@ -56,7 +57,8 @@ void save_training_checkpoint(const std::string& dir, const Model& model, const 
     }
     write_safetensors(pending + "/optimizer.safetensors", moments,
                       {{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(step)}});
-    write_file_atomic(pending + "/trainer_state.json", trainer_state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    write_file_atomic(pending + "/trainer_state.json",
+                      trainer_state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     write_file_atomic(pending + "/COMPLETE", "");
   } catch (const Error& e) {
     // Nothing of the new checkpoint is in place yet: drop it (freeing the space it took).
@@ -104,7 +106,8 @@ void load_optimizer_state(const std::string& dir, const Model& model, AdamW& ada
       const std::string name = prefix + spec.name;
       auto it = file.tensors.find(name);
       if (it == file.tensors.end()) fail(file.path + ": missing tensor \"" + name + "\"");
-      if (it->second.shape != spec.shape) fail(file.path + ": tensor \"" + name + "\" has the wrong shape for this model");
+      if (it->second.shape != spec.shape)
+        fail(file.path + ": tensor \"" + name + "\" has the wrong shape for this model");
       const float* src = file.f32(name);
       std::copy_n(src, spec.numel, dest + spec.offset);
     }

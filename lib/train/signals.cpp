@@ -37,7 +37,8 @@ sigset_t stop_signals() {
 // handler stays as the fallback for threads created earlier (library use).
 class StopSignals::Waiter {
  public:
-  struct sigaction old_int {}, old_term {};
+  struct sigaction old_int {
+  }, old_term{};
   std::atomic<bool> done{false};
   std::thread waiter;
   Waiter() {

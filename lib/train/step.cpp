@@ -23,15 +23,17 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
   // Contiguous runs of tensors: the rank's own experts (expert parallel) or replicated ones.
   for (const TensorSpec& spec : model.layout.tensors) {
     auto& ranges = parallel.experts && spec.role == TensorRole::routed_expert ? owned_ : replicated_;
-    if (!ranges.empty() && ranges.back().first + ranges.back().second == spec.offset) ranges.back().second += spec.numel;
-    else ranges.push_back({spec.offset, spec.numel});
+    if (!ranges.empty() && ranges.back().first + ranges.back().second == spec.offset)
+      ranges.back().second += spec.numel;
+    else
+      ranges.push_back({spec.offset, spec.numel});
   }
   if (config.balance == Balance::aux) balance_.aux_alpha = float(config.aux_alpha);
   if (config.balance == Balance::loss_free_seq) balance_.seq_aux_alpha = float(config.seq_aux_alpha);
 }
 
-StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const TextData& data, Rng& rng,
-                          int64_t step, bool& finite) {
+StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const TextData& data, Rng& rng, int64_t step,
+                          bool& finite) {
   const TrainConfig& tc = config_;
   const ModelConfig& mc = model.config;
   const int64_t E = mc.n_routed_experts, ranks = parallel_.ranks(), local_rows = ws_.B * ws_.T;
@@ -105,7 +107,8 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
       load.rank_rows.assign(size_t(ranks), 0);
       for (int64_t q = 0; q < ranks; ++q)
         if (parallel_.experts)
-          for (int64_t e = q * E / ranks; e < (q + 1) * E / ranks; ++e) load.rank_rows[size_t(q)] += counts_[m][size_t(e)];
+          for (int64_t e = q * E / ranks; e < (q + 1) * E / ranks; ++e)
+            load.rank_rows[size_t(q)] += counts_[m][size_t(e)];
         else
           load.rank_rows[size_t(q)] = local_rows * tc.accum * mc.num_experts_per_tok;
       load.rank_maxvio = max_violation(load.rank_rows.data(), ranks);
@@ -129,7 +132,8 @@ double TrainStep::global_grad_norm(const Model& model) {
   auto sum_sq = [g](const std::vector<std::pair<int64_t, int64_t>>& ranges) {
     double total = 0.0;
     for (const auto& [offset, n] : ranges)
-      total += parallel_sum(n, [g, offset = offset](int64_t i) { return double(g[offset + i]) * double(g[offset + i]); });
+      total +=
+          parallel_sum(n, [g, offset = offset](int64_t i) { return double(g[offset + i]) * double(g[offset + i]); });
     return total;
   };
   double owned = sum_sq(owned_);

@@ -7,13 +7,13 @@
 
 #include "core/compute.hpp"
 #include "core/rng.hpp"
-#include "train/train_config.hpp"
+#include "dist/dist.hpp"
+#include "dist/expert_parallel.hpp"
 #include "model/model.hpp"
 #include "train/data.hpp"
 #include "train/metrics_line.hpp"
 #include "train/optimizer.hpp"
-#include "dist/dist.hpp"
-#include "dist/expert_parallel.hpp"
+#include "train/train_config.hpp"
 
 namespace moe {
 

@@ -17,10 +17,14 @@ const std::vector<std::string> kBalanceNames = {"none", "aux", "loss-free", "los
 
 const char* to_string(Balance b) {
   switch (b) {
-    case Balance::none: return "none";
-    case Balance::aux: return "aux";
-    case Balance::loss_free: return "loss-free";
-    case Balance::loss_free_seq: return "loss-free+seq";
+    case Balance::none:
+      return "none";
+    case Balance::aux:
+      return "aux";
+    case Balance::loss_free:
+      return "loss-free";
+    case Balance::loss_free_seq:
+      return "loss-free+seq";
   }
   return "?";
 }
@@ -60,8 +64,9 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"max_bad_steps", &T::max_bad_steps, Check::positive, 0, "Stop after this many consecutive non-finite steps",
        "--max-bad-steps"},
       {"seed", &T::seed, Check::any, 0, "Seed for initialisation and batch sampling", "--seed"},
-      {"balance", Choice<T>{kBalanceNames, [](const T& t) { return std::string(to_string(t.balance)); },
-                            [](T& t, const std::string& s) { t.balance = parse_balance(s, "balance"); }},
+      {"balance",
+       Choice<T>{kBalanceNames, [](const T& t) { return std::string(to_string(t.balance)); },
+                 [](T& t, const std::string& s) { t.balance = parse_balance(s, "balance"); }},
        Check::any, 0, "none | aux | loss-free | loss-free+seq", "--balance"},
   };
   return fields;
@@ -102,9 +107,12 @@ Config config_from_json(const json& j, const std::string& where) {
   // 20000 nested brackets overflowed the stack before the type check could refuse it).
   const json* train = nullptr;
   for (const auto& [key, v] : j.items()) {
-    if (key == "model") has_model = true;
-    else if (key == "train") train = &v;
-    else fail(where + ": unknown top-level key \"" + key + "\" (expected \"model\" and \"train\")");
+    if (key == "model")
+      has_model = true;
+    else if (key == "train")
+      train = &v;
+    else
+      fail(where + ": unknown top-level key \"" + key + "\" (expected \"model\" and \"train\")");
   }
   if (!has_model) fail(where + ": missing the \"model\" section");
   c.model = model_config_from_json(j.at("model"), where + ": model", false);

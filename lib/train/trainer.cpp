@@ -3,13 +3,13 @@
 // step's counts; then the records, evaluation and checkpoints.
 #include "train/trainer.hpp"
 
-#include <omp.h>
+#include <unistd.h>
 
 #include <array>
 #include <cerrno>
-#include <csignal>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -17,9 +17,9 @@
 #include <optional>
 #include <sstream>
 #include <thread>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
@@ -167,8 +167,9 @@ void check_parallel_options(const TrainOptions& o, const Dist& dist) {
          ") must be divisible by the number of ranks (" + std::to_string(ranks) + ")");
   if (o.max_ranks_per_token > 0) {
     if (mc.n_group > 1 && mc.topk_group < mc.n_group)
-      fail("--max-ranks-per-token: the model already limits routing to topk_group of n_group groups; set n_group "
-           "= 1 in the config (rank-limited routing replaces group-limited routing)");
+      fail(
+          "--max-ranks-per-token: the model already limits routing to topk_group of n_group groups; set n_group "
+          "= 1 in the config (rank-limited routing replaces group-limited routing)");
     if (o.max_ranks_per_token * (mc.n_routed_experts / ranks) < mc.num_experts_per_tok)
       fail("--max-ranks-per-token: " + std::to_string(o.max_ranks_per_token) + " ranks hold " +
            std::to_string(o.max_ranks_per_token * (mc.n_routed_experts / ranks)) + " experts, fewer than the " +
@@ -194,8 +195,9 @@ void check_replicas_agree(Dist& dist, const Model& model, int64_t step) {
 void require_resumable(const std::string& dir) {
   recover_pending_checkpoint(dir);
   if (!path_exists(dir + "/trainer_state.json"))
-    fail(dir + ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume "
-               "(add --force if the directory is not empty)");
+    fail(dir +
+         ": nothing to resume (no checkpoint yet: trainer_state.json is missing); start over without --resume "
+         "(add --force if the directory is not empty)");
 }
 
 }  // namespace
@@ -226,11 +228,11 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
 }
 
 std::string default_run_dir(const std::string& config_path) {
-  std::string name = config_path.substr(config_path.find_last_of('/') == std::string::npos ? 0 : config_path.find_last_of('/') + 1);
+  std::string name =
+      config_path.substr(config_path.find_last_of('/') == std::string::npos ? 0 : config_path.find_last_of('/') + 1);
   if (name.size() > 5 && name.substr(name.size() - 5) == ".json") name.resize(name.size() - 5);
   return "runs/" + name;
 }
-
 
 namespace {
 
@@ -239,8 +241,12 @@ namespace {
 class TrainRun {
  public:
   TrainRun(const TrainOptions& options, TrainObserver& observer)
-      : options_(options), mc_(options.config.model), tc_(options.config.train), dir_(options.out_dir),
-        dist_(Dist::world()), ranks_(dist_.size()) {
+      : options_(options),
+        mc_(options.config.model),
+        tc_(options.config.train),
+        dir_(options.out_dir),
+        dist_(Dist::world()),
+        ranks_(dist_.size()) {
     validate(mc_, "config");
     validate(tc_, mc_, "config");
     check_parallel_options(options_, dist_);
@@ -259,8 +265,10 @@ class TrainRun {
     if (options_.expert_parallel)
       experts_.emplace(dist_, mc_, tc_.batch / ranks_ * tc_.seq, options_.max_ranks_per_token);
     parallel_ = Parallel{&dist_, experts_ ? &*experts_ : nullptr};
-    if (options_.resume) resume();
-    else model_->init(tc_.seed);
+    if (options_.resume)
+      resume();
+    else
+      model_->init(tc_.seed);
     open_metrics();
     observer_ = dist_.root() ? &observer : &silent_;
   }
@@ -407,8 +415,10 @@ void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
 void TrainRun::open_metrics() {
   metrics_path_ = dir_ + "/metrics.jsonl";
   if (!dist_.root()) return;
-  if (options_.resume) truncate_metrics(metrics_path_, start_step_);
-  else write_file_atomic(metrics_path_, "");
+  if (options_.resume)
+    truncate_metrics(metrics_path_, start_step_);
+  else
+    write_file_atomic(metrics_path_, "");
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(metrics_path_ + ": cannot open for writing");
   write_file_atomic(dir_ + "/train_config.json", config_file_json(options_.config).dump(2) + "\n");

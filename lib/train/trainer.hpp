@@ -8,19 +8,19 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "train/train_config.hpp"
 #include "train/signals.hpp"
 #include "train/step.hpp"
+#include "train/train_config.hpp"
 
 namespace moe {
 
 struct TrainOptions {
-  Config config;            // effective config (file + flags)
-  std::string data_path;    // empty: the embedded synthetic corpus
+  Config config;          // effective config (file + flags)
+  std::string data_path;  // empty: the embedded synthetic corpus
   std::string out_dir;
-  bool resume = false;      // continue the run in out_dir
-  bool force = false;       // overwrite an existing run directory
-  int64_t stop_at = 0;      // stop (with a checkpoint) after this step; 0: config.train.steps
+  bool resume = false;  // continue the run in out_dir
+  bool force = false;   // overwrite an existing run directory
+  int64_t stop_at = 0;  // stop (with a checkpoint) after this step; 0: config.train.steps
   // Several processes (mpirun): routed experts split over the ranks (else data parallel), and
   // device-limited routing (each token's experts on at most this many ranks; 0: off).
   bool expert_parallel = false;

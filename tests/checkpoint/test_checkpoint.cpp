@@ -17,10 +17,10 @@
 #include <nlohmann/json.hpp>
 
 #include "../support/temp_dir.hpp"
+#include "config/model_config.hpp"
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
 #include "model/checkpoint.hpp"
-#include "config/model_config.hpp"
 #include "model/model.hpp"
 
 using Catch::Contains;

@@ -69,7 +69,8 @@ TEST_CASE("gemm matches a naive loop for every transposition, odd sizes and accu
   for (const auto& shape : shapes)
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb)
-        for (int acc = 0; acc < 2; ++acc) expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3);
+        for (int acc = 0; acc < 2; ++acc)
+          expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3);
 }
 
 TEST_CASE("2-D gemm needs no primitive and batched gemm reuses one cached primitive per shape", "[core]") {

@@ -1,8 +1,8 @@
 // exp_fast against double-precision exp: relative error, the special values, and the boundaries.
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <limits>
+
+#include <catch2/catch.hpp>
 
 #include "core/vmath.hpp"
 

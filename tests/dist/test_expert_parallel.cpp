@@ -1,10 +1,10 @@
 // The expert-parallel dispatch (pack by owner, all-to-all, owner layout, experts, return) on a job
 // of one rank against the local MoE layer: the same logits, loss and gradients. Runs without MPI
 // (and under the sanitizers), so the permutation code is covered everywhere.
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include "core/rng.hpp"
 #include "dist/expert_parallel.hpp"

@@ -1,12 +1,12 @@
 // Device-limited routing against a brute-force reference: every token's experts live on at most
 // M ranks, those ranks are the ones with the largest sums of their ceil(K/M) best keys, and the
 // experts are the K best keys among them. (No MPI needed: routing only sees the rank layout.)
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <numeric>
 #include <set>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include "core/rng.hpp"
 #include "moe/router.hpp"

@@ -22,9 +22,9 @@
 
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
-#include "train/train_config.hpp"
 #include "report/load_console.hpp"
 #include "report/metrics.hpp"
+#include "train/train_config.hpp"
 
 namespace moe::fuzz {
 

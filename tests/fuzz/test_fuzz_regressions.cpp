@@ -3,13 +3,13 @@
 // targets, without libFuzzer: each must be accepted or rejected with a moe::Error, never crash or
 // throw anything else. Under the sanitizer stage of scripts/test this runs with ASan + UBSan.
 // Corpus files named valid-* are known-good inputs and must be accepted.
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include "harnesses.hpp"
 
@@ -24,8 +24,7 @@ std::vector<fs::path> inputs_in(const fs::path& dir) {
   std::vector<fs::path> files;
   if (!fs::is_directory(dir)) return files;
   for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.is_regular_file() && entry.path().filename().string()[0] != '.' &&
-        entry.path().extension() != ".md")
+    if (entry.is_regular_file() && entry.path().filename().string()[0] != '.' && entry.path().extension() != ".md")
       files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   return files;

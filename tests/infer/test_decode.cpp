@@ -1,10 +1,9 @@
 // KV-cached decoding against the full training forward: same logits, same greedy text.
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
 #include <omp.h>
 
 #include "infer/decode.hpp"
@@ -42,7 +41,6 @@ std::vector<float> full_forward_last(ComputeContext& ctx, const Model& model, co
   const int64_t V = model.config.vocab_size;
   return std::vector<float>(ws.logits + (int64_t(tokens.size()) - 1) * V, ws.logits + int64_t(tokens.size()) * V);
 }
-
 
 }  // namespace
 
@@ -148,7 +146,8 @@ TEST_CASE("greedy generation with the KV cache equals recomputing the sequence",
   request.sampler.temp = 0;
   GenerateTimings timings;
   ExpertTally tally(c);
-  const auto out = generate(ctx, model, request, [](size_t, int32_t) {}, timings, &tally);
+  const auto out = generate(
+      ctx, model, request, [](size_t, int32_t) {}, timings, &tally);
   REQUIRE(out.size() == 2);
   for (size_t i = 0; i < out.size(); ++i) {
     CHECK(out[i].generated == 20);
@@ -172,7 +171,8 @@ TEST_CASE("generation stops at the context limit and truncates long prompts", "[
   request.sampler.temp = 0.8;
   request.seed = 3;
   GenerateTimings timings;
-  const auto out = generate(ctx, model, request, [](size_t, int32_t) {}, timings, nullptr);
+  const auto out = generate(
+      ctx, model, request, [](size_t, int32_t) {}, timings, nullptr);
   CHECK(out[0].generated == 10);
   CHECK(out[0].hit_context_limit);
   CHECK(out[1].prompt_truncated);
@@ -182,7 +182,8 @@ TEST_CASE("generation stops at the context limit and truncates long prompts", "[
   CHECK(out[2].generated == 39);
   // Same seed, same text.
   GenerateTimings again_timings;
-  const auto again = generate(ctx, model, request, [](size_t, int32_t) {}, again_timings, nullptr);
+  const auto again = generate(
+      ctx, model, request, [](size_t, int32_t) {}, again_timings, nullptr);
   for (size_t i = 0; i < out.size(); ++i) CHECK(again[i].text == out[i].text);
 }
 

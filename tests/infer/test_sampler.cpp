@@ -1,9 +1,9 @@
 // Sampling rules on hand-made distributions: exactly the intended candidates survive each filter.
-#include <catch2/catch.hpp>
-
 #include <cmath>
 #include <set>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include "infer/sampler.hpp"
 
@@ -110,8 +110,8 @@ TEST_CASE("greedy picks the argmax after the penalty and seeded sampling is repr
   cfg.top_p = 1.0;
   Sampler a(cfg, 4, 42), b(cfg, 4, 42), c(cfg, 4, 43);
   std::vector<int32_t> ra, rb, rc;
-  for (int i = 0; i < 200; ++i) ra.push_back(a.sample(z.data(), {})), rb.push_back(b.sample(z.data(), {})),
-                                  rc.push_back(c.sample(z.data(), {}));
+  for (int i = 0; i < 200; ++i)
+    ra.push_back(a.sample(z.data(), {})), rb.push_back(b.sample(z.data(), {})), rc.push_back(c.sample(z.data(), {}));
   CHECK(ra == rb);
   CHECK(ra != rc);
   // Frequencies follow softmax(z): token 1 has probability e^3 / Σ ≈ 0.63.

@@ -91,9 +91,12 @@ TEST_CASE("causally blocked attention at long T matches the reference and finite
     moe::attention_backward(ctx, shape, q.data(), k.data(), v.data(), probs.data(), r.data(), d_probs.data(), dq.data(),
                             dk.data(), dv.data());
     // Sampled coordinates, spread over every block (early keys get gradient from all later blocks).
-    const auto gq = ref::check_gradient(q.data(), dq.data(), ref::sample_coords(int64_t(q.size()), 20, 1), ref::kFdStep, loss);
-    const auto gk = ref::check_gradient(k.data(), dk.data(), ref::sample_coords(int64_t(k.size()), 20, 2), ref::kFdStep, loss);
-    const auto gv = ref::check_gradient(v.data(), dv.data(), ref::sample_coords(int64_t(v.size()), 20, 3), ref::kFdStep, loss);
+    const auto gq =
+        ref::check_gradient(q.data(), dq.data(), ref::sample_coords(int64_t(q.size()), 20, 1), ref::kFdStep, loss);
+    const auto gk =
+        ref::check_gradient(k.data(), dk.data(), ref::sample_coords(int64_t(k.size()), 20, 2), ref::kFdStep, loss);
+    const auto gv =
+        ref::check_gradient(v.data(), dv.data(), ref::sample_coords(int64_t(v.size()), 20, 3), ref::kFdStep, loss);
     CHECK(gq.error() < ref::kFdTolerance);
     CHECK(gk.error() < ref::kFdTolerance);
     CHECK(gv.error() < ref::kFdTolerance);

@@ -18,8 +18,8 @@
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "model/checkpoint.hpp"
-#include "train/train_config.hpp"
 #include "reliability_util.hpp"
+#include "train/train_config.hpp"
 
 using namespace moe_rel;
 using namespace moe_test;
