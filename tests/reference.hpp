@@ -184,8 +184,9 @@ void rope_vector(const T* in, double* out, int64_t hd, int64_t pos, double theta
 // head h / (H / Hkv) (Hugging Face repeat_kv). Returns out (H, T, hd) and, if asked, probs (H, T, T).
 template <class T>
 DVec causal_attention(const T* q, const T* k, const T* v, int64_t H, int64_t Hkv, int64_t Tn, int64_t hd,
-                      DVec* probs = nullptr) {
-  DVec out(size_t(H * Tn * hd), 0.0);
+                      DVec* probs = nullptr, int64_t hv = 0) {
+  if (hv == 0) hv = hd;  // value heads as wide as query/key heads unless given (MLA: d_v)
+  DVec out(size_t(H * Tn * hv), 0.0);
   if (probs) probs->assign(size_t(H * Tn * Tn), 0.0);
   const double scale = 1.0 / std::sqrt(double(hd));
   const int64_t group = H / Hkv;
@@ -205,7 +206,7 @@ DVec causal_attention(const T* q, const T* k, const T* v, int64_t H, int64_t Hkv
       for (int64_t j = 0; j <= t; ++j) {
         const double pj = p[size_t(j)] / sum;
         if (probs) (*probs)[size_t((h * Tn + t) * Tn + j)] = pj;
-        for (int64_t i = 0; i < hd; ++i) out[size_t((h * Tn + t) * hd + i)] += pj * double(v[(kh * Tn + j) * hd + i]);
+        for (int64_t i = 0; i < hv; ++i) out[size_t((h * Tn + t) * hv + i)] += pj * double(v[(kh * Tn + j) * hv + i]);
       }
     }
   }

@@ -41,15 +41,24 @@ struct Choice {
   std::function<void(S&, const std::string&)> set;  // called with one of `names`
 };
 
+// A Hugging Face field whose value changes the math in a way moe does not implement: only `value` is
+// accepted (reading a checkpoint written elsewhere refuses any other), and it is written as is.
+struct Fixed {
+  nlohmann::json value;
+};
+
 template <class S>
 struct Field {
   const char* name;
   // std::optional<int64_t>: JSON null (or absent) is "not set".
-  std::variant<int64_t S::*, double S::*, bool S::*, uint64_t S::*, std::optional<int64_t> S::*, Choice<S>> member;
+  std::variant<int64_t S::*, double S::*, bool S::*, uint64_t S::*, std::optional<int64_t> S::*, Choice<S>, Fixed>
+      member;
   Check check = Check::any;
   int64_t at_most = 0;  // integers: largest accepted value (0: no bound)
   const char* help = "";
   const char* flag = nullptr;  // command-line flag, e.g. "--min-lr"; null: config file only
+  // Written only when this holds (fields of one variant of the model); null: always.
+  bool (*written)(const S&) = nullptr;
 };
 
 void check_value(int64_t v, Check check, int64_t at_most, const std::string& where);
@@ -74,6 +83,9 @@ void read_field(const Field<S>& f, S& s, const nlohmann::json& v, const std::str
       s.*(*p) = std::nullopt;
     else
       s.*(*p) = get_int(v, where);
+  } else if (auto p = std::get_if<Fixed>(&f.member)) {
+    if (v != p->value)
+      fail(where + ": expected " + show(p->value) + " (the only value moe implements), got " + show(v));
   } else {
     const Choice<S>& c = std::get<Choice<S>>(f.member);
     const std::string text = get_string(v, where);
@@ -94,6 +106,7 @@ nlohmann::json write_field(const Field<S>& f, const S& s) {
     const std::optional<int64_t>& v = s.*(*p);
     return v ? nlohmann::json(*v) : nlohmann::json(nullptr);
   }
+  if (auto p = std::get_if<Fixed>(&f.member)) return p->value;
   return std::get<Choice<S>>(f.member).get(s);
 }
 
@@ -130,7 +143,8 @@ std::vector<std::string> field_names(const std::vector<Field<S>>& fields) {
 template <class S>
 nlohmann::json fields_json(const std::vector<Field<S>>& fields, const S& s) {
   nlohmann::json j = nlohmann::json::object();
-  for (const Field<S>& f : fields) j[f.name] = write_field(f, s);
+  for (const Field<S>& f : fields)
+    if (!f.written || f.written(s)) j[f.name] = write_field(f, s);
   return j;
 }
 

@@ -18,6 +18,25 @@ namespace {
 // Every size is bounded before any product of sizes is formed, so no check below can overflow.
 constexpr int64_t kMaxSize = int64_t(1) << 24;
 
+bool is_mla(const ModelConfig& m) { return m.mla(); }
+
+// Keys of a Hugging Face config.json that do not change the model's math: accepted and ignored.
+const char* const kIgnoredCheckpointKeys[] = {
+    "architectures", "torch_dtype",  "dtype",          "transformers_version", "_name_or_path",        "auto_map",
+    "use_cache",     "bos_token_id", "eos_token_id",   "pad_token_id",         "pretraining_tp",       "ep_size",
+    "attention_dropout", "aux_loss_alpha", "seq_aux", "output_router_logits", "router_aux_loss_coef",
+};
+
+// A deepseek_v3 config.json must give these: where moe's defaults differ from Hugging Face's, a
+// missing key would silently build another model.
+const char* const kRequiredDeepseekKeys[] = {
+    "vocab_size",         "hidden_size",       "num_hidden_layers",     "num_attention_heads",
+    "intermediate_size",  "moe_intermediate_size", "first_k_dense_replace", "n_shared_experts",
+    "n_routed_experts",   "num_experts_per_tok",   "n_group",               "topk_group",
+    "routed_scaling_factor", "max_position_embeddings", "q_lora_rank",     "kv_lora_rank",
+    "qk_nope_head_dim",   "qk_rope_head_dim",  "v_head_dim",
+};
+
 }  // namespace
 
 const std::vector<Field<ModelConfig>>& model_fields() {
@@ -50,6 +69,27 @@ const std::vector<Field<ModelConfig>>& model_fields() {
       {"rope_theta", &M::rope_theta, Check::positive_finite, 0, "RoPE base"},
       {"max_position_embeddings", &M::max_position_embeddings, Check::positive, kMaxSize, "Longest context"},
       {"initializer_range", &M::initializer_range, Check::positive_finite, 0, "Std of the initial weights"},
+      {"q_lora_rank", &M::q_lora_rank, Check::positive, kMaxSize, "MLA query latent width (null: q_proj)", nullptr,
+       is_mla},
+      {"kv_lora_rank", &M::kv_lora_rank, Check::positive, kMaxSize, "MLA key/value latent width (null: GQA)",
+       nullptr, is_mla},
+      {"qk_nope_head_dim", &M::qk_nope_head_dim, Check::non_negative, kMaxSize, "MLA query/key width without RoPE",
+       nullptr, is_mla},
+      {"qk_rope_head_dim", &M::qk_rope_head_dim, Check::non_negative, kMaxSize, "MLA rotated query/key width",
+       nullptr, is_mla},
+      {"v_head_dim", &M::v_head_dim, Check::non_negative, kMaxSize, "MLA value width per head", nullptr, is_mla},
+      {"rope_interleave", &M::rope_interleave, Check::any, 0, "RoPE on adjacent pairs (true) or halves", nullptr,
+       is_mla},
+      {"num_nextn_predict_layers", &M::num_nextn_predict_layers, Check::non_negative, kMaxSize,
+       "Multi-token-prediction modules", nullptr, is_mla},
+      // Hugging Face DeepseekV3Config fields that moe implements in one way only.
+      {"hidden_act", Fixed{"silu"}, Check::any, 0, "FFN activation", nullptr, is_mla},
+      {"topk_method", Fixed{"noaux_tc"}, Check::any, 0, "Expert selection (bias-corrected, group-limited)", nullptr,
+       is_mla},
+      {"moe_layer_freq", Fixed{1}, Check::any, 0, "Every layer past first_k_dense_replace is MoE", nullptr, is_mla},
+      {"rope_scaling", Fixed{nullptr}, Check::any, 0, "No RoPE scaling", nullptr, is_mla},
+      {"attention_bias", Fixed{false}, Check::any, 0, "Projections without bias", nullptr, is_mla},
+      {"tie_word_embeddings", Fixed{false}, Check::any, 0, "lm_head separate from the embedding", nullptr, is_mla},
   };
   return fields;
 }
@@ -57,22 +97,47 @@ const std::vector<Field<ModelConfig>>& model_fields() {
 ModelConfig model_config_from_json(const json& j, const std::string& where, bool allow_checkpoint_keys) {
   require_object(j, where);
   ModelConfig m;
-  bool head_dim_given = false;
+  bool head_dim_given = false, kv_heads_given = false;
+  auto ignored = [](const std::string& key) {
+    for (const char* k : kIgnoredCheckpointKeys)
+      if (key == k) return true;
+    return false;
+  };
   for (const auto& [key, v] : j.items()) {
     const std::string at = where + ": " + key;
     if (key == "head_dim" && v.is_null()) continue;  // HF writes null for "derive it"
     if (const Field<ModelConfig>* f = find_field(model_fields(), key)) {
       read_field(*f, m, v, at);
       head_dim_given = head_dim_given || key == "head_dim";
-    } else if (allow_checkpoint_keys && (key == "model_type" || key == "architectures" || key == "torch_dtype")) {
-      if (key == "model_type" && !(v.is_string() && v.get<std::string>() == "moe"))
-        fail(at + ": expected \"moe\", got " + show(v));
+      kv_heads_given = kv_heads_given || key == "num_key_value_heads";
+    } else if (allow_checkpoint_keys && key == "model_type") {
+      const std::string type = v.is_string() ? v.get<std::string>() : "";
+      if (type != "moe" && type != "deepseek_v3") fail(at + ": expected \"deepseek_v3\" or \"moe\", got " + show(v));
+      if (type == "deepseek_v3")
+        for (const char* required : kRequiredDeepseekKeys)
+          if (!j.contains(required))
+            fail(where + ": missing \"" + std::string(required) +
+                 "\" (a deepseek_v3 config.json gives every size; moe does not assume Hugging Face's defaults)");
+    } else if (allow_checkpoint_keys && ignored(key)) {
+      // no effect on the model
     } else {
       fail(where + ": unknown key \"" + key + "\" (did you mean \"" + nearest_name(key, field_names(model_fields())) +
            "\"?)");
     }
   }
-  if (!head_dim_given) {
+  if (m.mla()) {
+    // Hugging Face sets head_dim to qk_rope_head_dim (the rotary width) and uses one key/value head
+    // per query head; a file may repeat those values but not contradict them.
+    if (head_dim_given && m.head_dim != m.qk_rope_head_dim)
+      fail(where + ": head_dim (" + std::to_string(m.head_dim) + ") must equal qk_rope_head_dim (" +
+           std::to_string(m.qk_rope_head_dim) + ") with MLA (kv_lora_rank set)");
+    if (kv_heads_given && m.num_key_value_heads != m.num_attention_heads)
+      fail(where + ": num_key_value_heads (" + std::to_string(m.num_key_value_heads) +
+           ") must equal num_attention_heads (" + std::to_string(m.num_attention_heads) +
+           ") with MLA (kv_lora_rank set)");
+    m.head_dim = m.qk_rope_head_dim;
+    m.num_key_value_heads = m.num_attention_heads;
+  } else if (!head_dim_given) {
     check_value(m.num_attention_heads, Check::positive, 0, where + ": num_attention_heads");
     if (m.hidden_size % m.num_attention_heads != 0)
       fail(where + ": num_attention_heads (" + std::to_string(m.num_attention_heads) + ") must divide hidden_size (" +
@@ -88,6 +153,23 @@ void validate(const ModelConfig& m, const std::string& where) {
   validate_fields(model_fields(), m, at);
   if (m.vocab_size < 256)
     fail(at + "vocab_size: expected at least 256 (tokens are bytes), got " + std::to_string(m.vocab_size));
+  if (m.mla()) {
+    for (const auto& [name, value] : {std::pair<const char*, int64_t>{"qk_nope_head_dim", m.qk_nope_head_dim},
+                                      {"qk_rope_head_dim", m.qk_rope_head_dim},
+                                      {"v_head_dim", m.v_head_dim}})
+      check_value(value, Check::positive, 0, at + name);
+    if (m.qk_rope_head_dim % 2 != 0)
+      fail(at + "qk_rope_head_dim: expected an even number (RoPE rotates pairs), got " +
+           std::to_string(m.qk_rope_head_dim));
+    if (m.num_nextn_predict_layers > 0)
+      fail(at + "num_nextn_predict_layers: multi-token prediction is not implemented yet; expected 0, got " +
+           std::to_string(m.num_nextn_predict_layers));
+  } else {
+    if (m.q_lora_rank)
+      fail(at + "q_lora_rank: needs kv_lora_rank (multi-head latent attention); set both or neither");
+    if (m.num_nextn_predict_layers > 0)
+      fail(at + "num_nextn_predict_layers: multi-token prediction needs an MLA model (kv_lora_rank set)");
+  }
   if (m.head_dim % 2 != 0)
     fail(at + "head_dim: expected an even number (RoPE rotates pairs), got " + std::to_string(m.head_dim));
   if (m.num_attention_heads % m.num_key_value_heads != 0)
@@ -113,8 +195,7 @@ void validate(const ModelConfig& m, const std::string& where) {
   // Refuse absurd sizes before anything is allocated: parameters alone must fit in 4 GiB of f32
   // (the training arenas hold four copies of them), and per-dimension sizes stay sane.
   const double D = double(m.hidden_size), L = double(m.num_hidden_layers);
-  const double params = 2 * double(m.vocab_size) * D +
-                        L * (D * double(m.q_dim() + 2 * m.kv_dim()) + double(m.q_dim()) * D) +
+  const double params = 2 * double(m.vocab_size) * D + L * double(attention_params(m)) +
                         double(m.first_k_dense_replace) * 3 * D * double(m.intermediate_size) +
                         double(m.num_moe_layers()) * 3 * D * double(m.moe_intermediate_size) *
                             double(m.n_routed_experts + m.n_shared_experts);
@@ -128,12 +209,40 @@ void validate(const ModelConfig& m, const std::string& where) {
 
 json to_json(const ModelConfig& m) {
   json j = fields_json(model_fields(), m);
-  j["model_type"] = "moe";
+  if (!m.mla()) {
+    j["model_type"] = "moe";
+    return j;
+  }
+  j["model_type"] = "deepseek_v3";
+  j["architectures"] = {"DeepseekV3ForCausalLM"};
+  j["torch_dtype"] = "float32";
   return j;
 }
 
+int64_t attention_params(const ModelConfig& m) {
+  const int64_t D = m.hidden_size, H = m.num_attention_heads;
+  if (!m.mla()) return D * (m.q_dim() + 2 * m.kv_dim()) + m.q_dim() * D;
+  const int64_t rkv = *m.kv_lora_rank, q_out = H * m.qk_head_dim();
+  const int64_t q = m.q_lora_rank ? *m.q_lora_rank * D + *m.q_lora_rank + q_out * *m.q_lora_rank : q_out * D;
+  return q + (rkv + m.qk_rope_head_dim) * D + rkv + H * (m.qk_nope_head_dim + m.v_head_dim) * rkv +
+         D * H * m.v_head_dim;
+}
+
+double kv_cache_bytes_per_token(const ModelConfig& m, bool as_gqa) {
+  const double L = double(m.num_hidden_layers);
+  if (m.mla() && !as_gqa) return 4.0 * L * double(*m.kv_lora_rank + m.qk_rope_head_dim);
+  if (m.mla()) return 4.0 * L * double(m.num_attention_heads) * double(m.qk_head_dim() + m.v_head_dim);
+  return 4.0 * L * 2.0 * double(m.kv_dim());
+}
+
 double activation_bytes_estimate(const ModelConfig& m, int64_t batch, int64_t seq) {
-  const double floats =
+  // MLA keeps per token and layer the materialised heads (q, k: H·(d_n+d_r); v, kv: H·d_v, H·(d_n+d_v))
+  // and their gradients, plus the latents.
+  const double mla = m.mla() ? double(batch) * double(seq) * double(m.num_hidden_layers) *
+                                   (4.0 * double(m.num_attention_heads) * double(m.qk_head_dim() + m.v_head_dim) +
+                                    4.0 * double(*m.kv_lora_rank + m.q_lora_rank.value_or(0)))
+                             : 0.0;
+  const double floats = mla +
       double(batch) * double(seq) *
       (double(m.num_hidden_layers) * (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
                                       6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +

@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,7 +39,20 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   int64_t max_position_embeddings = 256;
   double initializer_range = 0.02;
+  // Multi-head latent attention (DeepSeek-V3), used when kv_lora_rank is set; without it the
+  // attention is grouped-query (num_key_value_heads, head_dim above).
+  std::optional<int64_t> q_lora_rank;   // r_q: q = q_b_proj(rmsnorm(q_a_proj(x))); null: q = q_proj(x)
+  std::optional<int64_t> kv_lora_rank;  // r_kv: the cached latent width
+  int64_t qk_nope_head_dim = 0;         // d_n: the part of each query/key head without RoPE
+  int64_t qk_rope_head_dim = 0;         // d_r: the rotated part (the key's is shared by all heads)
+  int64_t v_head_dim = 0;               // d_v
+  bool rope_interleave = true;          // RoPE rotates adjacent pairs (HF's interleave), else halves
+  int64_t num_nextn_predict_layers = 0;  // multi-token-prediction modules
 
+  bool mla() const { return kv_lora_rank.has_value(); }
+  int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // Width of the attention output that o_proj reads: H * d_v (MLA) or H * head_dim.
+  int64_t attn_dim() const { return num_attention_heads * (mla() ? v_head_dim : head_dim); }
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
   // Position of MoE layer `layer` among the MoE layers.
   int64_t moe_layer_index(int64_t layer) const { return layer - std::min(first_k_dense_replace, num_hidden_layers); }
@@ -60,7 +74,15 @@ ModelConfig model_config_from_json(const nlohmann::json& j, const std::string& w
 // Checks every rule (sizes, divisibility, routing groups); throws Error naming the field.
 void validate(const ModelConfig& m, const std::string& where);
 
-nlohmann::json to_json(const ModelConfig& m);  // flat, Hugging Face field names, with model_type
+// Flat, Hugging Face field names. An MLA model is a complete HF DeepseekV3Config ("model_type":
+// "deepseek_v3"); a GQA model keeps "model_type": "moe".
+nlohmann::json to_json(const ModelConfig& m);
+
+// Parameters of one layer's attention block (projections and latent norms).
+int64_t attention_params(const ModelConfig& m);
+// Bytes of KV cache per token over all layers: MLA caches r_kv + d_r floats per layer; `as_gqa`
+// gives what grouped-query attention with the same heads would need, (K + V) x heads x width.
+double kv_cache_bytes_per_token(const ModelConfig& m, bool as_gqa = false);
 
 // Bytes of activations one training micro-batch of batch x seq tokens keeps (an estimate, used to
 // refuse a run that cannot fit before anything is allocated).

@@ -58,10 +58,27 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
     LayerWeights& lw = w.layers[size_t(l)];
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {D}, TensorRole::norm, l, &lw.input_layernorm);
-    add(p + "self_attn.q_proj.weight", {c.q_dim(), D}, TensorRole::attention, l, &lw.q_proj);
-    add(p + "self_attn.k_proj.weight", {c.kv_dim(), D}, TensorRole::attention, l, &lw.k_proj);
-    add(p + "self_attn.v_proj.weight", {c.kv_dim(), D}, TensorRole::attention, l, &lw.v_proj);
-    add(p + "self_attn.o_proj.weight", {D, c.q_dim()}, TensorRole::attention, l, &lw.o_proj);
+    if (c.mla()) {
+      const int64_t H = c.num_attention_heads, rkv = *c.kv_lora_rank, q_out = H * c.qk_head_dim();
+      if (c.q_lora_rank) {
+        const int64_t rq = *c.q_lora_rank;
+        add(p + "self_attn.q_a_proj.weight", {rq, D}, TensorRole::attention, l, &lw.q_a_proj);
+        add(p + "self_attn.q_a_layernorm.weight", {rq}, TensorRole::norm, l, &lw.q_a_layernorm);
+        add(p + "self_attn.q_b_proj.weight", {q_out, rq}, TensorRole::attention, l, &lw.q_b_proj);
+      } else {
+        add(p + "self_attn.q_proj.weight", {q_out, D}, TensorRole::attention, l, &lw.q_proj);
+      }
+      add(p + "self_attn.kv_a_proj_with_mqa.weight", {rkv + c.qk_rope_head_dim, D}, TensorRole::attention, l,
+          &lw.kv_a_proj_with_mqa);
+      add(p + "self_attn.kv_a_layernorm.weight", {rkv}, TensorRole::norm, l, &lw.kv_a_layernorm);
+      add(p + "self_attn.kv_b_proj.weight", {H * (c.qk_nope_head_dim + c.v_head_dim), rkv}, TensorRole::attention, l,
+          &lw.kv_b_proj);
+    } else {
+      add(p + "self_attn.q_proj.weight", {c.q_dim(), D}, TensorRole::attention, l, &lw.q_proj);
+      add(p + "self_attn.k_proj.weight", {c.kv_dim(), D}, TensorRole::attention, l, &lw.k_proj);
+      add(p + "self_attn.v_proj.weight", {c.kv_dim(), D}, TensorRole::attention, l, &lw.v_proj);
+    }
+    add(p + "self_attn.o_proj.weight", {D, c.attn_dim()}, TensorRole::attention, l, &lw.o_proj);
     add(p + "post_attention_layernorm.weight", {D}, TensorRole::norm, l, &lw.post_attention_layernorm);
     if (!c.is_moe_layer(l)) {
       const int64_t I = c.intermediate_size;

@@ -43,10 +43,11 @@ std::vector<QueryBlock> query_blocks(int64_t T) {
 
 void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k, const float* v,
                        float* probs, float* out) {
-  const int64_t T = s.T, hd = s.hd, g = s.group(), H = s.H, Hkv = s.Hkv;
+  const int64_t T = s.T, hd = s.hd, hv = s.value_dim(), g = s.group(), H = s.H, Hkv = s.Hkv;
   const int64_t gT = g * T;
   const std::array<int64_t, 4> q_strides{H * T * hd, gT * hd, hd, 1}, p_strides{H * T * T, gT * T, T, 1};
-  const std::array<int64_t, 4> kT_strides{Hkv * T * hd, T * hd, 1, hd}, v_strides{Hkv * T * hd, T * hd, hd, 1};
+  const std::array<int64_t, 4> kT_strides{Hkv * T * hd, T * hd, 1, hd}, v_strides{Hkv * T * hv, T * hv, hv, 1};
+  const std::array<int64_t, 4> o_strides{H * T * hv, gT * hv, hv, 1};
   const auto blocks = query_blocks(T);
   // scores[rows r0..r1, keys 0..r1) = q (rows, hd) · kᵀ (hd, r1), per query head of the group
   for (int64_t gi = 0; gi < g; ++gi)
@@ -73,29 +74,31 @@ void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float
   // out[rows] = probs[rows, 0..r1) · v[0..r1)
   for (int64_t gi = 0; gi < g; ++gi)
     for (const auto& b : blocks)
-      batched(ctx, s, b.r1 - b.r0, hd, b.r1, p_strides, v_strides, q_strides, probs + (gi * T + b.r0) * T, v,
-              out + (gi * T + b.r0) * hd);
+      batched(ctx, s, b.r1 - b.r0, hv, b.r1, p_strides, v_strides, o_strides, probs + (gi * T + b.r0) * T, v,
+              out + (gi * T + b.r0) * hv);
 }
 
 void attention_backward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k, const float* v,
                         const float* probs, const float* d_out, float* d_probs, float* dq, float* dk, float* dv) {
-  const int64_t T = s.T, hd = s.hd, g = s.group(), H = s.H, Hkv = s.Hkv;
+  const int64_t T = s.T, hd = s.hd, hv = s.value_dim(), g = s.group(), H = s.H, Hkv = s.Hkv;
   const int64_t gT = g * T;
   const std::array<int64_t, 4> q_strides{H * T * hd, gT * hd, hd, 1}, p_strides{H * T * T, gT * T, T, 1};
   const std::array<int64_t, 4> pT_strides{H * T * T, gT * T, 1, T};
-  const std::array<int64_t, 4> kT_strides{Hkv * T * hd, T * hd, 1, hd}, v_strides{Hkv * T * hd, T * hd, hd, 1};
+  const std::array<int64_t, 4> k_strides{Hkv * T * hd, T * hd, hd, 1};
+  const std::array<int64_t, 4> v_strides{Hkv * T * hv, T * hv, hv, 1}, vT_strides{Hkv * T * hv, T * hv, 1, hv};
+  const std::array<int64_t, 4> o_strides{H * T * hv, gT * hv, hv, 1};
   const auto blocks = query_blocks(T);
   // d_probs[rows, 0..r1) = d_out[rows] · vᵀ[:, 0..r1)
   for (int64_t gi = 0; gi < g; ++gi)
     for (const auto& b : blocks)
-      batched(ctx, s, b.r1 - b.r0, b.r1, hd, q_strides, kT_strides, p_strides, d_out + (gi * T + b.r0) * hd, v,
+      batched(ctx, s, b.r1 - b.r0, b.r1, hv, o_strides, vT_strides, p_strides, d_out + (gi * T + b.r0) * hv, v,
               d_probs + (gi * T + b.r0) * T);
   // dv[0..r1) += probs[rows, 0..r1)ᵀ · d_out[rows]: every query head and block adds to its keys.
-  std::fill_n(dv, s.B * Hkv * T * hd, 0.0f);
+  std::fill_n(dv, s.B * Hkv * T * hv, 0.0f);
   for (int64_t gi = 0; gi < g; ++gi)
     for (const auto& b : blocks)
-      batched(ctx, s, b.r1, hd, b.r1 - b.r0, pT_strides, q_strides, v_strides, probs + (gi * T + b.r0) * T,
-              d_out + (gi * T + b.r0) * hd, dv, /*accumulate=*/true);
+      batched(ctx, s, b.r1, hv, b.r1 - b.r0, pT_strides, o_strides, v_strides, probs + (gi * T + b.r0) * T,
+              d_out + (gi * T + b.r0) * hv, dv, /*accumulate=*/true);
   // Softmax backward, with the 1/sqrt(hd) scale folded in: dS = P ⊙ (dP - Σ_j dP_j P_j) · scale.
   const float scale = 1.0f / std::sqrt(float(hd));
 #pragma omp parallel for schedule(static)
@@ -113,9 +116,9 @@ void attention_backward(ComputeContext& ctx, const AttentionShape& s, const floa
   std::fill_n(dk, s.B * Hkv * T * hd, 0.0f);
   for (int64_t gi = 0; gi < g; ++gi)
     for (const auto& b : blocks) {
-      batched(ctx, s, b.r1 - b.r0, hd, b.r1, p_strides, v_strides, q_strides, d_probs + (gi * T + b.r0) * T, k,
+      batched(ctx, s, b.r1 - b.r0, hd, b.r1, p_strides, k_strides, q_strides, d_probs + (gi * T + b.r0) * T, k,
               dq + (gi * T + b.r0) * hd);
-      batched(ctx, s, b.r1, hd, b.r1 - b.r0, pT_strides, q_strides, v_strides, d_probs + (gi * T + b.r0) * T,
+      batched(ctx, s, b.r1, hd, b.r1 - b.r0, pT_strides, q_strides, k_strides, d_probs + (gi * T + b.r0) * T,
               q + (gi * T + b.r0) * hd, dk, /*accumulate=*/true);
     }
 }

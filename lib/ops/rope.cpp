@@ -4,7 +4,8 @@
 
 namespace moe {
 
-RopeTable::RopeTable(int64_t hd, int64_t max_pos, double theta) : head_dim(hd), max_positions(max_pos) {
+RopeTable::RopeTable(int64_t hd, int64_t max_pos, double theta, bool adjacent)
+    : head_dim(hd), max_positions(max_pos), adjacent_pairs(adjacent) {
   const int64_t half = hd / 2;
   cos.resize(size_t(max_pos * half));
   sin.resize(size_t(max_pos * half));
@@ -30,23 +31,12 @@ void rope_forward(const RopeTable& table, const float* in, float* out, int64_t B
 
 void rope_backward(const RopeTable& table, const float* d_out, float* d_in, int64_t B, int64_t T, int64_t heads,
                    int64_t pos0) {
-  const int64_t hd = table.head_dim, half = hd / 2;
+  const int64_t hd = table.head_dim;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      const float* c = table.cos.data() + (pos0 + t) * half;
-      const float* s = table.sin.data() + (pos0 + t) * half;
-      for (int64_t h = 0; h < heads; ++h) {
-        const float* dy = d_out + ((b * heads + h) * T + t) * hd;
-        float* dx = d_in + ((b * T + t) * heads + h) * hd;
-        // The rotation is orthogonal: its transpose rotates by -angle.
-        for (int64_t i = 0; i < half; ++i) {
-          const float g1 = dy[i], g2 = dy[i + half];
-          dx[i] = g1 * c[i] + g2 * s[i];
-          dx[i + half] = g2 * c[i] - g1 * s[i];
-        }
-      }
-    }
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < heads; ++h)
+        rope_rotate_back(table, d_out + ((b * heads + h) * T + t) * hd, d_in + ((b * T + t) * heads + h) * hd, pos0 + t);
 }
 
 void split_heads(const float* in, float* out, int64_t B, int64_t T, int64_t heads, int64_t hd) {

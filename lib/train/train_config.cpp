@@ -127,7 +127,7 @@ json to_json(const TrainConfig& t) { return fields_json(train_fields(), t); }
 
 json config_file_json(const Config& c) {
   json model = to_json(c.model);
-  model.erase("model_type");  // a checkpoint key, not a config-file key
+  for (const char* key : {"model_type", "architectures", "torch_dtype"}) model.erase(key);  // checkpoint keys
   return {{"model", model}, {"train", to_json(c.train)}};
 }
 

@@ -7,26 +7,30 @@
 
 namespace {
 
+// hv: value head width (0: hd); MLA has query/key heads of d_n + d_r and value heads of d_v.
 struct Case {
-  int64_t B, T, H, Hkv, hd;
+  int64_t B, T, H, Hkv, hd, hv = 0;
+  int64_t vd() const { return hv > 0 ? hv : hd; }
 };
 
 }  // namespace
 
-TEST_CASE("attention_forward matches naive causal attention in double (GQA and MHA)", "[ops]") {
+TEST_CASE("attention_forward matches naive causal attention in double (GQA, MHA, MLA widths)", "[ops]") {
   moe::ComputeContext ctx;
-  for (const Case c : {Case{2, 5, 4, 2, 6}, Case{2, 5, 2, 2, 6}, Case{1, 7, 4, 1, 4}, Case{3, 1, 2, 1, 2}}) {
-    CAPTURE(c.B, c.T, c.H, c.Hkv, c.hd);
+  for (const Case c : {Case{2, 5, 4, 2, 6}, Case{2, 5, 2, 2, 6}, Case{1, 7, 4, 1, 4}, Case{3, 1, 2, 1, 2},
+                       Case{2, 5, 3, 3, 6, 4}, Case{1, 6, 2, 2, 4, 10}}) {
+    CAPTURE(c.B, c.T, c.H, c.Hkv, c.hd, c.hv);
     const ref::Vec q = ref::randn(c.B * c.H * c.T * c.hd, 1), k = ref::randn(c.B * c.Hkv * c.T * c.hd, 2),
-                   v = ref::randn(c.B * c.Hkv * c.T * c.hd, 3);
-    ref::Vec probs(size_t(c.B * c.H * c.T * c.T), 99.0f), out(q.size());
-    moe::attention_forward(ctx, {c.B, c.T, c.H, c.Hkv, c.hd}, q.data(), k.data(), v.data(), probs.data(), out.data());
+                   v = ref::randn(c.B * c.Hkv * c.T * c.vd(), 3);
+    ref::Vec probs(size_t(c.B * c.H * c.T * c.T), 99.0f), out(size_t(c.B * c.H * c.T * c.vd()));
+    moe::attention_forward(ctx, {c.B, c.T, c.H, c.Hkv, c.hd, c.hv}, q.data(), k.data(), v.data(), probs.data(),
+                           out.data());
     for (int64_t b = 0; b < c.B; ++b) {
       ref::DVec want_probs;
       const ref::DVec want =
           ref::causal_attention(q.data() + b * c.H * c.T * c.hd, k.data() + b * c.Hkv * c.T * c.hd,
-                                v.data() + b * c.Hkv * c.T * c.hd, c.H, c.Hkv, c.T, c.hd, &want_probs);
-      const ref::DVec got = ref::to_double(out.data() + b * c.H * c.T * c.hd, c.H * c.T * c.hd);
+                                v.data() + b * c.Hkv * c.T * c.vd(), c.H, c.Hkv, c.T, c.hd, &want_probs, c.hv);
+      const ref::DVec got = ref::to_double(out.data() + b * c.H * c.T * c.vd(), c.H * c.T * c.vd());
       const ref::DVec got_probs = ref::to_double(probs.data() + b * c.H * c.T * c.T, c.H * c.T * c.T);
       CHECK(ref::max_abs_diff(got, want) < 1e-5);
       // Includes the masked upper triangle, which must be exactly 0.
@@ -35,15 +39,16 @@ TEST_CASE("attention_forward matches naive causal attention in double (GQA and M
   }
 }
 
-TEST_CASE("attention_backward matches finite differences for q, k, v (GQA and MHA)", "[ops]") {
+TEST_CASE("attention_backward matches finite differences for q, k, v (GQA, MHA, MLA widths)", "[ops]") {
   moe::ComputeContext ctx;
-  for (const Case c : {Case{2, 5, 4, 2, 6}, Case{2, 5, 2, 2, 6}, Case{1, 6, 4, 1, 4}}) {
-    CAPTURE(c.B, c.T, c.H, c.Hkv, c.hd);
-    const moe::AttentionShape shape{c.B, c.T, c.H, c.Hkv, c.hd};
+  for (const Case c : {Case{2, 5, 4, 2, 6}, Case{2, 5, 2, 2, 6}, Case{1, 6, 4, 1, 4}, Case{2, 5, 3, 3, 6, 4},
+                       Case{1, 5, 2, 2, 4, 6}}) {
+    CAPTURE(c.B, c.T, c.H, c.Hkv, c.hd, c.hv);
+    const moe::AttentionShape shape{c.B, c.T, c.H, c.Hkv, c.hd, c.hv};
     ref::Vec q = ref::randn(c.B * c.H * c.T * c.hd, 11), k = ref::randn(c.B * c.Hkv * c.T * c.hd, 12),
-             v = ref::randn(c.B * c.Hkv * c.T * c.hd, 13);
-    const ref::Vec r = ref::randn(q.size(), 14);
-    ref::Vec probs(size_t(c.B * c.H * c.T * c.T)), out(q.size());
+             v = ref::randn(c.B * c.Hkv * c.T * c.vd(), 13);
+    const ref::Vec r = ref::randn(c.B * c.H * c.T * c.vd(), 14);
+    ref::Vec probs(size_t(c.B * c.H * c.T * c.T)), out(r.size());
     auto loss = [&] {
       moe::attention_forward(ctx, shape, q.data(), k.data(), v.data(), probs.data(), out.data());
       return ref::weighted_sum(r, out.data());

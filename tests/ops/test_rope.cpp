@@ -87,3 +87,33 @@ TEST_CASE("split_heads and merge_heads move (B, T, heads, hd) <-> (B, heads, T, 
   moe::merge_heads(split.data(), back.data(), B, T, heads, hd);
   CHECK(back == in);
 }
+
+TEST_CASE("adjacent-pair RoPE (DeepSeek-V3 rope_interleave) rotates (x_2i, x_2i+1) and inverts exactly", "[ops]") {
+  // The angle of pair i at position p is p * theta^(-2i/d), computed here in double.
+  const int64_t hd = 8;
+  const double theta = 10000.0;
+  const moe::RopeTable table(hd, 64, theta, /*adjacent_pairs=*/true);
+  const ref::Vec x = ref::randn(hd, 7);
+  for (int64_t pos : {0, 1, 17, 63}) {
+    CAPTURE(pos);
+    float y[hd], back[hd];
+    moe::rope_rotate(table, x.data(), y, pos);
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      const double angle = double(pos) * std::pow(theta, -2.0 * double(i) / double(hd));
+      const double x1 = x[size_t(2 * i)], x2 = x[size_t(2 * i + 1)];
+      CHECK(y[2 * i] == Approx(x1 * std::cos(angle) - x2 * std::sin(angle)).margin(2e-6));
+      CHECK(y[2 * i + 1] == Approx(x2 * std::cos(angle) + x1 * std::sin(angle)).margin(2e-6));
+    }
+    // rope_rotate_back is the transpose, i.e. the inverse rotation.
+    moe::rope_rotate_back(table, y, back, pos);
+    for (int64_t i = 0; i < hd; ++i) CHECK(back[i] == Approx(x[size_t(i)]).margin(2e-6));
+  }
+  // The two pairings differ (a test that cannot tell them apart proves nothing).
+  const moe::RopeTable halves(hd, 64, theta);
+  float a[hd], b[hd];
+  moe::rope_rotate(table, x.data(), a, 5);
+  moe::rope_rotate(halves, x.data(), b, 5);
+  double diff = 0;
+  for (int64_t i = 0; i < hd; ++i) diff = std::max(diff, double(std::fabs(a[i] - b[i])));
+  CHECK(diff > 1e-2);
+}
