@@ -180,6 +180,18 @@ void rope_vector(const T* in, double* out, int64_t hd, int64_t pos, double theta
   }
 }
 
+// RoPE on adjacent pairs (DeepSeek-V3's rope_interleave = true on released weights): pair i is
+// (in[2i], in[2i+1]), rotated by pos * theta^(-2i/hd).
+template <class T>
+void rope_vector_adjacent(const T* in, double* out, int64_t hd, int64_t pos, double theta) {
+  for (int64_t i = 0; i < hd / 2; ++i) {
+    const double angle = double(pos) * std::pow(theta, -2.0 * double(i) / double(hd));
+    const double a = double(in[2 * i]), b = double(in[2 * i + 1]);
+    out[2 * i] = a * std::cos(angle) - b * std::sin(angle);
+    out[2 * i + 1] = b * std::cos(angle) + a * std::sin(angle);
+  }
+}
+
 // Causal attention for one (batch) slice: q (H, T, hd), k, v (Hkv, T, hd), query head h reads kv
 // head h / (H / Hkv) (Hugging Face repeat_kv). Returns out (H, T, hd) and, if asked, probs (H, T, T).
 template <class T>

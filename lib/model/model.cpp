@@ -7,7 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/rng.hpp"
-#include "ops/attention.hpp"
+#include "model/attention_block.hpp"
 #include "ops/embedding.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/swiglu.hpp"
@@ -21,7 +21,7 @@ Model::Model(const ModelConfig& c, ExpertShard shard_, bool with_grads)
       grads(with_grads ? layout.total : 0),
       weights(bind_weights(c, params.data(), shard_)),
       grad(with_grads ? bind_weights(c, grads.data(), shard_) : ModelWeights{}),
-      rope(c.head_dim, c.max_position_embeddings, c.rope_theta),
+      rope(c.head_dim, c.max_position_embeddings, c.rope_theta, c.mla() && c.rope_interleave),
       shard(shard_) {
   check(shard.first >= 0 && shard.first + shard.size(c) <= c.n_routed_experts, "internal: expert shard out of range");
 }
@@ -59,8 +59,12 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
                                                               std::to_string(c.max_position_embeddings) +
                                                               " (max_position_embeddings)");
   const int64_t N = B * T, D = c.hidden_size, H = c.num_attention_heads;
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), V = c.vocab_size, L = c.num_hidden_layers;
-  const int64_t I = c.intermediate_size;
+  const int64_t V = c.vocab_size, L = c.num_hidden_layers, I = c.intermediate_size;
+  // Head widths (see LayerActivations): query/key heads of hd, value heads of hv, Hk key heads.
+  const bool mla = c.mla();
+  const int64_t hd = mla ? c.qk_head_dim() : c.head_dim, hv = mla ? c.v_head_dim : c.head_dim;
+  const int64_t Hk = mla ? H : c.num_key_value_heads, qd = H * hd, kd = Hk * hd, vd = Hk * hv, od = H * hv;
+  const int64_t rq = c.q_lora_rank.value_or(0), rkv = c.kv_lora_rank.value_or(0), dr = c.qk_rope_head_dim;
   // Pass 1 counts, pass 2 hands out pointers: one allocation per element type.
   auto plan = [&](Bump<float>& f, Bump<int32_t>& n) {
     tokens = n.take(N);
@@ -71,9 +75,13 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
     for (int64_t l = 0; l < L; ++l) {
       LayerActivations& a = layers[size_t(l)];
       a.xn1 = f.take(N * D), a.rstd1 = f.take(N);
-      a.q = f.take(N * qd), a.k = f.take(N * kvd), a.v = f.take(N * kvd);
+      a.q = f.take(N * qd), a.k = f.take(N * kd), a.v = f.take(N * vd);
       a.probs = f.take(B * H * T * T);
-      a.attn_heads = f.take(N * qd), a.attn = f.take(N * qd);
+      a.attn_heads = f.take(N * od), a.attn = f.take(N * od);
+      if (mla) {
+        a.q_lat = f.take(N * rq), a.q_lat_n = f.take(N * rq), a.rstd_q = f.take(rq > 0 ? N : 0);
+        a.c_kv = f.take(N * rkv), a.ckv_n = f.take(N * rkv), a.rstd_kv = f.take(N), a.k_rope = f.take(N * dr);
+      }
       a.h = f.take(N * D), a.xn2 = f.take(N * D), a.rstd2 = f.take(N);
       if (!c.is_moe_layer(l)) {
         a.dense = {f.take(N * I), f.take(N * I), f.take(N * I)};
@@ -92,11 +100,14 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
       m.row_align = int32_t(expert_row_align(c, N));
     }
     xnf = f.take(N * D), rstdf = f.take(N), logits = f.take(N * V);
-    q_flat = f.take(N * qd), k_flat = f.take(N * kvd), v_flat = f.take(N * kvd);
+    q_flat = f.take(N * std::max(qd, od));
+    k_flat = f.take(mla ? N * dr : N * kd);
+    v_flat = f.take(mla ? N * H * (c.qk_nope_head_dim + c.v_head_dim) : N * vd);
     ffn_out = f.take(N * D);
     if (!training) return;
     d_resid = f.take(N * D), d_norm = f.take(N * D);
-    d_heads = f.take(N * qd), dq = f.take(N * qd), dk = f.take(N * kvd), dv = f.take(N * kvd);
+    d_heads = f.take(N * od), dq = f.take(N * qd), dk = f.take(N * kd), dv = f.take(N * vd);
+    if (mla) d_latent = f.take(N * (2 * rkv + 2 * rq + dr));
     d_probs = f.take(B * H * T * T);
     d_logits = f.take(N * V);
     ffn_scratch = f.take(2 * N * I);
@@ -135,7 +146,6 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
   const ModelConfig& c = model.config;
   const ModelWeights& w = model.weights;
   const int64_t B = ws.B, T = ws.T, N = B * T, D = c.hidden_size, V = c.vocab_size;
-  const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
   const float eps = float(c.rms_norm_eps);
   for (int64_t i = 0; i < N; ++i)
     check(tokens[i] >= 0 && tokens[i] < V, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
@@ -151,23 +161,15 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
     const LayerWeights& lw = w.layers[size_t(l)];
     LayerActivations& a = ws.layers[size_t(l)];
     const float* x = ws.resid[size_t(l)];
-    // h = x + o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x)
+    // h = x + o_proj(attention(...)) over rmsnorm(x): GQA or MLA (attention_block.hpp)
     {
       PhaseScope phase(ctx, Phase::other);
       rmsnorm_forward(x, lw.input_layernorm, a.xn1, a.rstd1, N, D, eps);
     }
     std::optional<PhaseScope> phase;
     phase.emplace(ctx, Phase::attention);
-    linear_forward(ctx, a.xn1, lw.q_proj, ws.q_flat, N, D, c.q_dim());
-    linear_forward(ctx, a.xn1, lw.k_proj, ws.k_flat, N, D, c.kv_dim());
-    linear_forward(ctx, a.xn1, lw.v_proj, ws.v_flat, N, D, c.kv_dim());
-    rope_forward(model.rope, ws.q_flat, a.q, B, T, H, 0);
-    rope_forward(model.rope, ws.k_flat, a.k, B, T, Hkv, 0);
-    split_heads(ws.v_flat, a.v, B, T, Hkv, hd);
-    attention_forward(ctx, {B, T, H, Hkv, hd}, a.q, a.k, a.v, a.probs, a.attn_heads);
-    merge_heads(a.attn_heads, a.attn, B, T, H, hd);
     std::copy_n(x, N * D, a.h);
-    gemm(ctx, false, true, N, D, c.q_dim(), a.attn, c.q_dim(), lw.o_proj, c.q_dim(), a.h, D, /*accumulate=*/true);
+    attention_block_forward(ctx, model, lw, a, ws);
     // x' = h + ffn(rmsnorm(h))
     phase.emplace(ctx, Phase::other);
     rmsnorm_forward(a.h, lw.post_attention_layernorm, a.xn2, a.rstd2, N, D, eps);
@@ -200,7 +202,6 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
   const ModelWeights& w = model.weights;
   const ModelWeights& g = model.grad;
   const int64_t B = ws.B, T = ws.T, N = B * T, D = c.hidden_size, V = c.vocab_size;
-  const int64_t H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
 
   {
     PhaseScope phase(ctx, Phase::head_loss);
@@ -228,17 +229,7 @@ void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const Bala
     rmsnorm_backward(a.h, lw.post_attention_layernorm, a.rstd2, ws.d_norm, ws.d_resid, lg.post_attention_layernorm, N,
                      D);
     phase.emplace(ctx, Phase::attention);
-    // h = x + o_proj(attn)
-    float* d_attn = ws.q_flat;  // (N, H*hd), forward scratch is free in backward
-    linear_backward(ctx, a.attn, lw.o_proj, ws.d_resid, d_attn, lg.o_proj, N, c.q_dim(), D, false);
-    split_heads(d_attn, ws.d_heads, B, T, H, hd);
-    attention_backward(ctx, {B, T, H, Hkv, hd}, a.q, a.k, a.v, a.probs, ws.d_heads, ws.d_probs, ws.dq, ws.dk, ws.dv);
-    rope_backward(model.rope, ws.dq, ws.q_flat, B, T, H, 0);
-    rope_backward(model.rope, ws.dk, ws.k_flat, B, T, Hkv, 0);
-    merge_heads(ws.dv, ws.v_flat, B, T, Hkv, hd);
-    linear_backward(ctx, a.xn1, lw.q_proj, ws.q_flat, ws.d_norm, lg.q_proj, N, D, c.q_dim(), false);
-    linear_backward(ctx, a.xn1, lw.k_proj, ws.k_flat, ws.d_norm, lg.k_proj, N, D, c.kv_dim(), true);
-    linear_backward(ctx, a.xn1, lw.v_proj, ws.v_flat, ws.d_norm, lg.v_proj, N, D, c.kv_dim(), true);
+    attention_block_backward(ctx, model, lw, lg, a, ws);
     phase.emplace(ctx, Phase::other);
     rmsnorm_backward(ws.resid[size_t(l)], lw.input_layernorm, a.rstd1, ws.d_norm, ws.d_resid, lg.input_layernorm, N, D);
   }

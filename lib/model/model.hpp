@@ -38,12 +38,21 @@ struct Model {
 struct LayerActivations {
   float* xn1 = nullptr;         // (N, D) input_layernorm output
   float* rstd1 = nullptr;       // (N)
+  // Heads: GQA hd = head_dim, hv = head_dim, Hk = Hkv; MLA hd = dn + dr, hv = dv, Hk = H.
   float* q = nullptr;           // (B, H, T, hd) after RoPE
-  float* k = nullptr;           // (B, Hkv, T, hd) after RoPE
-  float* v = nullptr;           // (B, Hkv, T, hd)
+  float* k = nullptr;           // (B, Hk, T, hd) after RoPE
+  float* v = nullptr;           // (B, Hk, T, hv)
   float* probs = nullptr;       // (B, H, T, T)
-  float* attn_heads = nullptr;  // (B, H, T, hd)
-  float* attn = nullptr;        // (N, H*hd) merged heads, o_proj input
+  float* attn_heads = nullptr;  // (B, H, T, hv)
+  float* attn = nullptr;        // (N, H*hv) merged heads, o_proj input
+  // MLA only: the latents and their norms (rq, rkv: latent ranks), and the shared rotated key.
+  float* q_lat = nullptr;    // (N, rq) q_a_proj output
+  float* q_lat_n = nullptr;  // (N, rq) after q_a_layernorm
+  float* rstd_q = nullptr;   // (N)
+  float* c_kv = nullptr;     // (N, rkv) the latent part of kv_a_proj_with_mqa
+  float* ckv_n = nullptr;    // (N, rkv) after kv_a_layernorm: what the decode cache holds
+  float* rstd_kv = nullptr;  // (N)
+  float* k_rope = nullptr;   // (N, dr) rotated shared key part: cached too
   float* h = nullptr;           // (N, D) residual after attention
   float* xn2 = nullptr;         // (N, D) post_attention_layernorm output
   float* rstd2 = nullptr;       // (N)
@@ -64,19 +73,21 @@ struct Workspace {
   float* xnf = nullptr;     // (N, D) final norm output
   float* rstdf = nullptr;   // (N)
   float* logits = nullptr;  // (N, V)
-  // Scratch, reused by every layer.
-  float* q_flat = nullptr;       // (N, H*hd)
+  // Scratch, reused by every layer. MLA: q_flat the queries (N, H*hd), k_flat the raw shared key
+  // part (N, dr), v_flat the kv_b_proj output (N, H*(dn+dv)); their gradients in backward.
+  float* q_flat = nullptr;       // (N, H*max(hd, hv))
   float* k_flat = nullptr;       // (N, Hkv*hd)
   float* v_flat = nullptr;       // (N, Hkv*hd)
   float* ffn_out = nullptr;      // (N, D)
   float* d_resid = nullptr;      // (N, D)
   float* d_norm = nullptr;       // (N, D)
-  float* d_heads = nullptr;      // (B, H, T, hd)
+  float* d_heads = nullptr;      // (B, H, T, hv)
   float* dq = nullptr;           // (B, H, T, hd)
-  float* dk = nullptr;           // (B, Hkv, T, hd)
-  float* dv = nullptr;           // (B, Hkv, T, hd)
+  float* dk = nullptr;           // (B, Hk, T, hd)
+  float* dv = nullptr;           // (B, Hk, T, hv)
   float* d_probs = nullptr;      // (B, H, T, T)
   float* d_logits = nullptr;     // (N, V)
+  float* d_latent = nullptr;     // MLA: (N, 2*rkv + 2*rq + dr) latent gradients
   float* ffn_scratch = nullptr;  // dense FFN backward
   MoeScratch moe_scratch{};
   // Routed experts computed on other processes (expert parallelism); null: here.

@@ -496,7 +496,8 @@ TEST_CASE("checkpoint: loader rejects bad directories and config.json", "[checkp
     json config = moe::to_json(model->config);
     config["model_type"] = "llama";
     write_bytes(ckpt + "/config.json", config.dump());
-    REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("model_type") && Contains("expected \"moe\""));
+    REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt),
+                      Contains("model_type") && Contains("expected \"deepseek_v3\" or \"moe\""));
   }
   SECTION("config.json that breaks a rule") {
     const std::string ckpt = dir / "ckpt";

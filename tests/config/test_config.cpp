@@ -435,11 +435,15 @@ TEST_CASE("config: to_json -> model_config_from_json round trip", "[config]") {
   }
 }
 
-TEST_CASE("config: checkpoint config.json must say model_type moe", "[config]") {
+TEST_CASE("config: checkpoint config.json must say model_type deepseek_v3 or moe", "[config]") {
   json j = moe::to_json(parse(valid_config()).model);
+  j["model_type"] = "llama";
+  REQUIRE_MOE_ERROR(moe::model_config_from_json(j, "ckpt/config.json", true),
+                    Contains("ckpt/config.json: model_type") && Contains("expected \"deepseek_v3\" or \"moe\""));
+  // A deepseek_v3 config.json must give the MLA sizes: Hugging Face's defaults are not assumed.
   j["model_type"] = "deepseek_v3";
   REQUIRE_MOE_ERROR(moe::model_config_from_json(j, "ckpt/config.json", true),
-                    Contains("ckpt/config.json: model_type") && Contains("expected \"moe\""));
+                    Contains("ckpt/config.json: missing \"q_lora_rank\""));
 }
 
 TEST_CASE("config: train to_json round trip", "[config]") {

@@ -1,6 +1,7 @@
 // The whole model against an independent double-precision forward written from the spec (issue 2)
 // that reads every weight by its checkpoint name, and model_backward against central differences
 // of the loss at sampled coordinates of every tensor in the layout.
+#include <functional>
 #include <limits>
 #include <map>
 
@@ -29,7 +30,16 @@ std::vector<Variant> variants() {
   b.num_hidden_layers = 2, b.num_key_value_heads = 2, b.n_shared_experts = 2, b.n_routed_experts = 4;
   b.n_group = 1, b.topk_group = 1, b.norm_topk_prob = false, b.routed_scaling_factor = 1.0;
   b.scoring_func = moe::ScoringFunc::softmax, b.rope_theta = 100.0;
-  return {{"sigmoid, grouped, GQA", a}, {"softmax, MHA, no norm", b}};
+  // Multi-head latent attention (DeepSeek-V3): with a query latent and adjacent-pair RoPE, and
+  // without (q_proj) and with half-split RoPE; d_v differs from d_n + d_r.
+  moe::ModelConfig m = a;
+  m.q_lora_rank = 12, m.kv_lora_rank = 10, m.qk_nope_head_dim = 6, m.qk_rope_head_dim = 4, m.v_head_dim = 5;
+  m.num_attention_heads = 3, m.num_key_value_heads = 3, m.head_dim = 4, m.rope_interleave = true;
+  m.rms_norm_eps = 1e-5;  // differs from the latent norms' fixed 1e-6, so a mix-up shows
+  moe::ModelConfig n = m;
+  n.q_lora_rank.reset(), n.rope_interleave = false, n.num_hidden_layers = 2;
+  return {{"sigmoid, grouped, GQA", a}, {"softmax, MHA, no norm", b}, {"MLA, q latent, interleaved RoPE", m},
+          {"MLA, q_proj, half-split RoPE", n}};
 }
 
 struct ReferenceResult {
@@ -37,6 +47,93 @@ struct ReferenceResult {
   double loss = 0.0;                                  // mean cross-entropy
   std::map<int64_t, std::vector<ref::Route>> routes;  // per MoE layer, per token
 };
+
+using Lookup = std::function<const float*(const std::string&)>;
+
+// x' = h + ffn(rmsnorm(h)): SwiGLU on dense layers, the DeepSeek-V3 MoE on the others.
+ref::DVec ffn_reference(const moe::ModelConfig& c, const Lookup& W, const std::string& p, const ref::DVec& h,
+                        int64_t N, int64_t l, ReferenceResult& result) {
+  const int64_t D = c.hidden_size;
+  const ref::DVec hn = ref::rmsnorm(h.data(), W(p + "post_attention_layernorm.weight"), N, D, c.rms_norm_eps);
+  ref::DVec f;
+  if (l < c.first_k_dense_replace) {
+    f = ref::ffn(hn.data(), W(p + "mlp.gate_proj.weight"), W(p + "mlp.up_proj.weight"), W(p + "mlp.down_proj.weight"),
+                 N, D, c.intermediate_size);
+  } else {
+    ref::MoeLayerRef mw;
+    mw.router = W(p + "mlp.gate.weight");
+    mw.bias = W(p + "mlp.gate.e_score_correction_bias");
+    for (int64_t j = 0; j < c.n_routed_experts; ++j) {
+      const std::string e = p + "mlp.experts." + std::to_string(j) + ".";
+      mw.gate.push_back(W(e + "gate_proj.weight"));
+      mw.up.push_back(W(e + "up_proj.weight"));
+      mw.down.push_back(W(e + "down_proj.weight"));
+    }
+    if (c.n_shared_experts > 0) {
+      mw.shared_gate = W(p + "mlp.shared_experts.gate_proj.weight");
+      mw.shared_up = W(p + "mlp.shared_experts.up_proj.weight");
+      mw.shared_down = W(p + "mlp.shared_experts.down_proj.weight");
+    }
+    f = ref::moe_layer(c, mw, hn.data(), N, &result.routes[l]);
+  }
+  ref::DVec out(h.size());
+  for (size_t i = 0; i < h.size(); ++i) out[i] = h[i] + f[i];
+  return out;
+}
+
+// Multi-head latent attention as Hugging Face DeepseekV3Attention computes it (eager), in double:
+// queries directly or through the normed latent, keys and values from the normed kv latent, one
+// rotated key part shared by every head, scale (d_n + d_r)^-1/2. Returns (N, H * d_v).
+ref::DVec mla_reference(const moe::ModelConfig& c, const Lookup& W, const std::string& p, const ref::DVec& xn,
+                        int64_t B, int64_t T) {
+  const int64_t N = B * T, D = c.hidden_size, H = c.num_attention_heads, dn = c.qk_nope_head_dim;
+  const int64_t dr = c.qk_rope_head_dim, dv = c.v_head_dim, dqk = dn + dr, rkv = *c.kv_lora_rank;
+  const double latent_eps = 1e-6;  // HF builds q_a_layernorm / kv_a_layernorm with its default
+  ref::DVec q;
+  if (c.q_lora_rank) {
+    const int64_t rq = *c.q_lora_rank;
+    const ref::DVec qa = ref::linear(xn.data(), W(p + "self_attn.q_a_proj.weight"), N, D, rq);
+    const ref::DVec qan = ref::rmsnorm(qa.data(), W(p + "self_attn.q_a_layernorm.weight"), N, rq, latent_eps);
+    q = ref::linear(qan.data(), W(p + "self_attn.q_b_proj.weight"), N, rq, H * dqk);
+  } else {
+    q = ref::linear(xn.data(), W(p + "self_attn.q_proj.weight"), N, D, H * dqk);
+  }
+  const ref::DVec ckv_kr = ref::linear(xn.data(), W(p + "self_attn.kv_a_proj_with_mqa.weight"), N, D, rkv + dr);
+  ref::DVec ckv(size_t(N * rkv));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < rkv; ++i) ckv[size_t(n * rkv + i)] = ckv_kr[size_t(n * (rkv + dr) + i)];
+  const ref::DVec ckvn = ref::rmsnorm(ckv.data(), W(p + "self_attn.kv_a_layernorm.weight"), N, rkv, latent_eps);
+  const ref::DVec kv = ref::linear(ckvn.data(), W(p + "self_attn.kv_b_proj.weight"), N, rkv, H * (dn + dv));
+  auto rope = [&](const double* in, double* out, int64_t pos) {
+    if (c.rope_interleave) ref::rope_vector_adjacent(in, out, dr, pos, c.rope_theta);
+    else ref::rope_vector(in, out, dr, pos, c.rope_theta);
+  };
+  ref::DVec attn(size_t(N * H * dv));
+  for (int64_t b = 0; b < B; ++b) {
+    ref::DVec qh(size_t(H * T * dqk)), kh(size_t(H * T * dqk)), vh(size_t(H * T * dv));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t n = b * T + t;
+      std::vector<double> k_rope(static_cast<size_t>(dr));
+      rope(ckv_kr.data() + n * (rkv + dr) + rkv, k_rope.data(), t);
+      for (int64_t h = 0; h < H; ++h) {
+        double* qo = qh.data() + (h * T + t) * dqk;
+        double* ko = kh.data() + (h * T + t) * dqk;
+        const double* qi = q.data() + n * H * dqk + h * dqk;
+        const double* kvi = kv.data() + n * H * (dn + dv) + h * (dn + dv);
+        for (int64_t i = 0; i < dn; ++i) qo[i] = qi[i], ko[i] = kvi[i];
+        rope(qi + dn, qo + dn, t);
+        for (int64_t i = 0; i < dr; ++i) ko[dn + i] = k_rope[size_t(i)];
+        for (int64_t i = 0; i < dv; ++i) vh[size_t((h * T + t) * dv + i)] = kvi[dn + i];
+      }
+    }
+    const ref::DVec o = ref::causal_attention(qh.data(), kh.data(), vh.data(), H, H, T, dqk, nullptr, dv);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < dv; ++i)
+          attn[size_t((b * T + t) * H * dv + h * dv + i)] = o[size_t((h * T + t) * dv + i)];
+  }
+  return attn;
+}
 
 // The model of issue 2, in double, token by token where that is simplest. Weights are looked up
 // by their Hugging Face names through model.layout, never through model.weights.
@@ -62,6 +159,14 @@ ReferenceResult reference_forward(const moe::Model& model, const std::vector<int
     const std::string p = "model.layers." + std::to_string(l) + ".";
     // h = x + o_proj(attention(rope(q), rope(k), v)) over rmsnorm(x)
     const ref::DVec xn = ref::rmsnorm(x.data(), W(p + "input_layernorm.weight"), N, D, c.rms_norm_eps);
+    if (c.mla()) {
+      const ref::DVec attn = mla_reference(c, W, p, xn, B, T);
+      const int64_t od = H * c.v_head_dim;
+      const ref::DVec proj = ref::linear(attn.data(), W(p + "self_attn.o_proj.weight"), N, od, D);
+      for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+      x = ffn_reference(c, W, p, x, N, l, result);
+      continue;
+    }
     const ref::DVec q = ref::linear(xn.data(), W(p + "self_attn.q_proj.weight"), N, D, qd);
     const ref::DVec k = ref::linear(xn.data(), W(p + "self_attn.k_proj.weight"), N, D, kvd);
     const ref::DVec v = ref::linear(xn.data(), W(p + "self_attn.v_proj.weight"), N, D, kvd);
@@ -87,30 +192,7 @@ ReferenceResult reference_forward(const moe::Model& model, const std::vector<int
     ref::DVec h(size_t(N * D));
     for (size_t i = 0; i < h.size(); ++i) h[i] = x[i] + proj[i];
 
-    // x' = h + ffn(rmsnorm(h)): SwiGLU on dense layers, the DeepSeek-V3 MoE on the others.
-    const ref::DVec hn = ref::rmsnorm(h.data(), W(p + "post_attention_layernorm.weight"), N, D, c.rms_norm_eps);
-    ref::DVec f;
-    if (l < c.first_k_dense_replace) {
-      f = ref::ffn(hn.data(), W(p + "mlp.gate_proj.weight"), W(p + "mlp.up_proj.weight"), W(p + "mlp.down_proj.weight"),
-                   N, D, c.intermediate_size);
-    } else {
-      ref::MoeLayerRef mw;
-      mw.router = W(p + "mlp.gate.weight");
-      mw.bias = W(p + "mlp.gate.e_score_correction_bias");
-      for (int64_t j = 0; j < c.n_routed_experts; ++j) {
-        const std::string e = p + "mlp.experts." + std::to_string(j) + ".";
-        mw.gate.push_back(W(e + "gate_proj.weight"));
-        mw.up.push_back(W(e + "up_proj.weight"));
-        mw.down.push_back(W(e + "down_proj.weight"));
-      }
-      if (c.n_shared_experts > 0) {
-        mw.shared_gate = W(p + "mlp.shared_experts.gate_proj.weight");
-        mw.shared_up = W(p + "mlp.shared_experts.up_proj.weight");
-        mw.shared_down = W(p + "mlp.shared_experts.down_proj.weight");
-      }
-      f = ref::moe_layer(c, mw, hn.data(), N, &result.routes[l]);
-    }
-    for (size_t i = 0; i < x.size(); ++i) x[i] = h[i] + f[i];
+    x = ffn_reference(c, W, p, h, N, l, result);
   }
   const ref::DVec xf = ref::rmsnorm(x.data(), W("model.norm.weight"), N, D, c.rms_norm_eps);
   result.logits = ref::linear(xf.data(), W("lm_head.weight"), N, D, V);
@@ -261,8 +343,10 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
     // Norm-wise over the ~16 coordinates that is ~1e-3; 1e-2 keeps a 10x margin.
     ref::DVec lib_analytic, lib_numeric;
     moe::Workspace probe(model.config, s.B, s.T, false);
-    for (const char* name : {"lm_head.weight", "model.layers.1.self_attn.q_proj.weight",
-                             "model.layers.1.mlp.gate.weight", "model.embed_tokens.weight"}) {
+    const char* query = !model.config.mla()        ? "model.layers.1.self_attn.q_proj.weight"
+                        : model.config.q_lora_rank ? "model.layers.1.self_attn.q_a_proj.weight"
+                                                   : "model.layers.1.self_attn.q_proj.weight";
+    for (const char* name : {"lm_head.weight", query, "model.layers.1.mlp.gate.weight", "model.embed_tokens.weight"}) {
       const moe::TensorSpec* spec = model.find(name);
       REQUIRE(spec != nullptr);
       float* param = model.params.data() + spec->offset;
