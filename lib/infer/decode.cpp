@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "core/vmath.hpp"
+#include "model/attention_block.hpp"
 #include "moe/router.hpp"
 #include "ops/embedding.hpp"
 #include "ops/rmsnorm.hpp"
@@ -21,10 +22,12 @@ KvCache::KvCache(const ModelConfig& c, int64_t batch_, int64_t max_len_)
     : layers(c.num_hidden_layers),
       batch(batch_),
       max_len(max_len_),
-      kv_heads(c.num_key_value_heads),
+      kv_heads(c.mla() ? 0 : c.num_key_value_heads),
       head_dim(c.head_dim),
+      latent_dim(c.mla() ? *c.kv_lora_rank + c.qk_rope_head_dim : 0),
       k(layers * batch_ * kv_heads * max_len_ * head_dim),
       v(layers * batch_ * kv_heads * max_len_ * head_dim),
+      latent(layers * batch_ * max_len_ * latent_dim),
       length(size_t(batch_), 0) {}
 
 namespace {
@@ -59,6 +62,12 @@ struct ThreadBuffers {
   float *gate, *up;                            // (B*K, max FFN width)
   float* q_rot;                                // (head_dim) one rotated query
   int32_t *expert, *counts, *offsets, *slots;  // (B*K), (E+1), (E+1), (B*K)
+  // MLA only (empty for GQA): rq, rkv the latent ranks, lat = rkv + dr.
+  float *q_lat, *q_lat_n;  // (B, rq) query latent, normed
+  float* q_heads;          // (B, H*(dn+dr)) queries (this thread's heads' columns)
+  float* q_cat;            // (B, H, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
+  float* o_lat;            // (B, H, rkv) attention output in latent space
+  float* kv_lat;           // (B, lat) kv_a_proj_with_mqa output (thread 0)
 
   void plan(const ModelConfig& c, int64_t B, Bump<float>& f, Bump<int32_t>& ib) {
     const int64_t D = c.hidden_size, E = c.n_routed_experts, rows = B * std::max<int64_t>(c.num_experts_per_tok, 1);
@@ -70,6 +79,11 @@ struct ThreadBuffers {
     gate = f.take(rows * width), up = f.take(rows * width);
     q_rot = f.take(c.head_dim);
     expert = ib.take(rows), counts = ib.take(E + 1), offsets = ib.take(E + 1), slots = ib.take(rows);
+    const int64_t H = c.num_attention_heads, rq = c.q_lora_rank.value_or(0), rkv = c.kv_lora_rank.value_or(0);
+    const int64_t lat = c.mla() ? rkv + c.qk_rope_head_dim : 0;
+    q_lat = f.take(B * rq), q_lat_n = f.take(B * rq);
+    q_heads = f.take(c.mla() ? B * H * c.qk_head_dim() : 0);
+    q_cat = f.take(B * H * lat), o_lat = f.take(B * H * rkv), kv_lat = f.take(B * lat);
   }
 };
 
@@ -193,6 +207,91 @@ struct Decoder::ThreadStep {
     mm(true, n, D, nq, a.attn + q0, qd, lw.o_proj + q0, qd, part, D, false);
   }
 
+  // Phase 1 of an MLA layer, absorbed (DeepSeek's inference "absorb" path): the cache holds only
+  // the normed latent and the shared rotated key, so each head's key part of kv_b_proj is folded
+  // into its query (q_nope · W_kb, width rkv) and its value part applied after the weighted sum
+  // over latents (W_vb · Σ p_j c_j). Scores are then one dot product of width rkv + dr per cached
+  // token: [q_nope W_kb | rope(q_rope)] · [c_j | k_rope_j].
+  void mla_attention(int64_t l, const LayerWeights& lw, LayerActivations& a) {
+    KvCache& cache = d.cache_;
+    const int64_t H = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+    const int64_t dqk = dn + dr, rkv = *c.kv_lora_rank, lat = rkv + dr, L = cache.max_len, qd = H * dqk;
+    const float scale = 1.0f / std::sqrt(float(dqk));
+    float* part = partial(0, t);
+    // Thread 0 appends this step's latent and rotated key to the cache while the others project
+    // their heads' queries; the barrier publishes the new rows.
+    if (t == 0) {
+      mm(true, n, lat, D, buf.xn, D, lw.kv_a_proj_with_mqa, D, buf.kv_lat, lat, false);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t b = seq[i], pos = cache.length[size_t(b)];
+        float* row = cache.latent_at(l, b) + pos * lat;
+        rmsnorm_row(buf.kv_lat + i * lat, lw.kv_a_layernorm, row, rkv, kMlaLatentNormEps);
+        rope_rotate(d.model_.rope, buf.kv_lat + i * lat + rkv, row + rkv, pos);
+      }
+    }
+    const Range heads = slice(H, t, T, 1);
+    const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk;
+    if (nq > 0) {
+      if (c.q_lora_rank) {
+        const int64_t rq = *c.q_lora_rank;
+        mm(true, n, rq, D, buf.xn, D, lw.q_a_proj, D, buf.q_lat, rq, false);
+        for (int64_t i = 0; i < n; ++i)
+          rmsnorm_row(buf.q_lat + i * rq, lw.q_a_layernorm, buf.q_lat_n + i * rq, rq, kMlaLatentNormEps);
+        mm(true, n, nq, rq, buf.q_lat_n, rq, lw.q_b_proj + q0 * rq, rq, buf.q_heads + q0, qd, false);
+      } else {
+        mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, buf.q_heads + q0, qd, false);
+      }
+      for (int64_t h = heads.begin; h < heads.end; ++h) {
+        // (n, dn) · W_kb_h (dn, rkv): rows h·(dn+dv) .. +dn of kv_b_proj.
+        mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv,
+           buf.q_cat + h * lat, H * lat, false);
+        for (int64_t i = 0; i < n; ++i)
+          rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * H + h) * lat + rkv,
+                      cache.length[size_t(seq[i])]);
+      }
+    }
+#pragma omp barrier
+    if (nq == 0) {
+      std::fill_n(part, n * D, 0.0f);
+      return;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = seq[i], len = cache.length[size_t(b)] + 1;
+      const float* rows = cache.latent_at(l, b);
+      for (int64_t h = heads.begin; h < heads.end; ++h) {
+        const float* q = buf.q_cat + (i * H + h) * lat;
+        float* p = d.attn_scratch_.data() + (i * H + h) * L;
+        float max = -INFINITY;
+        for (int64_t j = 0; j < len; ++j) {
+          float dot = 0.0f;
+          const float* row = rows + j * lat;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t e = 0; e < lat; ++e) dot += q[e] * row[e];
+          p[j] = dot * scale;
+          max = std::max(max, p[j]);
+        }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast(p[j] - max));
+        float* o = buf.o_lat + (i * H + h) * rkv;
+        std::fill_n(o, rkv, 0.0f);
+        for (int64_t j = 0; j < len; ++j) {
+          const float pj = p[j] / sum;
+          const float* row = rows + j * lat;
+#pragma omp simd
+          for (int64_t e = 0; e < rkv; ++e) o[e] += pj * row[e];
+        }
+      }
+    }
+    // out_h (n, dv) = o_lat_h (n, rkv) · W_vb_hᵀ, W_vb_h = rows h·(dn+dv)+dn .. +dv of kv_b_proj.
+    for (int64_t h = heads.begin; h < heads.end; ++h)
+      mm(true, n, dv, rkv, buf.o_lat + h * rkv, H * rkv, lw.kv_b_proj + (h * (dn + dv) + dn) * rkv, rkv,
+         a.attn + h * dv, H * dv, false);
+    // o_proj (D, H·dv): this thread's heads' columns -> a partial sum.
+    mm(true, n, D, heads.size() * dv, a.attn + heads.begin * dv, H * dv, lw.o_proj + heads.begin * dv, H * dv, part, D,
+       false);
+  }
+
   // Phase 2 of an MoE layer: route every token (redundantly on each thread: tiny), then this
   // thread's slice of the shared experts and of every chosen expert -> partial sum 1.
   void moe(const MoeWeights& mw, LayerActivations& a, RouteScratch& route) {
@@ -241,7 +340,8 @@ struct Decoder::ThreadStep {
       const LayerWeights& lw = w.layers[size_t(l)];
       LayerActivations& a = d.step_ws_.layers[size_t(l)];
       for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, lw.input_layernorm, buf.xn + i * D, D, eps);
-      attention(l, lw, a);
+      if (c.mla()) mla_attention(l, lw, a);
+      else attention(l, lw, a);
 #pragma omp barrier
       // Every thread forms the same h and normed input; then its slice of the FFN.
       reduce(buf.x, 0, buf.h);
@@ -287,7 +387,17 @@ const float* Decoder::prefill(ComputeContext& ctx, int64_t b, const std::vector<
   // The prompt's own workspace: allocated once per prompt, not per token.
   Workspace ws(c, 1, T, false);
   model_forward(ctx, model_, ws, prompt.data(), nullptr);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+  for (int64_t l = 0; l < c.num_hidden_layers && c.mla(); ++l) {
+    // The latent cache rows: [rmsnorm(c_kv) | rope(k_rope)] of every prompt position.
+    const LayerActivations& a = ws.layers[size_t(l)];
+    const int64_t rkv = *c.kv_lora_rank, dr = c.qk_rope_head_dim;
+    float* rows = cache_.latent_at(l, b);
+    for (int64_t t = 0; t < T; ++t) {
+      std::memcpy(rows + t * (rkv + dr), a.ckv_n + t * rkv, sizeof(float) * rkv);
+      std::memcpy(rows + t * (rkv + dr) + rkv, a.k_rope + t * dr, sizeof(float) * dr);
+    }
+  }
+  for (int64_t l = 0; l < c.num_hidden_layers && !c.mla(); ++l)
     for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
       // ws k/v are (1, Hkv, T, hd): each head's T rows are contiguous, as in the cache.
       std::memcpy(cache_.k_at(l, b, h), ws.layers[size_t(l)].k + h * T * hd, sizeof(float) * T * hd);

@@ -27,12 +27,17 @@
 
 namespace moe {
 
+// GQA caches every KV head's rotated key and value; MLA caches per token only the normed latent
+// rmsnorm(c_kv) and the shared rotated key part: (r_kv + d_r) floats per token and layer.
 struct KvCache {
   int64_t layers = 0, batch = 0, max_len = 0, kv_heads = 0, head_dim = 0;
-  Buffer<float> k, v;           // (L, batch, Hkv, max_len, hd) each, keys after RoPE
+  int64_t latent_dim = 0;       // MLA: r_kv + d_r; 0 for GQA
+  Buffer<float> k, v;           // GQA: (L, batch, Hkv, max_len, hd) each, keys after RoPE
+  Buffer<float> latent;         // MLA: (L, batch, max_len, r_kv + d_r): [rmsnorm(c_kv) | rope(k_rope)]
   std::vector<int64_t> length;  // tokens cached per sequence
 
   KvCache(const ModelConfig& c, int64_t batch, int64_t max_len);
+  float* latent_at(int64_t l, int64_t b) { return latent.data() + (l * batch + b) * max_len * latent_dim; }
   float* k_at(int64_t l, int64_t b, int64_t h) {
     return k.data() + (((l * batch + b) * kv_heads + h) * max_len) * head_dim;
   }

@@ -11,9 +11,7 @@ namespace moe {
 
 namespace {
 
-// Hugging Face builds q_a_layernorm and kv_a_layernorm with its default epsilon, whatever
-// rms_norm_eps says; released DeepSeek-V3 weights were trained with that.
-constexpr float kLatentNormEps = 1e-6f;
+constexpr float kLatentNormEps = kMlaLatentNormEps;
 
 void gqa_forward(ComputeContext& ctx, const Model& model, const LayerWeights& lw, LayerActivations& a, Workspace& ws) {
   const ModelConfig& c = model.config;

@@ -9,6 +9,10 @@
 
 namespace moe {
 
+// Hugging Face builds q_a_layernorm and kv_a_layernorm with its default epsilon, whatever
+// rms_norm_eps says; released DeepSeek-V3 weights were trained with that.
+constexpr float kMlaLatentNormEps = 1e-6f;
+
 // Reads a.xn1 (N, D); saves what backward needs in `a`; adds o_proj's output into a.h, which must
 // hold the residual input x.
 void attention_block_forward(ComputeContext& ctx, const Model& model, const LayerWeights& lw, LayerActivations& a,

@@ -53,11 +53,23 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
   char line[256];
   std::snprintf(line, sizeof line, "model %s\n", source.c_str());
   out += line;
-  std::snprintf(line, sizeof line,
-                "  %lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads (%lld kv) x %lld, context %lld\n",
-                (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
-                (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.num_key_value_heads,
-                (long long)c.head_dim, (long long)c.max_position_embeddings);
+  if (c.mla()) {
+    std::snprintf(line, sizeof line,
+                  "  %lld layers (%lld dense, %lld MoE), hidden %lld, context %lld\n"
+                  "  MLA: %lld heads, query/key %lld (d_n) + %lld (d_r, RoPE %s), value %lld; latents: query %s, "
+                  "key/value %lld\n",
+                  (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+                  (long long)c.hidden_size, (long long)c.max_position_embeddings, (long long)c.num_attention_heads,
+                  (long long)c.qk_nope_head_dim, (long long)c.qk_rope_head_dim,
+                  c.rope_interleave ? "adjacent pairs" : "halves", (long long)c.v_head_dim,
+                  c.q_lora_rank ? std::to_string(*c.q_lora_rank).c_str() : "none (q_proj)", (long long)*c.kv_lora_rank);
+  } else {
+    std::snprintf(line, sizeof line,
+                  "  %lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads (%lld kv) x %lld, context %lld\n",
+                  (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+                  (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.num_key_value_heads,
+                  (long long)c.head_dim, (long long)c.max_position_embeddings);
+  }
   out += line;
   if (c.num_moe_layers() > 0) {
     std::snprintf(
@@ -89,6 +101,26 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
                   (long long)s.state);
     out += line;
   }
+  if (c.mla()) {
+    // What decoding caches: MLA keeps the normed latent and the shared rotated key per token and
+    // layer; multi-head attention with these heads would keep every head's key and value.
+    const double mla = kv_cache_bytes_per_token(c), mha = kv_cache_bytes_per_token(c, /*as_gqa=*/true);
+    std::snprintf(line, sizeof line,
+                  "  KV cache: %.0f bytes per token (all layers; %lld latent + %lld key floats per layer), %.1f MiB "
+                  "at context %lld;\n  multi-head attention with the same heads would need %.0f bytes per token "
+                  "(%.1fx more)\n",
+                  mla, (long long)*c.kv_lora_rank, (long long)c.qk_rope_head_dim,
+                  mla * double(c.max_position_embeddings) / double(1 << 20), (long long)c.max_position_embeddings, mha,
+                  mha / mla);
+  } else {
+    std::snprintf(line, sizeof line,
+                  "  KV cache: %.0f bytes per token (all layers; keys and values of %lld kv heads x %lld), %.1f MiB "
+                  "at context %lld\n",
+                  kv_cache_bytes_per_token(c), (long long)c.num_key_value_heads, (long long)c.head_dim,
+                  kv_cache_bytes_per_token(c) * double(c.max_position_embeddings) / double(1 << 20),
+                  (long long)c.max_position_embeddings);
+  }
+  out += line;
   return out;
 }
 
@@ -101,6 +133,8 @@ nlohmann::json summary_json(const ModelConfig& c) {
           {"activated_per_token", s.activated},
           {"activated_ratio", double(s.activated) / double(s.total)},
           {"routing_bias_state", s.state},
+          {"kv_cache_bytes_per_token", kv_cache_bytes_per_token(c)},
+          {"kv_cache_bytes_per_token_mha", kv_cache_bytes_per_token(c, /*as_gqa=*/true)},
           {"parts", parts}};
 }
 
