@@ -22,19 +22,33 @@ bool is_mla(const ModelConfig& m) { return m.mla(); }
 
 // Keys of a Hugging Face config.json that do not change the model's math: accepted and ignored.
 const char* const kIgnoredCheckpointKeys[] = {
-    "architectures", "torch_dtype",  "dtype",          "transformers_version", "_name_or_path",        "auto_map",
-    "use_cache",     "bos_token_id", "eos_token_id",   "pad_token_id",         "pretraining_tp",       "ep_size",
-    "attention_dropout", "aux_loss_alpha", "seq_aux", "output_router_logits", "router_aux_loss_coef",
+    "architectures",     "torch_dtype",    "dtype",        "transformers_version", "_name_or_path",        "auto_map",
+    "use_cache",         "bos_token_id",   "eos_token_id", "pad_token_id",         "pretraining_tp",       "ep_size",
+    "attention_dropout", "aux_loss_alpha", "seq_aux",      "output_router_logits", "router_aux_loss_coef",
 };
 
 // A deepseek_v3 config.json must give these: where moe's defaults differ from Hugging Face's, a
 // missing key would silently build another model.
 const char* const kRequiredDeepseekKeys[] = {
-    "vocab_size",         "hidden_size",       "num_hidden_layers",     "num_attention_heads",
-    "intermediate_size",  "moe_intermediate_size", "first_k_dense_replace", "n_shared_experts",
-    "n_routed_experts",   "num_experts_per_tok",   "n_group",               "topk_group",
-    "routed_scaling_factor", "max_position_embeddings", "q_lora_rank",     "kv_lora_rank",
-    "qk_nope_head_dim",   "qk_rope_head_dim",  "v_head_dim",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "moe_intermediate_size",
+    "first_k_dense_replace",
+    "n_shared_experts",
+    "n_routed_experts",
+    "num_experts_per_tok",
+    "n_group",
+    "topk_group",
+    "routed_scaling_factor",
+    "max_position_embeddings",
+    "q_lora_rank",
+    "kv_lora_rank",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
 };
 
 }  // namespace
@@ -71,12 +85,12 @@ const std::vector<Field<ModelConfig>>& model_fields() {
       {"initializer_range", &M::initializer_range, Check::positive_finite, 0, "Std of the initial weights"},
       {"q_lora_rank", &M::q_lora_rank, Check::positive, kMaxSize, "MLA query latent width (null: q_proj)", nullptr,
        is_mla},
-      {"kv_lora_rank", &M::kv_lora_rank, Check::positive, kMaxSize, "MLA key/value latent width (null: GQA)",
-       nullptr, is_mla},
+      {"kv_lora_rank", &M::kv_lora_rank, Check::positive, kMaxSize, "MLA key/value latent width (null: GQA)", nullptr,
+       is_mla},
       {"qk_nope_head_dim", &M::qk_nope_head_dim, Check::non_negative, kMaxSize, "MLA query/key width without RoPE",
        nullptr, is_mla},
-      {"qk_rope_head_dim", &M::qk_rope_head_dim, Check::non_negative, kMaxSize, "MLA rotated query/key width",
-       nullptr, is_mla},
+      {"qk_rope_head_dim", &M::qk_rope_head_dim, Check::non_negative, kMaxSize, "MLA rotated query/key width", nullptr,
+       is_mla},
       {"v_head_dim", &M::v_head_dim, Check::non_negative, kMaxSize, "MLA value width per head", nullptr, is_mla},
       {"rope_interleave", &M::rope_interleave, Check::any, 0, "RoPE on adjacent pairs (true) or halves", nullptr,
        is_mla},
@@ -165,8 +179,7 @@ void validate(const ModelConfig& m, const std::string& where) {
       fail(at + "num_nextn_predict_layers: multi-token prediction is not implemented yet; expected 0, got " +
            std::to_string(m.num_nextn_predict_layers));
   } else {
-    if (m.q_lora_rank)
-      fail(at + "q_lora_rank: needs kv_lora_rank (multi-head latent attention); set both or neither");
+    if (m.q_lora_rank) fail(at + "q_lora_rank: needs kv_lora_rank (multi-head latent attention); set both or neither");
     if (m.num_nextn_predict_layers > 0)
       fail(at + "num_nextn_predict_layers: multi-token prediction needs an MLA model (kv_lora_rank set)");
   }
@@ -242,11 +255,12 @@ double activation_bytes_estimate(const ModelConfig& m, int64_t batch, int64_t se
                                    (4.0 * double(m.num_attention_heads) * double(m.qk_head_dim() + m.v_head_dim) +
                                     4.0 * double(*m.kv_lora_rank + m.q_lora_rank.value_or(0)))
                              : 0.0;
-  const double floats = mla +
-      double(batch) * double(seq) *
-      (double(m.num_hidden_layers) * (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
-                                      6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
-       4.0 * double(m.vocab_size));
+  const double floats =
+      mla + double(batch) * double(seq) *
+                (double(m.num_hidden_layers) *
+                     (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
+                      6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
+                 4.0 * double(m.vocab_size));
   return 4.0 * floats;
 }
 

@@ -41,12 +41,12 @@ struct ModelConfig {
   double initializer_range = 0.02;
   // Multi-head latent attention (DeepSeek-V3), used when kv_lora_rank is set; without it the
   // attention is grouped-query (num_key_value_heads, head_dim above).
-  std::optional<int64_t> q_lora_rank;   // r_q: q = q_b_proj(rmsnorm(q_a_proj(x))); null: q = q_proj(x)
-  std::optional<int64_t> kv_lora_rank;  // r_kv: the cached latent width
-  int64_t qk_nope_head_dim = 0;         // d_n: the part of each query/key head without RoPE
-  int64_t qk_rope_head_dim = 0;         // d_r: the rotated part (the key's is shared by all heads)
-  int64_t v_head_dim = 0;               // d_v
-  bool rope_interleave = true;          // RoPE rotates adjacent pairs (HF's interleave), else halves
+  std::optional<int64_t> q_lora_rank;    // r_q: q = q_b_proj(rmsnorm(q_a_proj(x))); null: q = q_proj(x)
+  std::optional<int64_t> kv_lora_rank;   // r_kv: the cached latent width
+  int64_t qk_nope_head_dim = 0;          // d_n: the part of each query/key head without RoPE
+  int64_t qk_rope_head_dim = 0;          // d_r: the rotated part (the key's is shared by all heads)
+  int64_t v_head_dim = 0;                // d_v
+  bool rope_interleave = true;           // RoPE rotates adjacent pairs (HF's interleave), else halves
   int64_t num_nextn_predict_layers = 0;  // multi-token-prediction modules
 
   bool mla() const { return kv_lora_rank.has_value(); }

@@ -243,8 +243,8 @@ struct Decoder::ThreadStep {
       }
       for (int64_t h = heads.begin; h < heads.end; ++h) {
         // (n, dn) · W_kb_h (dn, rkv): rows h·(dn+dv) .. +dn of kv_b_proj.
-        mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv,
-           buf.q_cat + h * lat, H * lat, false);
+        mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + h * lat,
+           H * lat, false);
         for (int64_t i = 0; i < n; ++i)
           rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * H + h) * lat + rkv,
                       cache.length[size_t(seq[i])]);
@@ -340,8 +340,10 @@ struct Decoder::ThreadStep {
       const LayerWeights& lw = w.layers[size_t(l)];
       LayerActivations& a = d.step_ws_.layers[size_t(l)];
       for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, lw.input_layernorm, buf.xn + i * D, D, eps);
-      if (c.mla()) mla_attention(l, lw, a);
-      else attention(l, lw, a);
+      if (c.mla())
+        mla_attention(l, lw, a);
+      else
+        attention(l, lw, a);
 #pragma omp barrier
       // Every thread forms the same h and normed input; then its slice of the FFN.
       reduce(buf.x, 0, buf.h);

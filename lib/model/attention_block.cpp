@@ -55,9 +55,9 @@ void mla_forward(ComputeContext& ctx, const Model& model, const LayerWeights& lw
   const int64_t B = ws.B, T = ws.T, N = B * T, D = c.hidden_size, H = c.num_attention_heads;
   const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim, dqk = dn + dr;
   const int64_t rkv = *c.kv_lora_rank;
-  float* q = ws.q_flat;         // (N, H·dqk)
+  float* q = ws.q_flat;           // (N, H·dqk)
   float* k_rope_raw = ws.k_flat;  // (N, dr)
-  float* kv = ws.v_flat;        // (N, H·(dn+dv))
+  float* kv = ws.v_flat;          // (N, H·(dn+dv))
   if (c.q_lora_rank) {
     const int64_t rq = *c.q_lora_rank;
     linear_forward(ctx, a.xn1, lw.q_a_proj, a.q_lat, N, D, rq);
@@ -105,11 +105,11 @@ void mla_backward(ComputeContext& ctx, const Model& model, const LayerWeights& l
   float* d_k_rope_raw = ws.k_flat;  // (N, dr)
   float* d_kv = ws.v_flat;          // (N, H·(dn+dv))
   const int64_t rq = c.q_lora_rank.value_or(0);
-  float* d_ckv_n = ws.d_latent;              // (N, rkv)
-  float* d_c_kv = d_ckv_n + N * rkv;         // (N, rkv)
-  float* d_q_lat_n = d_c_kv + N * rkv;       // (N, rq)
-  float* d_q_lat = d_q_lat_n + N * rq;       // (N, rq)
-  float* rope_sum = d_q_lat + N * rq;        // (N, dr)
+  float* d_ckv_n = ws.d_latent;         // (N, rkv)
+  float* d_c_kv = d_ckv_n + N * rkv;    // (N, rkv)
+  float* d_q_lat_n = d_c_kv + N * rkv;  // (N, rq)
+  float* d_q_lat = d_q_lat_n + N * rq;  // (N, rq)
+  float* rope_sum = d_q_lat + N * rq;   // (N, dr)
   // Undo the head assembly; the shared rotated key collects the gradient of every head, and the
   // rotation is linear, so the sum is rotated back once.
 #pragma omp parallel for collapse(2) schedule(static)
@@ -136,8 +136,8 @@ void mla_backward(ComputeContext& ctx, const Model& model, const LayerWeights& l
   std::fill_n(d_c_kv, N * rkv, 0.0f);
   rmsnorm_backward(a.c_kv, lw.kv_a_layernorm, a.rstd_kv, d_ckv_n, d_c_kv, lg.kv_a_layernorm, N, rkv);
   linear_backward(ctx, a.xn1, lw.kv_a_proj_with_mqa, d_c_kv, ws.d_norm, lg.kv_a_proj_with_mqa, N, D, rkv, false);
-  linear_backward(ctx, a.xn1, lw.kv_a_proj_with_mqa + rkv * D, d_k_rope_raw, ws.d_norm,
-                  lg.kv_a_proj_with_mqa + rkv * D, N, D, dr, true);
+  linear_backward(ctx, a.xn1, lw.kv_a_proj_with_mqa + rkv * D, d_k_rope_raw, ws.d_norm, lg.kv_a_proj_with_mqa + rkv * D,
+                  N, D, dr, true);
   if (c.q_lora_rank) {
     linear_backward(ctx, a.q_lat_n, lw.q_b_proj, d_q, d_q_lat_n, lg.q_b_proj, N, rq, H * dqk, false);
     std::fill_n(d_q_lat, N * rq, 0.0f);
@@ -161,8 +161,10 @@ void attention_block_forward(ComputeContext& ctx, const Model& model, const Laye
                              Workspace& ws) {
   const ModelConfig& c = model.config;
   const int64_t N = ws.B * ws.T, D = c.hidden_size;
-  if (c.mla()) mla_forward(ctx, model, lw, a, ws);
-  else gqa_forward(ctx, model, lw, a, ws);
+  if (c.mla())
+    mla_forward(ctx, model, lw, a, ws);
+  else
+    gqa_forward(ctx, model, lw, a, ws);
   gemm(ctx, false, true, N, D, c.attn_dim(), a.attn, c.attn_dim(), lw.o_proj, c.attn_dim(), a.h, D,
        /*accumulate=*/true);
 }
@@ -173,8 +175,10 @@ void attention_block_backward(ComputeContext& ctx, const Model& model, const Lay
   const int64_t N = ws.B * ws.T, D = c.hidden_size;
   // h = x + o_proj(attn): d attn into q_flat (forward scratch is free in backward).
   linear_backward(ctx, a.attn, lw.o_proj, ws.d_resid, ws.q_flat, lg.o_proj, N, c.attn_dim(), D, false);
-  if (c.mla()) mla_backward(ctx, model, lw, lg, a, ws);
-  else gqa_backward(ctx, model, lw, lg, a, ws);
+  if (c.mla())
+    mla_backward(ctx, model, lw, lg, a, ws);
+  else
+    gqa_backward(ctx, model, lw, lg, a, ws);
 }
 
 }  // namespace moe

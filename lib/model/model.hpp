@@ -36,8 +36,8 @@ struct Model {
 
 // Activations of one layer, saved in forward for backward.
 struct LayerActivations {
-  float* xn1 = nullptr;         // (N, D) input_layernorm output
-  float* rstd1 = nullptr;       // (N)
+  float* xn1 = nullptr;    // (N, D) input_layernorm output
+  float* rstd1 = nullptr;  // (N)
   // Heads: GQA hd = head_dim, hv = head_dim, Hk = Hkv; MLA hd = dn + dr, hv = dv, Hk = H.
   float* q = nullptr;           // (B, H, T, hd) after RoPE
   float* k = nullptr;           // (B, Hk, T, hd) after RoPE
@@ -53,11 +53,11 @@ struct LayerActivations {
   float* ckv_n = nullptr;    // (N, rkv) after kv_a_layernorm: what the decode cache holds
   float* rstd_kv = nullptr;  // (N)
   float* k_rope = nullptr;   // (N, dr) rotated shared key part: cached too
-  float* h = nullptr;           // (N, D) residual after attention
-  float* xn2 = nullptr;         // (N, D) post_attention_layernorm output
-  float* rstd2 = nullptr;       // (N)
-  FfnSaved dense{};             // (N, I) each, dense layers
-  MoeSaved moe{};               // MoE layers
+  float* h = nullptr;        // (N, D) residual after attention
+  float* xn2 = nullptr;      // (N, D) post_attention_layernorm output
+  float* rstd2 = nullptr;    // (N)
+  FfnSaved dense{};          // (N, I) each, dense layers
+  MoeSaved moe{};            // MoE layers
 };
 
 // Everything a forward/backward over B sequences of T tokens needs, allocated once.

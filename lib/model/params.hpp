@@ -43,13 +43,13 @@ struct LayerWeights {
   float* k_proj = nullptr;  // (Hkv*hd, D)
   float* v_proj = nullptr;  // (Hkv*hd, D)
   // Multi-head latent attention (dn, dr, dv: qk_nope / qk_rope / v head dims; rq, rkv: latent ranks).
-  float* q_a_proj = nullptr;            // (rq, D)
-  float* q_a_layernorm = nullptr;       // (rq)
-  float* q_b_proj = nullptr;            // (H*(dn+dr), rq)
-  float* kv_a_proj_with_mqa = nullptr;  // (rkv+dr, D): [c_kv | k_rope]
-  float* kv_a_layernorm = nullptr;      // (rkv)
-  float* kv_b_proj = nullptr;           // (H*(dn+dv), rkv): per head [k_nope | v]
-  float* o_proj = nullptr;              // (D, H*hd) or (D, H*dv)
+  float* q_a_proj = nullptr;                  // (rq, D)
+  float* q_a_layernorm = nullptr;             // (rq)
+  float* q_b_proj = nullptr;                  // (H*(dn+dr), rq)
+  float* kv_a_proj_with_mqa = nullptr;        // (rkv+dr, D): [c_kv | k_rope]
+  float* kv_a_layernorm = nullptr;            // (rkv)
+  float* kv_b_proj = nullptr;                 // (H*(dn+dv), rkv): per head [k_nope | v]
+  float* o_proj = nullptr;                    // (D, H*hd) or (D, H*dv)
   float* post_attention_layernorm = nullptr;  // (D)
   // Dense FFN (layer < first_k_dense_replace).
   float* gate_proj = nullptr;  // (I, D)

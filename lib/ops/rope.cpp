@@ -36,7 +36,8 @@ void rope_backward(const RopeTable& table, const float* d_out, float* d_in, int6
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < heads; ++h)
-        rope_rotate_back(table, d_out + ((b * heads + h) * T + t) * hd, d_in + ((b * T + t) * heads + h) * hd, pos0 + t);
+        rope_rotate_back(table, d_out + ((b * heads + h) * T + t) * hd, d_in + ((b * T + t) * heads + h) * hd,
+                         pos0 + t);
 }
 
 void split_heads(const float* in, float* out, int64_t B, int64_t T, int64_t heads, int64_t hd) {

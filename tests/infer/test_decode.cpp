@@ -257,7 +257,8 @@ TEST_CASE("MLA latent-cache decode equals the full forward for 1-3 threads and s
         const float* logits = decoder.prefill(ctx, b, prompt, nullptr);
         const std::vector<float> reference = full_forward_last(ctx, model, prompt);
         double max_diff = 0;
-        for (int64_t v = 0; v < V; ++v) max_diff = std::max(max_diff, double(std::fabs(logits[v] - reference[size_t(v)])));
+        for (int64_t v = 0; v < V; ++v)
+          max_diff = std::max(max_diff, double(std::fabs(logits[v] - reference[size_t(v)])));
         CHECK(max_diff < 1e-5);
         seqs.push_back(prompt);
       }

@@ -38,7 +38,9 @@ std::vector<Variant> variants() {
   m.rms_norm_eps = 1e-5;  // differs from the latent norms' fixed 1e-6, so a mix-up shows
   moe::ModelConfig n = m;
   n.q_lora_rank.reset(), n.rope_interleave = false, n.num_hidden_layers = 2;
-  return {{"sigmoid, grouped, GQA", a}, {"softmax, MHA, no norm", b}, {"MLA, q latent, interleaved RoPE", m},
+  return {{"sigmoid, grouped, GQA", a},
+          {"softmax, MHA, no norm", b},
+          {"MLA, q latent, interleaved RoPE", m},
           {"MLA, q_proj, half-split RoPE", n}};
 }
 
@@ -51,8 +53,8 @@ struct ReferenceResult {
 using Lookup = std::function<const float*(const std::string&)>;
 
 // x' = h + ffn(rmsnorm(h)): SwiGLU on dense layers, the DeepSeek-V3 MoE on the others.
-ref::DVec ffn_reference(const moe::ModelConfig& c, const Lookup& W, const std::string& p, const ref::DVec& h,
-                        int64_t N, int64_t l, ReferenceResult& result) {
+ref::DVec ffn_reference(const moe::ModelConfig& c, const Lookup& W, const std::string& p, const ref::DVec& h, int64_t N,
+                        int64_t l, ReferenceResult& result) {
   const int64_t D = c.hidden_size;
   const ref::DVec hn = ref::rmsnorm(h.data(), W(p + "post_attention_layernorm.weight"), N, D, c.rms_norm_eps);
   ref::DVec f;
@@ -105,8 +107,10 @@ ref::DVec mla_reference(const moe::ModelConfig& c, const Lookup& W, const std::s
   const ref::DVec ckvn = ref::rmsnorm(ckv.data(), W(p + "self_attn.kv_a_layernorm.weight"), N, rkv, latent_eps);
   const ref::DVec kv = ref::linear(ckvn.data(), W(p + "self_attn.kv_b_proj.weight"), N, rkv, H * (dn + dv));
   auto rope = [&](const double* in, double* out, int64_t pos) {
-    if (c.rope_interleave) ref::rope_vector_adjacent(in, out, dr, pos, c.rope_theta);
-    else ref::rope_vector(in, out, dr, pos, c.rope_theta);
+    if (c.rope_interleave)
+      ref::rope_vector_adjacent(in, out, dr, pos, c.rope_theta);
+    else
+      ref::rope_vector(in, out, dr, pos, c.rope_theta);
   };
   ref::DVec attn(size_t(N * H * dv));
   for (int64_t b = 0; b < B; ++b) {
