@@ -42,7 +42,7 @@ struct InspectFlags {
 struct Target {
   std::string path, name;
   std::string metrics;      // metrics.jsonl, if any
-  bool checkpoint = false;  // config.json + model.safetensors
+  bool checkpoint = false;  // config.json + model.safetensors (or its sharded index)
   std::optional<ModelConfig> model;
 };
 
@@ -55,7 +55,7 @@ Target classify(const std::string& path) {
   if (is_directory(path)) {
     if (path_exists(path + "/metrics.jsonl")) t.metrics = path + "/metrics.jsonl";
     if (path_exists(path + "/config.json")) t.model = load_checkpoint_config(path);
-    t.checkpoint = t.model && path_exists(path + "/model.safetensors");
+    t.checkpoint = t.model && holds_checkpoint_tensors(path);
     if (t.metrics.empty() && !t.model)
       fail(path + ": not a run or checkpoint directory (no metrics.jsonl, no config.json)");
     return t;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -16,6 +17,9 @@
 namespace moe {
 
 using nlohmann::json;
+
+// Tensor data is little-endian; it is copied byte for byte into floats and halves.
+static_assert(std::endian::native == std::endian::little, "the safetensors reader assumes a little-endian host");
 
 namespace {
 
@@ -104,6 +108,55 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
   out.commit();
 }
 
+size_t safetensors_dtype_size(const std::string& dtype) {
+  if (dtype == "F32") return 4;
+  if (dtype == "BF16" || dtype == "F16") return 2;
+  return 0;
+}
+
+float bf16_to_float(uint16_t bits) { return std::bit_cast<float>(uint32_t(bits) << 16); }
+
+float f16_to_float(uint16_t bits) {
+  const uint32_t sign = uint32_t(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu, mantissa = bits & 0x3ffu;
+  if (exponent == 0x1f)  // infinity (mantissa 0) or NaN (payload kept)
+    return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13));
+  if (exponent != 0)  // normal: rebias the exponent from 15 to 127
+    return std::bit_cast<float>(sign | ((exponent + 127 - 15) << 23) | (mantissa << 13));
+  // Zero or subnormal: mantissa * 2^-24, exact in float32 (a normal number there).
+  const float magnitude = float(mantissa) * 0x1p-24f;
+  return std::bit_cast<float>(sign | std::bit_cast<uint32_t>(magnitude));
+}
+
+const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
+  const auto it = tensors.find(name);
+  if (it == tensors.end()) fail(path + ": no tensor \"" + name + "\"");
+  return it->second;
+}
+
+const float* SafetensorsFile::f32(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  if (e.dtype != "F32") fail(path + ": tensor \"" + name + "\" is " + e.dtype + ", not F32");
+  return reinterpret_cast<const float*>(data.data() + e.begin);
+}
+
+void SafetensorsFile::copy_f32(const std::string& name, float* dest) const {
+  const SafetensorsEntry& e = entry(name);
+  const char* src = data.data() + e.begin;
+  const uint64_t bytes = e.end - e.begin;  // numel * element size, checked by the reader
+  if (bytes == 0) return;                  // dest may be null for an empty tensor
+  if (e.dtype == "F32") {
+    std::memcpy(dest, src, bytes);
+    return;
+  }
+  float (*convert)(uint16_t) = e.dtype == "BF16" ? bf16_to_float : f16_to_float;
+  for (uint64_t i = 0; i < bytes / 2; ++i) {
+    uint16_t half;
+    std::memcpy(&half, src + 2 * i, 2);
+    dest[i] = convert(half);
+  }
+}
+
 SafetensorsFile read_safetensors(const std::string& path) {
   SafetensorsFile file;
   file.path = path;
@@ -151,7 +204,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
     SafetensorsEntry e;
     if (!v["dtype"].is_string()) fail(at + ": dtype is not a string");
     e.dtype = v["dtype"].get<std::string>();
-    if (e.dtype != "F32") fail(at + ": dtype " + e.dtype + " is not supported (expected F32)");
+    const uint64_t element_size = safetensors_dtype_size(e.dtype);
+    if (element_size == 0) fail(at + " has dtype " + e.dtype + "; moe reads F32, BF16 and F16");
     if (!v["shape"].is_array()) fail(at + ": shape is not an array");
     // numel: the product of the dimensions; span: the same with zeros counted as ones, bounded
     // too, so that an empty tensor of shape [0, 2^40, 2^40] cannot overflow a product of its
@@ -173,10 +227,15 @@ SafetensorsFile read_safetensors(const std::string& path) {
     if (e.begin > e.end || e.end > data_size)
       fail(at + ": data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
            "] out of range (data section is " + std::to_string(data_size) + " bytes)");
-    if (e.end - e.begin != numel * 4)
+    // numel <= 2^40 and element_size <= 4: the product cannot overflow.
+    if (e.end - e.begin != numel * element_size)
       fail(at + ": data_offsets cover " + std::to_string(e.end - e.begin) + " bytes but shape needs " +
-           std::to_string(numel * 4));
-    if (e.begin % 4 != 0) fail(at + ": data offset is not 4-byte aligned");
+           std::to_string(numel * element_size) + " (" + e.dtype + ")");
+    // Writers (HF's included) order tensors by falling alignment, so every tensor starts at a
+    // multiple of its element size; f32() hands out a float pointer into the data.
+    if (e.begin % element_size != 0)
+      fail(at + ": data offset " + std::to_string(e.begin) + " is not " + std::to_string(element_size) +
+           "-byte aligned (" + e.dtype + ")");
     ranges.push_back({e.begin, e.end});
     file.tensors[name] = e;
   }

@@ -1,6 +1,8 @@
-// The safetensors file format (8-byte little-endian header length, JSON header, raw data), F32
-// only, with a reader that checks every offset and size before trusting it, and atomic writes.
+// The safetensors file format (8-byte little-endian header length, JSON header, raw data): a reader
+// of F32, BF16 and F16 tensors that checks every offset and size before trusting it and converts to
+// float32 on copy, and an F32-only writer with atomic writes.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -20,10 +22,21 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
   std::vector<char> data;  // the data section
 
-  const float* f32(const std::string& name) const {
-    return reinterpret_cast<const float*>(data.data() + tensors.at(name).begin);
-  }
+  // The values of an F32 tensor in place; Error for a missing tensor or another dtype.
+  const float* f32(const std::string& name) const;
+  // Copies the tensor's numel values, converted to float32 (exactly: every BF16 and F16 value is a
+  // float32), to `dest`; Error for a missing tensor.
+  void copy_f32(const std::string& name, float* dest) const;
+  const SafetensorsEntry& entry(const std::string& name) const;
 };
+
+// Bytes per element of the dtypes the reader accepts ("F32" 4, "BF16" 2, "F16" 2); 0 for any other.
+size_t safetensors_dtype_size(const std::string& dtype);
+
+// BF16: the upper 16 bits of an IEEE float32. F16: IEEE half (1 sign, 5 exponent, 10 mantissa bits),
+// subnormals, infinities and NaN included.
+float bf16_to_float(uint16_t bits);
+float f16_to_float(uint16_t bits);
 
 // Throws Error naming the path and the problem for any malformed file.
 SafetensorsFile read_safetensors(const std::string& path);

@@ -26,7 +26,7 @@ void save_checkpoint(const std::string& dir, const Model& model) {
   std::vector<TensorRef> refs;
   for (const TensorSpec& spec : model.layout.tensors)
     refs.push_back({spec.name, spec.shape, model.params.data() + spec.offset});
-  write_safetensors(dir + "/model.safetensors", refs, {{"format", "pt"}, {"producer", "moe " MOE_VERSION}});
+  write_safetensors(dir + "/" + kModelFile, refs, {{"format", "pt"}, {"producer", "moe " MOE_VERSION}});
   write_file_atomic(dir + "/config.json", to_json(model.config).dump(2) + "\n");
 }
 
@@ -35,34 +35,35 @@ ModelConfig load_checkpoint_config(const std::string& dir) {
   return model_config_from_json(read_json_file(path), path, true);
 }
 
-void load_tensors_into(const SafetensorsFile& file, const Model& model, float* dest) {
+void load_tensors_into(const CheckpointTensors& tensors, const Model& model, float* dest) {
   for (const TensorSpec& spec : model.layout.tensors) {
     const std::string& name = spec.name;
-    auto it = file.tensors.find(name);
-    if (it == file.tensors.end()) fail(file.path + ": missing tensor \"" + name + "\"");
-    if (it->second.shape != spec.shape)
-      fail(file.path + ": tensor \"" + name + "\" has shape " + shape_text(it->second.shape) + ", config implies " +
+    if (!tensors.contains(name)) fail(tensors.source() + ": missing tensor \"" + name + "\"");
+    const std::string& file = tensors.file_of(name);
+    if (tensors.shape(name) != spec.shape)
+      fail(file + ": tensor \"" + name + "\" has shape " + shape_text(tensors.shape(name)) + ", config implies " +
            shape_text(spec.shape));
-    const float* src = file.f32(name);
+    float* values = dest + spec.offset;
+    tensors.copy_f32(name, values);
+    // Checked after conversion: a BF16 or F16 infinity or NaN is one in float32 too.
     for (int64_t i = 0; i < spec.numel; ++i)
-      if (!std::isfinite(src[i])) fail(file.path + ": tensor \"" + name + "\" holds a non-finite value");
-    std::copy_n(src, spec.numel, dest + spec.offset);
+      if (!std::isfinite(values[i]))
+        fail(file + ": tensor \"" + name + "\" holds a non-finite value (" + tensors.dtype(name) + ")");
   }
-  if (file.tensors.size() != model.layout.tensors.size())
-    for (const auto& [name, entry] : file.tensors) {
-      (void)entry;
-      if (!model.find(name)) fail(file.path + ": unknown tensor \"" + name + "\" (not part of this config's model)");
-    }
+  if (tensors.size() != model.layout.tensors.size())
+    for (const std::string& name : tensors.names())
+      if (!model.find(name))
+        fail(tensors.file_of(name) + ": unknown tensor \"" + name + "\" (not part of this config's model)");
 }
 
 std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) fail(dir + ": no such checkpoint directory");
-  if (!S_ISDIR(st.st_mode)) fail(dir + ": expected a checkpoint directory (config.json + model.safetensors)");
+  if (!S_ISDIR(st.st_mode))
+    fail(dir + ": expected a checkpoint directory (config.json + model.safetensors or model.safetensors.index.json)");
   // Inference and evaluation never need gradients.
   auto model = std::make_unique<Model>(load_checkpoint_config(dir), ExpertShard{}, /*with_grads=*/false);
-  const SafetensorsFile file = read_safetensors(dir + "/model.safetensors");
-  load_tensors_into(file, *model, model->params.data());
+  load_tensors_into(CheckpointTensors::open(dir), *model, model->params.data());
   return model;
 }
 

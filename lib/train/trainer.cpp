@@ -403,8 +403,7 @@ void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
   if (to_json(load_checkpoint_config(dir_)) != to_json(mc_))
     fail(state_path + ": its model config differs from the checkpoint's " + dir_ +
          "/config.json; the run directory mixes files of two runs");
-  const SafetensorsFile weights = read_safetensors(dir_ + "/model.safetensors");
-  load_tensors_into(weights, whole, whole.params.data());
+  load_tensors_into(CheckpointTensors::open(dir_), whole, whole.params.data());
   load_optimizer_state(dir_, whole, whole_adam);
   if (start_step_ >= tc_.steps)
     fail(dir_ + ": already trained " + std::to_string(start_step_) + " of " + std::to_string(tc_.steps) +

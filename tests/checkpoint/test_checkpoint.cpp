@@ -374,11 +374,33 @@ TEST_CASE("checkpoint: reader rejects malformed safetensors files", "[checkpoint
                     four_floats));
     REQUIRE_MOE_ERROR(moe::read_safetensors(path), Contains("absurdly large"));
   }
-  SECTION("wrong dtype") {
-    write_bytes(path, safetensors_bytes(header_with({{"dtype", "F16"}, {"shape", {8}}, {"data_offsets", {0, 16}}}),
+  SECTION("dtype other than F32, BF16 and F16") {
+    // Byte counts that would fit the dtype, so that only the dtype itself is wrong.
+    write_bytes(path, safetensors_bytes(header_with({{"dtype", "I8"}, {"shape", {16}}, {"data_offsets", {0, 16}}}),
                                         four_floats));
     REQUIRE_MOE_ERROR(moe::read_safetensors(path),
-                      Contains("tensor \"x\"") && Contains("F16") && Contains("expected F32"));
+                      Contains(path) && Contains("tensor \"x\" has dtype I8; moe reads F32, BF16 and F16"));
+    write_bytes(path, safetensors_bytes(header_with({{"dtype", "F64"}, {"shape", {2}}, {"data_offsets", {0, 16}}}),
+                                        four_floats));
+    REQUIRE_MOE_ERROR(moe::read_safetensors(path), Contains("has dtype F64; moe reads F32, BF16 and F16"));
+    write_bytes(
+        path, safetensors_bytes(header_with({{"dtype", 16}, {"shape", {8}}, {"data_offsets", {0, 16}}}), four_floats));
+    REQUIRE_MOE_ERROR(moe::read_safetensors(path), Contains("dtype is not a string"));
+  }
+  SECTION("byte counts are checked per dtype") {
+    // 16 bytes: four F32 values, but eight BF16 or F16 ones.
+    write_bytes(path, safetensors_bytes(header_with({{"dtype", "BF16"}, {"shape", {4}}, {"data_offsets", {0, 16}}}),
+                                        four_floats));
+    REQUIRE_MOE_ERROR(moe::read_safetensors(path), Contains("cover 16 bytes but shape needs 8 (BF16)"));
+    write_bytes(path, safetensors_bytes(header_with({{"dtype", "F16"}, {"shape", {16}}, {"data_offsets", {0, 16}}}),
+                                        four_floats));
+    REQUIRE_MOE_ERROR(moe::read_safetensors(path), Contains("cover 16 bytes but shape needs 32 (F16)"));
+    write_bytes(path, safetensors_bytes(header_with({{"dtype", "F16"}, {"shape", {7}}, {"data_offsets", {2, 16}}}),
+                                        four_floats));
+    CHECK(moe::read_safetensors(path).tensors.at("x").shape == std::vector<int64_t>{7});  // 2-byte alignment is enough
+    write_bytes(path, safetensors_bytes(header_with({{"dtype", "BF16"}, {"shape", {7}}, {"data_offsets", {1, 15}}}),
+                                        four_floats));
+    REQUIRE_MOE_ERROR(moe::read_safetensors(path), Contains("data offset 1 is not 2-byte aligned (BF16)"));
   }
   SECTION("misaligned offsets") {
     write_bytes(path, safetensors_bytes(header_with({{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {2, 10}}}),
@@ -453,9 +475,13 @@ TEST_CASE("checkpoint: loader rejects files that do not match the config", "[che
     std::string bytes = read_bytes(ckpt + "/model.safetensors");
     const size_t at = bytes.find("\"F32\"");
     REQUIRE(at != std::string::npos);
+    bytes.replace(at, 5, "\"F64\"");
+    write_bytes(ckpt + "/model.safetensors", bytes);
+    REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("model.safetensors") && Contains("has dtype F64"));
+    // F16 is read, but these bytes hold twice as many F16 values as the shape needs.
     bytes.replace(at, 5, "\"F16\"");
     write_bytes(ckpt + "/model.safetensors", bytes);
-    REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("F16") && Contains("expected F32"));
+    REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("but shape needs") && Contains("(F16)"));
   }
   SECTION("truncated data section") {
     const std::string ckpt = crafted_checkpoint(dir, *model, tensors);

@@ -13,10 +13,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -63,8 +66,9 @@ struct ScratchFile {
   ScratchFile& operator=(const ScratchFile&) = delete;
 };
 
-// moe::read_safetensors on the input; an accepted file must describe tensors that lie inside its
-// data section, and every float of every tensor is read (ASan checks each access).
+// moe::read_safetensors on the input; an accepted file must describe tensors of a dtype moe reads
+// (F32, BF16, F16) that lie inside its data section, and every value of every tensor is converted
+// to float32 (ASan checks each access) and checked against the raw bits it came from.
 inline Outcome run_safetensors(const uint8_t* data, size_t size) {
   const ScratchFile file("model.safetensors", data, size);
   SafetensorsFile st;
@@ -75,8 +79,10 @@ inline Outcome run_safetensors(const uint8_t* data, size_t size) {
   }
   expect(size >= 8 + st.data.size(), "data section larger than the file");
   volatile float sink = 0;
+  std::vector<float> values;
   for (const auto& [name, e] : st.tensors) {
-    expect(e.dtype == "F32", name + ": accepted dtype " + e.dtype);
+    const uint64_t element_size = safetensors_dtype_size(e.dtype);
+    expect(element_size != 0, name + ": accepted dtype " + e.dtype);
     uint64_t numel = 1, span = 1;
     for (int64_t d : e.shape) {
       expect(d >= 0 && d <= (int64_t(1) << 40), name + ": dimension out of range");
@@ -85,12 +91,52 @@ inline Outcome run_safetensors(const uint8_t* data, size_t size) {
       expect(span <= (uint64_t(1) << 40), name + ": product of the dimensions out of range");
     }
     expect(e.begin <= e.end && e.end <= st.data.size(), name + ": offsets outside the data section");
-    expect(e.begin % 4 == 0, name + ": misaligned tensor");
-    expect(e.end - e.begin == 4 * numel, name + ": byte range does not match the shape");
-    const float* p = st.f32(name);
+    expect(e.begin % element_size == 0, name + ": misaligned tensor");
+    expect(e.end - e.begin == element_size * numel, name + ": byte range does not match the shape and dtype");
+    values.assign(numel, 0.0f);
+    st.copy_f32(name, values.data());
+    const char* raw = st.data.data() + e.begin;
     float sum = 0;
-    for (uint64_t i = 0; i < numel; ++i) sum += p[i];
+    for (uint64_t i = 0; i < numel; ++i) {
+      const float v = values[i];
+      sum += v;
+      if (e.dtype == "F32") {
+        expect(std::memcmp(&v, raw + 4 * i, 4) == 0, name + ": F32 value changed by the copy");
+        continue;
+      }
+      uint16_t half;
+      std::memcpy(&half, raw + 2 * i, 2);
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      expect((bits >> 31) == uint32_t(half >> 15), name + ": sign lost in the conversion");
+      if (e.dtype == "BF16") {
+        // NaN payloads and all: BF16 is the upper half of the float32.
+        expect(bits == uint32_t(half) << 16, name + ": BF16 value converted inexactly");
+        continue;
+      }
+      const bool all_ones = (half & 0x7c00u) == 0x7c00u, payload = (half & 0x3ffu) != 0;
+      expect(std::isnan(v) == (all_ones && payload), name + ": F16 NaN not converted to NaN, or made up");
+      expect(std::isinf(v) == (all_ones && !payload), name + ": F16 infinity not converted to infinity, or made up");
+      if (!all_ones) {  // a finite half, from the definition: subnormal m * 2^-24, normal (1024 + m) * 2^(e - 25)
+        const int exponent = (half >> 10) & 0x1f, mantissa = half & 0x3ff;
+        const double magnitude =
+            exponent == 0 ? std::ldexp(double(mantissa), -24) : std::ldexp(double(1024 + mantissa), exponent - 25);
+        expect(double(std::fabs(v)) == magnitude, name + ": F16 value converted inexactly");
+      }
+    }
     sink = sink + sum;
+    if (e.dtype == "F32") {
+      expect(numel == 0 || std::memcmp(st.f32(name), values.data(), 4 * numel) == 0,
+             name + ": f32() and copy_f32 differ");
+    } else {
+      bool refused = false;
+      try {
+        (void)st.f32(name);
+      } catch (const Error&) {
+        refused = true;
+      }
+      expect(refused, name + ": f32() handed out a " + e.dtype + " tensor as floats");
+    }
   }
   return Outcome::accepted;
 }

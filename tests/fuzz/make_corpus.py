@@ -29,6 +29,10 @@ def floats(*values):
     return struct.pack("<%df" % len(values), *values)
 
 
+def halves(*bits):
+    return struct.pack("<%dH" % len(bits), *bits)
+
+
 def write(harness, name, content):
     d = FUZZ / "corpus" / harness
     d.mkdir(parents=True, exist_ok=True)
@@ -64,8 +68,24 @@ def main():
         "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
         "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
     }, floats(1, 2, 3)))
+    # BF16 and F16 (HF checkpoints): values with a rounding history, an F16 subnormal, infinities
+    # and NaNs (read as such; only the checkpoint loader refuses non-finite values), tensors of
+    # falling element size so that each is aligned, as HF's writer lays them out.
+    write("safetensors", "valid-bf16-f16-f32.safetensors", safetensors({
+        "bias": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "wb": {"dtype": "BF16", "shape": [3], "data_offsets": [4, 10]},
+        "wh": {"dtype": "F16", "shape": [2, 2], "data_offsets": [10, 18]},
+    }, floats(0.25) + halves(0x3f80, 0xc020, 0x3e20) + halves(0x3c00, 0x8001, 0x03ff, 0x7bff)))
+    write("safetensors", "valid-half-specials.safetensors", safetensors({
+        "h": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]},
+        "b": {"dtype": "BF16", "shape": [4], "data_offsets": [8, 16]},
+    }, halves(0x7c00, 0xfc00, 0x7e00, 0x8000) + halves(0x7f80, 0xff80, 0x7fc1, 0x0001)))
     write("safetensors", "reject-dtype.safetensors", safetensors({
-        "a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4))
+        "a": {"dtype": "I8", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4))
+    write("safetensors", "reject-bf16-f32-sized.safetensors", safetensors({
+        "a": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 8]}}, floats(1, 2)))
+    write("safetensors", "reject-f16-misaligned.safetensors", safetensors({
+        "a": {"dtype": "F16", "shape": [1], "data_offsets": [1, 3]}}, b"\0" * 4))
     write("safetensors", "reject-misaligned.safetensors", safetensors({
         "a": {"dtype": "F32", "shape": [1], "data_offsets": [2, 6]}}, b"\0" * 8))
     write("safetensors", "reject-shape-mismatch.safetensors", safetensors({
@@ -129,8 +149,9 @@ def main():
             "kind", "train", "eval", "end", "step", "loss", "lr", "grad_norm", "tokens_per_s", "balance_loss",
             "skipped", "layers", "layer", "counts", "bias", "maxvio", "val_loss", "tokens"]] + ['"\\x0a"'],
         "safetensors": common + ['"\\"%s\\""' % k for k in [
-            "__metadata__", "dtype", "shape", "data_offsets", "F32", "F16", "BF16"]] + [
-            '"\\x00\\x00\\x00\\x00\\x00\\x00\\x00"', '"\\x00\\x00\\x80\\x3f"'],
+            "__metadata__", "dtype", "shape", "data_offsets", "F32", "F16", "BF16", "I8"]] + [
+            '"\\x00\\x00\\x00\\x00\\x00\\x00\\x00"', '"\\x00\\x00\\x80\\x3f"', '"\\x80\\x3f"', '"\\x00\\x3c"',
+            '"\\x80\\x7f"', '"\\x00\\x7c"', '"\\x01\\x00"'],
     }
     (FUZZ / "dict").mkdir(exist_ok=True)
     for harness, tokens in dicts.items():
