@@ -104,9 +104,17 @@ TEST_CASE("a checkpoint written by the HF-style reference loads in moe with the 
   config["num_key_value_heads"] = config["num_attention_heads"];
   config["routed_scaling_factor"] = 2.5;
   std::ofstream(dir / "config.json") << config.dump(2);
-  const std::string model = dir / "hf";
-  reference({"write", "--config", dir / "config.json", "--out", model, "--seed", "5", "--train-steps", "60", "--data",
-             train, "--seq", "64"});
-  check_same_eval(model, data, 64);
-  check_same_greedy(model, "the old king ", 30);
+  // F32 in one file; BF16 in 2 shards and F16 in 3 (HF's sharded layout with its index).
+  const std::vector<std::vector<std::string>> layouts = {
+      {"--dtype", "f32"}, {"--dtype", "bf16", "--shards", "2"}, {"--dtype", "f16", "--shards", "3"}};
+  for (const auto& layout : layouts) {
+    CAPTURE(layout);
+    const std::string model = dir / ("hf-" + layout[1]);
+    std::vector<std::string> args = {"write", "--config", dir / "config.json", "--out", model, "--seed", "5",
+                                     "--train-steps", "60", "--data", train, "--seq", "64"};
+    args.insert(args.end(), layout.begin(), layout.end());
+    reference(args);
+    check_same_eval(model, data, 64);
+    check_same_greedy(model, "the old king ", 30);
+  }
 }
