@@ -16,7 +16,7 @@ namespace {
 
 struct TrainFlags {
   std::string config = "configs/tiny.json";
-  std::string data, out;
+  std::string data, out, init_from;
   bool resume = false, force = false, expert_parallel = false;
   int64_t stop_at = 0, max_ranks_per_token = 0;
   TrainConfig values;  // flag values; only those given on the command line are applied
@@ -34,6 +34,11 @@ Run add_train(CLI::App& app) {
   cmd->add_option("--out", f->out, "Run directory (default: runs/<config name>)");
   cmd->add_flag("--resume", f->resume, "Continue the run in --out from its last checkpoint");
   cmd->add_flag("--force", f->force, "Overwrite an existing run directory");
+  cmd->add_option("--init-from", f->init_from,
+                  "Fine-tune: start from the weights of a checkpoint directory (moe's or a Hugging Face "
+                  "DeepSeek-V3 one) with a fresh optimizer; the model is the checkpoint's, the train settings "
+                  "those of --config if given (same model), else the defaults; flags override them")
+      ->excludes("--resume");
   cmd->add_option("--stop-at", f->stop_at, "Stop after this step (keeping the schedule of --steps), with a checkpoint")
       ->check(Positive);
   cmd->add_flag("--expert-parallel", f->expert_parallel,
@@ -55,6 +60,9 @@ Run add_train(CLI::App& app) {
       ResumePlan plan = plan_resume(options.out_dir, config_given ? f->config : "", f->data);
       options.config = std::move(plan.config);
       options.data_path = std::move(plan.data_path);
+    } else if (!f->init_from.empty()) {
+      options.config = init_from_config(f->init_from, f->config, config_given);
+      options.init_from = f->init_from;
     } else {
       options.config = load_config_file(f->config);
     }

@@ -227,6 +227,25 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
   return plan;
 }
 
+Config init_from_config(const std::string& dir, const std::string& config_file, bool given) {
+  Config config;
+  config.model = load_checkpoint_config(dir);
+  if (given) {
+    const Config stated = load_config_file(config_file);
+    if (to_json(stated.model) != to_json(config.model))
+      fail(config_file + ": its model differs from the checkpoint " + dir +
+           " (--init-from); leave --config out to train the checkpoint's model with the default settings, or give "
+           "a config with the same model section");
+    config.train = stated.train;
+  } else {
+    // The built-in train settings (TrainConfig's defaults, flags override them); their seq may not
+    // fit a checkpoint with a shorter context.
+    config.train.seq = std::min(config.train.seq, config.model.max_position_embeddings);
+  }
+  validate(config.train, config.model, given ? config_file : "--init-from " + dir);
+  return config;
+}
+
 std::string default_run_dir(const std::string& config_path) {
   std::string name =
       config_path.substr(config_path.find_last_of('/') == std::string::npos ? 0 : config_path.find_last_of('/') + 1);
@@ -267,6 +286,8 @@ class TrainRun {
     parallel_ = Parallel{&dist_, experts_ ? &*experts_ : nullptr};
     if (options_.resume)
       resume();
+    else if (!options_.init_from.empty())
+      load_initial_weights();
     else
       model_->init(tc_.seed);
     open_metrics();
@@ -279,6 +300,7 @@ class TrainRun {
   void load_data();
   void prepare_run_dir();
   void resume();
+  void load_initial_weights();
   void read_trainer_state(Model& whole, AdamW& whole_adam);
   void open_metrics();
   void append_metrics(const json& line);
@@ -376,6 +398,17 @@ void TrainRun::resume() {
   adam_->t = whole_adam.t;
 }
 
+// --init-from: the checkpoint's weights (every rank reads the directory: it is read-only input,
+// like the data) into a whole model, from which each rank keeps its own tensors.
+void TrainRun::load_initial_weights() {
+  const std::string& from = options_.init_from;
+  if (to_json(load_checkpoint_config(from)) != to_json(mc_))
+    fail("--init-from " + from + ": the run's model differs from the checkpoint's config.json");
+  Model whole(mc_, ExpertShard{}, /*with_grads=*/false);
+  load_tensors_into(CheckpointTensors::open(from), whole, whole.params.data());
+  copy_tensors_by_name(whole.layout, whole.params.data(), model_->layout, model_->params.data());
+}
+
 void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
   const std::string state_path = dir_ + "/trainer_state.json";
   const json state = read_json_file(state_path);
@@ -440,6 +473,7 @@ json TrainRun::state_json(int64_t step) const {
             {"threads", threads_},
             {"ranks", ranks_},
             {"expert_parallel", options_.expert_parallel},
+            {"init_from", options_.init_from},
             {"data", {{"source", data_.source}, {"bytes", data_.size()}, {"fingerprint", fingerprint(data_.bytes)}}},
             {"config", config_file_json(options_.config)}};
   if (first_eval_) s["first_eval"] = to_json(*first_eval_);

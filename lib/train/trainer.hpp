@@ -19,6 +19,9 @@ struct TrainOptions {
   std::string data_path;  // empty: the embedded synthetic corpus
   std::string out_dir;
   bool resume = false;  // continue the run in out_dir
+  // Start from the weights (and routing bias) of this checkpoint directory, moe's or a Hugging Face
+  // DeepSeek-V3 one, with a fresh optimizer; config.model must be the checkpoint's model.
+  std::string init_from;
   bool force = false;   // overwrite an existing run directory
   int64_t stop_at = 0;  // stop (with a checkpoint) after this step; 0: config.train.steps
   // Several processes (mpirun): routed experts split over the ranks (else data parallel), and
@@ -50,6 +53,11 @@ struct ResumePlan {
   std::string data_path;
 };
 ResumePlan plan_resume(const std::string& dir, const std::string& config_file, const std::string& data_path);
+
+// The effective config of `moe train --init-from DIR`: DIR's model (its config.json) with the train
+// section of `config_file` when one was named on the command line (`given`; its model section must
+// be DIR's), else the built-in train settings.
+Config init_from_config(const std::string& dir, const std::string& config_file, bool given);
 
 // Runs training; returns the number of the last completed step.
 int64_t train(const TrainOptions& options, TrainObserver& observer);

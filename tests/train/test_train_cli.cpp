@@ -606,3 +606,41 @@ TEST_CASE("moe train without --data trains on the embedded synthetic corpus", "[
   CHECK(state2.at("data").at("bytes") == state.at("data").at("bytes"));
   CHECK(state2.at("data").at("fingerprint") == state.at("data").at("fingerprint"));
 }
+
+TEST_CASE("moe train --init-from fine-tunes a checkpoint's model with a fresh optimizer", "[train][cli]") {
+  TempDir dir("init_from");
+  const std::string base = dir / "base", tuned = dir / "tuned";
+  const Args common = {"--threads", "2", "--batch", "4", "--seq", "64", "--eval-tokens", "2048"};
+  RunResult r = run_moe(concat({"train", "--config", MOE_SOURCE_DIR "/configs/tiny-v3.json", "--out", base, "--steps",
+                                "30", "--eval-every", "0"},
+                               common));
+  INFO(r.describe());
+  REQUIRE(r.ok());
+  r = run_moe(concat({"train", "--init-from", base, "--out", tuned, "--steps", "3", "--eval-every", "0"}, common));
+  INFO(r.describe());
+  REQUIRE(r.ok());
+  auto evals = [](const std::string& run) {
+    std::vector<json> lines;
+    std::ifstream in(run + "/metrics.jsonl");
+    for (std::string line; std::getline(in, line);)
+      if (json j = json::parse(line); j["kind"] == "eval") lines.push_back(j);
+    return lines;
+  };
+  // The fine-tune's step-0 evaluation is the base model's last one: same weights, data and windows.
+  const double base_last = evals(base).back()["val_loss"], tuned_first = evals(tuned).front()["val_loss"];
+  CHECK(tuned_first == Approx(base_last).epsilon(1e-6));
+  CHECK(tuned_first < 4.0);  // far from a fresh model's ln 256
+  const json state = json::parse(read_bytes(tuned + "/trainer_state.json"));
+  CHECK(state["adam_step"] == 3);  // a fresh optimizer: only this run's steps
+  CHECK(state["init_from"] == base);
+  CHECK(json::parse(read_bytes(tuned + "/config.json"))["model_type"] == "deepseek_v3");
+  // Refusals: with --resume, and with a config file describing another model.
+  r = run_moe({"train", "--init-from", base, "--out", tuned, "--resume"});
+  CHECK(refused(r));
+  r = run_moe({"train", "--init-from", base, "--config", kTiny, "--out", dir / "other"});
+  CHECK(refused(r));
+  CHECK(r.err.find("its model differs from the checkpoint") != std::string::npos);
+  r = run_moe({"train", "--init-from", dir / "nothing", "--out", dir / "other2"});
+  CHECK(refused(r));
+  CHECK(r.err.find(dir / "nothing") != std::string::npos);
+}
