@@ -472,3 +472,113 @@ TEST_CASE("config: train to_json round trip", "[config]") {
   CHECK(back.threads == t.threads);
   CHECK(back.seed == t.seed);
 }
+
+namespace {
+
+// A DeepSeek-V3 (MLA) model section as in configs/tiny-v3.json.
+json mla_model() {
+  json m = valid_config()["model"];
+  m.erase("num_key_value_heads");
+  m.erase("head_dim");
+  m["q_lora_rank"] = 24, m["kv_lora_rank"] = 16, m["qk_nope_head_dim"] = 8, m["qk_rope_head_dim"] = 4;
+  m["v_head_dim"] = 12;
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("config: MLA fields build a DeepSeek-V3 model and config.json is a complete HF DeepseekV3Config",
+          "[config]") {
+  json file = valid_config();
+  file["model"] = mla_model();
+  const moe::ModelConfig m = parse(file).model;
+  CHECK(m.mla());
+  CHECK(*m.q_lora_rank == 24);
+  CHECK(m.head_dim == 4);                                 // HF: head_dim = qk_rope_head_dim
+  CHECK(m.num_key_value_heads == m.num_attention_heads);  // one key/value head per query head
+  CHECK(m.attn_dim() == m.num_attention_heads * 12);
+  const json j = moe::to_json(m);
+  CHECK(j["model_type"] == "deepseek_v3");
+  CHECK(j["architectures"] == json::array({"DeepseekV3ForCausalLM"}));
+  const json expected = {{"hidden_act", "silu"},         {"topk_method", "noaux_tc"}, {"moe_layer_freq", 1},
+                         {"rope_scaling", nullptr},      {"attention_bias", false},   {"rope_interleave", true},
+                         {"tie_word_embeddings", false}, {"torch_dtype", "float32"},  {"num_nextn_predict_layers", 0},
+                         {"kv_lora_rank", 16},           {"v_head_dim", 12}};
+  for (const auto& [key, value] : expected.items()) {
+    CAPTURE(key);
+    CHECK(j.at(key) == value);
+  }
+  // It reads back as the same model, and a configs/ file written from it too.
+  CHECK(moe::to_json(moe::model_config_from_json(j, "config.json", true)) == j);
+  moe::Config c{m, {}};
+  c.train.seq = 32;
+  CHECK(moe::to_json(moe::config_from_json(moe::config_file_json(c), "x").model) == j);
+  // Without q_lora_rank the query is q_proj: null in config.json.
+  file["model"].erase("q_lora_rank");
+  const moe::ModelConfig direct = parse(file).model;
+  CHECK_FALSE(direct.q_lora_rank.has_value());
+  CHECK(moe::to_json(direct)["q_lora_rank"].is_null());
+  // A GQA model writes none of the MLA or HF-only fields and stays model_type "moe".
+  const json gqa = moe::to_json(parse(valid_config()).model);
+  CHECK(gqa["model_type"] == "moe");
+  for (const char* key : {"kv_lora_rank", "q_lora_rank", "hidden_act", "rope_scaling", "num_nextn_predict_layers"})
+    CHECK_FALSE(gqa.contains(key));
+}
+
+TEST_CASE("config: a HF config.json is refused on fields that change the math, accepted on the others", "[config]") {
+  json file = valid_config();
+  file["model"] = mla_model();
+  const json good = moe::to_json(parse(file).model);
+  auto read = [](const json& j) { return moe::model_config_from_json(j, "hf/config.json", true); };
+  const std::pair<const char*, json> refused[] = {
+      {"rope_scaling", {{"type", "yarn"}, {"factor", 40}}},
+      {"attention_bias", true},
+      {"hidden_act", "gelu"},
+      {"topk_method", "greedy"},
+      {"moe_layer_freq", 2},
+      {"tie_word_embeddings", true},
+      {"scoring_func", "tanh"},
+      {"num_nextn_predict_layers", 2},
+  };
+  for (const auto& [key, value] : refused) {
+    CAPTURE(key);
+    json j = good;
+    j[key] = value;
+    REQUIRE_MOE_ERROR(read(j), Contains(std::string("hf/config.json: ") + key));
+  }
+  // Fields without effect on the math are accepted.
+  json extra = good;
+  extra.update({{"use_cache", true},
+                {"bos_token_id", 0},
+                {"eos_token_id", 1},
+                {"pad_token_id", nullptr},
+                {"torch_dtype", "bfloat16"},
+                {"pretraining_tp", 1},
+                {"ep_size", 1},
+                {"attention_dropout", 0.0},
+                {"transformers_version", "4.57.0"},
+                {"_name_or_path", "x"},
+                {"aux_loss_alpha", 0.001},
+                {"seq_aux", true}});
+  CHECK(moe::to_json(read(extra)) == good);
+  // Contradictions of what MLA implies, and half an MLA.
+  json j = good;
+  j["head_dim"] = 64;
+  REQUIRE_MOE_ERROR(read(j), Contains("head_dim (64) must equal qk_rope_head_dim (4)"));
+  j = good;
+  j["num_key_value_heads"] = 1;
+  REQUIRE_MOE_ERROR(read(j), Contains("num_key_value_heads (1) must equal num_attention_heads"));
+  j = good;
+  j["qk_rope_head_dim"] = 5, j["head_dim"] = 5;
+  REQUIRE_MOE_ERROR(read(j), Contains("qk_rope_head_dim: expected an even number"));
+  j = good;
+  j["v_head_dim"] = 0;
+  REQUIRE_MOE_ERROR(read(j), Contains("v_head_dim: expected a positive integer"));
+  json gqa = valid_config();
+  gqa["model"]["q_lora_rank"] = 8;
+  REQUIRE_MOE_ERROR(parse(gqa), Contains("q_lora_rank: needs kv_lora_rank"));
+  // A deepseek_v3 config.json must give the sizes whose HF defaults differ from moe's.
+  j = good;
+  j.erase("routed_scaling_factor");
+  REQUIRE_MOE_ERROR(read(j), Contains("missing \"routed_scaling_factor\""));
+}

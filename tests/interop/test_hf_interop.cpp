@@ -110,8 +110,9 @@ TEST_CASE("a checkpoint written by the HF-style reference loads in moe with the 
   for (const auto& layout : layouts) {
     CAPTURE(layout);
     const std::string model = dir / ("hf-" + layout[1]);
-    std::vector<std::string> args = {"write", "--config", dir / "config.json", "--out", model, "--seed", "5",
-                                     "--train-steps", "60", "--data", train, "--seq", "64"};
+    std::vector<std::string> args = {
+        "write", "--config", dir / "config.json", "--out", model, "--seed", "5", "--train-steps", "60", "--data", train,
+        "--seq", "64"};
     args.insert(args.end(), layout.begin(), layout.end());
     reference(args);
     check_same_eval(model, data, 64);
