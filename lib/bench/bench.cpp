@@ -33,13 +33,40 @@ int64_t status_kib(const char* key) {
 }
 
 // FLOPs of one training token: every activated matrix parameter costs 6 (2 forward, 4 backward);
-// attention scores and the weighted sum cost 2·2·T·q_dim forward per layer, times 3 with backward.
+// attention scores cost 2·T·(H·query/key head width) and the weighted sum 2·T·(H·value head width)
+// forward per layer, times 3 with backward (GQA: both widths head_dim; MLA: d_n + d_r and d_v).
 double training_flops_per_token(const ModelConfig& c, int64_t T) {
   const ParamSummary s = summarize_params(c);
   double matmul_params = 0;
   for (const auto& row : s.rows)
     if (row.role != "embedding" && row.role != "norms") matmul_params += double(row.activated);
-  return 6.0 * matmul_params + 12.0 * double(c.num_hidden_layers) * double(c.q_dim()) * double(T);
+  const double widths =
+      c.mla() ? double(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim)) : 2.0 * double(c.q_dim());
+  return 6.0 * matmul_params + 6.0 * double(c.num_hidden_layers) * widths * double(T);
+}
+
+// Greedy batch-1 decoding after a prompt of `prompt_len` bytes of `text`: tokens per second over `n`
+// steps, per repetition (after one warm-up).
+std::vector<double> decode_rates(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& text,
+                                 int64_t prompt_len, int64_t n, int64_t reps) {
+  const ModelConfig& mc = model.config;
+  std::vector<int32_t> prompt;
+  for (int64_t i = 0; i < prompt_len; ++i) prompt.push_back(text[size_t(i) % text.size()]);
+  std::vector<double> rates;
+  for (int64_t rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
+    Decoder decoder(model, 1, mc.max_position_embeddings);
+    const float* logits = decoder.prefill(ctx, 0, prompt, nullptr);
+    const int32_t seq = 0;
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < n; ++i) {
+      int32_t next = 0;
+      for (int64_t v = 1; v < mc.vocab_size; ++v)
+        if (logits[v] > logits[next]) next = int32_t(v);
+      logits = decoder.step(ctx, &seq, &next, 1, nullptr);
+    }
+    if (rep >= 0) rates.push_back(double(n) / seconds_since(t0));
+  }
+  return rates;
 }
 
 }  // namespace
@@ -135,26 +162,22 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
     }
     r.prefill_tokens_per_s = mean_sd(rates);
   }
-  // Decode: batch 1 with a KV cache after a short prompt, greedy.
+  // Decode: batch 1 with a KV cache after a short prompt, greedy (the PyTorch peer's protocol).
   {
     const int64_t prompt_len = std::min<int64_t>(16, mc.max_position_embeddings / 2);
     const int64_t n = std::min(options.decode_tokens, mc.max_position_embeddings - prompt_len);
-    const std::vector<int32_t> prompt(data.bytes.begin(), data.bytes.begin() + prompt_len);
-    std::vector<double> rates;
-    for (int64_t rep = -1; rep < options.reps; ++rep) {  // rep -1 is the warm-up
-      Decoder decoder(model, 1, mc.max_position_embeddings);
-      const float* logits = decoder.prefill(ctx, 0, prompt, nullptr);
-      const int32_t seq = 0;
-      const auto t0 = Clock::now();
-      for (int64_t i = 0; i < n; ++i) {
-        int32_t next = 0;
-        for (int64_t v = 1; v < mc.vocab_size; ++v)
-          if (logits[v] > logits[next]) next = int32_t(v);
-        logits = decoder.step(ctx, &seq, &next, 1, nullptr);
-      }
-      if (rep >= 0) rates.push_back(double(n) / seconds_since(t0));
-    }
-    r.decode_tokens_per_s = mean_sd(rates);
+    r.decode_tokens_per_s = mean_sd(decode_rates(ctx, model, data.bytes, prompt_len, n, options.reps));
+  }
+  // Decode at a long context: the timed steps are the last ones before context C (its cache read
+  // grows with C; MLA reads r_kv + d_r floats per cached token and layer, GQA 2 x kv heads x head_dim).
+  for (int64_t C : {int64_t(256), mc.max_position_embeddings}) {
+    if (C > mc.max_position_embeddings || (!r.decode_at.empty() && r.decode_at.back().context == C)) continue;
+    const int64_t n = std::min(options.decode_tokens, C / 2);
+    DecodePoint point;
+    point.context = C;
+    point.tokens_per_s = mean_sd(decode_rates(ctx, model, data.bytes, C - n, n, options.reps));
+    point.kv_cache_mib = kv_cache_bytes_per_token(mc) * double(C) / double(1 << 20);
+    r.decode_at.push_back(point);
   }
   r.peak_rss_kib = status_kib("VmHWM:");
   return r;
@@ -202,6 +225,13 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
                     (long long)r.threads, row.test.c_str(), row.stat.mean, row.stat.sd);
       out += buf;
     }
+    for (const DecodePoint& d : r.decode_at) {
+      std::snprintf(buf, sizeof buf,
+                    "| %s | %s | %lld | decode B1 at context %lld (KV cache %.2f MiB) | %.0f ± %.0f |\n",
+                    r.config.c_str(), params, (long long)r.threads, (long long)d.context, d.kv_cache_mib,
+                    d.tokens_per_s.mean, d.tokens_per_s.sd);
+      out += buf;
+    }
   }
   out +=
       "\n| config | threads | GEMM peak GFLOP/s | train GFLOP/s | MFU | peak RSS MiB | RSS growth KiB |\n"
@@ -228,8 +258,9 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
   }
   out +=
       "\nMFU = train tok/s x FLOPs/token / GEMM peak; FLOPs/token = 6 x activated matrix parameters "
-      "(attention, FFNs, K of E routed experts, router, lm head) + 12 x layers x q_dim x seq (attention "
-      "scores and weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 2048^3 matmuls.\n";
+      "(attention, FFNs, K of E routed experts, router, lm head) + 6 x layers x heads x (query/key + value head "
+      "widths) x seq (attention scores and weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 "
+      "2048^3 matmuls. Decode B1: 16-byte prompt, then the timed steps; at context C: the last steps before C.\n";
   return out;
 }
 
@@ -248,6 +279,15 @@ nlohmann::json bench_json(const std::vector<BenchResult>& results) {
                    {"train_tokens_per_s", stat(r.train_tokens_per_s)},
                    {"prefill_tokens_per_s", stat(r.prefill_tokens_per_s)},
                    {"decode_tokens_per_s", stat(r.decode_tokens_per_s)},
+                   {"decode_at_context",
+                    [&] {
+                      nlohmann::json points = nlohmann::json::array();
+                      for (const DecodePoint& d : r.decode_at)
+                        points.push_back({{"context", d.context},
+                                          {"tokens_per_s", stat(d.tokens_per_s)},
+                                          {"kv_cache_mib", d.kv_cache_mib}});
+                      return points;
+                    }()},
                    {"train_flops_per_token", r.train_flops_per_token},
                    {"gemm_peak_gflops", r.gemm_peak_gflops},
                    {"mfu", r.mfu},

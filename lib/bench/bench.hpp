@@ -25,13 +25,21 @@ struct Stat {
 };
 Stat mean_sd(const std::vector<double>& values);
 
+// Decoding throughput near a context length, with the KV cache that context holds.
+struct DecodePoint {
+  int64_t context = 0;
+  Stat tokens_per_s;
+  double kv_cache_mib = 0;
+};
+
 struct BenchResult {
   std::string config;
   int64_t threads = 0, batch = 0, seq = 0;
   int64_t params = 0, activated = 0;
   Stat train_tokens_per_s, prefill_tokens_per_s, decode_tokens_per_s;
+  std::vector<DecodePoint> decode_at;          // at context 256 and at max_position_embeddings
   double phase_share[int(Phase::count)] = {};  // of measured training step time
-  double train_flops_per_token = 0;            // 6 * activated matmul params + 12 * L * q_dim * T
+  double train_flops_per_token = 0;            // 6 * activated matmul params + attention (see bench.cpp)
   double gemm_peak_gflops = 0;
   double mfu = 0;  // achieved training FLOP/s / GEMM peak
   int64_t peak_rss_kib = 0, rss_growth_kib = 0;
