@@ -497,6 +497,10 @@ TEST_CASE("config: MLA fields build a DeepSeek-V3 model and config.json is a com
   CHECK(m.head_dim == 4);                                 // HF: head_dim = qk_rope_head_dim
   CHECK(m.num_key_value_heads == m.num_attention_heads);  // one key/value head per query head
   CHECK(m.attn_dim() == m.num_attention_heads * 12);
+  // The decode cache: r_kv + d_r floats per token and layer; MHA with these heads: k and v of every head.
+  const double L = double(m.num_hidden_layers), H = double(m.num_attention_heads);
+  CHECK(moe::kv_cache_bytes_per_token(m) == 4.0 * L * (16 + 4));
+  CHECK(moe::kv_cache_bytes_per_token(m, /*as_gqa=*/true) == 4.0 * L * H * ((8 + 4) + 12));
   const json j = moe::to_json(m);
   CHECK(j["model_type"] == "deepseek_v3");
   CHECK(j["architectures"] == json::array({"DeepseekV3ForCausalLM"}));
