@@ -175,8 +175,10 @@ void validate(const ModelConfig& m, const std::string& where) {
     if (m.qk_rope_head_dim % 2 != 0)
       fail(at + "qk_rope_head_dim: expected an even number (RoPE rotates pairs), got " +
            std::to_string(m.qk_rope_head_dim));
-    if (m.num_nextn_predict_layers > 0)
-      fail(at + "num_nextn_predict_layers: multi-token prediction is not implemented yet; expected 0, got " +
+    if (m.num_nextn_predict_layers > 1)
+      fail(at +
+           "num_nextn_predict_layers: moe implements DeepSeek-V3's one multi-token-prediction module; expected "
+           "0 or 1, got " +
            std::to_string(m.num_nextn_predict_layers));
   } else {
     if (m.q_lora_rank) fail(at + "q_lora_rank: needs kv_lora_rank (multi-head latent attention); set both or neither");
@@ -208,9 +210,12 @@ void validate(const ModelConfig& m, const std::string& where) {
   // Refuse absurd sizes before anything is allocated: parameters alone must fit in 4 GiB of f32
   // (the training arenas hold four copies of them), and per-dimension sizes stay sane.
   const double D = double(m.hidden_size), L = double(m.num_hidden_layers);
-  const double params = 2 * double(m.vocab_size) * D + L * double(attention_params(m)) +
+  // The MTP module's layer (index L >= first_k_dense_replace) is an MoE layer, plus eh_proj (D, 2D).
+  const double params = 2 * double(m.vocab_size) * D +
+                        (L + double(m.num_nextn_predict_layers)) * double(attention_params(m)) +
+                        double(m.num_nextn_predict_layers) * 2 * D * D +
                         double(m.first_k_dense_replace) * 3 * D * double(m.intermediate_size) +
-                        double(m.num_moe_layers()) * 3 * D * double(m.moe_intermediate_size) *
+                        double(m.num_routed_layers()) * 3 * D * double(m.moe_intermediate_size) *
                             double(m.n_routed_experts + m.n_shared_experts);
   if (params > 1.0e9)
     fail(at + "the model would have " + whole(params / 1e6) + "M parameters (" + whole(params * 16 / (1 << 30)) +
@@ -251,13 +256,13 @@ double kv_cache_bytes_per_token(const ModelConfig& m, bool as_gqa) {
 double activation_bytes_estimate(const ModelConfig& m, int64_t batch, int64_t seq) {
   // MLA keeps per token and layer the materialised heads (q, k: H·(d_n+d_r); v, kv: H·d_v, H·(d_n+d_v))
   // and their gradients, plus the latents.
-  const double mla = m.mla() ? double(batch) * double(seq) * double(m.num_hidden_layers) *
+  const double mla = m.mla() ? double(batch) * double(seq) * double(m.decoder_layers()) *
                                    (4.0 * double(m.num_attention_heads) * double(m.qk_head_dim() + m.v_head_dim) +
                                     4.0 * double(*m.kv_lora_rank + m.q_lora_rank.value_or(0)))
                              : 0.0;
   const double floats =
       mla + double(batch) * double(seq) *
-                (double(m.num_hidden_layers) *
+                (double(m.decoder_layers()) *
                      (16.0 * double(m.hidden_size) + double(m.num_attention_heads) * double(seq) * 2.0 +
                       6.0 * double(m.num_experts_per_tok) * double(m.moe_intermediate_size)) +
                  4.0 * double(m.vocab_size));

@@ -47,12 +47,19 @@ struct ModelConfig {
   int64_t qk_rope_head_dim = 0;          // d_r: the rotated part (the key's is shared by all heads)
   int64_t v_head_dim = 0;                // d_v
   bool rope_interleave = true;           // RoPE rotates adjacent pairs (HF's interleave), else halves
-  int64_t num_nextn_predict_layers = 0;  // multi-token-prediction modules
+  int64_t num_nextn_predict_layers = 0;  // multi-token-prediction modules: 0 or 1 (DeepSeek-V3's depth)
 
   bool mla() const { return kv_lora_rank.has_value(); }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // Width of the attention output that o_proj reads: H * d_v (MLA) or H * head_dim.
   int64_t attn_dim() const { return num_attention_heads * (mla() ? v_head_dim : head_dim); }
+  bool mtp() const { return num_nextn_predict_layers > 0; }
+  // Decoder layers in the tensor list: the main ones, then the MTP module's layer (index L).
+  int64_t decoder_layers() const { return num_hidden_layers + num_nextn_predict_layers; }
+  // MoE layers among decoder_layers() (num_moe_layers() counts the main model's only).
+  int64_t num_routed_layers() const {
+    return decoder_layers() > first_k_dense_replace ? decoder_layers() - first_k_dense_replace : 0;
+  }
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
   // Position of MoE layer `layer` among the MoE layers.
   int64_t moe_layer_index(int64_t layer) const { return layer - std::min(first_k_dense_replace, num_hidden_layers); }

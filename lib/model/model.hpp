@@ -64,6 +64,9 @@ struct LayerActivations {
 struct Workspace {
   int64_t B = 0, T = 0;
   bool training = false;
+  // Built with the multi-token-prediction module's activations: a forward with targets then also
+  // runs the module (mtp_ran), which predicts t_{i+2} from h_i and t_{i+1} = targets[i].
+  bool mtp = false, mtp_ran = false;
   Buffer<float> floats;
   Buffer<int32_t> ints;
   int32_t* tokens = nullptr;   // (N)
@@ -93,8 +96,25 @@ struct Workspace {
   // Routed experts computed on other processes (expert parallelism); null: here.
   RemoteExperts* remote = nullptr;
   double balance_loss = 0.0;  // sum over MoE layers of the last forward's balance losses
+  // The MTP module (layers[L] holds its decoder layer's activations):
+  int32_t* mtp_targets = nullptr;  // (N) t_{i+2} = targets[i+1], kIgnoreTarget at each sequence's end
+  float* mtp_embed = nullptr;      // (N, D) embed(t_{i+1})
+  float* mtp_en = nullptr;         // (N, D) enorm(embed)
+  float* mtp_rstd_e = nullptr;     // (N)
+  float* mtp_hn = nullptr;         // (N, D) hnorm(h), h = resid[L]
+  float* mtp_rstd_h = nullptr;     // (N)
+  float* mtp_cat = nullptr;        // (N, 2D) [enorm | hnorm]
+  float* mtp_x = nullptr;          // (N, D) eh_proj output: the MTP layer's input
+  float* mtp_out = nullptr;        // (N, D) the MTP layer's output
+  float* mtp_xf = nullptr;         // (N, D) shared_head.norm output
+  float* mtp_rstd_f = nullptr;     // (N)
+  float* mtp_logits = nullptr;     // (N, V)
+  float* d_mtp_h = nullptr;        // (N, D) the MTP loss's gradient into resid[L]
+  float* d_mtp_cat = nullptr;      // (N, 2D)
+  double mtp_loss_sum = 0.0;       // Σ CE over the positions with a target (last forward)
+  int64_t mtp_tokens = 0;          // those positions: B·(T-1)
 
-  Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training);
+  Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training, bool with_mtp = false);
 };
 
 // Tokens routed to each expert of each MoE layer, summed over the forward passes added: the load
@@ -107,13 +127,15 @@ struct ExpertTally {
 };
 
 // tokens (B, T) -> ws.logits; returns the mean cross-entropy over the B*T positions when targets
-// is given (else 0). Tokens must lie in [0, vocab_size).
+// is given (else 0). Tokens must lie in [0, vocab_size). With targets, a workspace built with the
+// MTP module also runs it (ws.mtp_logits, ws.mtp_loss_sum over ws.mtp_tokens positions).
 double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, const int32_t* tokens,
                      const int32_t* targets, const BalanceLossConfig& balance = {});
 
-// Accumulates into model.grads the gradient of loss_scale · (mean CE + balance losses) of the last
-// forward (the workspace must be a training workspace).
+// Accumulates into model.grads the gradient of loss_scale · (mean CE + mtp_weight · mean MTP CE +
+// balance losses) of the last forward (the workspace must be a training workspace; the MTP term
+// needs a forward that ran the module).
 void model_backward(ComputeContext& ctx, Model& model, Workspace& ws, const BalanceLossConfig& balance = {},
-                    float loss_scale = 1.0f);
+                    float loss_scale = 1.0f, float mtp_weight = 0.0f);
 
 }  // namespace moe

@@ -47,16 +47,24 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
     spec.layer = layer;
     spec.trainable = trainable;
     spec.decay = trainable && spec.shape.size() >= 2;
+    spec.mtp = layer >= c.num_hidden_layers;
     offset += spec.numel;
     visit(spec, field);
   };
   const int64_t D = c.hidden_size, V = c.vocab_size, E = c.n_routed_experts;
   const int64_t Im = c.moe_intermediate_size, Is = c.shared_intermediate();
   add("model.embed_tokens.weight", {V, D}, TensorRole::embedding, -1, &w.embed_tokens);
-  w.layers.resize(size_t(c.num_hidden_layers));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  w.layers.resize(size_t(c.decoder_layers()));
+  const int64_t L = c.num_hidden_layers;
+  for (int64_t l = 0; l < c.decoder_layers(); ++l) {
     LayerWeights& lw = w.layers[size_t(l)];
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    if (l == L) {  // the MTP module's own tensors, before its decoder layer's
+      add(p + "enorm.weight", {D}, TensorRole::norm, l, &w.mtp.enorm);
+      add(p + "hnorm.weight", {D}, TensorRole::norm, l, &w.mtp.hnorm);
+      add(p + "eh_proj.weight", {D, 2 * D}, TensorRole::attention, l, &w.mtp.eh_proj);
+      add(p + "shared_head.norm.weight", {D}, TensorRole::norm, l, &w.mtp.shared_head_norm);
+    }
     add(p + "input_layernorm.weight", {D}, TensorRole::norm, l, &lw.input_layernorm);
     if (c.mla()) {
       const int64_t H = c.num_attention_heads, rkv = *c.kv_lora_rank, q_out = H * c.qk_head_dim();

@@ -34,6 +34,7 @@ struct TensorSpec {
   int64_t layer = -1;     // -1 for tensors outside the layers
   bool trainable = true;  // the routing bias is state updated by balancing, not by AdamW
   bool decay = false;     // weight decay applies to matrices only
+  bool mtp = false;       // part of the multi-token-prediction module (layer num_hidden_layers)
 };
 
 struct LayerWeights {
@@ -58,11 +59,22 @@ struct LayerWeights {
   MoeWeights moe;              // MoE FFN (layer >= first_k_dense_replace)
 };
 
+// DeepSeek-V3's multi-token-prediction module (depth 1): h'_i = eh_proj([enorm(embed(t_i+1)) |
+// hnorm(h_i)]) through decoder layer L (layers[L]), then the main lm_head over shared_head.norm.
+// The embedding and the head are the main model's.
+struct MtpWeights {
+  float* enorm = nullptr;             // (D)
+  float* hnorm = nullptr;             // (D)
+  float* eh_proj = nullptr;           // (D, 2D): [embedding half | hidden half]
+  float* shared_head_norm = nullptr;  // (D)
+};
+
 struct ModelWeights {
-  float* embed_tokens = nullptr;  // (V, D)
-  std::vector<LayerWeights> layers;
-  float* norm = nullptr;     // (D)
-  float* lm_head = nullptr;  // (V, D)
+  float* embed_tokens = nullptr;     // (V, D)
+  std::vector<LayerWeights> layers;  // num_hidden_layers, then the MTP layer when the model has one
+  float* norm = nullptr;             // (D)
+  float* lm_head = nullptr;          // (V, D)
+  MtpWeights mtp;
 };
 
 // The routed experts a process holds: all of them, or (expert parallelism) the contiguous block

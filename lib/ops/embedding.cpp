@@ -31,6 +31,10 @@ double cross_entropy_forward_backward(const float* logits, const int32_t* target
                                       int64_t V, float scale) {
   return parallel_sum(rows, [&](int64_t r) {
     const float* z = logits + r * V;
+    if (targets[r] == kIgnoreTarget) {
+      if (d_logits) std::fill_n(d_logits + r * V, V, 0.0f);
+      return 0.0;
+    }
     float max = z[0];
     for (int64_t i = 1; i < V; ++i) max = std::max(max, z[i]);
     double sum = 0.0;

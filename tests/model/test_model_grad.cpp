@@ -15,6 +15,7 @@ namespace {
 struct Variant {
   const char* name;
   moe::ModelConfig config;
+  double mtp_weight = 0.0;  // λ of the multi-token-prediction loss (models with the MTP module)
 };
 
 std::vector<Variant> variants() {
@@ -38,15 +39,22 @@ std::vector<Variant> variants() {
   m.rms_norm_eps = 1e-5;  // differs from the latent norms' fixed 1e-6, so a mix-up shows
   moe::ModelConfig n = m;
   n.q_lora_rank.reset(), n.rope_interleave = false, n.num_hidden_layers = 2;
+  // DeepSeek-V3's multi-token-prediction module on top: its layer (index L) is MoE.
+  moe::ModelConfig t = n;
+  t.num_nextn_predict_layers = 1;
   return {{"sigmoid, grouped, GQA", a},
           {"softmax, MHA, no norm", b},
           {"MLA, q latent, interleaved RoPE", m},
-          {"MLA, q_proj, half-split RoPE", n}};
+          {"MLA, q_proj, half-split RoPE", n},
+          {"MLA + MTP (lambda 0.3)", t, 0.3}};
 }
 
 struct ReferenceResult {
-  ref::DVec logits;                                   // (N, V)
-  double loss = 0.0;                                  // mean cross-entropy
+  ref::DVec logits;       // (N, V)
+  double loss = 0.0;      // mean cross-entropy
+  double mtp_loss = 0.0;  // MTP: mean CE of t_{i+2} over B·(T-1) positions
+  ref::DVec mtp_logits;   // (N, V), MTP models
+  double total(double mtp_weight) const { return loss + mtp_weight * mtp_loss; }
   std::map<int64_t, std::vector<ref::Route>> routes;  // per MoE layer, per token
 };
 
@@ -198,6 +206,36 @@ ReferenceResult reference_forward(const moe::Model& model, const std::vector<int
 
     x = ffn_reference(c, W, p, h, N, l, result);
   }
+  if (c.mtp()) {
+    // DeepSeek-V3's MTP module as vLLM reads its weights: h'_i = eh_proj([enorm(embed(t_{i+1})) |
+    // hnorm(h_i)]), one decoder layer L, shared_head.norm, the main lm_head; predicts t_{i+2}.
+    const int64_t L = c.num_hidden_layers;
+    const std::string p = "model.layers." + std::to_string(L) + ".";
+    ref::DVec e(size_t(N * D));
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t i = 0; i < D; ++i) e[size_t(t * D + i)] = embed[targets[size_t(t)] * D + i];
+    const ref::DVec en = ref::rmsnorm(e.data(), W(p + "enorm.weight"), N, D, c.rms_norm_eps);
+    const ref::DVec hn = ref::rmsnorm(x.data(), W(p + "hnorm.weight"), N, D, c.rms_norm_eps);
+    ref::DVec cat(size_t(N * 2 * D));
+    for (int64_t t = 0; t < N; ++t)
+      for (int64_t i = 0; i < D; ++i)
+        cat[size_t(t * 2 * D + i)] = en[size_t(t * D + i)], cat[size_t(t * 2 * D + D + i)] = hn[size_t(t * D + i)];
+    ref::DVec m = ref::linear(cat.data(), W(p + "eh_proj.weight"), N, 2 * D, D);
+    const ref::DVec mn = ref::rmsnorm(m.data(), W(p + "input_layernorm.weight"), N, D, c.rms_norm_eps);
+    const ref::DVec attn = mla_reference(c, W, p, mn, B, T);
+    const ref::DVec proj = ref::linear(attn.data(), W(p + "self_attn.o_proj.weight"), N, H * c.v_head_dim, D);
+    for (size_t i = 0; i < m.size(); ++i) m[i] += proj[i];
+    m = ffn_reference(c, W, p, m, N, L, result);
+    const ref::DVec mf = ref::rmsnorm(m.data(), W(p + "shared_head.norm.weight"), N, D, c.rms_norm_eps);
+    result.mtp_logits = ref::linear(mf.data(), W("lm_head.weight"), N, D, V);
+    double sum = 0.0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t + 1 < T; ++t) {
+        const int32_t target = targets[size_t(b * T + t + 1)];
+        sum += ref::cross_entropy_sum(result.mtp_logits.data() + (b * T + t) * V, &target, 1, V);
+      }
+    result.mtp_loss = sum / double(B * (T - 1));
+  }
   const ref::DVec xf = ref::rmsnorm(x.data(), W("model.norm.weight"), N, D, c.rms_norm_eps);
   result.logits = ref::linear(xf.data(), W("lm_head.weight"), N, D, V);
   result.loss = ref::cross_entropy_sum(result.logits.data(), targets.data(), N, V) / double(N);
@@ -239,9 +277,16 @@ TEST_CASE("model_forward matches an independent double-precision forward from th
     Setup s(variant.config);
     const moe::ModelConfig& c = s.model.config;
     moe::ComputeContext ctx;
-    moe::Workspace ws(c, s.B, s.T, /*training=*/false);
+    moe::Workspace ws(c, s.B, s.T, /*training=*/false, /*with_mtp=*/true);
     const double loss = moe::model_forward(ctx, s.model, ws, s.tokens.data(), s.targets.data());
     const ReferenceResult want = reference_forward(s.model, s.tokens, s.targets, s.B, s.T);
+    CHECK(ws.mtp_ran == c.mtp());
+    if (c.mtp()) {
+      CHECK(ws.mtp_tokens == s.B * (s.T - 1));
+      CHECK(ws.mtp_loss_sum / double(ws.mtp_tokens) == Approx(want.mtp_loss).epsilon(1e-5));
+      const ref::DVec mtp_logits = ref::to_double(ws.mtp_logits, s.B * s.T * c.vocab_size);
+      CHECK(ref::max_abs_diff(mtp_logits, want.mtp_logits) < 2e-5 * std::max(1.0, ref::max_abs(want.mtp_logits)));
+    }
 
     const int64_t N = s.B * s.T, V = c.vocab_size;
     // Float rounding through a few layers of width 16: ~1e-6 relative (observed 3e-6 absolute on
@@ -278,9 +323,10 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
     Setup s(variant.config);
     moe::Model& model = s.model;
     moe::ComputeContext ctx;
-    moe::Workspace ws(model.config, s.B, s.T, /*training=*/true);
+    const float lambda = float(variant.mtp_weight);
+    moe::Workspace ws(model.config, s.B, s.T, /*training=*/true, /*with_mtp=*/true);
     const double loss = moe::model_forward(ctx, model, ws, s.tokens.data(), s.targets.data());
-    moe::model_backward(ctx, model, ws);
+    moe::model_backward(ctx, model, ws, {}, 1.0f, lambda);
     const ReferenceResult base = reference_forward(model, s.tokens, s.targets, s.B, s.T);
     REQUIRE(loss == Approx(base.loss).epsilon(1e-5));
 
@@ -309,6 +355,9 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
         const int64_t D = model.config.hidden_size;
         coords.clear();
         for (int64_t k = 0; k < 6; ++k) coords.push_back(int64_t(s.tokens[size_t(2 * k)]) * D + (5 * k + 1) % D);
+        // The MTP module embeds t_{i+1} = targets[i]: rows of targets carry its gradient.
+        if (model.config.mtp())
+          for (int64_t k = 0; k < 6; ++k) coords.push_back(int64_t(s.targets[size_t(2 * k + 1)]) * D + (3 * k + 2) % D);
       }
       ref::GradCheck check;
       for (int64_t i : coords) {
@@ -316,7 +365,7 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
         const double numeric = ref::central_difference(param, i, h, [&] {
           const ReferenceResult r = reference_forward(model, s.tokens, s.targets, s.B, s.T);
           flipped = flipped || !same_routes(r, base);
-          return r.loss;
+          return r.total(lambda);
         });
         if (flipped) {  // a routing decision changed: the loss is not differentiable across it
           ++skipped;
@@ -346,7 +395,7 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
     // coordinate, truncation ~1e-3 relative on the embedding (its rows, ~0.3, feed an RMSNorm).
     // Norm-wise over the ~16 coordinates that is ~1e-3; 1e-2 keeps a 10x margin.
     ref::DVec lib_analytic, lib_numeric;
-    moe::Workspace probe(model.config, s.B, s.T, false);
+    moe::Workspace probe(model.config, s.B, s.T, false, /*with_mtp=*/true);
     const char* query = !model.config.mla()        ? "model.layers.1.self_attn.q_proj.weight"
                         : model.config.q_lora_rank ? "model.layers.1.self_attn.q_a_proj.weight"
                                                    : "model.layers.1.self_attn.q_proj.weight";
@@ -363,7 +412,8 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
       for (int k = 0; k < 4; ++k) {
         bool flipped = false;
         const double numeric = ref::central_difference(param, order[size_t(k)], 3e-3, [&] {
-          const double l = moe::model_forward(ctx, model, probe, s.tokens.data(), s.targets.data());
+          double l = moe::model_forward(ctx, model, probe, s.tokens.data(), s.targets.data());
+          if (probe.mtp_ran) l += lambda * probe.mtp_loss_sum / double(probe.mtp_tokens);
           for (const auto& [layer, routes] : base.routes)
             for (int64_t t = 0; t < s.B * s.T; ++t)
               for (int64_t j = 0; j < model.config.num_experts_per_tok; ++j)
@@ -382,13 +432,13 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
     // Gradients accumulate: a second forward/backward on the same batch doubles them.
     const ref::Vec first(model.grads.data(), model.grads.data() + model.layout.total);
     moe::model_forward(ctx, model, ws, s.tokens.data(), s.targets.data());
-    moe::model_backward(ctx, model, ws);
+    moe::model_backward(ctx, model, ws, {}, 1.0f, lambda);
     for (int64_t i = 0; i < model.layout.total; ++i)
       REQUIRE(model.grads[i] == Approx(2.0 * first[size_t(i)]).margin(1e-7));
     // loss_scale scales the whole gradient.
     model.grads.zero();
     moe::model_forward(ctx, model, ws, s.tokens.data(), s.targets.data());
-    moe::model_backward(ctx, model, ws, {}, 0.5f);
+    moe::model_backward(ctx, model, ws, {}, 0.5f, lambda);
     for (int64_t i = 0; i < model.layout.total; ++i)
       REQUIRE(model.grads[i] == Approx(0.5 * first[size_t(i)]).margin(1e-7));
   }
