@@ -43,14 +43,18 @@ std::string read_text(const std::string& path) {
   return s.str();
 }
 
-nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally) {
+// The counted layers: the main model's MoE layers, and the MTP module's layer when it ran.
+std::vector<std::vector<int64_t>> counted(const ModelConfig& c, const ExpertTally& tally, bool with_mtp) {
+  return {tally.counts.begin(), tally.counts.begin() + (with_mtp ? c.num_routed_layers() : c.num_moe_layers())};
+}
+
+nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally, bool with_mtp) {
   nlohmann::json layers = nlohmann::json::array();
-  size_t m = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (!c.is_moe_layer(l)) continue;
-    const auto& counts = tally.counts[m++];
-    layers.push_back({{"layer", l}, {"counts", counts}, {"maxvio", max_violation(counts.data(), c.n_routed_experts)}});
-  }
+  const auto rows = counted(c, tally, with_mtp);
+  for (size_t m = 0; m < rows.size(); ++m)
+    layers.push_back({{"layer", c.first_k_dense_replace + int64_t(m)},
+                      {"counts", rows[m]},
+                      {"maxvio", max_violation(rows[m].data(), c.n_routed_experts)}});
   return layers;
 }
 
@@ -159,7 +163,7 @@ Run add_infer(CLI::App& app) {
                               {"generate_ms", timings.generate_seconds * 1e3},
                               {"generated_tokens", timings.generated_tokens},
                               {"generate_tokens_per_s", gen_tps}}},
-                            {"expert_stats", stats_json(c, tally)}};
+                            {"expert_stats", stats_json(c, tally, false)}};
       if (outputs.size() == 1) {
         for (const auto& [k, v] : results[0].items()) doc[k] = v;
       } else {
@@ -173,7 +177,8 @@ Run add_infer(CLI::App& app) {
         std::printf("=== %zu ===\n%s%s\n", i + 1, outputs[i].prompt.c_str(), outputs[i].text.c_str());
     }
     std::fflush(stdout);
-    if (f->expert_stats) std::fputs(format_expert_table(c, tally.counts, "inference expert load").c_str(), stderr);
+    if (f->expert_stats)
+      std::fputs(format_expert_table(c, counted(c, tally, false), "inference expert load").c_str(), stderr);
     std::fprintf(stderr, "\nseed %llu\n", (unsigned long long)request.seed);
     std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
     std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
@@ -216,16 +221,19 @@ Run add_eval(CLI::App& app) {
     const EvalResult r = evaluate_bytes(ctx, *model, data.bytes, T, &tally);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (f->json) {
-      std::cout << nlohmann::json{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},
-                                  {"ctx", T},       {"seconds", seconds},         {"layers", stats_json(c, tally)}}
-                       .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
-                << "\n";
+      nlohmann::json out{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},
+                         {"ctx", T},       {"seconds", seconds},         {"layers", stats_json(c, tally, c.mtp())}};
+      if (r.mtp_tokens > 0) out["mtp_loss"] = r.mtp_loss, out["mtp_tokens"] = r.mtp_tokens;
+      std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
     std::printf("%s on %s (ctx %lld)\n", f->model.c_str(), f->data.c_str(), (long long)T);
     std::printf("  cross-entropy %.4f nats/byte (%.4f bits/byte), perplexity %.3f over %lld predicted bytes, %.1f s\n",
                 r.loss, r.loss / std::log(2.0), r.perplexity, (long long)r.tokens, seconds);
-    std::fputs(format_expert_table(c, tally.counts, "expert load over the file").c_str(), stdout);
+    if (r.mtp_tokens > 0)
+      std::printf("  multi-token prediction (t+2): cross-entropy %.4f nats/byte over %lld positions\n", r.mtp_loss,
+                  (long long)r.mtp_tokens);
+    std::fputs(format_expert_table(c, counted(c, tally, c.mtp()), "expert load over the file").c_str(), stdout);
     return 0;
   };
 }

@@ -98,7 +98,8 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
   const int64_t V = model.config.vocab_size;
   const int64_t full = n / T, rest = n % T;
   constexpr int64_t kBatch = 8;
-  double loss_sum = 0.0;
+  double loss_sum = 0.0, mtp_sum = 0.0;
+  int64_t mtp_tokens = 0;
   auto run = [&](Workspace& ws, int64_t first_window, int64_t rows, int64_t len) {
     std::vector<int32_t> x(size_t(ws.B * len)), y(size_t(ws.B * len));
     for (int64_t b = 0; b < ws.B; ++b) {
@@ -106,23 +107,29 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
       for (int64_t t = 0; t < len; ++t)
         x[size_t(b * len + t)] = bytes[size_t(s + t)], y[size_t(b * len + t)] = bytes[size_t(s + t + 1)];
     }
-    model_forward(ctx, model, ws, x.data(), nullptr);
+    model_forward(ctx, model, ws, x.data(), y.data());  // with targets: the MTP module runs too
     loss_sum += cross_entropy_forward_backward(ws.logits, y.data(), nullptr, rows * len, V, 0.0f);
+    if (ws.mtp_ran) {
+      mtp_sum += cross_entropy_forward_backward(ws.mtp_logits, ws.mtp_targets, nullptr, rows * len, V, 0.0f);
+      mtp_tokens += rows * (len - 1);
+    }
     if (tally) tally->add(model.config, ws, rows * len);
     if (sink) sink(ws, first_window * T, rows * len);  // consecutive windows: one contiguous run
   };
   if (full > 0) {
-    Workspace ws(model.config, std::min(kBatch, full), T, false);
+    Workspace ws(model.config, std::min(kBatch, full), T, false, /*with_mtp=*/true);
     for (int64_t w = 0; w < full; w += ws.B) run(ws, w, std::min(ws.B, full - w), T);
   }
   if (rest > 0) {
-    Workspace ws(model.config, 1, rest, false);
+    Workspace ws(model.config, 1, rest, false, /*with_mtp=*/true);
     run(ws, full, 1, rest);
   }
   EvalResult r;
   r.tokens = n;
   r.loss = loss_sum / double(n);
   r.perplexity = std::exp(r.loss);
+  r.mtp_tokens = mtp_tokens;
+  r.mtp_loss = mtp_tokens > 0 ? mtp_sum / double(mtp_tokens) : 0.0;
   return r;
 }
 

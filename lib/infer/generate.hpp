@@ -44,6 +44,10 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
 struct EvalResult {
   double loss = 0, perplexity = 0;
   int64_t tokens = 0;  // predicted positions = bytes - 1
+  // Models with the MTP module: its mean CE of t_{i+2} over the positions i = 0 .. T'-2 of every
+  // window of T' (the same windows as `loss`).
+  double mtp_loss = 0;
+  int64_t mtp_tokens = 0;
 };
 // Called after each forward with the workspace and the run of tokens [first_token, first_token +
 // tokens) it holds, in order, at the start of the workspace (routing analysis reads it there).

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <nlohmann/json.hpp>
@@ -19,6 +20,19 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+// DeepSeek-V3's release stores the MTP module's embedding and head as copies of the main ones under
+// the module's layer; vLLM and SGLang read them there. moe shares the main tensors (one parameter,
+// one gradient) and writes the copies; on load they must equal the main ones.
+struct SharedCopy {
+  std::string name;  // the copy's name at layer L
+  const char* main;  // the main tensor it copies
+};
+std::vector<SharedCopy> mtp_shared_copies(const ModelConfig& c) {
+  if (!c.mtp()) return {};
+  const std::string p = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
+  return {{p + "embed_tokens.weight", "model.embed_tokens.weight"}, {p + "shared_head.head.weight", "lm_head.weight"}};
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& dir, const Model& model) {
@@ -26,6 +40,10 @@ void save_checkpoint(const std::string& dir, const Model& model) {
   std::vector<TensorRef> refs;
   for (const TensorSpec& spec : model.layout.tensors)
     refs.push_back({spec.name, spec.shape, model.params.data() + spec.offset});
+  for (const SharedCopy& copy : mtp_shared_copies(model.config)) {
+    const TensorSpec* main = model.find(copy.main);
+    refs.push_back({copy.name, main->shape, model.params.data() + main->offset});
+  }
   write_safetensors(dir + "/" + kModelFile, refs, {{"format", "pt"}, {"producer", "moe " MOE_VERSION}});
   write_file_atomic(dir + "/config.json", to_json(model.config).dump(2) + "\n");
 }
@@ -50,10 +68,27 @@ void load_tensors_into(const CheckpointTensors& tensors, const Model& model, flo
       if (!std::isfinite(values[i]))
         fail(file + ": tensor \"" + name + "\" holds a non-finite value (" + tensors.dtype(name) + ")");
   }
-  if (tensors.size() != model.layout.tensors.size())
-    for (const std::string& name : tensors.names())
-      if (!model.find(name))
+  const std::vector<SharedCopy> copies = mtp_shared_copies(model.config);
+  for (const SharedCopy& copy : copies) {
+    if (!tensors.contains(copy.name)) fail(tensors.source() + ": missing tensor \"" + copy.name + "\"");
+    const TensorSpec* main = model.find(copy.main);
+    const std::string& file = tensors.file_of(copy.name);
+    if (tensors.shape(copy.name) != main->shape)
+      fail(file + ": tensor \"" + copy.name + "\" has shape " + shape_text(tensors.shape(copy.name)) +
+           ", config implies " + shape_text(main->shape));
+    std::vector<float> values(size_t(main->numel));
+    tensors.copy_f32(copy.name, values.data());
+    if (!std::equal(values.begin(), values.end(), dest + main->offset))
+      fail(file + ": tensor \"" + copy.name + "\" differs from \"" + copy.main +
+           "\" (the MTP module shares the main model's; the two must be equal)");
+  }
+  if (tensors.size() != model.layout.tensors.size() + copies.size())
+    for (const std::string& name : tensors.names()) {
+      const bool is_copy =
+          std::any_of(copies.begin(), copies.end(), [&](const SharedCopy& c) { return c.name == name; });
+      if (!model.find(name) && !is_copy)
         fail(tensors.file_of(name) + ": unknown tensor \"" + name + "\" (not part of this config's model)");
+    }
 }
 
 std::unique_ptr<Model> load_checkpoint(const std::string& dir) {

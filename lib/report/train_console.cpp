@@ -42,6 +42,10 @@ void ConsoleTrainObserver::on_start(const Config& effective, const std::string& 
   std::fprintf(out_, "effective config:\n%s\n", j.dump(2).c_str());
   std::fprintf(out_, "data: %s\nrun directory: %s (metrics.jsonl, checkpoint)\n", data_source.c_str(), out_dir.c_str());
   if (start_step > 0) std::fprintf(out_, "resuming after step %lld\n", (long long)start_step);
+  if (effective.model.mtp() && effective.train.mtp_weight == 0.0)
+    std::fprintf(out_,
+                 "note: mtp_weight is 0: the multi-token-prediction module is not run and not trained (it keeps "
+                 "its initial or loaded weights)\n");
   std::fflush(out_);
 }
 
@@ -51,9 +55,11 @@ void ConsoleTrainObserver::on_step(const StepRecord& r, double last_val_loss) {
   const double eta = elapsed_ / double(steps_done_) * double(r.steps - r.step);
   char val[32] = "-";
   if (std::isfinite(last_val_loss)) std::snprintf(val, sizeof val, "%.4f", last_val_loss);
+  char mtp[32] = "";
+  if (r.mtp_loss) std::snprintf(mtp, sizeof mtp, "  mtp %.4f", *r.mtp_loss);
   char line[256];
-  std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  val %s  lr %.2e  %.0f tok/s  maxvio %.3f  eta %s",
-                (long long)r.step, (long long)r.steps, r.loss, val, r.lr, r.tokens_per_s, mean_maxvio(r.layers),
+  std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f%s  val %s  lr %.2e  %.0f tok/s  maxvio %.3f  eta %s",
+                (long long)r.step, (long long)r.steps, r.loss, mtp, val, r.lr, r.tokens_per_s, mean_maxvio(r.layers),
                 duration(eta).c_str());
   if (tty_) {
     std::fprintf(out_, "\r\033[2K%s", line);
@@ -66,8 +72,10 @@ void ConsoleTrainObserver::on_step(const StepRecord& r, double last_val_loss) {
 
 void ConsoleTrainObserver::on_eval(const EvalRecord& r) {
   clear_status();
-  std::fprintf(out_, "eval step %lld: val_loss %.4f over %lld tokens, maxvio_global", (long long)r.step, r.val_loss,
+  std::fprintf(out_, "eval step %lld: val_loss %.4f over %lld tokens, ", (long long)r.step, r.val_loss,
                (long long)r.tokens);
+  if (r.mtp_val_loss) std::fprintf(out_, "mtp_val_loss %.4f, ", *r.mtp_val_loss);
+  std::fprintf(out_, "maxvio_global");
   for (const auto& l : r.layers) std::fprintf(out_, " L%lld=%.3f", (long long)l.layer, l.maxvio);
   std::fprintf(out_, "\n");
   std::fflush(out_);

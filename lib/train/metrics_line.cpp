@@ -155,6 +155,7 @@ json to_json(const StepRecord& r) {
             {"seconds", r.seconds},     {"balance_loss", r.balance_loss},
             {"layers", layers}};
   if (r.skipped) j["skipped"] = true;
+  if (r.mtp_loss) j["mtp_loss"] = *r.mtp_loss;
   if (r.ranks > 1) {
     json per_layer = json::array();
     for (const auto& l : r.layers)
@@ -170,7 +171,9 @@ json to_json(const StepRecord& r) {
 json to_json(const EvalRecord& r) {
   json layers = json::array();
   for (const auto& l : r.layers) layers.push_back(layer_json(l, false));
-  return {{"kind", "eval"}, {"step", r.step}, {"val_loss", r.val_loss}, {"tokens", r.tokens}, {"layers", layers}};
+  json j = {{"kind", "eval"}, {"step", r.step}, {"val_loss", r.val_loss}, {"tokens", r.tokens}, {"layers", layers}};
+  if (r.mtp_val_loss) j["mtp_val_loss"] = *r.mtp_val_loss;
+  return j;
 }
 
 json end_json(int64_t step, const std::string& reason) { return {{"kind", "end"}, {"step", step}, {"reason", reason}}; }
@@ -185,6 +188,7 @@ StepRecord step_from_json(const json& j, const std::string& where) {
   p.tokens_per_s = j.contains("tokens_per_s") ? field<double>(j, "tokens_per_s", where) : 0.0;
   p.balance_loss = j.contains("balance_loss") ? field<double>(j, "balance_loss", where) : 0.0;
   p.skipped = j.contains("skipped") && j["skipped"].is_boolean() && j["skipped"].get<bool>();
+  if (j.contains("mtp_loss")) p.mtp_loss = field<double>(j, "mtp_loss", where);
   p.layers = parse_layers(j, where, true);
   if (j.contains("ranks")) parse_ranks(j["ranks"], p, where);
   return p;
@@ -195,6 +199,7 @@ EvalRecord eval_from_json(const json& j, const std::string& where) {
   p.step = field<int64_t>(j, "step", where);
   p.val_loss = field<double>(j, "val_loss", where);
   p.tokens = j.contains("tokens") ? field<int64_t>(j, "tokens", where) : 0;
+  if (j.contains("mtp_val_loss")) p.mtp_val_loss = field<double>(j, "mtp_val_loss", where);
   p.layers = parse_layers(j, where, false);
   return p;
 }

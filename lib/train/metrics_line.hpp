@@ -3,6 +3,7 @@
 // report, `moe inspect --follow`, resume). A field is added here once.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,9 +28,10 @@ struct StepRecord {
   int64_t step = 0;   // optimizer steps completed
   int64_t steps = 0;  // of the schedule (not written)
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
-  bool skipped = false;         // non-finite loss or gradient: nothing was updated
-  double comm_seconds = 0;      // rank 0's time inside MPI collectives during the step
-  double alltoall_seconds = 0;  // the expert-parallel all-to-alls among them
+  bool skipped = false;            // non-finite loss or gradient: nothing was updated
+  std::optional<double> mtp_loss;  // models with a trained MTP module: mean CE of t_{i+2}
+  double comm_seconds = 0;         // rank 0's time inside MPI collectives during the step
+  double alltoall_seconds = 0;     // the expert-parallel all-to-alls among them
   int64_t ranks = 1;
   std::vector<LayerLoad> layers;
 };
@@ -39,6 +41,7 @@ struct EvalRecord {
   int64_t step = 0;
   double val_loss = 0;
   int64_t tokens = 0;
+  std::optional<double> mtp_val_loss;  // models with an MTP module: its validation CE of t_{i+2}
   std::vector<LayerLoad> layers;
 };
 

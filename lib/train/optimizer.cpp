@@ -5,7 +5,7 @@
 
 namespace moe {
 
-void AdamW::step(Model& model, double lr, double weight_decay, float grad_scale) {
+void AdamW::step(Model& model, double lr, double weight_decay, float grad_scale, bool train_mtp) {
   ++t;
   const float b1 = float(beta1), b2 = float(beta2);
   const float c1 = float(1.0 / (1.0 - std::pow(beta1, double(t))));
@@ -16,7 +16,7 @@ void AdamW::step(Model& model, double lr, double weight_decay, float grad_scale)
   // tensors, and a region per tensor would cost more than the update itself.
 #pragma omp parallel
   for (const TensorSpec& spec : tensors) {
-    if (!spec.trainable) continue;
+    if (!spec.trainable || (spec.mtp && !train_mtp)) continue;
     float* p = model.params.data() + spec.offset;
     const float* g = model.grads.data() + spec.offset;
     float* mm = m.data() + spec.offset;

@@ -16,7 +16,8 @@ struct AdamW {
   explicit AdamW(const ParamLayout& layout) : m(layout.total), v(layout.total) {}
   // One update of every trainable tensor with gradient grad_scale · g (the clipping factor, applied
   // here rather than in a separate pass over the gradients); decay only where spec.decay (matrices).
-  void step(Model& model, double lr, double weight_decay, float grad_scale = 1.0f);
+  // With train_mtp false the multi-token-prediction module stays as it is (no update, no decay).
+  void step(Model& model, double lr, double weight_decay, float grad_scale = 1.0f, bool train_mtp = true);
 };
 
 // The factor that brings a global gradient norm down to max_norm (1 when max_norm <= 0 or the norm

@@ -8,16 +8,25 @@
 
 namespace moe {
 
+namespace {
+
+// Decoder layers a training step runs: the main ones, and the MTP module's when it is trained.
+int64_t ran_layers_of(const ModelConfig& c, bool mtp) { return c.num_hidden_layers + (mtp ? 1 : 0); }
+
+}  // namespace
+
 TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel parallel)
     : config_(config),
       parallel_(parallel),
-      ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true),
+      // The MTP module runs (and trains) only with a positive weight.
+      ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true,
+          /*with_mtp=*/config.mtp_weight > 0),
       bias_balancing_(config.balance == Balance::loss_free || config.balance == Balance::loss_free_seq),
       inputs_(static_cast<size_t>(config.batch * config.seq)),
       targets_(static_cast<size_t>(config.batch * config.seq)),
-      counts_(static_cast<size_t>(model.config.num_moe_layers()),
+      counts_(static_cast<size_t>(model.config.num_routed_layers()),
               std::vector<int64_t>(static_cast<size_t>(model.config.n_routed_experts))),
-      layer_balance_(static_cast<size_t>(model.config.num_moe_layers())) {
+      layer_balance_(static_cast<size_t>(model.config.num_routed_layers())) {
   check(config.batch % parallel.ranks() == 0, "internal: batch not divisible by the ranks");
   ws_.remote = parallel.experts;
   // Contiguous runs of tensors: the rank's own experts (expert parallel) or replicated ones.
@@ -44,17 +53,19 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   }
   for (auto& c : counts_) std::fill(c.begin(), c.end(), 0);
   std::fill(layer_balance_.begin(), layer_balance_.end(), 0.0);
-  double loss = 0.0;
+  double loss = 0.0, mtp_loss = 0.0;
+  const float mtp_weight = ws_.mtp ? float(tc.mtp_weight) : 0.0f;
   for (int64_t micro = 0; micro < tc.accum; ++micro) {
     // Every rank draws the same global batch (one random stream) and takes its own rows.
     sample_batch(data, rng, tc.batch, tc.seq, inputs_.data(), targets_.data());
     const int64_t first = parallel_.rank() * local_rows;
     loss += model_forward(ctx, model, ws_, inputs_.data() + first, targets_.data() + first, balance_) /
             double(tc.accum * ranks);
+    if (ws_.mtp_ran) mtp_loss += ws_.mtp_loss_sum / double(ws_.mtp_tokens) / double(tc.accum * ranks);
     // The global mean over ranks: each rank's gradient enters the sum with 1/ranks.
-    model_backward(ctx, model, ws_, balance_, float(1.0 / double(tc.accum * ranks)));
+    model_backward(ctx, model, ws_, balance_, float(1.0 / double(tc.accum * ranks)), mtp_weight);
     size_t m = 0;
-    for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+    for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp); ++l) {
       if (!mc.is_moe_layer(l)) continue;
       const MoeSaved& saved = ws_.layers[size_t(l)].moe;
       for (int64_t e = 0; e < E; ++e) counts_[m][size_t(e)] += saved.counts[e];
@@ -68,11 +79,11 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     // One exchange for the step's statistics (loss, balance losses, expert counts), then the
     // gradients of the replicated parameters (each already scaled by 1/ranks: a sum is the mean).
     Dist& dist = *parallel_.dist;
-    std::vector<double> stats{loss};
+    std::vector<double> stats{loss, mtp_loss};
     stats.insert(stats.end(), layer_balance_.begin(), layer_balance_.end());
     dist.allreduce_sum(stats.data(), int64_t(stats.size()));
-    loss = stats[0];
-    std::copy(stats.begin() + 1, stats.end(), layer_balance_.begin());
+    loss = stats[0], mtp_loss = stats[1];
+    std::copy(stats.begin() + 2, stats.end(), layer_balance_.begin());
     for (auto& c : counts_) dist.allreduce_sum(c.data(), int64_t(c.size()));
     for (const auto& [offset, n] : replicated_) dist.allreduce_sum(model.grads.data() + offset, n);
   }
@@ -80,17 +91,16 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     PhaseScope phase(ctx, Phase::optimizer);
     const double norm = global_grad_norm(model);
     const double lr = learning_rate(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
-    finite = std::isfinite(loss) && std::isfinite(norm);
-    if (finite) {
-      adam.step(model, lr, tc.weight_decay, clip_scale(norm, tc.grad_clip));
-    }
+    finite = std::isfinite(loss) && std::isfinite(mtp_loss) && std::isfinite(norm);
+    if (finite) adam.step(model, lr, tc.weight_decay, clip_scale(norm, tc.grad_clip), /*train_mtp=*/ws_.mtp);
     r.step = step + 1;
     r.steps = tc.steps;
     r.loss = loss, r.lr = lr, r.grad_norm = norm;
+    if (ws_.mtp) r.mtp_loss = mtp_loss;
   }
   PhaseScope phase(ctx, Phase::balancing);
   size_t m = 0;
-  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+  for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp); ++l) {
     if (!mc.is_moe_layer(l)) continue;
     float* bias = model.weights.layers[size_t(l)].moe.router_bias;
     // No bias update for a step that went non-finite.

@@ -64,6 +64,8 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"max_bad_steps", &T::max_bad_steps, Check::positive, 0, "Stop after this many consecutive non-finite steps",
        "--max-bad-steps"},
       {"seed", &T::seed, Check::any, 0, "Seed for initialisation and batch sampling", "--seed"},
+      {"mtp_weight", &T::mtp_weight, Check::non_negative_finite, 0,
+       "Weight lambda of the multi-token-prediction loss (0: the MTP module is not trained)", "--mtp-weight"},
       {"balance",
        Choice<T>{kBalanceNames, [](const T& t) { return std::string(to_string(t.balance)); },
                  [](T& t, const std::string& s) { t.balance = parse_balance(s, "balance"); }},

@@ -37,6 +37,7 @@ struct TrainConfig {
   int64_t threads = 0;  // 0: all cores
   uint64_t seed = 1234;
   int64_t max_bad_steps = 10;  // consecutive non-finite steps before training stops
+  double mtp_weight = 0.3;     // λ of the multi-token-prediction loss (models with the MTP module)
 };
 
 // The table of training fields, in the order of the `moe train --help` flags.

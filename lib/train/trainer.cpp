@@ -51,7 +51,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   const int64_t windows = std::max<int64_t>(1, std::min(available, (eval_tokens + T - 1) / T));
   ExpertTally tally(c);
   std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
-  double loss_sum = 0.0;
+  double loss_sum = 0.0, mtp_sum = 0.0;
   for (int64_t g0 = 0; g0 < windows; g0 += B * ranks) {
     const int64_t w0 = g0 + rank * B;
     const int64_t rows = std::clamp<int64_t>(windows - w0, 0, B);
@@ -63,21 +63,26 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
         targets[size_t(b * T + t)] = data.bytes[size_t(s + t + 1)];
       }
     }
-    model_forward(ctx, model, ws, inputs.data(), nullptr);
+    // With targets, a workspace built with the MTP module runs it too (its t_{i+2} predictions).
+    model_forward(ctx, model, ws, inputs.data(), targets.data());
     if (rows == 0) continue;
     loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);
+    if (ws.mtp_ran)
+      mtp_sum += cross_entropy_forward_backward(ws.mtp_logits, ws.mtp_targets, nullptr, rows * T, V, 0.0f);
     tally.add(c, ws, rows * T);
   }
   if (ranks > 1) {
     parallel.dist->allreduce_sum(&loss_sum, 1);
+    parallel.dist->allreduce_sum(&mtp_sum, 1);
     for (auto& layer : tally.counts) parallel.dist->allreduce_sum(layer.data(), int64_t(layer.size()));
   }
   EvalRecord r;
   r.step = step;
   r.tokens = windows * T;
   r.val_loss = loss_sum / double(r.tokens);
+  if (ws.mtp_ran) r.mtp_val_loss = mtp_sum / double(windows * (T - 1));
   size_t m = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  for (int64_t l = 0; l < c.num_hidden_layers + (ws.mtp_ran ? 1 : 0); ++l) {
     if (!c.is_moe_layer(l)) continue;
     LayerLoad load;
     load.layer = l;
@@ -157,6 +162,10 @@ void check_parallel_options(const TrainOptions& o, const Dist& dist) {
   const int64_t ranks = dist.size();
   if ((o.expert_parallel || o.max_ranks_per_token > 0) && !Dist::built_with_mpi())
     fail("--expert-parallel: this moe was built without MPI (install libopenmpi-dev and rebuild)");
+  if (o.expert_parallel && mc.mtp())
+    fail(
+        "--expert-parallel: not implemented for a model with the multi-token-prediction module "
+        "(num_nextn_predict_layers: 1); train it data parallel (without --expert-parallel)");
   if (o.max_ranks_per_token > 0 && !o.expert_parallel)
     fail("--max-ranks-per-token: needs --expert-parallel (it limits the ranks a token's experts live on)");
   if (tc.batch % ranks != 0)
