@@ -578,3 +578,52 @@ TEST_CASE("checkpoint: a failed write leaves no partial file", "[checkpoint]") {
     CHECK(listing(dir.path()) == std::set<std::string>{"w.safetensors"});
   }
 }
+
+TEST_CASE("checkpoint: an MTP model writes the shared embedding and head at layer L; they must match on load",
+          "[checkpoint]") {
+  moe::ModelConfig c = small_config();
+  c.num_key_value_heads = c.num_attention_heads;
+  c.kv_lora_rank = 8, c.qk_nope_head_dim = 4, c.qk_rope_head_dim = 4, c.v_head_dim = 6, c.head_dim = 4;
+  c.num_nextn_predict_layers = 1;
+  moe::validate(c, "test");
+  moe::Model model(c, {}, false);
+  model.init(3);
+  TempDir dir("checkpoint_mtp");
+  const std::string ckpt = dir / "run";
+  moe::save_checkpoint(ckpt, model);
+  const std::string L = std::to_string(c.num_hidden_layers);
+  const moe::SafetensorsFile file = moe::read_safetensors(ckpt + "/model.safetensors");
+  // DeepSeek-V3's MTP names, the module's own tensors and the two copies of the shared ones.
+  for (const char* name :
+       {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight", "embed_tokens.weight",
+        "shared_head.head.weight", "self_attn.kv_a_proj_with_mqa.weight", "mlp.gate.e_score_correction_bias"})
+    CHECK(file.tensors.count("model.layers." + L + "." + name) == 1);
+  auto same = [&](const std::string& copy, const std::string& main) {
+    const auto& a = file.tensors.at(copy);
+    const auto& b = file.tensors.at(main);
+    return a.shape == b.shape && std::memcmp(file.f32(copy), file.f32(main), size_t(a.end - a.begin)) == 0;
+  };
+  CHECK(same("model.layers." + L + ".embed_tokens.weight", "model.embed_tokens.weight"));
+  CHECK(same("model.layers." + L + ".shared_head.head.weight", "lm_head.weight"));
+  CHECK(json::parse(read_bytes(ckpt + "/config.json"))["num_nextn_predict_layers"] == 1);
+  const auto loaded = moe::load_checkpoint(ckpt);
+  CHECK(std::memcmp(loaded->params.data(), model.params.data(), size_t(model.layout.total) * 4) == 0);
+
+  // A copy that differs from the main tensor, or is missing, is refused naming it.
+  std::vector<moe::TensorRef> refs;
+  std::vector<std::vector<float>> keep;
+  for (const auto& [name, entry] : file.tensors) {
+    keep.emplace_back(file.f32(name), file.f32(name) + (entry.end - entry.begin) / 4);
+    if (name == "model.layers." + L + ".shared_head.head.weight") keep.back()[5] += 1.0f;
+    refs.push_back({name, entry.shape, keep.back().data()});
+  }
+  moe::write_safetensors(ckpt + "/model.safetensors", refs);
+  REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt),
+                    Contains("shared_head.head.weight") && Contains("differs from") && Contains("lm_head.weight"));
+  std::vector<moe::TensorRef> without;
+  for (const auto& ref : refs)
+    if (ref.name != "model.layers." + L + ".embed_tokens.weight") without.push_back(ref);
+  moe::write_safetensors(ckpt + "/model.safetensors", without);
+  REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt),
+                    Contains("missing tensor") && Contains("model.layers." + L + ".embed_tokens.weight"));
+}

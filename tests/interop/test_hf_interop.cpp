@@ -54,6 +54,13 @@ void check_same_eval(const std::string& model, const std::string& data, int64_t 
   CHECK(ours["tokens"] == theirs["tokens"]);
   CHECK(ours["loss"].get<double>() == Approx(theirs["loss"].get<double>()).epsilon(1e-5));
   CHECK(ours["loss"].get<double>() < 4.0);  // a trained model, not a uniform guess (ln 256 = 5.5)
+  // The multi-token-prediction module (tiny-v3 has one): t_{i+2} from h_i and t_{i+1}.
+  CHECK(ours.contains("mtp_loss") == theirs.contains("mtp_loss"));
+  if (ours.contains("mtp_loss")) {
+    CHECK(ours["mtp_tokens"] == theirs["mtp_tokens"]);
+    CHECK(ours["mtp_loss"].get<double>() == Approx(theirs["mtp_loss"].get<double>()).epsilon(1e-5));
+    CHECK(ours["mtp_loss"].get<double>() < 4.5);
+  }
 }
 
 void check_same_greedy(const std::string& model, const std::string& prompt, int n) {
@@ -76,6 +83,7 @@ TEST_CASE("a moe-trained MLA checkpoint loads in the HF-style reference with the
   variant["model"]["q_lora_rank"] = nullptr;
   variant["model"]["rope_interleave"] = false;
   variant["model"]["routed_scaling_factor"] = 2.5;
+  variant["model"]["num_nextn_predict_layers"] = 0;  // the variant without the MTP module
   std::ofstream(dir / "variant.json") << variant.dump(2);
   for (const std::string& config : {std::string(MOE_SOURCE_DIR "/configs/tiny-v3.json"), dir / "variant.json"}) {
     CAPTURE(config);
