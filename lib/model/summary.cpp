@@ -14,9 +14,15 @@ ParamSummary summarize_params(const ModelConfig& c) {
                               TensorRole::dense_ffn, TensorRole::shared_expert, TensorRole::routed_expert,
                               TensorRole::router,    TensorRole::head};
   for (TensorRole role : order) s.rows.push_back({to_string(role), 0, 0});
+  // The multi-token-prediction module is its own part: trained, but not run in plain decoding.
+  if (c.mtp()) s.rows.push_back({"MTP module", 0, 0});
   for (const TensorSpec& spec : make_layout(c).tensors) {
     if (spec.role == TensorRole::router_bias) {
       s.state += spec.numel;
+      continue;
+    }
+    if (spec.mtp) {
+      s.rows.back().total += spec.numel;
       continue;
     }
     for (size_t i = 0; i < std::size(order); ++i)
@@ -90,6 +96,13 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
   }
   std::snprintf(line, sizeof line, "  %-16s %12s %12s\n", "all", human(s.total).c_str(), human(s.activated).c_str());
   out += line;
+  if (c.mtp()) {
+    std::snprintf(line, sizeof line,
+                  "  (the MTP module: layer %lld, predicts the token after next in training and drafts it for "
+                  "--draft mtp; plain decoding does not run it)\n",
+                  (long long)c.num_hidden_layers);
+    out += line;
+  }
   std::snprintf(line, sizeof line,
                 "\n  %lld parameters, %lld activated per token (%.1f%%): each token uses %.2fx fewer than the model "
                 "holds.\n",
