@@ -29,6 +29,8 @@ struct InferFlags {
   int64_t seed = -1;
   int64_t threads = 0;
   bool expert_stats = false, json = false;
+  std::string draft;       // "mtp": self-speculative decoding
+  int64_t draft_max = 1;
 };
 
 void set_threads(int64_t threads) {
@@ -56,6 +58,18 @@ nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally, bool w
                       {"counts", rows[m]},
                       {"maxvio", max_violation(rows[m].data(), c.n_routed_experts)}});
   return layers;
+}
+
+nlohmann::json speculative_json(const GenerateRequest& request, const GenerateTimings& t) {
+  return {{"draft", "mtp"},
+          {"draft_max", request.draft_max},
+          {"drafted", t.drafted},
+          {"accepted", t.accepted},
+          {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
+          {"main_steps", t.main_steps},
+          // After the first token (sampled from the prompt's logits), every token comes from a step.
+          {"tokens_per_main_step",
+           t.main_steps > 0 ? double(t.generated_tokens - int64_t(request.prompts.size())) / double(t.main_steps) : 0.0}};
 }
 
 }  // namespace
@@ -90,6 +104,14 @@ Run add_infer(CLI::App& app) {
       ->check(NonNegative);
   cmd->add_option("-s,--seed", f->seed, "Sampling seed (default: random, reported)")->check(NonNegative);
   cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
+  cmd->add_option("--draft", f->draft,
+                  "Self-speculative decoding: mtp drafts tokens with the model's multi-token-prediction module "
+                  "and the main model verifies them (same output as without)")
+      ->check(CLI::IsMember({"mtp"}));
+  cmd->add_option("--draft-max", f->draft_max, "With --draft mtp: tokens drafted per step (the module applied again "
+                                               "to its own output)")
+      ->capture_default_str()
+      ->check(InRange(1, 16));
   cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");
   cmd->add_flag("--json", f->json, "Print one JSON document instead of streaming text");
 
@@ -104,6 +126,7 @@ Run add_infer(CLI::App& app) {
     GenerateRequest request;
     request.n_predict = f->n_predict;
     request.sampler = f->sampler;
+    request.draft_max = f->draft.empty() ? 0 : f->draft_max;
     request.seed =
         f->seed >= 0 ? uint64_t(f->seed) : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
     if (pp->count() > 0) {
@@ -163,7 +186,8 @@ Run add_infer(CLI::App& app) {
                               {"generate_ms", timings.generate_seconds * 1e3},
                               {"generated_tokens", timings.generated_tokens},
                               {"generate_tokens_per_s", gen_tps}}},
-                            {"expert_stats", stats_json(c, tally, false)}};
+                            {"expert_stats", stats_json(c, tally, request.draft_max > 0)}};
+      if (request.draft_max > 0) doc["speculative"] = speculative_json(request, timings);
       if (outputs.size() == 1) {
         for (const auto& [k, v] : results[0].items()) doc[k] = v;
       } else {
@@ -177,8 +201,17 @@ Run add_infer(CLI::App& app) {
         std::printf("=== %zu ===\n%s%s\n", i + 1, outputs[i].prompt.c_str(), outputs[i].text.c_str());
     }
     std::fflush(stdout);
+    if (request.draft_max > 0) {
+      const nlohmann::json s = speculative_json(request, timings);
+      std::fprintf(stderr,
+                   "moe: --draft mtp: %lld drafted, %lld accepted (%.1f%%), %.2f tokens per main-model step (%lld "
+                   "steps), draft-max %lld\n",
+                   (long long)timings.drafted, (long long)timings.accepted, 100 * s["acceptance_rate"].get<double>(),
+                   s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps, (long long)request.draft_max);
+    }
     if (f->expert_stats)
-      std::fputs(format_expert_table(c, counted(c, tally, false), "inference expert load").c_str(), stderr);
+      std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),
+                 stderr);
     std::fprintf(stderr, "\nseed %llu\n", (unsigned long long)request.seed);
     std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
     std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",

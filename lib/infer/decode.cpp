@@ -19,7 +19,7 @@
 namespace moe {
 
 KvCache::KvCache(const ModelConfig& c, int64_t batch_, int64_t max_len_)
-    : layers(c.num_hidden_layers),
+    : layers(c.decoder_layers()),
       batch(batch_),
       max_len(max_len_),
       kv_heads(c.mla() ? 0 : c.num_key_value_heads),
@@ -28,7 +28,8 @@ KvCache::KvCache(const ModelConfig& c, int64_t batch_, int64_t max_len_)
       k(layers * batch_ * kv_heads * max_len_ * head_dim),
       v(layers * batch_ * kv_heads * max_len_ * head_dim),
       latent(layers * batch_ * max_len_ * latent_dim),
-      length(size_t(batch_), 0) {}
+      length(size_t(batch_), 0),
+      mtp_length(size_t(batch_), 0) {}
 
 namespace {
 
@@ -68,6 +69,7 @@ struct ThreadBuffers {
   float* q_cat;            // (B, H, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
   float* o_lat;            // (B, H, rkv) attention output in latent space
   float* kv_lat;           // (B, lat) kv_a_proj_with_mqa output (thread 0)
+  float* mtp_cat;          // (B, 2D) the MTP module's [enorm(embed(t)) | hnorm(h)]
 
   void plan(const ModelConfig& c, int64_t B, Bump<float>& f, Bump<int32_t>& ib) {
     const int64_t D = c.hidden_size, E = c.n_routed_experts, rows = B * std::max<int64_t>(c.num_experts_per_tok, 1);
@@ -84,6 +86,7 @@ struct ThreadBuffers {
     q_lat = f.take(B * rq), q_lat_n = f.take(B * rq);
     q_heads = f.take(c.mla() ? B * H * c.qk_head_dim() : 0);
     q_cat = f.take(B * H * lat), o_lat = f.take(B * H * rkv), kv_lat = f.take(B * lat);
+    mtp_cat = f.take(c.mtp() ? B * 2 * D : 0);
   }
 };
 
@@ -92,16 +95,18 @@ struct Decoder::ThreadStep {
   Decoder& d;
   const ModelConfig& c;
   const int32_t* seq;
+  const int64_t* pos;  // (n) the position each row takes in its sequence
   int64_t n;
   std::atomic<bool>& ok;
   const int t, T;  // this thread, team size
   const int64_t D, E, K, B;
   ThreadBuffers buf;
 
-  ThreadStep(Decoder& decoder, const int32_t* seq_, int64_t n_, std::atomic<bool>& ok_)
+  ThreadStep(Decoder& decoder, const int32_t* seq_, const int64_t* pos_, int64_t n_, std::atomic<bool>& ok_)
       : d(decoder),
         c(decoder.model_.config),
         seq(seq_),
+        pos(pos_),
         n(n_),
         ok(ok_),
         t(omp_get_thread_num()),
@@ -109,7 +114,7 @@ struct Decoder::ThreadStep {
         D(c.hidden_size),
         E(c.n_routed_experts),
         K(c.num_experts_per_tok),
-        B(decoder.cache_.batch) {
+        B(decoder.max_rows_) {
     Bump<float> f(d.scratch_[size_t(t)].floats.data());
     Bump<int32_t> ib(d.scratch_[size_t(t)].ints.data());
     buf.plan(c, B, f, ib);
@@ -172,13 +177,13 @@ struct Decoder::ThreadStep {
     mm(true, n, nk, D, buf.xn, D, lw.k_proj + k0 * D, D, ws.k_flat + k0, kvd, false);
     mm(true, n, nk, D, buf.xn, D, lw.v_proj + k0 * D, D, ws.v_flat + k0, kvd, false);
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t b = seq[i], pos = cache.length[size_t(b)], len = pos + 1;
+      const int64_t b = seq[i], p = pos[i], len = p + 1;
       for (int64_t kh = heads.begin; kh < heads.end; ++kh) {
-        rope_rotate(d.model_.rope, ws.k_flat + i * kvd + kh * hd, cache.k_at(l, b, kh) + pos * hd, pos);
-        std::copy_n(ws.v_flat + i * kvd + kh * hd, hd, cache.v_at(l, b, kh) + pos * hd);
+        rope_rotate(d.model_.rope, ws.k_flat + i * kvd + kh * hd, cache.k_at(l, b, kh) + p * hd, p);
+        std::copy_n(ws.v_flat + i * kvd + kh * hd, hd, cache.v_at(l, b, kh) + p * hd);
       }
       for (int64_t qh = heads.begin * g; qh < heads.end * g; ++qh) {
-        rope_rotate(d.model_.rope, ws.q_flat + i * qd + qh * hd, buf.q_rot, pos);
+        rope_rotate(d.model_.rope, ws.q_flat + i * qd + qh * hd, buf.q_rot, p);
         const float* keys = cache.k_at(l, b, qh / g);
         const float* values = cache.v_at(l, b, qh / g);
         float* p = d.attn_scratch_.data() + (i * c.num_attention_heads + qh) * L;
@@ -223,10 +228,9 @@ struct Decoder::ThreadStep {
     if (t == 0) {
       mm(true, n, lat, D, buf.xn, D, lw.kv_a_proj_with_mqa, D, buf.kv_lat, lat, false);
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t b = seq[i], pos = cache.length[size_t(b)];
-        float* row = cache.latent_at(l, b) + pos * lat;
+        float* row = cache.latent_at(l, seq[i]) + pos[i] * lat;
         rmsnorm_row(buf.kv_lat + i * lat, lw.kv_a_layernorm, row, rkv, kMlaLatentNormEps);
-        rope_rotate(d.model_.rope, buf.kv_lat + i * lat + rkv, row + rkv, pos);
+        rope_rotate(d.model_.rope, buf.kv_lat + i * lat + rkv, row + rkv, pos[i]);
       }
     }
     const Range heads = slice(H, t, T, 1);
@@ -247,7 +251,7 @@ struct Decoder::ThreadStep {
            H * lat, false);
         for (int64_t i = 0; i < n; ++i)
           rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * H + h) * lat + rkv,
-                      cache.length[size_t(seq[i])]);
+                      pos[i]);
       }
     }
 #pragma omp barrier
@@ -256,8 +260,8 @@ struct Decoder::ThreadStep {
       return;
     }
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t b = seq[i], len = cache.length[size_t(b)] + 1;
-      const float* rows = cache.latent_at(l, b);
+      const int64_t len = pos[i] + 1;
+      const float* rows = cache.latent_at(l, seq[i]);
       for (int64_t h = heads.begin; h < heads.end; ++h) {
         const float* q = buf.q_cat + (i * H + h) * lat;
         float* p = d.attn_scratch_.data() + (i * H + h) * L;
@@ -331,107 +335,196 @@ struct Decoder::ThreadStep {
     }
   }
 
+  // Decoder layer l over the rows in buf.x (the residual stream), in place.
+  void layer(int64_t l) {
+    const LayerWeights& lw = d.model_.weights.layers[size_t(l)];
+    LayerActivations& a = d.step_ws_.layers[size_t(l)];
+    const float eps = float(c.rms_norm_eps);
+    for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, lw.input_layernorm, buf.xn + i * D, D, eps);
+    if (c.mla())
+      mla_attention(l, lw, a);
+    else
+      attention(l, lw, a);
+#pragma omp barrier
+    // Every thread forms the same h and normed input; then its slice of the FFN.
+    reduce(buf.x, 0, buf.h);
+    for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.h + i * D, lw.post_attention_layernorm, buf.xn + i * D, D, eps);
+    if (c.is_moe_layer(l))
+      moe(lw.moe, a, d.scratch_[size_t(t)].route);
+    else
+      ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, c.intermediate_size,
+                slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t), false);
+#pragma omp barrier
+    reduce(buf.h, 1, buf.x);
+  }
+
+  // rmsnorm(buf.x) with `norm`, then this thread's vocabulary slice of lm_head -> logits (n, V).
+  void head(const float* norm, float* logits) {
+    const int64_t V = c.vocab_size;
+    const Range vr = slice(V, t, T, kSliceAlign);
+    for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, norm, buf.xn + i * D, D, float(c.rms_norm_eps));
+    mm(true, n, vr.size(), D, buf.xn, D, d.model_.weights.lm_head + vr.begin * D, D, logits + vr.begin, V, false);
+  }
+
   void run(const int32_t* tokens) {
     const ModelWeights& w = d.model_.weights;
-    const int64_t V = c.vocab_size, I = c.intermediate_size;
-    const float eps = float(c.rms_norm_eps);
     for (int64_t i = 0; i < n; ++i) std::copy_n(w.embed_tokens + int64_t(tokens[i]) * D, D, buf.x + i * D);
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-      const LayerWeights& lw = w.layers[size_t(l)];
-      LayerActivations& a = d.step_ws_.layers[size_t(l)];
-      for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, lw.input_layernorm, buf.xn + i * D, D, eps);
-      if (c.mla())
-        mla_attention(l, lw, a);
-      else
-        attention(l, lw, a);
-#pragma omp barrier
-      // Every thread forms the same h and normed input; then its slice of the FFN.
-      reduce(buf.x, 0, buf.h);
-      for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.h + i * D, lw.post_attention_layernorm, buf.xn + i * D, D, eps);
-      if (c.is_moe_layer(l))
-        moe(lw.moe, a, d.scratch_[size_t(t)].route);
-      else
-        ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, I, slice(I, t, T, kSliceAlign), nullptr,
-                  partial(1, t), false);
-#pragma omp barrier
-      reduce(buf.h, 1, buf.x);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) layer(l);
+    if (t == 0) std::copy_n(buf.x, n * D, d.hidden_.data());  // the same bits on every thread
+    head(w.norm, d.step_ws_.logits);
+  }
+
+  // The MTP module: x = eh_proj([enorm(embed(t_{i+1})) | hnorm(h_i)]), its decoder layer (cache
+  // layer L), then shared_head.norm and the main lm_head. eh_proj is small: each thread computes
+  // all of it rather than meeting at another barrier.
+  void run_mtp(const float* h, const int32_t* next) {
+    const ModelWeights& w = d.model_.weights;
+    const float eps = float(c.rms_norm_eps);
+    for (int64_t i = 0; i < n; ++i) {
+      rmsnorm_row(w.embed_tokens + int64_t(next[i]) * D, w.mtp.enorm, buf.mtp_cat + i * 2 * D, D, eps);
+      rmsnorm_row(h + i * D, w.mtp.hnorm, buf.mtp_cat + i * 2 * D + D, D, eps);
     }
-    const Range vr = slice(V, t, T, kSliceAlign);
-    for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, w.norm, buf.xn + i * D, D, eps);
-    mm(true, n, vr.size(), D, buf.xn, D, w.lm_head + vr.begin * D, D, d.step_ws_.logits + vr.begin, V, false);
+    mm(true, n, D, 2 * D, buf.mtp_cat, 2 * D, w.mtp.eh_proj, 2 * D, buf.x, D, false);
+    layer(c.num_hidden_layers);
+    if (t == 0) std::copy_n(buf.x, n * D, d.mtp_hidden_.data());
+    head(w.mtp.shared_head_norm, d.step_ws_.mtp_logits);
   }
 };
 
-Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len)
+Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max_rows)
     : model_(model),
       cache_(model.config, batch, max_len),
-      step_ws_(model.config, batch, 1, false),
-      attn_scratch_(batch * model.config.num_attention_heads * max_len),
-      max_threads_(std::max(1, omp_get_max_threads())) {
+      step_ws_(model.config, max_rows > 0 ? max_rows : batch, 1, false, /*with_mtp=*/true),
+      attn_scratch_((max_rows > 0 ? max_rows : batch) * model.config.num_attention_heads * max_len),
+      max_threads_(std::max(1, omp_get_max_threads())),
+      max_rows_(max_rows > 0 ? max_rows : batch),
+      positions_(size_t(max_rows_)),
+      hidden_(max_rows_ * model.config.hidden_size),
+      mtp_hidden_(model.config.mtp() ? max_rows_ * model.config.hidden_size : 0) {
   scratch_.resize(size_t(max_threads_));
   for (ThreadScratch& s : scratch_) {
     Bump<float> f;
     Bump<int32_t> n;
     ThreadBuffers sizes;
-    sizes.plan(model.config, batch, f, n);
+    sizes.plan(model.config, max_rows_, f, n);
     s.floats.resize(f.used());
     s.ints.resize(n.used());
     s.route.resize(model.config);
   }
-  partial_.resize(2 * max_threads_ * batch * model.config.hidden_size);
+  partial_.resize(2 * max_threads_ * max_rows_ * model.config.hidden_size);
 }
 
 const float* Decoder::prefill(ComputeContext& ctx, int64_t b, const std::vector<int32_t>& prompt, ExpertTally* tally) {
   const ModelConfig& c = model_.config;
-  const int64_t T = int64_t(prompt.size()), hd = c.head_dim;
+  const int64_t T = int64_t(prompt.size()), hd = c.head_dim, L = c.num_hidden_layers;
   check(T > 0 && T <= cache_.max_len, "internal: prompt does not fit the cache");
   check(cache_.length[size_t(b)] == 0, "internal: prefill into a used cache slot");
-  // The prompt's own workspace: allocated once per prompt, not per token.
-  Workspace ws(c, 1, T, false);
-  model_forward(ctx, model_, ws, prompt.data(), nullptr);
-  for (int64_t l = 0; l < c.num_hidden_layers && c.mla(); ++l) {
+  // The prompt's own workspace: allocated once per prompt, not per token. With the MTP module the
+  // forward also runs it over the prompt: position i reads t_{i+1} = prompt[i+1], so positions
+  // 0 .. T-2 fill its cache (the last one waits for the token generation picks).
+  Workspace ws(c, 1, T, false, /*with_mtp=*/c.mtp());
+  std::vector<int32_t> next(prompt.begin() + 1, prompt.end());
+  next.push_back(prompt.back());  // a placeholder for the unknown t_T; its MTP output is not kept
+  model_forward(ctx, model_, ws, prompt.data(), c.mtp() ? next.data() : nullptr);
+  const int64_t cached_mtp = ws.mtp_ran ? T - 1 : 0;
+  for (int64_t l = 0; l < c.decoder_layers() && c.mla(); ++l) {
+    if (l == L && !ws.mtp_ran) break;
     // The latent cache rows: [rmsnorm(c_kv) | rope(k_rope)] of every prompt position.
     const LayerActivations& a = ws.layers[size_t(l)];
     const int64_t rkv = *c.kv_lora_rank, dr = c.qk_rope_head_dim;
     float* rows = cache_.latent_at(l, b);
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < (l == L ? cached_mtp : T); ++t) {
       std::memcpy(rows + t * (rkv + dr), a.ckv_n + t * rkv, sizeof(float) * rkv);
       std::memcpy(rows + t * (rkv + dr) + rkv, a.k_rope + t * dr, sizeof(float) * dr);
     }
   }
-  for (int64_t l = 0; l < c.num_hidden_layers && !c.mla(); ++l)
+  for (int64_t l = 0; l < L && !c.mla(); ++l)
     for (int64_t h = 0; h < c.num_key_value_heads; ++h) {
       // ws k/v are (1, Hkv, T, hd): each head's T rows are contiguous, as in the cache.
       std::memcpy(cache_.k_at(l, b, h), ws.layers[size_t(l)].k + h * T * hd, sizeof(float) * T * hd);
       std::memcpy(cache_.v_at(l, b, h), ws.layers[size_t(l)].v + h * T * hd, sizeof(float) * T * hd);
     }
   cache_.length[size_t(b)] = T;
+  cache_.mtp_length[size_t(b)] = cached_mtp;
+  ws.mtp_ran = false;  // the prompt's load is the main model's (the MTP layer's last row is a placeholder)
   if (tally) tally->add(c, ws, T);
+  std::copy_n(ws.resid[size_t(L)] + (T - 1) * c.hidden_size, c.hidden_size, hidden_.data());
   // Keep the last position's logits beyond ws's lifetime.
   float* out = step_ws_.logits;
   std::memcpy(out, ws.logits + (T - 1) * c.vocab_size, sizeof(float) * c.vocab_size);
   return out;
 }
 
+void Decoder::run(const int32_t* seq, const int32_t* tokens, const float* mtp_input, int64_t n) {
+  std::atomic<bool> ok{true};
+#pragma omp parallel num_threads(max_threads_)
+  {
+    ThreadStep step(*this, seq, positions_.data(), n, ok);
+    if (mtp_input)
+      step.run_mtp(mtp_input, tokens);
+    else
+      step.run(tokens);
+  }
+  check(ok.load(), "oneDNN sgemm failed during decoding");
+}
+
+namespace {
+
+// Positions of rows appended to sequences with `length` tokens: several rows of one sequence take
+// consecutive positions. Checks the rows fit the step and the cache.
+void row_positions(const int32_t* seq, int64_t n, const std::vector<int64_t>& length, int64_t batch, int64_t max_rows,
+                   int64_t max_len, std::vector<int64_t>& positions) {
+  check(n >= 0 && n <= max_rows, "internal: more decode rows than the decoder holds");
+  for (int64_t i = 0; i < n; ++i) {
+    check(seq[i] >= 0 && seq[i] < batch, "internal: decode sequence outside the cache");
+    int64_t earlier = 0;
+    for (int64_t j = 0; j < i; ++j) earlier += seq[j] == seq[i];
+    positions[size_t(i)] = length[size_t(seq[i])] + earlier;
+    check(positions[size_t(i)] < max_len, "internal: KV cache is full");
+  }
+}
+
+}  // namespace
+
 const float* Decoder::step(ComputeContext& ctx, const int32_t* seq, const int32_t* tokens, int64_t n,
                            ExpertTally* tally) {
   (void)ctx;  // decoding multiplies through dnnl_sgemm on each thread (see the header)
   const ModelConfig& c = model_.config;
-  check(n >= 0 && n <= cache_.batch, "internal: more decode rows than the cache holds");
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i)
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size,
           "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
-    check(seq[i] >= 0 && seq[i] < cache_.batch, "internal: decode sequence outside the cache");
-    check(cache_.length[size_t(seq[i])] < cache_.max_len, "internal: KV cache is full");
-  }
+  row_positions(seq, n, cache_.length, cache_.batch, max_rows_, cache_.max_len, positions_);
   if (n == 0) return step_ws_.logits;
-  std::atomic<bool> ok{true};
-#pragma omp parallel num_threads(max_threads_)
-  ThreadStep(*this, seq, n, ok).run(tokens);
-  check(ok.load(), "oneDNN sgemm failed during decoding");
+  run(seq, tokens, nullptr, n);
   for (int64_t i = 0; i < n; ++i) ++cache_.length[size_t(seq[i])];
   if (tally) tally->add(c, step_ws_, n);
   return step_ws_.logits;
+}
+
+const float* Decoder::mtp_step(const int32_t* seq, const float* hidden, const int32_t* next, int64_t n,
+                               ExpertTally* tally) {
+  const ModelConfig& c = model_.config;
+  check(c.mtp(), "internal: the model has no MTP module");
+  for (int64_t i = 0; i < n; ++i)
+    check(next[i] >= 0 && next[i] < c.vocab_size, "token id " + std::to_string(next[i]) + " is outside the vocabulary");
+  row_positions(seq, n, cache_.mtp_length, cache_.batch, max_rows_, cache_.max_len, positions_);
+  if (n == 0) return step_ws_.mtp_logits;
+  run(seq, next, hidden, n);
+  for (int64_t i = 0; i < n; ++i) ++cache_.mtp_length[size_t(seq[i])];
+  if (tally) {
+    // The MTP layer's load: its row of the tally (the last MoE layer).
+    const int32_t* expert = step_ws_.layers[size_t(c.num_hidden_layers)].moe.expert;
+    auto& row = tally->counts[size_t(c.moe_layer_index(c.num_hidden_layers))];
+    for (int64_t j = 0; j < n * c.num_experts_per_tok; ++j) ++row[size_t(expert[j])];
+  }
+  return step_ws_.mtp_logits;
+}
+
+void Decoder::truncate(int64_t b, int64_t length, int64_t mtp_length) {
+  check(length <= cache_.length[size_t(b)] && mtp_length <= cache_.mtp_length[size_t(b)],
+        "internal: truncate past the cached positions");
+  cache_.length[size_t(b)] = length;
+  cache_.mtp_length[size_t(b)] = mtp_length;
 }
 
 }  // namespace moe

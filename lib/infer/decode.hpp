@@ -34,7 +34,9 @@ struct KvCache {
   int64_t latent_dim = 0;       // MLA: r_kv + d_r; 0 for GQA
   Buffer<float> k, v;           // GQA: (L, batch, Hkv, max_len, hd) each, keys after RoPE
   Buffer<float> latent;         // MLA: (L, batch, max_len, r_kv + d_r): [rmsnorm(c_kv) | rope(k_rope)]
-  std::vector<int64_t> length;  // tokens cached per sequence
+  std::vector<int64_t> length;  // tokens cached per sequence (main layers)
+  // The MTP module's layer (layer L of `latent`, models with the module): positions it has cached.
+  std::vector<int64_t> mtp_length;
 
   KvCache(const ModelConfig& c, int64_t batch, int64_t max_len);
   float* latent_at(int64_t l, int64_t b) { return latent.data() + (l * batch + b) * max_len * latent_dim; }
@@ -48,14 +50,32 @@ struct KvCache {
 
 class Decoder {
  public:
-  Decoder(const Model& model, int64_t batch, int64_t max_len);
+  // max_rows: rows a step may hold (default: batch); speculative decoding verifies several tokens
+  // of one sequence in one step.
+  Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max_rows = 0);
 
   // Runs the prompt of sequence b (cache must be empty for b) and returns the logits of its last
-  // position (V floats, valid until the next call).
+  // position (V floats, valid until the next call). For a model with the MTP module, its cache is
+  // filled too (positions 0 .. T-2: each needs the next prompt token) and hidden() holds the last
+  // position's hidden state.
   const float* prefill(ComputeContext& ctx, int64_t b, const std::vector<int32_t>& prompt, ExpertTally* tally);
 
-  // One token for each of n sequences seq[i] (each with room in the cache); logits (n, V).
+  // Row i appends tokens[i] to sequence seq[i]; several rows may extend one sequence, in order
+  // (consecutive positions, each seeing the rows before it). Returns logits (n, V).
   const float* step(ComputeContext& ctx, const int32_t* seq, const int32_t* tokens, int64_t n, ExpertTally* tally);
+
+  // The main model's last hidden state (the residual stream before model.norm) of each row of the
+  // last step or of prefill's last position: (n, D).
+  const float* hidden() const { return hidden_.data(); }
+
+  // The MTP module for rows (sequence seq[i], hidden state h_i (D), next token t_{i+1}), appended
+  // to that sequence's MTP cache in order; returns the logits for t_{i+2} (n, V), and mtp_hidden()
+  // the module's output hidden states (n, D) (the input of a further draft).
+  const float* mtp_step(const int32_t* seq, const float* hidden, const int32_t* next, int64_t n, ExpertTally* tally);
+  const float* mtp_hidden() const { return mtp_hidden_.data(); }
+
+  // Forgets cached positions past these lengths (rejected draft tokens).
+  void truncate(int64_t b, int64_t length, int64_t mtp_length);
 
   KvCache& cache() { return cache_; }
 
@@ -76,7 +96,13 @@ class Decoder {
   };
   int max_threads_ = 1;
   std::vector<ThreadScratch> scratch_;
-  Buffer<float> partial_;  // (2, threads, batch, D): attention and FFN partial sums
+  Buffer<float> partial_;  // (2, threads, rows, D): attention and FFN partial sums
+  int64_t max_rows_ = 1;
+  std::vector<int64_t> positions_;  // (rows) position of each row of the current step
+  Buffer<float> hidden_;            // (rows, D)
+  Buffer<float> mtp_hidden_;        // (rows, D)
+  // Runs one step (main layers, or the MTP module) over n rows in one parallel region.
+  void run(const int32_t* seq, const int32_t* tokens, const float* mtp_input, int64_t n);
 };
 
 }  // namespace moe

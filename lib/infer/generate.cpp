@@ -12,6 +12,132 @@ namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+// One sequence of self-speculative decoding. `pending` holds the MTP module's inputs not yet in its
+// cache: (the main model's hidden state h_p, the token t_{p+1}) for consecutive positions p.
+struct SpecSequence {
+  std::vector<float> pending_hidden;  // (rows, D)
+  std::vector<int32_t> pending_next;  // (rows)
+  std::vector<int32_t> drafts;        // this round's drafted tokens
+  std::vector<std::vector<double>> q;  // their draft distributions (stochastic sampling)
+  int64_t row = 0;                    // first row of the sequence in this round's step
+};
+
+// One round for every active sequence: the MTP module drafts up to N tokens each (the catch-up
+// rows first, then its own output fed back, as vLLM does), the main model verifies all of them in
+// one step, each sequence keeps the accepted prefix plus one token of the main model (greedy:
+// argmax; else the speculative sampling rule: accept d with probability min(1, p(d)/q(d)), resample
+// a rejection from max(0, p - q)), and the caches forget the rejected positions.
+void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder, int64_t N,
+                       std::vector<SpecSequence>& spec, std::vector<Sampler>& samplers,
+                       std::vector<std::vector<int32_t>>& history, const std::vector<int32_t>& active_ids,
+                       const std::vector<int64_t>& room, std::vector<int32_t>& last,
+                       const std::function<void(int64_t, int32_t)>& accept, GenerateTimings& timings,
+                       ExpertTally* tally) {
+  const ModelConfig& c = model.config;
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  std::vector<int32_t> seq, tokens;
+  std::vector<float> hidden;
+  std::vector<int64_t> mtp_kept(active_ids.size()), n_draft(active_ids.size());
+  std::vector<int64_t> chain_row(active_ids.size());  // the row whose MTP output feeds the next draft
+  for (size_t a = 0; a < active_ids.size(); ++a) {
+    const int64_t i = active_ids[a];
+    n_draft[a] = std::min<int64_t>(N, room[a] - 1);
+    // The catch-up rows enter the MTP cache for good (they read the main model's states); the
+    // chain of drafts after them is dropped after verification. No draft: nothing enters it.
+    mtp_kept[a] = decoder.cache().mtp_length[size_t(i)] +
+                  (n_draft[a] > 0 ? int64_t(spec[size_t(i)].pending_next.size()) : 0);
+    spec[size_t(i)].drafts.clear(), spec[size_t(i)].q.clear();
+  }
+  std::vector<double> p, residual;
+  for (int64_t j = 0; j < N; ++j) {
+    seq.clear(), tokens.clear(), hidden.clear();
+    std::vector<size_t> owners;
+    for (size_t a = 0; a < active_ids.size(); ++a) {
+      if (n_draft[a] <= j) continue;
+      const int64_t i = active_ids[a];
+      SpecSequence& s = spec[size_t(i)];
+      if (j == 0) {  // the catch-up rows: positions verified last round, with the main model's states
+        for (size_t r = 0; r < s.pending_next.size(); ++r) seq.push_back(int32_t(i)), owners.push_back(a);
+        tokens.insert(tokens.end(), s.pending_next.begin(), s.pending_next.end());
+        hidden.insert(hidden.end(), s.pending_hidden.begin(), s.pending_hidden.end());
+      } else {
+        seq.push_back(int32_t(i)), owners.push_back(a);
+        tokens.push_back(s.drafts.back());
+        const float* h = decoder.mtp_hidden() + chain_row[a] * D;
+        hidden.insert(hidden.end(), h, h + D);
+      }
+    }
+    if (seq.empty()) break;
+    const float* logits = decoder.mtp_step(seq.data(), hidden.data(), tokens.data(), int64_t(seq.size()), tally);
+    // Each sequence drafts from its last row: the MTP module's state moves to that row's output.
+    std::vector<int64_t> last_row(active_ids.size(), -1);
+    for (size_t r = 0; r < owners.size(); ++r) last_row[owners[r]] = int64_t(r);
+    for (size_t a = 0; a < active_ids.size(); ++a) {
+      if (last_row[a] < 0) continue;
+      const int64_t i = active_ids[a];
+      SpecSequence& s = spec[size_t(i)];
+      std::vector<int32_t> seen = history[size_t(i)];
+      seen.insert(seen.end(), s.drafts.begin(), s.drafts.end());
+      s.q.emplace_back();
+      samplers[size_t(i)].distribution(logits + last_row[a] * V, seen, s.q.back());
+      s.drafts.push_back(samplers[size_t(i)].greedy() ? int32_t(std::max_element(s.q.back().begin(), s.q.back().end()) -
+                                                                s.q.back().begin())
+                                                      : samplers[size_t(i)].draw(s.q.back()));
+      chain_row[a] = last_row[a];
+    }
+  }
+  // Verify: every sequence's last token and drafts, in one step of the main model.
+  seq.clear(), tokens.clear();
+  for (size_t a = 0; a < active_ids.size(); ++a) {
+    const int64_t i = active_ids[a];
+    SpecSequence& s = spec[size_t(i)];
+    s.row = int64_t(seq.size());
+    seq.push_back(int32_t(i)), tokens.push_back(last[size_t(i)]);
+    for (int32_t d : s.drafts) seq.push_back(int32_t(i)), tokens.push_back(d);
+  }
+  std::vector<int64_t> length_before(active_ids.size());
+  for (size_t a = 0; a < active_ids.size(); ++a) length_before[a] = decoder.cache().length[size_t(active_ids[a])];
+  const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
+  ++timings.main_steps;
+  for (size_t a = 0; a < active_ids.size(); ++a) {
+    const int64_t i = active_ids[a];
+    SpecSequence& s = spec[size_t(i)];
+    Sampler& sampler = samplers[size_t(i)];
+    int64_t k = 0;
+    int32_t next = -1;
+    for (; k <= int64_t(s.drafts.size()); ++k) {
+      sampler.distribution(logits + (s.row + k) * V, history[size_t(i)], p);
+      if (k == int64_t(s.drafts.size())) {  // every draft accepted: one more token from the main model
+        next = sampler.greedy() ? int32_t(std::max_element(p.begin(), p.end()) - p.begin()) : sampler.draw(p);
+        break;
+      }
+      const int32_t d = s.drafts[size_t(k)];
+      const double q = s.q[size_t(k)][size_t(d)];
+      if (sampler.greedy() ? p[size_t(d)] == 1.0 : sampler.uniform() * q < p[size_t(d)]) {
+        accept(i, d);  // also extends history[i]
+        continue;
+      }
+      if (sampler.greedy()) {
+        next = int32_t(std::max_element(p.begin(), p.end()) - p.begin());
+      } else {
+        residual.resize(p.size());
+        for (size_t v = 0; v < p.size(); ++v) residual[v] = std::max(0.0, p[v] - s.q[size_t(k)][v]);
+        next = sampler.draw(residual);
+      }
+      break;
+    }
+    timings.drafted += int64_t(s.drafts.size());
+    timings.accepted += k;
+    // The pending MTP rows: (h_p, t_{p+1}) for the verified positions p, up to the new token.
+    s.pending_hidden.assign(decoder.hidden() + s.row * D, decoder.hidden() + (s.row + k + 1) * D);
+    s.pending_next.assign(s.drafts.begin(), s.drafts.begin() + k);
+    s.pending_next.push_back(next);
+    decoder.truncate(i, length_before[a] + 1 + k, mtp_kept[a]);
+    accept(i, next);
+  }
+}
+
 }  // namespace
 
 std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, const GenerateRequest& request,
@@ -37,7 +163,11 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     samplers.emplace_back(request.sampler, c.vocab_size, request.seed + 0x9E3779B97F4A7C15ull * uint64_t(i));
   }
 
-  Decoder decoder(model, std::max<int64_t>(S, 1), max_len);
+  const int64_t N = request.draft_max;
+  if (N > 0 && !c.mtp())
+    fail("--draft mtp: the model has no multi-token-prediction module (num_nextn_predict_layers is 0)");
+  Decoder decoder(model, std::max<int64_t>(S, 1), max_len, std::max<int64_t>(S, 1) * (N + 1));
+  std::vector<SpecSequence> spec(static_cast<size_t>(S));
   std::vector<int32_t> last(static_cast<size_t>(S));
   std::vector<char> active(static_cast<size_t>(S), 0);
   auto accept = [&](int64_t i, int32_t token) {
@@ -67,6 +197,10 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     if (still_active(i)) {
       accept(i, samplers[size_t(i)].sample(logits, history[size_t(i)]));
       active[size_t(i)] = still_active(i);
+      if (N > 0) {  // the MTP module's first input: the prompt's last state and the new token
+        spec[size_t(i)].pending_hidden.assign(decoder.hidden(), decoder.hidden() + c.hidden_size);
+        spec[size_t(i)].pending_next = {last[size_t(i)]};
+      }
     }
     timings.generate_seconds += seconds_since(t0);
   }
@@ -74,12 +208,27 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   std::vector<int32_t> seq, tokens;
   seq.reserve(size_t(S)), tokens.reserve(size_t(S));
   const auto t0 = std::chrono::steady_clock::now();
-  for (;;) {
+  while (N > 0) {
+    std::vector<int32_t> ids;
+    std::vector<int64_t> room;
+    for (int64_t i = 0; i < S; ++i) {
+      if (!active[size_t(i)]) continue;
+      const GenerateOutput& o = out[size_t(i)];
+      ids.push_back(int32_t(i));
+      room.push_back(std::min(request.n_predict - o.generated, max_len - (o.prompt_tokens + o.generated)));
+    }
+    if (ids.empty()) break;
+    speculative_round(ctx, model, decoder, N, spec, samplers, history, ids, room, last,
+                      [&](int64_t i, int32_t token) { accept(i, token); }, timings, tally);
+    for (int32_t i : ids) active[size_t(i)] = still_active(i);
+  }
+  for (; N == 0;) {
     seq.clear(), tokens.clear();
     for (int64_t i = 0; i < S; ++i)
       if (active[size_t(i)]) seq.push_back(int32_t(i)), tokens.push_back(last[size_t(i)]);
     if (seq.empty()) break;
     const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
+    ++timings.main_steps;
     for (size_t j = 0; j < seq.size(); ++j) {
       const int64_t i = seq[j];
       accept(i, samplers[size_t(i)].sample(logits + int64_t(j) * c.vocab_size, history[size_t(i)]));

@@ -18,6 +18,10 @@ struct GenerateRequest {
   int64_t n_predict = 256;
   SamplerConfig sampler;
   uint64_t seed = 0;
+  // Self-speculative decoding with the MTP module: up to this many drafted tokens per step, each
+  // verified by the main model (0: plain decoding). The output follows the main model exactly:
+  // greedy text is the same, sampled text has the same distribution.
+  int64_t draft_max = 0;
 };
 
 struct GenerateOutput {
@@ -32,6 +36,9 @@ struct GenerateOutput {
 struct GenerateTimings {
   double prompt_seconds = 0, generate_seconds = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
+  // Speculative decoding: tokens drafted and accepted, and main-model steps after the prompt (one
+  // per verification).
+  int64_t drafted = 0, accepted = 0, main_steps = 0;
 };
 
 // on_token(sequence index, token) is called as each token is produced (for streaming).

@@ -71,6 +71,41 @@ void Sampler::apply_min_p() {
   renormalise();
 }
 
+void Sampler::distribution(const float* logits, const std::vector<int32_t>& history, std::vector<double>& probs) {
+  probs.assign(size_t(vocab_), 0.0);
+  load(logits);
+  apply_repeat_penalty(history);
+  if (greedy()) {
+    const Candidate* best = &candidates_[0];
+    for (const Candidate& c : candidates_)
+      if (c.logit > best->logit) best = &c;
+    probs[size_t(best->id)] = 1.0;
+    return;
+  }
+  sort_by_logit();
+  apply_top_k();
+  apply_top_p();
+  apply_min_p();
+  const double inv_temp = 1.0 / config_.temp, max = candidates_.front().logit;
+  double sum = 0.0;
+  for (const Candidate& c : candidates_) sum += std::exp((double(c.logit) - max) * inv_temp);
+  for (const Candidate& c : candidates_) probs[size_t(c.id)] = std::exp((double(c.logit) - max) * inv_temp) / sum;
+}
+
+int32_t Sampler::draw(const std::vector<double>& weights) {
+  double sum = 0.0;
+  for (double w : weights) sum += w;
+  double r = rng_.uniform() * sum;
+  int32_t last = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    if (weights[i] <= 0.0) continue;
+    last = int32_t(i);
+    r -= weights[i];
+    if (r < 0) return int32_t(i);
+  }
+  return last;
+}
+
 int32_t Sampler::sample(const float* logits, const std::vector<int32_t>& history) {
   load(logits);
   apply_repeat_penalty(history);

@@ -30,6 +30,15 @@ class Sampler {
   // Picks the next token from logits (V) given the tokens so far (prompt + generated).
   int32_t sample(const float* logits, const std::vector<int32_t>& history);
 
+  // For speculative sampling: the distribution sample() draws from, over token ids (probs gets V
+  // entries: the kept candidates' tempered probabilities, 0 elsewhere; greedy: 1 on the argmax),
+  // a draw from any non-negative weights over ids, and a uniform number, all from this sampler's
+  // random stream.
+  bool greedy() const { return config_.temp <= 0.0; }
+  void distribution(const float* logits, const std::vector<int32_t>& history, std::vector<double>& probs);
+  int32_t draw(const std::vector<double>& weights);
+  double uniform() { return rng_.uniform(); }
+
   // The steps, exposed for tests. Each works on candidates_ in place.
   // Repeat penalty: each distinct token among the last repeat_last_n of history has its logit
   // divided by the penalty when positive and multiplied by it when negative.
