@@ -9,6 +9,7 @@
 #include "bench/bench.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "train/run_dir.hpp"
 #include "train/train_config.hpp"
 
 namespace moe::app {
@@ -23,7 +24,9 @@ struct BenchFlags {
 Run add_bench(CLI::App& app) {
   auto f = std::make_shared<BenchFlags>();
   auto* cmd = app.add_subcommand("bench", "Measure training, prefill and decode speed, MFU and memory");
-  cmd->add_option("--config", f->options.configs, "Config files (repeatable; default configs/small.json)");
+  cmd->add_option("--config", f->options.configs,
+                  "Config files or checkpoint/run directories (their weights: decoding of a trained model; "
+                  "repeatable; default configs/small.json)");
   cmd->add_option("-t,--threads", f->options.threads, "Thread counts (repeatable; default: all cores)")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")
@@ -40,7 +43,8 @@ Run add_bench(CLI::App& app) {
     BenchOptions& o = f->options;
     if (o.configs.empty()) o.configs = {"configs/small.json"};
     if (o.threads.empty()) o.threads = {int64_t(omp_get_max_threads())};
-    for (const auto& c : o.configs) load_config_file(c);  // fail early on a bad config
+    for (const auto& c : o.configs)  // fail early on a bad config
+      if (!is_directory(c)) load_config_file(c);
     std::map<int64_t, double> peaks;
     std::vector<BenchResult> results;
     for (int64_t t : o.threads) {

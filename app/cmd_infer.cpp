@@ -29,7 +29,7 @@ struct InferFlags {
   int64_t seed = -1;
   int64_t threads = 0;
   bool expert_stats = false, json = false;
-  std::string draft;       // "mtp": self-speculative decoding
+  std::string draft;  // "mtp": self-speculative decoding
   int64_t draft_max = 1;
 };
 
@@ -61,15 +61,16 @@ nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally, bool w
 }
 
 nlohmann::json speculative_json(const GenerateRequest& request, const GenerateTimings& t) {
-  return {{"draft", "mtp"},
-          {"draft_max", request.draft_max},
-          {"drafted", t.drafted},
-          {"accepted", t.accepted},
-          {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
-          {"main_steps", t.main_steps},
-          // After the first token (sampled from the prompt's logits), every token comes from a step.
-          {"tokens_per_main_step",
-           t.main_steps > 0 ? double(t.generated_tokens - int64_t(request.prompts.size())) / double(t.main_steps) : 0.0}};
+  return {
+      {"draft", "mtp"},
+      {"draft_max", request.draft_max},
+      {"drafted", t.drafted},
+      {"accepted", t.accepted},
+      {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
+      {"main_steps", t.main_steps},
+      // After the first token (sampled from the prompt's logits), every token comes from a step.
+      {"tokens_per_main_step",
+       t.main_steps > 0 ? double(t.generated_tokens - int64_t(request.prompts.size())) / double(t.main_steps) : 0.0}};
 }
 
 }  // namespace
@@ -108,8 +109,9 @@ Run add_infer(CLI::App& app) {
                   "Self-speculative decoding: mtp drafts tokens with the model's multi-token-prediction module "
                   "and the main model verifies them (same output as without)")
       ->check(CLI::IsMember({"mtp"}));
-  cmd->add_option("--draft-max", f->draft_max, "With --draft mtp: tokens drafted per step (the module applied again "
-                                               "to its own output)")
+  cmd->add_option("--draft-max", f->draft_max,
+                  "With --draft mtp: tokens drafted per step (the module applied again "
+                  "to its own output)")
       ->capture_default_str()
       ->check(InRange(1, 16));
   cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");
@@ -207,7 +209,8 @@ Run add_infer(CLI::App& app) {
                    "moe: --draft mtp: %lld drafted, %lld accepted (%.1f%%), %.2f tokens per main-model step (%lld "
                    "steps), draft-max %lld\n",
                    (long long)timings.drafted, (long long)timings.accepted, 100 * s["acceptance_rate"].get<double>(),
-                   s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps, (long long)request.draft_max);
+                   s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps,
+                   (long long)request.draft_max);
     }
     if (f->expert_stats)
       std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),

@@ -11,10 +11,13 @@
 
 #include "core/arena.hpp"
 #include "infer/decode.hpp"
+#include "infer/generate.hpp"
+#include "model/checkpoint.hpp"
 #include "model/model.hpp"
 #include "model/summary.hpp"
 #include "train/data.hpp"
 #include "train/optimizer.hpp"
+#include "train/run_dir.hpp"
 #include "train/step.hpp"
 
 namespace moe {
@@ -97,10 +100,45 @@ double measure_gemm_peak(ComputeContext& ctx) {
   return best;
 }
 
+// A config file, or a checkpoint / run directory: its model with its weights (the train settings of
+// a run's train_config.json, else the defaults), so decoding, and speculative decoding above all,
+// is measured on a trained model.
+Config bench_setup(const std::string& path, bool& from_checkpoint) {
+  from_checkpoint = is_directory(path);
+  if (!from_checkpoint) return load_config_file(path);
+  Config cfg;
+  cfg.model = load_checkpoint_config(path);
+  if (path_exists(path + "/train_config.json")) cfg.train = load_config_file(path + "/train_config.json").train;
+  cfg.train.seq = std::min(cfg.train.seq, cfg.model.max_position_embeddings);
+  return cfg;
+}
+
+// Greedy generation through generate() (prompt of 16 bytes, n tokens), plain or with --draft mtp:
+// tokens per second of the generation phase, and the drafting statistics of the last repetition.
+Stat generate_rate(const Model& model, const std::vector<uint8_t>& text, int64_t n, int64_t draft, int64_t reps,
+                   GenerateTimings* stats) {
+  ComputeContext ctx;
+  GenerateRequest request;
+  request.prompts = {std::string(text.begin(), text.begin() + 16)};
+  request.n_predict = n;
+  request.sampler.temp = 0;
+  request.draft_max = draft;
+  std::vector<double> rates;
+  for (int64_t rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
+    GenerateTimings t;
+    generate(
+        ctx, model, request, [](size_t, int32_t) {}, t, nullptr);
+    if (rep >= 0) rates.push_back(double(t.generated_tokens) / t.generate_seconds);
+    if (stats) *stats = t;
+  }
+  return mean_sd(rates);
+}
+
 BenchResult bench_config(const std::string& config_path, int64_t threads, const BenchOptions& options,
                          double gemm_peak_gflops) {
   omp_set_num_threads(int(threads));
-  Config cfg = load_config_file(config_path);
+  bool from_checkpoint = false;
+  Config cfg = bench_setup(config_path, from_checkpoint);
   cfg.train.accum = 1;
   const ModelConfig& mc = cfg.model;
   BenchResult r;
@@ -148,6 +186,8 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   r.rss_growth_kib = status_kib("VmRSS:") - rss_before;
   r.mfu = r.train_tokens_per_s.mean * r.train_flops_per_token / (gemm_peak_gflops * 1e9);
 
+  // The timed training steps moved the weights: decode a checkpoint with its own.
+  if (from_checkpoint) load_tensors_into(CheckpointTensors::open(config_path), model, model.params.data());
   // Prefill: one sequence of seq tokens through the batched forward.
   {
     const int64_t T = cfg.train.seq;
@@ -178,6 +218,17 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
     point.tokens_per_s = mean_sd(decode_rates(ctx, model, data.bytes, C - n, n, options.reps));
     point.kv_cache_mib = kv_cache_bytes_per_token(mc) * double(C) / double(1 << 20);
     r.decode_at.push_back(point);
+  }
+  // Self-speculative decoding with the MTP module against plain greedy generation, both through
+  // generate() (the same sampling and bookkeeping).
+  if (mc.mtp()) {
+    const int64_t n = std::min(options.decode_tokens, mc.max_position_embeddings - 16);
+    GenerateTimings stats;
+    r.spec.plain_tokens_per_s = generate_rate(model, data.bytes, n, 0, options.reps, nullptr);
+    r.spec.tokens_per_s = generate_rate(model, data.bytes, n, 1, options.reps, &stats);
+    r.spec.acceptance = stats.drafted > 0 ? double(stats.accepted) / double(stats.drafted) : 0.0;
+    r.spec.tokens_per_step = stats.main_steps > 0 ? double(stats.generated_tokens - 1) / double(stats.main_steps) : 0.0;
+    r.spec.trained = from_checkpoint;
   }
   r.peak_rss_kib = status_kib("VmHWM:");
   return r;
@@ -223,6 +274,16 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
     for (const auto& row : rows) {
       std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %s | %.0f ± %.0f |\n", r.config.c_str(), params,
                     (long long)r.threads, row.test.c_str(), row.stat.mean, row.stat.sd);
+      out += buf;
+    }
+    if (r.spec.tokens_per_s.mean > 0) {
+      std::snprintf(buf, sizeof buf,
+                    "| %s | %s | %lld | decode-spec B1, --draft mtp (%s; acceptance %.0f%%, %.2f tokens/step; plain "
+                    "%.0f tok/s: %.2fx) | %.0f ± %.0f |\n",
+                    r.config.c_str(), params, (long long)r.threads, r.spec.trained ? "trained" : "untrained weights",
+                    100 * r.spec.acceptance, r.spec.tokens_per_step, r.spec.plain_tokens_per_s.mean,
+                    r.spec.tokens_per_s.mean / r.spec.plain_tokens_per_s.mean, r.spec.tokens_per_s.mean,
+                    r.spec.tokens_per_s.sd);
       out += buf;
     }
     for (const DecodePoint& d : r.decode_at) {
@@ -279,6 +340,13 @@ nlohmann::json bench_json(const std::vector<BenchResult>& results) {
                    {"train_tokens_per_s", stat(r.train_tokens_per_s)},
                    {"prefill_tokens_per_s", stat(r.prefill_tokens_per_s)},
                    {"decode_tokens_per_s", stat(r.decode_tokens_per_s)},
+                   {"decode_spec", r.spec.tokens_per_s.mean > 0
+                                       ? nlohmann::json{{"tokens_per_s", stat(r.spec.tokens_per_s)},
+                                                        {"plain_tokens_per_s", stat(r.spec.plain_tokens_per_s)},
+                                                        {"acceptance", r.spec.acceptance},
+                                                        {"tokens_per_main_step", r.spec.tokens_per_step},
+                                                        {"trained", r.spec.trained}}
+                                       : nlohmann::json(nullptr)},
                    {"decode_at_context",
                     [&] {
                       nlohmann::json points = nlohmann::json::array();

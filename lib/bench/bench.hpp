@@ -32,12 +32,20 @@ struct DecodePoint {
   double kv_cache_mib = 0;
 };
 
+// Greedy generation with --draft mtp (models with the MTP module) against plain greedy generation.
+struct SpecDecode {
+  Stat tokens_per_s, plain_tokens_per_s;
+  double acceptance = 0, tokens_per_step = 0;
+  bool trained = false;  // measured on a checkpoint's weights (else a fresh initialisation)
+};
+
 struct BenchResult {
   std::string config;
   int64_t threads = 0, batch = 0, seq = 0;
   int64_t params = 0, activated = 0;
   Stat train_tokens_per_s, prefill_tokens_per_s, decode_tokens_per_s;
   std::vector<DecodePoint> decode_at;          // at context 256 and at max_position_embeddings
+  SpecDecode spec;                             // models with the MTP module
   double phase_share[int(Phase::count)] = {};  // of measured training step time
   double train_flops_per_token = 0;            // 6 * activated matmul params + attention (see bench.cpp)
   double gemm_peak_gflops = 0;

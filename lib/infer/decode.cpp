@@ -250,8 +250,7 @@ struct Decoder::ThreadStep {
         mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + h * lat,
            H * lat, false);
         for (int64_t i = 0; i < n; ++i)
-          rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * H + h) * lat + rkv,
-                      pos[i]);
+          rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * H + h) * lat + rkv, pos[i]);
       }
     }
 #pragma omp barrier

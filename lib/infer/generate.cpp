@@ -16,11 +16,11 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // One sequence of self-speculative decoding. `pending` holds the MTP module's inputs not yet in its
 // cache: (the main model's hidden state h_p, the token t_{p+1}) for consecutive positions p.
 struct SpecSequence {
-  std::vector<float> pending_hidden;  // (rows, D)
-  std::vector<int32_t> pending_next;  // (rows)
-  std::vector<int32_t> drafts;        // this round's drafted tokens
+  std::vector<float> pending_hidden;   // (rows, D)
+  std::vector<int32_t> pending_next;   // (rows)
+  std::vector<int32_t> drafts;         // this round's drafted tokens
   std::vector<std::vector<double>> q;  // their draft distributions (stochastic sampling)
-  int64_t row = 0;                    // first row of the sequence in this round's step
+  int64_t row = 0;                     // first row of the sequence in this round's step
 };
 
 // One round for every active sequence: the MTP module drafts up to N tokens each (the catch-up
@@ -45,8 +45,8 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
     n_draft[a] = std::min<int64_t>(N, room[a] - 1);
     // The catch-up rows enter the MTP cache for good (they read the main model's states); the
     // chain of drafts after them is dropped after verification. No draft: nothing enters it.
-    mtp_kept[a] = decoder.cache().mtp_length[size_t(i)] +
-                  (n_draft[a] > 0 ? int64_t(spec[size_t(i)].pending_next.size()) : 0);
+    mtp_kept[a] =
+        decoder.cache().mtp_length[size_t(i)] + (n_draft[a] > 0 ? int64_t(spec[size_t(i)].pending_next.size()) : 0);
     spec[size_t(i)].drafts.clear(), spec[size_t(i)].q.clear();
   }
   std::vector<double> p, residual;
@@ -81,9 +81,9 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
       seen.insert(seen.end(), s.drafts.begin(), s.drafts.end());
       s.q.emplace_back();
       samplers[size_t(i)].distribution(logits + last_row[a] * V, seen, s.q.back());
-      s.drafts.push_back(samplers[size_t(i)].greedy() ? int32_t(std::max_element(s.q.back().begin(), s.q.back().end()) -
-                                                                s.q.back().begin())
-                                                      : samplers[size_t(i)].draw(s.q.back()));
+      s.drafts.push_back(samplers[size_t(i)].greedy()
+                             ? int32_t(std::max_element(s.q.back().begin(), s.q.back().end()) - s.q.back().begin())
+                             : samplers[size_t(i)].draw(s.q.back()));
       chain_row[a] = last_row[a];
     }
   }
@@ -218,8 +218,9 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
       room.push_back(std::min(request.n_predict - o.generated, max_len - (o.prompt_tokens + o.generated)));
     }
     if (ids.empty()) break;
-    speculative_round(ctx, model, decoder, N, spec, samplers, history, ids, room, last,
-                      [&](int64_t i, int32_t token) { accept(i, token); }, timings, tally);
+    speculative_round(
+        ctx, model, decoder, N, spec, samplers, history, ids, room, last,
+        [&](int64_t i, int32_t token) { accept(i, token); }, timings, tally);
     for (int32_t i : ids) active[size_t(i)] = still_active(i);
   }
   for (; N == 0;) {
