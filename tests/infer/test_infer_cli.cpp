@@ -1,4 +1,5 @@
 // `moe infer` and `moe eval` end to end on a checkpoint written by the library.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <string>
@@ -93,4 +94,49 @@ TEST_CASE("eval --json reports loss, perplexity, tokens and per-layer counts", "
   CHECK(run_moe({"infer", "-m", dir, "-p", "x", "--top-p", "0"}).code != 0);
   CHECK(run_moe({"infer", "-m", dir, "-p", "x", "--temp", "-1"}).code != 0);
   CHECK(run_moe({"infer", "-m", dir + "/nope", "-p", "x"}).code != 0);
+}
+
+TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; refused without the module",
+          "[infer][cli]") {
+  const TempDir tmp("infer_draft");
+  ModelConfig c;
+  c.hidden_size = 32, c.num_hidden_layers = 2, c.num_attention_heads = 2, c.num_key_value_heads = 2;
+  c.kv_lora_rank = 8, c.qk_nope_head_dim = 8, c.qk_rope_head_dim = 4, c.v_head_dim = 8, c.head_dim = 4;
+  c.intermediate_size = 48, c.moe_intermediate_size = 16, c.first_k_dense_replace = 1, c.n_routed_experts = 4;
+  c.num_experts_per_tok = 2, c.max_position_embeddings = 64, c.initializer_range = 0.2;
+  c.num_nextn_predict_layers = 1;
+  Model model(c);
+  model.init(4);
+  save_checkpoint(tmp.path(), model);
+  const std::vector<std::string> args = {"infer", "-m", tmp.path(), "-p", "hello", "-n", "20", "--temp", "0", "--json"};
+  const RunResult plain = run_moe(args);
+  REQUIRE(plain.ok());
+  std::vector<std::string> draft = args;
+  draft.insert(draft.end(), {"--draft", "mtp", "--draft-max", "2"});
+  const RunResult spec = run_moe(draft);
+  INFO(spec.describe());
+  REQUIRE(spec.ok());
+  const auto a = nlohmann::json::parse(plain.out), b = nlohmann::json::parse(spec.out);
+  CHECK(a.at("text_bytes") == b.at("text_bytes"));
+  const auto& s = b.at("speculative");
+  CHECK(s.at("draft") == "mtp");
+  CHECK(s.at("draft_max") == 2);
+  CHECK(s.at("drafted").get<int64_t>() > 0);
+  CHECK(s.at("accepted").get<int64_t>() <= s.at("drafted").get<int64_t>());
+  CHECK(s.at("main_steps").get<int64_t>() == 19 - s.at("accepted").get<int64_t>());
+  CHECK(s.at("tokens_per_main_step").get<double>() >= 1.0);
+  // The streaming form reports on stderr.
+  draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back();
+  draft.erase(std::find(draft.begin(), draft.end(), "--json"));
+  draft.insert(draft.end(), {"--draft", "mtp"});
+  const RunResult streamed = run_moe(draft);
+  CHECK(streamed.err.find("--draft mtp:") != std::string::npos);
+  CHECK(streamed.err.find("accepted") != std::string::npos);
+  // A model without the module: a one-line refusal.
+  const TempDir other("infer_nodraft");
+  make_checkpoint(other);
+  const RunResult refused = run_moe({"infer", "-m", other.path(), "-p", "hi", "-n", "4", "--draft", "mtp"});
+  CHECK(refused.code == 1);
+  CHECK(refused.err.find("no multi-token-prediction module") != std::string::npos);
+  CHECK(run_moe({"infer", "-m", tmp.path(), "-p", "hi", "--draft", "eagle"}).code != 0);
 }
