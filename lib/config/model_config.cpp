@@ -237,13 +237,17 @@ json to_json(const ModelConfig& m) {
   return j;
 }
 
-int64_t attention_params(const ModelConfig& m) {
-  const int64_t D = m.hidden_size, H = m.num_attention_heads;
-  if (!m.mla()) return D * (m.q_dim() + 2 * m.kv_dim()) + m.q_dim() * D;
-  const int64_t rkv = *m.kv_lora_rank, q_out = H * m.qk_head_dim();
-  const int64_t q = m.q_lora_rank ? *m.q_lora_rank * D + *m.q_lora_rank + q_out * *m.q_lora_rank : q_out * D;
-  return q + (rkv + m.qk_rope_head_dim) * D + rkv + H * (m.qk_nope_head_dim + m.v_head_dim) * rkv +
-         D * H * m.v_head_dim;
+double attention_params(const ModelConfig& m) {
+  const double D = double(m.hidden_size), H = double(m.num_attention_heads);
+  if (!m.mla()) {
+    const double q = H * double(m.head_dim), kv = double(m.num_key_value_heads) * double(m.head_dim);
+    return D * (q + 2 * kv) + q * D;
+  }
+  const double rkv = double(*m.kv_lora_rank), q_out = H * (double(m.qk_nope_head_dim) + double(m.qk_rope_head_dim));
+  const double rq = double(m.q_lora_rank.value_or(0));
+  const double q = m.q_lora_rank ? rq * D + rq + q_out * rq : q_out * D;
+  return q + (rkv + double(m.qk_rope_head_dim)) * D + rkv +
+         H * (double(m.qk_nope_head_dim) + double(m.v_head_dim)) * rkv + D * H * double(m.v_head_dim);
 }
 
 double kv_cache_bytes_per_token(const ModelConfig& m, bool as_gqa) {

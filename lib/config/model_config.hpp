@@ -85,8 +85,9 @@ void validate(const ModelConfig& m, const std::string& where);
 // "deepseek_v3"); a GQA model keeps "model_type": "moe".
 nlohmann::json to_json(const ModelConfig& m);
 
-// Parameters of one layer's attention block (projections and latent norms).
-int64_t attention_params(const ModelConfig& m);
+// Parameters of one layer's attention block (projections and latent norms), in double: validate()
+// forms it before it knows the sizes are sane, so no integer product may overflow.
+double attention_params(const ModelConfig& m);
 // Bytes of KV cache per token over all layers: MLA caches r_kv + d_r floats per layer; `as_gqa`
 // gives what grouped-query attention with the same heads would need, (K + V) x heads x width.
 double kv_cache_bytes_per_token(const ModelConfig& m, bool as_gqa = false);
