@@ -75,6 +75,77 @@ nlohmann::json speculative_json(const GenerateRequest& request, const GenerateTi
 
 }  // namespace
 
+// Prints what `moe infer` produced: the text (unless it was streamed), notes on truncation and the
+// context limit, speculative-decoding statistics, the expert table and timings, or one JSON document.
+void report_generation(const InferFlags* f, const ModelConfig& c, const GenerateRequest& request,
+                       const std::vector<GenerateOutput>& outputs, const GenerateTimings& timings,
+                       const ExpertTally& tally, double load_seconds, bool stream) {
+  if (stream) std::fputc('\n', stdout), std::fflush(stdout);
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].prompt_truncated)
+      std::fprintf(stderr,
+                   "moe: note: prompt %zu was longer than the context (%lld); only its last %lld bytes were used\n",
+                   i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].prompt_tokens);
+    if (outputs[i].hit_context_limit)
+      std::fprintf(
+          stderr, "moe: note: generation %zu stopped at the context limit of %lld tokens (after %lld of %lld)\n", i + 1,
+          (long long)c.max_position_embeddings, (long long)outputs[i].generated, (long long)f->n_predict);
+  }
+  const double prompt_tps = timings.prompt_seconds > 0 ? double(timings.prompt_tokens) / timings.prompt_seconds : 0;
+  const double gen_tps = timings.generate_seconds > 0 ? double(timings.generated_tokens) / timings.generate_seconds : 0;
+  if (f->json) {
+    nlohmann::json results = nlohmann::json::array();
+    for (const auto& o : outputs)
+      results.push_back({{"prompt", o.prompt},
+                         {"text", o.text},  // invalid UTF-8 shows as U+FFFD; text_bytes is exact
+                         {"text_bytes", std::vector<uint8_t>(o.text.begin(), o.text.end())},
+                         {"prompt_tokens", o.prompt_tokens},
+                         {"generated_tokens", o.generated},
+                         {"context_limit", o.hit_context_limit}});
+    nlohmann::json doc = {{"model", f->model},
+                          {"seed", request.seed},
+                          {"timings",
+                           {{"load_ms", load_seconds * 1e3},
+                            {"prompt_ms", timings.prompt_seconds * 1e3},
+                            {"prompt_tokens", timings.prompt_tokens},
+                            {"prompt_tokens_per_s", prompt_tps},
+                            {"generate_ms", timings.generate_seconds * 1e3},
+                            {"generated_tokens", timings.generated_tokens},
+                            {"generate_tokens_per_s", gen_tps}}},
+                          {"expert_stats", stats_json(c, tally, request.draft_max > 0)}};
+    if (request.draft_max > 0) doc["speculative"] = speculative_json(request, timings);
+    if (outputs.size() == 1) {
+      for (const auto& [k, v] : results[0].items()) doc[k] = v;
+    } else {
+      doc["results"] = results;
+    }
+    std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return;
+  }
+  if (!stream) {
+    for (size_t i = 0; i < outputs.size(); ++i)
+      std::printf("=== %zu ===\n%s%s\n", i + 1, outputs[i].prompt.c_str(), outputs[i].text.c_str());
+  }
+  std::fflush(stdout);
+  if (request.draft_max > 0) {
+    const nlohmann::json s = speculative_json(request, timings);
+    std::fprintf(stderr,
+                 "moe: --draft mtp: %lld drafted, %lld accepted (%.1f%%), %.2f tokens per main-model step (%lld "
+                 "steps), draft-max %lld\n",
+                 (long long)timings.drafted, (long long)timings.accepted, 100 * s["acceptance_rate"].get<double>(),
+                 s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps, (long long)request.draft_max);
+  }
+  if (f->expert_stats)
+    std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),
+               stderr);
+  std::fprintf(stderr, "\nseed %llu\n", (unsigned long long)request.seed);
+  std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
+  std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
+               timings.prompt_seconds * 1e3, (long long)timings.prompt_tokens, prompt_tps);
+  std::fprintf(stderr, "generation  = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
+               timings.generate_seconds * 1e3, (long long)timings.generated_tokens, gen_tps);
+}
+
 Run add_infer(CLI::App& app) {
   auto f = std::make_shared<InferFlags>();
   auto* cmd = app.add_subcommand("infer", "Generate text from a trained checkpoint (KV-cached decoding)");
@@ -154,73 +225,7 @@ Run add_infer(CLI::App& app) {
         },
         timings, &tally);
 
-    const ModelConfig& c = model->config;
-    if (stream) std::fputc('\n', stdout), std::fflush(stdout);
-    for (size_t i = 0; i < outputs.size(); ++i) {
-      if (outputs[i].prompt_truncated)
-        std::fprintf(stderr,
-                     "moe: note: prompt %zu was longer than the context (%lld); only its last %lld bytes were used\n",
-                     i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].prompt_tokens);
-      if (outputs[i].hit_context_limit)
-        std::fprintf(
-            stderr, "moe: note: generation %zu stopped at the context limit of %lld tokens (after %lld of %lld)\n",
-            i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].generated, (long long)f->n_predict);
-    }
-    const double prompt_tps = timings.prompt_seconds > 0 ? double(timings.prompt_tokens) / timings.prompt_seconds : 0;
-    const double gen_tps =
-        timings.generate_seconds > 0 ? double(timings.generated_tokens) / timings.generate_seconds : 0;
-    if (f->json) {
-      nlohmann::json results = nlohmann::json::array();
-      for (const auto& o : outputs)
-        results.push_back({{"prompt", o.prompt},
-                           {"text", o.text},  // invalid UTF-8 shows as U+FFFD; text_bytes is exact
-                           {"text_bytes", std::vector<uint8_t>(o.text.begin(), o.text.end())},
-                           {"prompt_tokens", o.prompt_tokens},
-                           {"generated_tokens", o.generated},
-                           {"context_limit", o.hit_context_limit}});
-      nlohmann::json doc = {{"model", f->model},
-                            {"seed", request.seed},
-                            {"timings",
-                             {{"load_ms", load_seconds * 1e3},
-                              {"prompt_ms", timings.prompt_seconds * 1e3},
-                              {"prompt_tokens", timings.prompt_tokens},
-                              {"prompt_tokens_per_s", prompt_tps},
-                              {"generate_ms", timings.generate_seconds * 1e3},
-                              {"generated_tokens", timings.generated_tokens},
-                              {"generate_tokens_per_s", gen_tps}}},
-                            {"expert_stats", stats_json(c, tally, request.draft_max > 0)}};
-      if (request.draft_max > 0) doc["speculative"] = speculative_json(request, timings);
-      if (outputs.size() == 1) {
-        for (const auto& [k, v] : results[0].items()) doc[k] = v;
-      } else {
-        doc["results"] = results;
-      }
-      std::cout << doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
-      return 0;
-    }
-    if (!stream) {
-      for (size_t i = 0; i < outputs.size(); ++i)
-        std::printf("=== %zu ===\n%s%s\n", i + 1, outputs[i].prompt.c_str(), outputs[i].text.c_str());
-    }
-    std::fflush(stdout);
-    if (request.draft_max > 0) {
-      const nlohmann::json s = speculative_json(request, timings);
-      std::fprintf(stderr,
-                   "moe: --draft mtp: %lld drafted, %lld accepted (%.1f%%), %.2f tokens per main-model step (%lld "
-                   "steps), draft-max %lld\n",
-                   (long long)timings.drafted, (long long)timings.accepted, 100 * s["acceptance_rate"].get<double>(),
-                   s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps,
-                   (long long)request.draft_max);
-    }
-    if (f->expert_stats)
-      std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),
-                 stderr);
-    std::fprintf(stderr, "\nseed %llu\n", (unsigned long long)request.seed);
-    std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
-    std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
-                 timings.prompt_seconds * 1e3, (long long)timings.prompt_tokens, prompt_tps);
-    std::fprintf(stderr, "generation  = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
-                 timings.generate_seconds * 1e3, (long long)timings.generated_tokens, gen_tps);
+    report_generation(f.get(), model->config, request, outputs, timings, tally, load_seconds, stream);
     return 0;
   };
 }

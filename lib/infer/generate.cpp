@@ -23,72 +23,17 @@ struct SpecSequence {
   int64_t row = 0;                     // first row of the sequence in this round's step
 };
 
-// One round for every active sequence: the MTP module drafts up to N tokens each (the catch-up
-// rows first, then its own output fed back, as vLLM does), the main model verifies all of them in
-// one step, each sequence keeps the accepted prefix plus one token of the main model (greedy:
-// argmax; else the speculative sampling rule: accept d with probability min(1, p(d)/q(d)), resample
-// a rejection from max(0, p - q)), and the caches forget the rejected positions.
-void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder, int64_t N,
-                       std::vector<SpecSequence>& spec, std::vector<Sampler>& samplers,
-                       std::vector<std::vector<int32_t>>& history, const std::vector<int32_t>& active_ids,
-                       const std::vector<int64_t>& room, std::vector<int32_t>& last,
-                       const std::function<void(int64_t, int32_t)>& accept, GenerateTimings& timings,
-                       ExpertTally* tally) {
-  const ModelConfig& c = model.config;
-  const int64_t D = c.hidden_size, V = c.vocab_size;
+// The verification half of a round: every sequence's last token and drafts in one step of the
+// main model, then each keeps the accepted prefix and one token of the main model, and the caches
+// drop the rest (the MTP cache back to mtp_kept).
+void verify_drafts(ComputeContext& ctx, const Model& model, Decoder& decoder, std::vector<SpecSequence>& spec,
+                   std::vector<Sampler>& samplers, std::vector<std::vector<int32_t>>& history,
+                   const std::vector<int32_t>& active_ids, const std::vector<int64_t>& mtp_kept,
+                   std::vector<int32_t>& last, const std::function<void(int64_t, int32_t)>& accept,
+                   GenerateTimings& timings, ExpertTally* tally) {
+  const int64_t D = model.config.hidden_size, V = model.config.vocab_size;
   std::vector<int32_t> seq, tokens;
-  std::vector<float> hidden;
-  std::vector<int64_t> mtp_kept(active_ids.size()), n_draft(active_ids.size());
-  std::vector<int64_t> chain_row(active_ids.size());  // the row whose MTP output feeds the next draft
-  for (size_t a = 0; a < active_ids.size(); ++a) {
-    const int64_t i = active_ids[a];
-    n_draft[a] = std::min<int64_t>(N, room[a] - 1);
-    // The catch-up rows enter the MTP cache for good (they read the main model's states); the
-    // chain of drafts after them is dropped after verification. No draft: nothing enters it.
-    mtp_kept[a] =
-        decoder.cache().mtp_length[size_t(i)] + (n_draft[a] > 0 ? int64_t(spec[size_t(i)].pending_next.size()) : 0);
-    spec[size_t(i)].drafts.clear(), spec[size_t(i)].q.clear();
-  }
   std::vector<double> p, residual;
-  for (int64_t j = 0; j < N; ++j) {
-    seq.clear(), tokens.clear(), hidden.clear();
-    std::vector<size_t> owners;
-    for (size_t a = 0; a < active_ids.size(); ++a) {
-      if (n_draft[a] <= j) continue;
-      const int64_t i = active_ids[a];
-      SpecSequence& s = spec[size_t(i)];
-      if (j == 0) {  // the catch-up rows: positions verified last round, with the main model's states
-        for (size_t r = 0; r < s.pending_next.size(); ++r) seq.push_back(int32_t(i)), owners.push_back(a);
-        tokens.insert(tokens.end(), s.pending_next.begin(), s.pending_next.end());
-        hidden.insert(hidden.end(), s.pending_hidden.begin(), s.pending_hidden.end());
-      } else {
-        seq.push_back(int32_t(i)), owners.push_back(a);
-        tokens.push_back(s.drafts.back());
-        const float* h = decoder.mtp_hidden() + chain_row[a] * D;
-        hidden.insert(hidden.end(), h, h + D);
-      }
-    }
-    if (seq.empty()) break;
-    const float* logits = decoder.mtp_step(seq.data(), hidden.data(), tokens.data(), int64_t(seq.size()), tally);
-    // Each sequence drafts from its last row: the MTP module's state moves to that row's output.
-    std::vector<int64_t> last_row(active_ids.size(), -1);
-    for (size_t r = 0; r < owners.size(); ++r) last_row[owners[r]] = int64_t(r);
-    for (size_t a = 0; a < active_ids.size(); ++a) {
-      if (last_row[a] < 0) continue;
-      const int64_t i = active_ids[a];
-      SpecSequence& s = spec[size_t(i)];
-      std::vector<int32_t> seen = history[size_t(i)];
-      seen.insert(seen.end(), s.drafts.begin(), s.drafts.end());
-      s.q.emplace_back();
-      samplers[size_t(i)].distribution(logits + last_row[a] * V, seen, s.q.back());
-      s.drafts.push_back(samplers[size_t(i)].greedy()
-                             ? int32_t(std::max_element(s.q.back().begin(), s.q.back().end()) - s.q.back().begin())
-                             : samplers[size_t(i)].draw(s.q.back()));
-      chain_row[a] = last_row[a];
-    }
-  }
-  // Verify: every sequence's last token and drafts, in one step of the main model.
-  seq.clear(), tokens.clear();
   for (size_t a = 0; a < active_ids.size(); ++a) {
     const int64_t i = active_ids[a];
     SpecSequence& s = spec[size_t(i)];
@@ -136,6 +81,72 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
     decoder.truncate(i, length_before[a] + 1 + k, mtp_kept[a]);
     accept(i, next);
   }
+}
+
+// One round for every active sequence: the MTP module drafts up to N tokens each (the catch-up
+// rows first, then its own output fed back, as vLLM does), the main model verifies all of them in
+// one step, each sequence keeps the accepted prefix plus one token of the main model (greedy:
+// argmax; else the speculative sampling rule: accept d with probability min(1, p(d)/q(d)), resample
+// a rejection from max(0, p - q)), and the caches forget the rejected positions.
+void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder, int64_t N,
+                       std::vector<SpecSequence>& spec, std::vector<Sampler>& samplers,
+                       std::vector<std::vector<int32_t>>& history, const std::vector<int32_t>& active_ids,
+                       const std::vector<int64_t>& room, std::vector<int32_t>& last,
+                       const std::function<void(int64_t, int32_t)>& accept, GenerateTimings& timings,
+                       ExpertTally* tally) {
+  const ModelConfig& c = model.config;
+  const int64_t D = c.hidden_size, V = c.vocab_size;
+  std::vector<int32_t> seq, tokens;
+  std::vector<float> hidden;
+  std::vector<int64_t> mtp_kept(active_ids.size()), n_draft(active_ids.size());
+  std::vector<int64_t> chain_row(active_ids.size());  // the row whose MTP output feeds the next draft
+  for (size_t a = 0; a < active_ids.size(); ++a) {
+    const int64_t i = active_ids[a];
+    n_draft[a] = std::min<int64_t>(N, room[a] - 1);
+    // The catch-up rows enter the MTP cache for good (they read the main model's states); the
+    // chain of drafts after them is dropped after verification. No draft: nothing enters it.
+    mtp_kept[a] =
+        decoder.cache().mtp_length[size_t(i)] + (n_draft[a] > 0 ? int64_t(spec[size_t(i)].pending_next.size()) : 0);
+    spec[size_t(i)].drafts.clear(), spec[size_t(i)].q.clear();
+  }
+  for (int64_t j = 0; j < N; ++j) {
+    seq.clear(), tokens.clear(), hidden.clear();
+    std::vector<size_t> owners;
+    for (size_t a = 0; a < active_ids.size(); ++a) {
+      if (n_draft[a] <= j) continue;
+      const int64_t i = active_ids[a];
+      SpecSequence& s = spec[size_t(i)];
+      if (j == 0) {  // the catch-up rows: positions verified last round, with the main model's states
+        for (size_t r = 0; r < s.pending_next.size(); ++r) seq.push_back(int32_t(i)), owners.push_back(a);
+        tokens.insert(tokens.end(), s.pending_next.begin(), s.pending_next.end());
+        hidden.insert(hidden.end(), s.pending_hidden.begin(), s.pending_hidden.end());
+      } else {
+        seq.push_back(int32_t(i)), owners.push_back(a);
+        tokens.push_back(s.drafts.back());
+        const float* h = decoder.mtp_hidden() + chain_row[a] * D;
+        hidden.insert(hidden.end(), h, h + D);
+      }
+    }
+    if (seq.empty()) break;
+    const float* logits = decoder.mtp_step(seq.data(), hidden.data(), tokens.data(), int64_t(seq.size()), tally);
+    // Each sequence drafts from its last row: the MTP module's state moves to that row's output.
+    std::vector<int64_t> last_row(active_ids.size(), -1);
+    for (size_t r = 0; r < owners.size(); ++r) last_row[owners[r]] = int64_t(r);
+    for (size_t a = 0; a < active_ids.size(); ++a) {
+      if (last_row[a] < 0) continue;
+      const int64_t i = active_ids[a];
+      SpecSequence& s = spec[size_t(i)];
+      std::vector<int32_t> seen = history[size_t(i)];
+      seen.insert(seen.end(), s.drafts.begin(), s.drafts.end());
+      s.q.emplace_back();
+      samplers[size_t(i)].distribution(logits + last_row[a] * V, seen, s.q.back());
+      s.drafts.push_back(samplers[size_t(i)].greedy()
+                             ? int32_t(std::max_element(s.q.back().begin(), s.q.back().end()) - s.q.back().begin())
+                             : samplers[size_t(i)].draw(s.q.back()));
+      chain_row[a] = last_row[a];
+    }
+  }
+  verify_drafts(ctx, model, decoder, spec, samplers, history, active_ids, mtp_kept, last, accept, timings, tally);
 }
 
 }  // namespace
