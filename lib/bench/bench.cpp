@@ -38,14 +38,27 @@ int64_t status_kib(const char* key) {
 // FLOPs of one training token: every activated matrix parameter costs 6 (2 forward, 4 backward);
 // attention scores cost 2·T·(H·query/key head width) and the weighted sum 2·T·(H·value head width)
 // forward per layer, times 3 with backward (GQA: both widths head_dim; MLA: d_n + d_r and d_v).
-double training_flops_per_token(const ModelConfig& c, int64_t T) {
+// A trained MTP module (mtp) adds its layer's activated matrices (K of E routed experts), eh_proj, a
+// second pass through lm_head and one more layer of attention.
+double training_flops_per_token(const ModelConfig& c, int64_t T, bool mtp) {
   const ParamSummary s = summarize_params(c);
   double matmul_params = 0;
   for (const auto& row : s.rows)
-    if (row.role != "embedding" && row.role != "norms") matmul_params += double(row.activated);
+    if (row.role != "embedding" && row.role != "norms" && row.role != "MTP module")
+      matmul_params += double(row.activated);
+  int64_t layers = c.num_hidden_layers;
+  if (mtp && c.mtp()) {
+    ++layers;
+    for (const TensorSpec& spec : make_layout(c).tensors)
+      if (spec.mtp && spec.shape.size() >= 2)
+        matmul_params += spec.role == TensorRole::routed_expert
+                             ? double(spec.numel) * double(c.num_experts_per_tok) / double(c.n_routed_experts)
+                             : double(spec.numel);
+    matmul_params += double(c.vocab_size) * double(c.hidden_size);  // the shared head, again
+  }
   const double widths =
       c.mla() ? double(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim)) : 2.0 * double(c.q_dim());
-  return 6.0 * matmul_params + 6.0 * double(c.num_hidden_layers) * widths * double(T);
+  return 6.0 * matmul_params + 6.0 * double(layers) * widths * double(T);
 }
 
 // Greedy batch-1 decoding after a prompt of `prompt_len` bytes of `text`: tokens per second over `n`
@@ -148,7 +161,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   const ParamSummary summary = summarize_params(mc);
   r.params = summary.total, r.activated = summary.activated;
   r.gemm_peak_gflops = gemm_peak_gflops;
-  r.train_flops_per_token = training_flops_per_token(mc, cfg.train.seq);
+  r.train_flops_per_token = training_flops_per_token(mc, cfg.train.seq, cfg.train.mtp_weight > 0);
 
   ComputeContext ctx;
   Model model(mc);
@@ -319,8 +332,9 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
   }
   out +=
       "\nMFU = train tok/s x FLOPs/token / GEMM peak; FLOPs/token = 6 x activated matrix parameters "
-      "(attention, FFNs, K of E routed experts, router, lm head) + 6 x layers x heads x (query/key + value head "
-      "widths) x seq (attention scores and weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 "
+      "(attention, FFNs, K of E routed experts, router, lm head; with a trained MTP module also its layer, eh_proj "
+      "and the head again) + 6 x layers x heads x (query/key + value head widths) x seq (attention scores and "
+      "weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 "
       "2048^3 matmuls. Decode B1: 16-byte prompt, then the timed steps; at context C: the last steps before C.\n";
   return out;
 }
