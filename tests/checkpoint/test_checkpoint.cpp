@@ -16,6 +16,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/checks.hpp"
 #include "../support/temp_dir.hpp"
 #include "config/model_config.hpp"
 #include "core/error.hpp"
@@ -24,6 +25,7 @@
 #include "model/model.hpp"
 
 using Catch::Contains;
+using moe_test::small_config;
 using moe_test::TempDir;
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -31,12 +33,6 @@ namespace fs = std::filesystem;
 static_assert(std::endian::native == std::endian::little, "these tests compare raw f32 bytes with the file");
 
 namespace {
-
-#define REQUIRE_MOE_ERROR(expr, matcher) \
-  do {                                   \
-    REQUIRE_THROWS_AS(expr, moe::Error); \
-    REQUIRE_THROWS_WITH(expr, matcher);  \
-  } while (false)
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -65,29 +61,6 @@ std::string f32_bytes(const std::vector<float>& values) {
   std::string s(values.size() * 4, '\0');
   std::memcpy(s.data(), values.data(), s.size());
   return s;
-}
-
-// A small model with every kind of tensor: a dense layer, an MoE layer with groups, a shared expert,
-// grouped-query attention.
-moe::ModelConfig small_config() {
-  moe::ModelConfig c;
-  c.vocab_size = 256;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  c.moe_intermediate_size = 8;
-  c.first_k_dense_replace = 1;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.max_position_embeddings = 16;
-  moe::validate(c, "small_config");
-  return c;
 }
 
 // A model with random weights and a non-zero routing bias (init sets it to 0; it must survive too).

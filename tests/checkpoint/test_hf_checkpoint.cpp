@@ -18,6 +18,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/checks.hpp"
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "config/model_config.hpp"
@@ -27,6 +28,7 @@
 #include "model/model.hpp"
 
 using Catch::Contains;
+using moe_test::small_config;
 using moe_test::TempDir;
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -34,12 +36,6 @@ namespace fs = std::filesystem;
 static_assert(std::endian::native == std::endian::little, "these tests write little-endian bytes with memcpy");
 
 namespace {
-
-#define REQUIRE_MOE_ERROR(expr, matcher) \
-  do {                                   \
-    REQUIRE_THROWS_AS(expr, moe::Error); \
-    REQUIRE_THROWS_WITH(expr, matcher);  \
-  } while (false)
 
 // --- our own conversions ------------------------------------------------------------------------
 
@@ -165,28 +161,6 @@ std::string encode(std::vector<RawTensor> tensors) {
 }
 
 // --- models and checkpoints -----------------------------------------------------------------------
-
-// A small model with a dense layer and an MoE layer with groups, a shared expert and GQA.
-moe::ModelConfig small_config() {
-  moe::ModelConfig c;
-  c.vocab_size = 256;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  c.moe_intermediate_size = 8;
-  c.first_k_dense_replace = 1;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.n_group = 2;
-  c.topk_group = 1;
-  c.max_position_embeddings = 16;
-  moe::validate(c, "small_config");
-  return c;
-}
 
 std::unique_ptr<moe::Model> random_model(const moe::ModelConfig& config, uint64_t seed) {
   auto model = std::make_unique<moe::Model>(config, moe::ExpertShard{}, /*with_grads=*/false);

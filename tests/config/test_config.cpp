@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/checks.hpp"
 #include "../support/temp_dir.hpp"
 #include "core/error.hpp"
 #include "train/train_config.hpp"
@@ -17,11 +18,6 @@ using nlohmann::json;
 namespace {
 
 // Checks both that `expr` throws moe::Error (not some other exception) and that its message matches.
-#define REQUIRE_MOE_ERROR(expr, matcher) \
-  do {                                   \
-    REQUIRE_THROWS_AS(expr, moe::Error); \
-    REQUIRE_THROWS_WITH(expr, matcher);  \
-  } while (false)
 
 // A small valid config; each test breaks one field of it.
 json valid_config() {
