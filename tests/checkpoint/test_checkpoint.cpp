@@ -25,26 +25,16 @@
 #include "model/model.hpp"
 
 using Catch::Contains;
+using moe_test::read_bytes;
 using moe_test::small_config;
 using moe_test::TempDir;
+using moe_test::write_bytes;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
 static_assert(std::endian::native == std::endian::little, "these tests compare raw f32 bytes with the file");
 
 namespace {
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  REQUIRE(out.good());
-}
 
 std::string le64(uint64_t n) {
   std::string s(8, '\0');

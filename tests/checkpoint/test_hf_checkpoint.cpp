@@ -28,8 +28,10 @@
 #include "model/model.hpp"
 
 using Catch::Contains;
+using moe_test::read_bytes;
 using moe_test::small_config;
 using moe_test::TempDir;
+using moe_test::write_bytes;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
@@ -94,18 +96,6 @@ float stored(float f, const std::string& dtype) {
 bool same_bits(float a, float b) { return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b); }
 
 // --- our own safetensors writer -------------------------------------------------------------------
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), std::streamsize(bytes.size()));
-  REQUIRE(out.good());
-}
 
 struct RawTensor {
   std::string name;

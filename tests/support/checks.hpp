@@ -1,6 +1,10 @@
-// Shared Catch2 helpers: an expression must throw moe::Error with a message matching `matcher`, and
-// the small model configuration the checkpoint tests build on.
+// Shared Catch2 helpers: an expression must throw moe::Error with a message matching `matcher`, whole
+// files read and written as bytes, and the small model configuration the checkpoint tests build on.
 #pragma once
+#include <fstream>
+#include <iterator>
+#include <string>
+
 #include <catch2/catch.hpp>
 
 #include "config/model_config.hpp"
@@ -13,6 +17,18 @@
   } while (false)
 
 namespace moe_test {
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), std::streamsize(bytes.size()));
+  REQUIRE(out.good());
+}
 
 // A small model with every kind of tensor: a dense layer, an MoE layer with groups, a shared
 // expert, grouped-query attention.
