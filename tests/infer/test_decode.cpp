@@ -42,6 +42,33 @@ std::vector<float> full_forward_last(ComputeContext& ctx, const Model& model, co
   return std::vector<float>(ws.logits + (int64_t(tokens.size()) - 1) * V, ws.logits + int64_t(tokens.size()) * V);
 }
 
+// One decode step of every sequence (rows in reverse slot order, token 'A' + (b + 5 step) % 26),
+// each row's logits compared with a full forward over that sequence's tokens.
+struct StepCheck {
+  double max_diff = 0, max_logit = 0;
+};
+StepCheck batched_step_against_full(ComputeContext& ctx, const Model& model, Decoder& decoder,
+                                    std::vector<std::vector<int32_t>>& seqs, int step) {
+  const int64_t B = int64_t(seqs.size()), V = model.config.vocab_size;
+  std::vector<int32_t> seq_ids, next;
+  for (int64_t b = B - 1; b >= 0; --b) {  // rows in a different order than the cache slots
+    seq_ids.push_back(int32_t(b));
+    next.push_back(int32_t('A' + (b + step * 5) % 26));
+  }
+  const float* logits = decoder.step(ctx, seq_ids.data(), next.data(), B, nullptr);
+  StepCheck check;
+  for (int64_t i = 0; i < B; ++i) {
+    auto& tokens = seqs[size_t(seq_ids[size_t(i)])];
+    tokens.push_back(next[size_t(i)]);
+    const std::vector<float> reference = full_forward_last(ctx, model, tokens);
+    for (int64_t v = 0; v < V; ++v) {
+      check.max_diff = std::max(check.max_diff, double(std::fabs(logits[i * V + v] - reference[size_t(v)])));
+      check.max_logit = std::max(check.max_logit, double(std::fabs(reference[size_t(v)])));
+    }
+  }
+  return check;
+}
+
 }  // namespace
 
 TEST_CASE("decode step logits equal the full forward's last-position logits", "[infer]") {
@@ -80,7 +107,6 @@ TEST_CASE("batched decode steps equal the full forward for any thread count", "[
   Model model(decode_config());
   model.init(23);
   ComputeContext ctx;
-  const int64_t V = model.config.vocab_size;
   const int saved_threads = omp_get_max_threads();
   for (int threads : {1, 2, 3}) {
     omp_set_num_threads(threads);
@@ -94,22 +120,8 @@ TEST_CASE("batched decode steps equal the full forward for any thread count", "[
       seqs.push_back(prompt);
     }
     for (int step = 0; step < 3; ++step) {
-      std::vector<int32_t> seq_ids, next;
-      for (int64_t b = B - 1; b >= 0; --b) {  // rows in a different order than the cache slots
-        seq_ids.push_back(int32_t(b));
-        next.push_back(int32_t('A' + (b + step * 5) % 26));
-      }
-      const float* logits = decoder.step(ctx, seq_ids.data(), next.data(), B, nullptr);
-      for (int64_t i = 0; i < B; ++i) {
-        auto& tokens = seqs[size_t(seq_ids[size_t(i)])];
-        tokens.push_back(next[size_t(i)]);
-        const std::vector<float> reference = full_forward_last(ctx, model, tokens);
-        double max_diff = 0;
-        for (int64_t v = 0; v < V; ++v)
-          max_diff = std::max(max_diff, double(std::fabs(logits[i * V + v] - reference[size_t(v)])));
-        INFO("threads " << threads << ", step " << step << ", row " << i);
-        CHECK(max_diff < 1e-4);
-      }
+      INFO("threads " << threads << ", step " << step);
+      CHECK(batched_step_against_full(ctx, model, decoder, seqs, step).max_diff < 1e-4);
     }
   }
   omp_set_num_threads(saved_threads);
@@ -264,21 +276,8 @@ TEST_CASE("MLA latent-cache decode equals the full forward for 1-3 threads and s
       }
       double worst = 0, scale = 0;
       for (int step = 0; step < 4; ++step) {
-        std::vector<int32_t> seq_ids, next;
-        for (int64_t b = B - 1; b >= 0; --b) {
-          seq_ids.push_back(int32_t(b));
-          next.push_back(int32_t('A' + (b + step * 5) % 26));
-        }
-        const float* logits = decoder.step(ctx, seq_ids.data(), next.data(), B, nullptr);
-        for (int64_t i = 0; i < B; ++i) {
-          auto& tokens = seqs[size_t(seq_ids[size_t(i)])];
-          tokens.push_back(next[size_t(i)]);
-          const std::vector<float> reference = full_forward_last(ctx, model, tokens);
-          for (int64_t v = 0; v < V; ++v) {
-            worst = std::max(worst, double(std::fabs(logits[i * V + v] - reference[size_t(v)])));
-            scale = std::max(scale, double(std::fabs(reference[size_t(v)])));
-          }
-        }
+        const StepCheck check = batched_step_against_full(ctx, model, decoder, seqs, step);
+        worst = std::max(worst, check.max_diff), scale = std::max(scale, check.max_logit);
       }
       INFO("q latent " << q_latent << ", threads " << threads);
       CHECK(worst < 1e-4);
