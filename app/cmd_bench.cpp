@@ -28,7 +28,7 @@ Run add_bench(CLI::App& app) {
                   "Config files or checkpoint/run directories (their weights: decoding of a trained model; "
                   "repeatable; default configs/small.json)");
   cmd->add_option("-t,--threads", f->options.threads, "Thread counts (repeatable; default: all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(InRange(1, kMaxThreads));
   cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
@@ -42,7 +42,8 @@ Run add_bench(CLI::App& app) {
   return [f]() {
     BenchOptions& o = f->options;
     if (o.configs.empty()) o.configs = {"configs/small.json"};
-    if (o.threads.empty()) o.threads = {int64_t(omp_get_max_threads())};
+    if (o.threads.empty()) o.threads = {std::min<int64_t>(hardware_threads(), kMaxThreads)};
+    for (int64_t t : o.threads) warn_if_oversubscribed(t);
     for (const auto& c : o.configs)  // fail early on a bad config
       if (!is_directory(c)) load_config_file(c);
     std::map<int64_t, double> peaks;

@@ -33,10 +33,6 @@ struct InferFlags {
   int64_t draft_max = 1;
 };
 
-void set_threads(int64_t threads) {
-  omp_set_num_threads(threads > 0 ? int(threads) : int(std::max(1u, std::thread::hardware_concurrency())));
-}
-
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path + ": cannot open file");
@@ -175,7 +171,7 @@ Run add_infer(CLI::App& app) {
       ->capture_default_str()
       ->check(NonNegative);
   cmd->add_option("-s,--seed", f->seed, "Sampling seed (default: random, reported)")->check(NonNegative);
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
   cmd->add_option("--draft", f->draft,
                   "Self-speculative decoding: mtp drafts tokens with the model's multi-token-prediction module "
                   "and the main model verifies them (same output as without)")
@@ -189,7 +185,7 @@ Run add_infer(CLI::App& app) {
   cmd->add_flag("--json", f->json, "Print one JSON document instead of streaming text");
 
   return [f, p, pf, pp]() {
-    set_threads(f->threads);
+    use_threads(f->threads);
     if (p->count() == 0 && pf->count() == 0 && pp->count() == 0)
       fail("infer: give a prompt with -p TEXT, -f FILE or --prompts-file FILE");
     const auto t_load = std::chrono::steady_clock::now();
@@ -244,10 +240,10 @@ Run add_eval(CLI::App& app) {
   cmd->add_option("-m,--model", f->model, "Checkpoint directory")->required();
   cmd->add_option("--data", f->data, "Text file to score")->required();
   cmd->add_option("--ctx", f->ctx, "Window length T (default: max_position_embeddings)")->check(Positive);
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
   cmd->add_flag("--json", f->json, "Print {loss, perplexity, tokens, layers} as JSON");
   return [f]() {
-    set_threads(f->threads);
+    use_threads(f->threads);
     const auto model = load_checkpoint(f->model);
     const ModelConfig& c = model->config;
     const int64_t T = f->ctx > 0 ? f->ctx : c.max_position_embeddings;

@@ -176,10 +176,10 @@ Run add_inspect(CLI::App& app) {
                                "Aggregate routing over a file (by domain when FILE.domains exists; "
                                "@synthetic: the embedded corpus' validation part)");
   text->excludes(data);
-  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(NonNegative);
+  cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
 
   return [f]() {
-    if (f->threads > 0) omp_set_num_threads(int(f->threads));
+    use_threads(f->threads);
     const bool color = ::isatty(STDOUT_FILENO) != 0 && !f->json;
     std::vector<Target> targets;
     for (const auto& p : f->paths) targets.push_back(classify(p));

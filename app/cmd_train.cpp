@@ -69,6 +69,7 @@ Run add_train(CLI::App& app) {
     for (auto& [opt, apply] : f->given)
       if (opt->count() > 0) apply(options.config.train);
     validate(options.config.train, options.config.model, "command line");
+    warn_if_oversubscribed(options.config.train.threads);
     options.resume = f->resume;
     options.force = f->force;
     options.stop_at = f->stop_at;

@@ -5,13 +5,16 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#include <omp.h>
 
 #include "config/fields.hpp"
+#include "core/threads.hpp"
 
 namespace moe::app {
 
@@ -40,6 +43,29 @@ inline CLI::Validator InRange(double low, double high, bool low_open = false) {
   };
   return number_in(low, high, low_open,
                    std::string("a number in ") + (low_open ? "(" : "[") + text(low) + ", " + text(high) + "]");
+}
+
+// Cores of this machine (at least 1).
+inline int64_t hardware_threads() { return std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency())); }
+
+// Every subcommand's thread count: 0 = all cores, at most kMaxThreads (per-thread tables are
+// sized for it). Validated the same way everywhere, with the same message.
+inline CLI::Validator ThreadCount() { return InRange(0, kMaxThreads); }
+
+// More threads than cores runs, but each OpenMP barrier then waits for a descheduled thread.
+inline void warn_if_oversubscribed(int64_t threads) {
+  if (threads > hardware_threads())
+    std::fprintf(stderr,
+                 "moe: warning: --threads %lld is more than the %lld cores here; every step will wait for threads the "
+                 "OS has parked\n",
+                 (long long)threads, (long long)hardware_threads());
+}
+
+// Sets the OpenMP team size for this process: `threads`, or every core for 0 (never the
+// environment's OMP_NUM_THREADS, which is not validated).
+inline void use_threads(int64_t threads) {
+  warn_if_oversubscribed(threads);
+  omp_set_num_threads(int(threads > 0 ? threads : std::min<int64_t>(hardware_threads(), kMaxThreads)));
 }
 
 // Adds a command-line flag for every field of `fields` that has one (type, check and help from the
@@ -71,7 +97,10 @@ void add_field_flags(CLI::App* cmd, const std::vector<Field<S>>& fields, S& valu
     } else {
       continue;  // booleans and optional integers: config file only
     }
-    if (field.check != Check::any) opt->check(zero_ok ? NonNegative : Positive);
+    if (field.at_most > 0)  // the same bound and message as the config file's check
+      opt->check(InRange(zero_ok ? 0 : 1, double(field.at_most)));
+    else if (field.check != Check::any)
+      opt->check(zero_ok ? NonNegative : Positive);
     given.push_back({opt, std::move(apply)});
   }
 }

@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
       "and watch how the experts' load is balanced."};
   app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
   app.require_subcommand(1);
+  app.footer(
+      "Exit status: 0 done; 1 any error (bad flag, config, data or checkpoint, a failed run), with one line\n"
+      "on stderr; 130 / 143 train stopped by SIGINT / SIGTERM after saving a checkpoint (continue with --resume).");
   app.fallthrough(false);
   const std::pair<std::string, moe::app::Run> commands[] = {
       {"train", moe::app::add_train(app)},     {"infer", moe::app::add_infer(app)}, {"eval", moe::app::add_eval(app)},
@@ -39,7 +42,7 @@ int main(int argc, char** argv) {
                    argv[1]);
     else
       std::fprintf(stderr, "moe: %s (see %s --help)\n", e.what(), command.c_str());
-    return e.get_exit_code();
+    return 1;  // CLI11's own codes (105, 106, ...) would make "bad input" depend on which check caught it
   }
   try {
     for (auto* sub : app.get_subcommands())

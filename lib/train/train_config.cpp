@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "core/threads.hpp"
 
 namespace moe {
 
@@ -60,7 +61,7 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"save_every", &T::save_every, Check::non_negative, 0, "Checkpoint every N steps (0: only at the end)",
        "--save-every"},
       {"log_every", &T::log_every, Check::positive, 0, "Plain log line every N steps when not on a TTY", "--log-every"},
-      {"threads", &T::threads, Check::non_negative, 1024, "Threads (0: all cores)", "--threads"},
+      {"threads", &T::threads, Check::non_negative, kMaxThreads, "Threads (0: all cores)", "--threads"},
       {"max_bad_steps", &T::max_bad_steps, Check::positive, 0, "Stop after this many consecutive non-finite steps",
        "--max-bad-steps"},
       {"seed", &T::seed, Check::any, 0, "Seed for initialisation and batch sampling", "--seed"},

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -139,4 +140,17 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   CHECK(refused.code == 1);
   CHECK(refused.err.find("no multi-token-prediction module") != std::string::npos);
   CHECK(run_moe({"infer", "-m", tmp.path(), "-p", "hi", "--draft", "eagle"}).code != 0);
+}
+
+TEST_CASE("more threads than cores runs with one warning; the same text as with one thread", "[infer][cli]") {
+  const TempDir tmp("infer_threads");
+  make_checkpoint(tmp);
+  const std::string more = std::to_string(std::max(1u, std::thread::hardware_concurrency()) + 1);
+  const RunResult one = run_moe({"infer", "-m", tmp.path(), "-p", "hi", "-n", "6", "--temp", "0", "-t", "1"});
+  const RunResult many = run_moe({"infer", "-m", tmp.path(), "-p", "hi", "-n", "6", "--temp", "0", "-t", more});
+  REQUIRE(one.code == 0);
+  REQUIRE(many.code == 0);
+  CHECK(many.out == one.out);
+  CHECK(many.err.find("moe: warning: --threads " + more + " is more than the") != std::string::npos);
+  CHECK(one.err.find("warning") == std::string::npos);
 }
