@@ -76,8 +76,10 @@ Run add_train(CLI::App& app) {
     options.expert_parallel = f->expert_parallel;
     options.max_ranks_per_token = f->max_ranks_per_token;
     ConsoleTrainObserver console(stdout, ::isatty(STDOUT_FILENO) != 0, options.config.train.log_every);
-    train(options, console);
-    return 0;
+    const TrainResult result = train(options, console);
+    // The shell's convention for a process ended by a signal (128 + its number), though this one
+    // stopped on its own after saving: scripts can tell an interrupted run from a finished one.
+    return result.stop_signal == 0 ? 0 : 128 + result.stop_signal;
   };
 }
 

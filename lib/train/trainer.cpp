@@ -303,7 +303,7 @@ class TrainRun {
     observer_ = dist_.root() ? &observer : &silent_;
   }
 
-  int64_t run();
+  TrainResult run();
 
  private:
   void load_data();
@@ -539,7 +539,7 @@ void TrainRun::end(const char* reason, int64_t step) {
                     total_seconds_ > 0 ? double(total_tokens_) / total_seconds_ : 0.0);
 }
 
-int64_t TrainRun::run() {
+TrainResult TrainRun::run() {
   const int64_t B = tc_.batch, T = tc_.seq;
   TrainStep trainer_step(tc_, *model_, parallel_);
   step_ = &trainer_step;
@@ -579,15 +579,15 @@ int64_t TrainRun::run() {
                      "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out "
                      "%s --resume\n",
                      (long long)step, dir_.c_str(), dir_.c_str());
-      std::exit(stop_signal == SIGINT ? 130 : 143);
+      return {step, stop_signal};
     }
   }
   end(step == tc_.steps ? "completed" : "stop-at", step);
-  return step;
+  return {step, 0};
 }
 
 }  // namespace
 
-int64_t train(const TrainOptions& options, TrainObserver& observer) { return TrainRun(options, observer).run(); }
+TrainResult train(const TrainOptions& options, TrainObserver& observer) { return TrainRun(options, observer).run(); }
 
 }  // namespace moe

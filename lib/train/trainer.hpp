@@ -59,8 +59,16 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
 // be DIR's), else the built-in train settings.
 Config init_from_config(const std::string& dir, const std::string& config_file, bool given);
 
-// Runs training; returns the number of the last completed step.
-int64_t train(const TrainOptions& options, TrainObserver& observer);
+// How a run ended: its last completed step, and the stop signal (SIGINT/SIGTERM) that ended it
+// early after saving a checkpoint, or 0. The library never exits the process: app/ turns this
+// into an exit status.
+struct TrainResult {
+  int64_t last_step = 0;
+  int stop_signal = 0;
+};
+
+// Runs training.
+TrainResult train(const TrainOptions& options, TrainObserver& observer);
 
 // Default run directory for a config path: runs/<file name without .json>.
 std::string default_run_dir(const std::string& config_path);

@@ -18,6 +18,7 @@
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "reliability_util.hpp"
+#include "train/trainer.hpp"
 
 using namespace moe_rel;
 using namespace moe_test;
@@ -242,4 +243,34 @@ TEST_CASE("reliability: SIGKILL at random moments then --resume reaches the unin
   REQUIRE(steps.size() == size_t(kSteps));
   for (size_t i = 0; i < steps.size(); ++i) CHECK(steps[i] == int64_t(i) + 1);
   CHECK(leftovers(dir).empty());
+}
+
+namespace {
+// Sends itself SIGTERM during step `at`, as a user's kill would.
+struct SignalAtStep : moe::TrainObserver {
+  int64_t at;
+  explicit SignalAtStep(int64_t step) : at(step) {}
+  void on_start(const moe::Config&, const std::string&, const std::string&, int64_t) override {}
+  void on_step(const moe::StepRecord& r, double) override {
+    if (r.step == at) ::kill(::getpid(), SIGTERM);
+  }
+  void on_eval(const moe::EvalRecord&) override {}
+  void on_save(const std::string&, int64_t) override {}
+  void on_end(const moe::EvalRecord*, const moe::EvalRecord*, const moe::StepRecord&, double) override {}
+};
+}  // namespace
+
+TEST_CASE("reliability: the library returns a stop signal to its caller instead of exiting", "[reliability]") {
+  TempDir tmp("reliability");
+  moe::TrainOptions options;
+  json cfg = micro_config();
+  cfg["train"]["steps"] = 50;
+  options.config = moe::config_from_json(cfg, "micro");
+  options.out_dir = tmp / "run";
+  SignalAtStep observer(3);
+  // Before: std::exit(143) inside moe::train ended this test process.
+  const moe::TrainResult r = moe::train(options, observer);
+  CHECK(r.stop_signal == SIGTERM);
+  CHECK(r.last_step == 3);
+  CHECK(checkpoint_step(options.out_dir) == 3);
 }
