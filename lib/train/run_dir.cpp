@@ -1,11 +1,16 @@
 #include "train/run_dir.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
@@ -17,6 +22,56 @@ namespace fs = std::filesystem;
 
 namespace {
 const char* kCheckpointFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"};
+}
+
+namespace {
+
+// The pid holding a flock on the file (dev, ino), from /proc/locks ("1: FLOCK  ADVISORY  WRITE 4242
+// 08:01:1234 0 EOF": major and minor in hex, the inode in decimal); 0 when it cannot be told.
+long flock_holder(dev_t dev, ino_t ino) {
+  std::ifstream in("/proc/locks");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, kind, advisory, mode, device;
+    long pid = 0;
+    if (!(f >> id >> kind) || kind != "FLOCK") continue;
+    if (!(f >> advisory >> mode >> pid >> device)) continue;
+    unsigned major_no = 0, minor_no = 0;
+    unsigned long inode = 0;
+    if (std::sscanf(device.c_str(), "%x:%x:%lu", &major_no, &minor_no, &inode) != 3) continue;
+    if (major_no == major(dev) && minor_no == minor(dev) && inode == ino) return pid;
+  }
+  return 0;
+}
+
+}  // namespace
+
+RunDirLock::RunDirLock(const std::string& dir) {
+  fd_ = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd_ < 0) fail(dir + ": cannot open the run directory (" + std::strerror(errno) + ")");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) return;
+  const int err = errno;
+  struct stat st {};
+  const long pid = err == EWOULDBLOCK && ::fstat(fd_, &st) == 0 ? flock_holder(st.st_dev, st.st_ino) : 0;
+  ::close(fd_);
+  fd_ = -1;
+  if (err != EWOULDBLOCK) fail(dir + ": cannot lock the run directory (" + std::strerror(err) + ")");
+  fail(dir + ": in use by moe train" + (pid > 0 ? " (pid " + std::to_string(pid) + ")" : std::string()) +
+       "; wait for it to end or choose another --out");
+}
+
+RunDirLock::~RunDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the lock
+}
+
+RunDirLock& RunDirLock::operator=(RunDirLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
 }
 
 bool path_exists(const std::string& path) {

@@ -19,6 +19,25 @@ void save_training_checkpoint(const std::string& dir, const Model& model, const 
 void recover_pending_checkpoint(const std::string& dir);
 void load_optimizer_state(const std::string& dir, const Model& model, AdamW& adam);
 
+// An exclusive advisory lock (flock) on a run directory itself, held by the `moe train` that uses
+// it from before it reads or changes anything until it ends. A second trainer on the same
+// directory is refused ("DIR: in use by moe train (pid N)"), with or without --force. The lock
+// lives in the kernel with the open directory, so a killed holder releases it and leaves no file
+// behind. Only rank 0 of a distributed run takes it (the other ranks never touch the directory).
+class RunDirLock {
+ public:
+  RunDirLock() = default;
+  explicit RunDirLock(const std::string& dir);  // dir must exist
+  ~RunDirLock();
+  RunDirLock(RunDirLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  RunDirLock& operator=(RunDirLock&& other) noexcept;
+  RunDirLock(const RunDirLock&) = delete;
+  RunDirLock& operator=(const RunDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 bool path_exists(const std::string& path);
 bool is_directory(const std::string& path);
 void make_directories(const std::string& path);  // mkdir -p; errors name the path

@@ -215,7 +215,9 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
   const std::string state_path = dir + "/trainer_state.json";
   Dist& dist = Dist::world();
   std::string state_text;
+  RunDirLock lock;  // while the state is read (a save interrupted by a kill may be finished here)
   if (dist.root()) {
+    if (is_directory(dir)) lock = RunDirLock(dir);
     require_resumable(dir);
     state_text = read_json_file(state_path).dump();
   }
@@ -328,6 +330,7 @@ class TrainRun {
   Dist& dist_;
   const int64_t ranks_;
   int threads_ = 1;
+  RunDirLock lock_;  // rank 0: held for the whole run
   TextData data_;
   ComputeContext ctx_;
   std::optional<Model> model_;
@@ -370,16 +373,21 @@ void TrainRun::load_data() {
 void TrainRun::prepare_run_dir() {
   if (!dist_.root()) return;
   if (options_.resume) {
+    lock_ = RunDirLock(dir_);
     require_resumable(dir_);
   } else {
     if (path_exists(dir_) && !is_directory(dir_)) fail(dir_ + ": exists and is not a directory");
-    if (is_directory(dir_) && !std::filesystem::is_empty(dir_) && !options_.force)
+    // Locked before anything is looked at or removed: a second trainer, even with --force, must
+    // not delete the files of a run in progress.
+    const bool existed = is_directory(dir_);
+    if (!existed) make_directories(dir_);
+    lock_ = RunDirLock(dir_);
+    if (existed && !std::filesystem::is_empty(dir_) && !options_.force)
       fail(dir_ + ": run directory already exists; use --resume to continue it or --force to overwrite it");
     if (options_.force && is_directory(dir_))
       for (const char* f :
            {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"})
         std::remove((dir_ + "/" + f).c_str());
-    make_directories(dir_);
   }
   if (::access(dir_.c_str(), W_OK) != 0) fail(dir_ + ": run directory is not writable");
 }
