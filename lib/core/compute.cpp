@@ -105,8 +105,10 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
     int64_t lda = 0, ldb = 0, ldc = 0;
     if (layout(spec.a_strides, ta, lda) && layout(spec.b_strides, tb, ldb) && layout(spec.c_strides, tc, ldc) &&
         tc == 'N') {
-      const dnnl_status_t status =
+      dnnl_status_t status =
           dnnl_sgemm(ta, tb, spec.M, spec.N, spec.K, 1.0f, A, lda, B, ldb, spec.accumulate ? 1.0f : 0.0f, C, ldc);
+      if (fail_gemm_after.load(std::memory_order_relaxed) >= 0 && fail_gemm_after.fetch_sub(1) == 0)
+        status = dnnl_runtime_error;
       check(status == dnnl_success, "oneDNN sgemm failed (status " + std::to_string(int(status)) + ")");
       return;
     }

@@ -5,6 +5,7 @@
 // once per shape because creation costs far more than a small GEMM.
 #pragma once
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
@@ -50,6 +51,11 @@ class ComputeContext {
   size_t cached_primitives() const { return cache_.size(); }
 
   PhaseTimes phases;
+
+  // Fault injection for tests: the n-th 2-D product from now (0: the next one) fails as a oneDNN
+  // error would, on whichever thread runs it; -1: never. Lets a test reach the error paths of the
+  // parallel expert loops, which a real oneDNN failure cannot be provoked into.
+  std::atomic<int64_t> fail_gemm_after{-1};
 
  private:
   struct Entry;

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include "core/threads.hpp"
 #include "ops/swiglu.hpp"
 
 namespace moe {
@@ -108,13 +109,17 @@ void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const Mo
       }
 
   largest_first(L.offsets, order_);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < El; ++k) {
     const int64_t e = order_[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
     if (rows == 0) continue;
-    ffn_forward(ctx, expert_ffn(w, e, D, Im), L.x_rows.data() + r0 * D, y_rows_.data() + r0 * D,
-                {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im}, rows, D, Im);
+    errors.run([&] {
+      ffn_forward(ctx, expert_ffn(w, e, D, Im), L.x_rows.data() + r0 * D, y_rows_.data() + r0 * D,
+                  {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im}, rows, D, Im);
+    });
   }
+  errors.rethrow();
   for (int64_t r = 0; r < L.received; ++r)
     std::memcpy(back_.data() + r * D, y_rows_.data() + int64_t(L.recv_to_row[size_t(r)]) * D, sizeof(float) * D);
   // Outputs return to the slots' ranks, arriving in send order.
@@ -133,15 +138,19 @@ void ExpertParallel::backward(ComputeContext& ctx, const ModelConfig& c, const M
     std::memcpy(d_owner + int64_t(L.recv_to_row[size_t(r)]) * D, recv_.data() + r * D, sizeof(float) * D);
   float* dx_owner = recv_.data();  // the received gradients now live in d_owner
   largest_first(L.offsets, order_);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t k = 0; k < El; ++k) {
     const int64_t e = order_[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
     if (rows == 0) continue;
     const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
-    ffn_backward(ctx, expert_ffn(w, e, D, Im), grads, L.x_rows.data() + r0 * D, d_owner + r0 * D, dx_owner + r0 * D,
-                 {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im}, ffn_scratch_.data() + 2 * r0 * Im,
-                 rows, D, Im, /*accumulate_dx=*/false);
+    errors.run([&] {
+      ffn_backward(ctx, expert_ffn(w, e, D, Im), grads, L.x_rows.data() + r0 * D, d_owner + r0 * D, dx_owner + r0 * D,
+                   {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im},
+                   ffn_scratch_.data() + 2 * r0 * Im, rows, D, Im, /*accumulate_dx=*/false);
+    });
   }
+  errors.rethrow();
   for (int64_t r = 0; r < L.received; ++r)
     std::memcpy(back_.data() + r * D, dx_owner + int64_t(L.recv_to_row[size_t(r)]) * D, sizeof(float) * D);
   dist_.alltoallv(back_.data(), L.recv_rows.data(), dx_rows, L.send_rows.data(), D);

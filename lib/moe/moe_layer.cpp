@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/threads.hpp"
 #include "moe/balance.hpp"
 #include "moe/router.hpp"
 #include "ops/swiglu.hpp"
@@ -101,13 +102,17 @@ void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeW
   // One SwiGLU per active expert over its contiguous (padded) rows, experts spread over the
   // threads (each GEMM then runs on one thread; see largest_first).
   const int32_t* order = largest_first(s.offsets, E);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < E; ++i) {
     const int64_t e = order[i], rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
     if (rows == 0) continue;
-    ffn_forward(ctx, expert_weights(w, e, D, Im), s.x_rows + r0 * D, s.y_rows + r0 * D,
-                {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im);
+    errors.run([&] {
+      ffn_forward(ctx, expert_weights(w, e, D, Im), s.x_rows + r0 * D, s.y_rows + r0 * D,
+                  {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im);
+    });
   }
+  errors.rethrow();
 }
 
 void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
@@ -120,15 +125,19 @@ void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const Moe
 
   // Experts in parallel as in forward; each uses its own rows of the scratch (2 · rows · Im).
   const int32_t* order = largest_first(s.offsets, E);
+  ParallelErrors errors;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < E; ++i) {
     const int64_t e = order[i], rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
     if (rows == 0) continue;
     const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
-    ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
-                 scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn + 2 * r0 * Im,
-                 rows, D, Im, /*accumulate_dx=*/false);
+    errors.run([&] {
+      ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
+                   scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn + 2 * r0 * Im,
+                   rows, D, Im, /*accumulate_dx=*/false);
+    });
   }
+  errors.rethrow();
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/threads.hpp"
+
 namespace moe {
 
 void router_scores_row(const float* z, float* s, int64_t E, ScoringFunc func) {
@@ -124,15 +126,17 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
 void route_tokens(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert, float* weight,
                   int64_t N, const RankLimit& limit) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  ParallelErrors errors;
 #pragma omp parallel
   {
-    // Per-thread buffers that keep their capacity across calls.
+    // Per-thread buffers that keep their capacity across calls (the first call allocates).
     thread_local RouteScratch scratch;
-    scratch.resize(c, limit.ranks);
+    errors.run([&] { scratch.resize(c, limit.ranks); });
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N; ++t)
-      route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch, limit);
+      errors.run([&] { route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch, limit); });
   }
+  errors.rethrow();
 }
 
 void route_weights_backward(const ModelConfig& c, const float* scores, const int32_t* expert, const float* d_weight,
