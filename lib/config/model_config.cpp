@@ -25,6 +25,7 @@ const char* const kIgnoredCheckpointKeys[] = {
     "architectures",     "torch_dtype",    "dtype",        "transformers_version", "_name_or_path",        "auto_map",
     "use_cache",         "bos_token_id",   "eos_token_id", "pad_token_id",         "pretraining_tp",       "ep_size",
     "attention_dropout", "aux_loss_alpha", "seq_aux",      "output_router_logits", "router_aux_loss_coef",
+    kTrainSeqKey,  // moe's record of the training window (load_checkpoint_train_seq checks it)
 };
 
 // A deepseek_v3 config.json must give these: where moe's defaults differ from Hugging Face's, a

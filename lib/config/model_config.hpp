@@ -14,6 +14,9 @@
 
 namespace moe {
 
+// config.json key of a checkpoint saved by `moe train`: the window length it was trained on.
+inline constexpr const char* kTrainSeqKey = "moe_train_seq";
+
 enum class ScoringFunc { sigmoid, softmax };
 const char* to_string(ScoringFunc f);
 

@@ -35,7 +35,7 @@ std::vector<SharedCopy> mtp_shared_copies(const ModelConfig& c) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& dir, const Model& model) {
+void save_checkpoint(const std::string& dir, const Model& model, int64_t train_seq) {
   ::mkdir(dir.c_str(), 0755);
   std::vector<TensorRef> refs;
   for (const TensorSpec& spec : model.layout.tensors)
@@ -45,7 +45,21 @@ void save_checkpoint(const std::string& dir, const Model& model) {
     refs.push_back({copy.name, main->shape, model.params.data() + main->offset});
   }
   write_safetensors(dir + "/" + kModelFile, refs, {{"format", "pt"}, {"producer", "moe " MOE_VERSION}});
-  write_file_atomic(dir + "/config.json", to_json(model.config).dump(2) + "\n");
+  nlohmann::json config = to_json(model.config);
+  if (train_seq > 0) config[kTrainSeqKey] = train_seq;
+  write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
+}
+
+int64_t load_checkpoint_train_seq(const std::string& dir) {
+  const std::string path = dir + "/config.json";
+  const nlohmann::json j = read_json_file(path);
+  const ModelConfig c = model_config_from_json(j, path, true);
+  if (!j.contains(kTrainSeqKey)) return 0;
+  const nlohmann::json& v = j[kTrainSeqKey];
+  if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > c.max_position_embeddings)
+    fail(path + ": " + kTrainSeqKey + ": expected an integer in [1, max_position_embeddings = " +
+         std::to_string(c.max_position_embeddings) + "], got " + v.dump());
+  return v.get<int64_t>();
 }
 
 ModelConfig load_checkpoint_config(const std::string& dir) {

@@ -10,13 +10,20 @@
 
 namespace moe {
 
-void save_checkpoint(const std::string& dir, const Model& model);
+// train_seq > 0: the window length the model was trained on, written to config.json as
+// "moe_train_seq" (other tools ignore it; moe's eval and infer read it back).
+void save_checkpoint(const std::string& dir, const Model& model, int64_t train_seq = 0);
 
 // Reads and checks config.json and the weights (CheckpointTensors::open: model.safetensors or the
 // shards of model.safetensors.index.json), then load_tensors_into.
 std::unique_ptr<Model> load_checkpoint(const std::string& dir);
 
 ModelConfig load_checkpoint_config(const std::string& dir);
+
+// The window length the checkpoint was trained on ("moe_train_seq" in config.json), or 0 when it
+// does not say (a Hugging Face checkpoint, or one saved by an older moe). Positions past it were
+// never trained: eval's default context, and infer warns when generation goes past it.
+int64_t load_checkpoint_train_seq(const std::string& dir);
 
 // Copies every tensor of `model`'s layout, converted to float32, into `dest` (an arena with the
 // model's layout); rejects missing, unknown, mis-shaped and non-finite tensors.

@@ -103,7 +103,7 @@ void save_training_checkpoint(const std::string& dir, const Model& model, const 
   try {
     remove_tree(pending);
     make_directories(pending);
-    save_checkpoint(pending, model);
+    save_checkpoint(pending, model, trainer_state.value(nlohmann::json::json_pointer("/config/train/seq"), int64_t(0)));
     std::vector<TensorRef> moments;
     for (const TensorSpec& spec : model.layout.tensors) {
       if (!spec.trainable) continue;

@@ -63,6 +63,13 @@ Args train_args(const std::string& out, const Args& extra) {
   return concat({"train", "--config", kTiny, "--data", kShakespeare, "--out", out, "--threads", "2"}, extra);
 }
 
+size_t count_lines(const std::string& text, const std::string& with) {
+  std::istringstream in(text);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += line.find(with) != std::string::npos;
+  return n;
+}
+
 Args resume_args(const std::string& out) { return {"train", "--out", out, "--resume", "--threads", "2"}; }
 
 std::vector<json> read_metrics(const std::string& dir) {
@@ -643,4 +650,37 @@ TEST_CASE("moe train --init-from fine-tunes a checkpoint's model with a fresh op
   r = run_moe({"train", "--init-from", dir / "nothing", "--out", dir / "other2"});
   CHECK(refused(r));
   CHECK(r.err.find(dir / "nothing") != std::string::npos);
+}
+
+TEST_CASE("a checkpoint records its training window; eval defaults to it and infer warns past it", "[train]") {
+  TempDir tmp("train_seq");
+  const std::string dir = tmp / "run";
+  REQUIRE(run_moe(train_args(dir, {"--steps", "2", "--eval-every", "0", "--batch", "2", "--seq", "64"})).ok());
+  const json config = json::parse(read_bytes(dir + "/config.json"));
+  CHECK(config.at("moe_train_seq") == 64);
+  CHECK(config.at("max_position_embeddings") == 256);  // the model's own limit is unchanged
+  const std::string text = tmp / "eval.txt";
+  std::ofstream(text) << std::string(read_bytes(kShakespeare), 0, 3000);
+  const RunResult e = run_moe({"eval", "--model", dir, "--data", text, "--json", "-t", "2"});
+  REQUIRE(e.ok());
+  CHECK(json::parse(e.out).at("ctx") == 64);
+  const RunResult e2 = run_moe({"eval", "--model", dir, "--data", text, "--json", "-t", "2", "--ctx", "200"});
+  CHECK(json::parse(e2.out).at("ctx") == 200);
+  // "hello" (5) + 59 reaches position 64: inside; + 60 goes past once.
+  const RunResult inside = run_moe({"infer", "-m", dir, "-p", "hello", "-n", "59", "--temp", "0", "-t", "2"});
+  REQUIRE(inside.ok());
+  CHECK(inside.err.find("warning") == std::string::npos);
+  const RunResult past = run_moe({"infer", "-m", dir, "-p", "hello", "-n", "60", "--temp", "0", "-t", "2"});
+  REQUIRE(past.ok());
+  CHECK(past.err.find("moe: warning: generation reaches position 65, past the 64 positions") != std::string::npos);
+  CHECK(count_lines(past.err, "warning") == 1);
+  // A bad value is refused naming the file and key.
+  json bad = config;
+  bad["moe_train_seq"] = 1000;
+  std::ofstream(dir + "/config.json") << bad.dump();
+  const RunResult refused_eval = run_moe({"eval", "--model", dir, "--data", text, "-t", "2"});
+  CHECK(refused_eval.code == 1);
+  CHECK(
+      refused_eval.err.find(dir + "/config.json: moe_train_seq: expected an integer in [1, max_position_embeddings") !=
+      std::string::npos);
 }
