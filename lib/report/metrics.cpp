@@ -111,7 +111,7 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
     double early_total = 0, recent_total = 0;
     for (int64_t s = 0; s < n; ++s) {
       const StepRecord& p = run.train[size_t(s)];
-      if (li >= p.layers.size() || p.layers[li].counts.size() != E)
+      if (p.layers.size() != layers || p.layers[li].counts.size() != E)
         fail(run.path + ": step " + std::to_string(p.step) + " has a different number of layers or experts");
       const LayerLoad& lp = p.layers[li];
       double total = 0;

@@ -121,6 +121,11 @@ std::vector<LayerLoad> parse_layers(const json& j, const std::string& where, boo
     if (!p.bias.empty() && p.bias.size() != p.counts.size())
       fail(where + ": layer " + std::to_string(p.layer) + " has " + std::to_string(p.bias.size()) +
            " bias values for " + std::to_string(p.counts.size()) + " experts");
+    // Each MoE layer once, in increasing order (as the trainer writes them): a repeated layer would
+    // be counted twice by every report.
+    if (!layers.empty() && p.layer <= layers.back().layer)
+      fail(where + ": \"layers\" lists layer " + std::to_string(p.layer) + " after layer " +
+           std::to_string(layers.back().layer) + " (expected each layer once, in increasing order)");
     layers.push_back(std::move(p));
   }
   return layers;

@@ -339,6 +339,7 @@ class TrainRun {
   std::optional<ExpertParallel> experts_;
   Parallel parallel_;
   int64_t start_step_ = 0;
+  int64_t saved_step_ = -1;  // the step of the checkpoint in dir_ (-1: none yet)
   std::optional<EvalRecord> first_eval_, last_eval_;
   std::string metrics_path_;
   std::ofstream metrics_;
@@ -504,6 +505,7 @@ void TrainRun::save(int64_t step) {
   } else {
     gather_and_save(step);
   }
+  saved_step_ = step;
   observer_->on_save(dir_, step);
 }
 
@@ -572,8 +574,10 @@ TrainResult TrainRun::run() {
     observer_->on_step(r, last_eval_ ? last_eval_->val_loss : NAN);
     if (bad_steps >= tc_.max_bad_steps) {
       append_metrics(end_json(step, "non-finite"));
-      fail("training stopped: " + std::to_string(bad_steps) +
-           " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir_ +
+      const int64_t saved = options_.resume ? std::max(saved_step_, start_step_) : saved_step_;
+      fail("training stopped: " + std::to_string(bad_steps) + " consecutive steps had a non-finite loss or gradient; " +
+           (saved >= 0 ? "the last good checkpoint (step " + std::to_string(saved) + ") is in " + dir_
+                       : std::string("no checkpoint had been saved yet (see --save-every)")) +
            " (try a smaller --lr)");
     }
     // Every rank stops at the same step: a signal seen by any of them counts for all.

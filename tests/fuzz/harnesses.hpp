@@ -161,19 +161,20 @@ inline Outcome run_config(const uint8_t* data, size_t size) {
     expect(config_file_json(back) == written, "config_file_json does not round-trip: " + written.dump());
   } catch (const Error&) {
   }
-  auto as_checkpoint = [&](const nlohmann::json& flat) {
+  auto as_checkpoint = [&](const nlohmann::json& flat, bool counts) {
     try {
       const ModelConfig m = model_config_from_json(flat, file.path, true);
-      outcome = Outcome::accepted;
+      if (counts) outcome = Outcome::accepted;
       const nlohmann::json written = to_json(m);
       const ModelConfig back = model_config_from_json(nlohmann::json::parse(written.dump()), "round trip", true);
       expect(to_json(back) == written, "to_json(ModelConfig) does not round-trip: " + written.dump());
     } catch (const Error&) {
     }
   };
-  as_checkpoint(j);
-  // The model section of a config file doubles as a flat checkpoint config.
-  if (j.is_object() && j.contains("model")) as_checkpoint(j["model"]);
+  as_checkpoint(j, true);
+  // The model section of a config file doubles as a flat checkpoint config: more coverage of the
+  // reader, but the input is a config file, so whether it is accepted was decided above.
+  if (j.is_object() && j.contains("model")) as_checkpoint(j["model"], false);
   return outcome;
 }
 

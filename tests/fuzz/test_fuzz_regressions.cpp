@@ -2,7 +2,8 @@
 // crashed on (tests/fuzz/regressions/<harness>/) through the same harness bodies as the libFuzzer
 // targets, without libFuzzer: each must be accepted or rejected with a moe::Error, never crash or
 // throw anything else. Under the sanitizer stage of scripts/test this runs with ASan + UBSan.
-// Corpus files named valid-* are known-good inputs and must be accepted.
+// Corpus files named valid-* are known-good inputs and must be accepted, reject-* known-bad ones
+// that must be rejected.
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -50,7 +51,9 @@ size_t replay(const std::string& harness, Harness run) {
     Outcome outcome = Outcome::rejected;
     // A crash fails the whole test binary; an exception other than moe::Error fails here.
     REQUIRE_NOTHROW(outcome = run(bytes.data(), bytes.size()));
-    if (path.filename().string().rfind("valid-", 0) == 0) CHECK(outcome == Outcome::accepted);
+    const std::string name = path.filename().string();
+    if (name.rfind("valid-", 0) == 0) CHECK(outcome == Outcome::accepted);
+    if (name.rfind("reject-", 0) == 0) CHECK(outcome == Outcome::rejected);
   }
   return all.size();
 }

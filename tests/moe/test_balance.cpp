@@ -231,29 +231,6 @@ TEST_CASE("update_bias: overloaded experts go down by exactly u, underloaded up 
   }
 }
 
-TEST_CASE("update_bias on counts summed over micro-batches is one update from the step's total", "[moe][balance]") {
-  const float u = 0.25f;
-  // Two micro-batches of one optimizer step, each with mean 2.
-  const int64_t micro1[4] = {6, 0, 1, 1};
-  const int64_t micro2[4] = {1, 1, 3, 3};
-  int64_t step_counts[4];
-  for (int i = 0; i < 4; ++i) step_counts[i] = micro1[i] + micro2[i];  // {7, 1, 4, 4}, mean 4
-  float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  moe::update_bias(bias, step_counts, 4, u);
-  CHECK(bias[0] == -0.25f);  // 7 > 4
-  CHECK(bias[1] == 0.25f);   // 1 < 4
-  CHECK(bias[2] == 0.0f);    // 4 == 4
-  CHECK(bias[3] == 0.0f);
-  // Updating per micro-batch instead would give a different answer ({0, +2u, 0, 0}): the rule
-  // really depends on accumulating first.
-  float per_micro[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  moe::update_bias(per_micro, micro1, 4, u);
-  moe::update_bias(per_micro, micro2, 4, u);
-  CHECK(per_micro[0] == 0.0f);
-  CHECK(per_micro[1] == 0.5f);
-  CHECK(per_micro[0] != bias[0]);
-}
-
 TEST_CASE("max_violation is (max - mean) / mean of the counts", "[moe][balance]") {
   const int64_t skewed[4] = {4, 0, 2, 2};  // mean 2, max 4
   CHECK(moe::max_violation(skewed, 4) == Approx(1.0));

@@ -233,6 +233,9 @@ TEST_CASE("moe_backward matches finite differences on x and every weight tensor 
     loss();
     const std::vector<int32_t> base_choice = layer.chosen();
     ref::Vec dx(size_t(N * D), 55.0f);  // written, not accumulated
+    // The bias's slot of the gradient arena holds a sentinel: backward must not touch it.
+    float* bias_grad = layer.grads.data() + layer.sizes()[0];
+    std::fill_n(bias_grad, c.n_routed_experts, 0.25f);
     moe::moe_backward(ctx, c, layer.w, layer.gw, x.data(), r.data(), dx.data(), layer.saved, layer.scratch, layer.B,
                       layer.T, {}, 1.0f);
 
@@ -254,8 +257,25 @@ TEST_CASE("moe_backward matches finite differences on x and every weight tensor 
       float* p = layer.params.data() + offset;
       const float* g = layer.grads.data() + offset;
       if (i == 1) {
-        // The bias is state, not a parameter: no gradient at all.
-        for (int64_t e = 0; e < sizes[i]; ++e) CHECK(g[e] == 0.0f);
+        // The bias is state, not a parameter: backward leaves its slot alone, and it enters the
+        // output only through the choice of experts: a nudge that changes no choice leaves the
+        // output bit-identical (the gate weights come from the unbiased scores).
+        for (int64_t e = 0; e < sizes[i]; ++e) CHECK(g[e] == 0.25f);
+        const double base = loss();
+        int64_t unchanged = 0;
+        for (int64_t e = 0; e < sizes[i]; ++e) {
+          const float keep = p[e];
+          p[e] = keep + 1e-4f;
+          const double nudged = loss();
+          if (layer.chosen() == base_choice) {
+            CHECK(nudged == base);
+            ++unchanged;
+          }
+          p[e] = keep;
+        }
+        CHECK(unchanged > 0);
+        loss();
+        std::fill_n(bias_grad, c.n_routed_experts, 0.0f);  // the accumulation check below doubles every slot
       } else {
         check(names[i], p, g, ref::sample_coords(sizes[i], 40, 300 + i));
       }

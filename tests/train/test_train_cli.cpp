@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -683,4 +684,86 @@ TEST_CASE("a checkpoint records its training window; eval defaults to it and inf
   CHECK(
       refused_eval.err.find(dir + "/config.json: moe_train_seq: expected an integer in [1, max_position_embeddings") !=
       std::string::npos);
+}
+
+TEST_CASE("with --accum the bias moves once per step, from the counts of all its micro-batches", "[train]") {
+  // One sign update per optimizer step: each bias moves by exactly -u, 0 or +u, the sign of
+  // mean - count over the step's summed counts (logged per layer). Updating after each of the 4
+  // micro-batches would move it by up to 4u, in directions the step's total does not give.
+  TempDir tmp("accum_bias");
+  const std::string dir = tmp / "run";
+  const float u = 0.125f;  // a power of two: every bias value stays exact in float
+  REQUIRE(run_moe(train_args(dir, {"--steps", "4", "--accum", "4", "--batch", "2", "--seq", "32", "--eval-every", "0",
+                                   "--log-every", "1", "--bias-rate", "0.125", "--balance", "loss-free"}))
+              .ok());
+  std::map<int64_t, std::vector<double>> previous;  // layer -> bias after the last step
+  int64_t steps = 0, moved = 0;
+  for (const json& line : read_metrics(dir)) {
+    if (line.at("kind") != "train") continue;
+    ++steps;
+    for (const json& layer : line.at("layers")) {
+      const auto counts = layer.at("counts").get<std::vector<int64_t>>();
+      const auto bias = layer.at("bias").get<std::vector<double>>();
+      std::vector<double>& before = previous[layer.at("layer").get<int64_t>()];
+      if (before.empty()) before.assign(bias.size(), 0.0);
+      int64_t total = 0;
+      for (int64_t n : counts) total += n;
+      CHECK(total == 4 * 2 * 32 * 2);  // every slot of the 4 micro-batches (top-2 of tiny)
+      const double mean = double(total) / double(counts.size());
+      for (size_t e = 0; e < counts.size(); ++e) {
+        const double sign = counts[e] < mean ? 1.0 : counts[e] > mean ? -1.0 : 0.0;
+        CHECK(bias[e] == before[e] + u * sign);
+        moved += sign != 0.0;
+      }
+      before = bias;
+    }
+  }
+  CHECK(steps == 4);
+  CHECK(moved > 0);
+}
+
+TEST_CASE("non-finite steps are skipped and logged; --max-bad-steps consecutive ones stop the run", "[train]") {
+  // lr 1e30 without clipping: step 1 is finite and throws the weights to ~1e30, so every later
+  // step's loss or gradient is not finite.
+  TempDir tmp("bad_steps");
+  const Args common = {"--steps", "50",       "--batch", "2",    "--seq", "32",          "--eval-every",
+                       "0",       "--warmup", "1",       "--lr", "1e30",  "--grad-clip", "0"};
+  const std::string first = tmp / "first";
+  REQUIRE(run_moe(train_args(first, concat(common, {"--stop-at", "1"}))).ok());
+  for (const int64_t max_bad : {int64_t(3), int64_t(5)}) {
+    CAPTURE(max_bad);
+    const std::string dir = tmp / ("run" + std::to_string(max_bad));
+    const RunResult r =
+        run_moe(train_args(dir, concat(common, {"--save-every", "1", "--max-bad-steps", std::to_string(max_bad)})));
+    INFO(r.describe());
+    CHECK(r.code == 1);
+    // Steps 2 .. max_bad were skipped and saved (unchanged weights); step max_bad + 1 stopped it.
+    CHECK(r.err.find("moe: training stopped: " + std::to_string(max_bad) +
+                     " consecutive steps had a non-finite loss or gradient; the last good checkpoint (step " +
+                     std::to_string(max_bad) + ") is in " + dir) != std::string::npos);
+    std::vector<json> train;
+    std::string end_reason;
+    for (const json& line : read_metrics(dir)) {
+      if (line.at("kind") == "train") train.push_back(line);
+      if (line.at("kind") == "end") end_reason = line.at("reason");
+    }
+    CHECK(end_reason == "non-finite");
+    REQUIRE(int64_t(train.size()) == 1 + max_bad);
+    CHECK(train[0].value("skipped", false) == false);
+    for (int64_t i = 1; i <= max_bad; ++i) {
+      CHECK(train[size_t(i)].value("skipped", false) == true);
+      // A skipped step changes nothing: no bias update, no optimizer step.
+      for (size_t l = 0; l < train[0].at("layers").size(); ++l)
+        CHECK(train[size_t(i)]["layers"][l].at("bias") == train[0]["layers"][l].at("bias"));
+    }
+    CHECK(json::parse(read_bytes(dir + "/trainer_state.json")).at("step") == max_bad);
+    CHECK(same_files(dir + "/model.safetensors", first + "/model.safetensors"));
+    // The optimizer took one step only (its header records Adam's step count).
+    CHECK(read_bytes(dir + "/optimizer.safetensors").find("\"adam_step\":\"1\"") != std::string::npos);
+  }
+  // Without any checkpoint the message says so instead of pointing at one.
+  const RunResult none =
+      run_moe(train_args(tmp / "none", concat(common, {"--save-every", "0", "--max-bad-steps", "2"})));
+  CHECK(none.code == 1);
+  CHECK(none.err.find("no checkpoint had been saved yet") != std::string::npos);
 }
