@@ -26,7 +26,7 @@ struct InferFlags {
   std::string model, prompt, prompt_file, prompts_file;
   int64_t n_predict = 256;
   SamplerConfig sampler;
-  int64_t seed = -1;
+  std::string seed;  // empty: a random seed, printed
   int64_t threads = 0;
   bool expert_stats = false, json = false;
   std::string draft;  // "mtp": self-speculative decoding
@@ -99,7 +99,8 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
                          {"generated_tokens", o.generated},
                          {"context_limit", o.hit_context_limit}});
     nlohmann::json doc = {{"model", f->model},
-                          {"seed", request.seed},
+                          // Greedy decoding draws no random numbers: no seed to report.
+                          {"seed", request.sampler.temp > 0 ? nlohmann::json(request.seed) : nlohmann::json()},
                           {"timings",
                            {{"load_ms", load_seconds * 1e3},
                             {"prompt_ms", timings.prompt_seconds * 1e3},
@@ -134,7 +135,8 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
   if (f->expert_stats)
     std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),
                stderr);
-  std::fprintf(stderr, "\nseed %llu\n", (unsigned long long)request.seed);
+  std::fputc('\n', stderr);
+  if (request.sampler.temp > 0) std::fprintf(stderr, "seed %llu\n", (unsigned long long)request.seed);
   std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
   std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
                timings.prompt_seconds * 1e3, (long long)timings.prompt_tokens, prompt_tps);
@@ -170,7 +172,8 @@ Run add_infer(CLI::App& app) {
   cmd->add_option("--repeat-last-n", f->sampler.repeat_last_n, "How many recent tokens the penalty covers")
       ->capture_default_str()
       ->check(NonNegative);
-  cmd->add_option("-s,--seed", f->seed, "Sampling seed (default: random, reported)")->check(NonNegative);
+  cmd->add_option("-s,--seed", f->seed, "Sampling seed, 0 to 18446744073709551615 (default: random, printed)")
+      ->check(SeedValue());
   cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
   cmd->add_option("--draft", f->draft,
                   "Self-speculative decoding: mtp drafts tokens with the model's multi-token-prediction module "
@@ -196,8 +199,8 @@ Run add_infer(CLI::App& app) {
     request.n_predict = f->n_predict;
     request.sampler = f->sampler;
     request.draft_max = f->draft.empty() ? 0 : f->draft_max;
-    request.seed =
-        f->seed >= 0 ? uint64_t(f->seed) : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
+    request.seed = !f->seed.empty() ? std::stoull(f->seed)  // checked by SeedValue
+                                    : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
     if (pp->count() > 0) {
       std::istringstream lines(read_text(f->prompts_file));
       std::string line;

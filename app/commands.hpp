@@ -1,5 +1,6 @@
 // Each subcommand registers its options on the CLI11 app and returns the function that runs it.
 #pragma once
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -45,6 +46,23 @@ inline CLI::Validator InRange(double low, double high, bool low_open = false) {
                    std::string("a number in ") + (low_open ? "(" : "[") + text(low) + ", " + text(high) + "]");
 }
 
+// A seed as the user typed it: a decimal integer in [0, 2^64 - 1]. CLI11 alone wraps "-1" to
+// 2^64 - 1 and saturates larger values, so two different seeds gave one run; here every accepted
+// seed is exactly the number given, and every printed seed can be given back.
+inline CLI::Validator SeedValue() {
+  return CLI::Validator(
+      [](std::string& input) -> std::string {
+        uint64_t v = 0;
+        const char* end = input.data() + input.size();
+        const bool digits = !input.empty() && input.find_first_not_of("0123456789") == std::string::npos;
+        const auto [ptr, ec] = std::from_chars(input.data(), end, v);
+        if (!digits || ec != std::errc() || ptr != end)
+          return "expected an integer in [0, 18446744073709551615], got \"" + input + "\"";
+        return std::string();
+      },
+      "0..18446744073709551615");
+}
+
 // Cores of this machine (at least 1).
 inline int64_t hardware_threads() { return std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency())); }
 
@@ -88,7 +106,7 @@ void add_field_flags(CLI::App* cmd, const std::vector<Field<S>>& fields, S& valu
       opt = cmd->add_option(field.flag, values.*(*p), field.help);
       apply = [&values, p = *p](S& s) { s.*p = values.*p; };
     } else if (auto p = std::get_if<uint64_t S::*>(&field.member)) {
-      opt = cmd->add_option(field.flag, values.*(*p), field.help);
+      opt = cmd->add_option(field.flag, values.*(*p), field.help)->check(SeedValue());
       apply = [&values, p = *p](S& s) { s.*p = values.*p; };
     } else if (auto p = std::get_if<Choice<S>>(&field.member)) {
       std::string& text = choice_values.emplace_back();

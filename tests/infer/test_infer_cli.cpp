@@ -154,3 +154,48 @@ TEST_CASE("more threads than cores runs with one warning; the same text as with 
   CHECK(many.err.find("moe: warning: --threads " + more + " is more than the") != std::string::npos);
   CHECK(one.err.find("warning") == std::string::npos);
 }
+
+TEST_CASE("every accepted or printed seed reproduces its text; greedy prints none", "[infer][cli]") {
+  const TempDir tmp("infer_seeds");
+  make_checkpoint(tmp);
+  auto text = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {"infer", "-m",     tmp.path(), "-p",     "hi", "-n",
+                                  "24",    "--temp", "1.5",      "--json", "-t", "1"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const RunResult r = run_moe(a);
+    REQUIRE(r.code == 0);
+    return nlohmann::json::parse(r.out);
+  };
+  // Random seeds, printed, given back: the same text (half of all seeds are above 2^63).
+  for (int i = 0; i < 6; ++i) {
+    const auto j = text({});
+    const uint64_t seed = j.at("seed").get<uint64_t>();
+    CAPTURE(seed);
+    CHECK(text({"-s", std::to_string(seed)}).at("text_bytes") == j.at("text_bytes"));
+  }
+  // Seeds above 2^63 are themselves, not the largest int64.
+  const auto max64 = text({"-s", "18446744073709551615"});
+  const auto max63 = text({"-s", "9223372036854775807"});
+  const auto high = text({"-s", "11979873797463985713"});
+  CHECK(max64.at("seed").get<uint64_t>() == 18446744073709551615ull);
+  CHECK(high.at("seed").get<uint64_t>() == 11979873797463985713ull);
+  CHECK(high.at("text_bytes") != max63.at("text_bytes"));
+  CHECK(max64.at("text_bytes") != max63.at("text_bytes"));
+  for (const char* bad : {"-1", "18446744073709551616", "1e3", "+5", ""}) {
+    CAPTURE(bad);
+    const RunResult r = run_moe({"infer", "-m", tmp.path(), "-p", "hi", "-n", "2", "-s", bad});
+    CHECK(r.code == 1);
+    CHECK(r.err.find("--seed: expected an integer in [0, 18446744073709551615]") != std::string::npos);
+  }
+  // Greedy decoding uses no seed and prints none.
+  const RunResult greedy = run_moe({"infer", "-m", tmp.path(), "-p", "hi", "-n", "4", "--temp", "0", "-t", "1"});
+  REQUIRE(greedy.code == 0);
+  CHECK(greedy.err.find("seed") == std::string::npos);
+  const RunResult greedy_json =
+      run_moe({"infer", "-m", tmp.path(), "-p", "hi", "-n", "4", "--temp", "0", "--json", "-t", "1"});
+  CHECK(nlohmann::json::parse(greedy_json.out).at("seed").is_null());
+  // train's --seed takes the same check.
+  const RunResult train = run_moe({"train", "--out", tmp.path() + "/run", "--seed", "-1", "--steps", "1"});
+  CHECK(train.code == 1);
+  CHECK(train.err.find("--seed: expected an integer in [0, 18446744073709551615]") != std::string::npos);
+}
