@@ -66,9 +66,19 @@ Run add_train(CLI::App& app) {
     } else {
       options.config = load_config_file(f->config);
     }
+    const TrainConfig stored = options.config.train;
     for (auto& [opt, apply] : f->given)
       if (opt->count() > 0) apply(options.config.train);
     validate(options.config.train, options.config.model, "command line");
+    if (f->resume) {
+      options.resume_changes = resume_changes(stored, options.config.train, options.out_dir);
+      for (const auto& change : options.resume_changes)
+        if (change.setting == "threads")
+          std::fprintf(stderr,
+                       "moe: note: --threads %s differs from the run's %s: training continues, but no longer bit for "
+                       "bit as an uninterrupted run would (sums are split by thread)\n",
+                       change.to.c_str(), change.from.c_str());
+    }
     warn_if_oversubscribed(options.config.train.threads);
     options.resume = f->resume;
     options.force = f->force;

@@ -42,6 +42,7 @@ svg.chart .domain, svg.chart .tick-mark { stroke: #8c959f; stroke-width: 1; }
 svg.chart path.series { fill: none; stroke-linejoin: round; stroke-linecap: round; }
 svg.chart .markers circle { stroke: #fff; stroke-width: 1.2; }
 svg.chart .reference { stroke: #57606a; stroke-width: 1.3; stroke-dasharray: 6 4; }
+svg.chart .step-marker { stroke: #bf8700; stroke-width: 1.5; stroke-dasharray: 2 3; }
 svg.chart .reference-label { font-size: 11px; fill: #57606a; font-weight: 600; paint-order: stroke;
   stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
 svg.chart .plot-frame { fill: #fafbfc; stroke: var(--soft); }

@@ -105,8 +105,17 @@ std::string badge(Verdict v) {
 // ---------------------------------------------------------------------------------------------
 // Charts of one run
 
+// Each --resume of the run, as a vertical line on its step charts (a changed setting, such as an
+// extended --steps, bends the curves there).
+std::vector<svg::StepMarker> resume_markers(const HtmlRun& r) {
+  std::vector<svg::StepMarker> markers;
+  for (const ResumeRecord& resume : r.metrics->resumes) markers.push_back({double(resume.step), resume.describe()});
+  return markers;
+}
+
 std::string loss_chart(const HtmlRun& r) {
   svg::LineChart c;
+  c.step_markers = resume_markers(r);
   c.kind = "loss", c.run = r.label;
   c.title = "Loss";
   c.x_title = "step", c.y_title = "loss (nats/byte)";
@@ -120,6 +129,7 @@ std::string loss_chart(const HtmlRun& r) {
 
 std::string maxvio_overview_chart(const HtmlRun& r) {
   svg::LineChart c;
+  c.step_markers = resume_markers(r);
   c.kind = "maxvio", c.run = r.label, c.layer = "all";
   c.title = "MaxVio_batch, all MoE layers";
   c.x_title = "step", c.y_title = "MaxVio_batch (unitless)";
@@ -144,6 +154,7 @@ std::string maxvio_layer_chart(const HtmlRun& r, size_t li) {
   const LayerLoadReport& layer = r.report->layers[li];
   const std::string id = std::to_string(layer.layer);
   svg::LineChart c;
+  c.step_markers = resume_markers(r);
   c.kind = "maxvio", c.run = r.label, c.layer = id;
   c.title = "MaxVio over training";
   c.x_title = "step", c.y_title = "MaxVio (unitless)";
@@ -168,6 +179,7 @@ std::string bias_chart(const HtmlRun& r, size_t li) {
   const LayerLoadReport& layer = r.report->layers[li];
   const size_t experts = layer.experts.size();
   svg::LineChart c;
+  c.step_markers = resume_markers(r);
   c.kind = "bias", c.run = r.label, c.layer = std::to_string(layer.layer);
   c.title = "Routing bias per expert";
   c.x_title = "step", c.y_title = "bias (added to routing scores)";

@@ -82,8 +82,11 @@ RunMetrics read_metrics(const std::string& path) {
       run.eval.push_back(eval_from_json(j, where));
     } else if (kind == "end") {
       run.ended = true;
+    } else if (kind == "resume") {
+      run.resumes.push_back(resume_from_json(j, where));
+      run.ended = false;  // the run goes on
     } else {
-      fail(where + ": unknown kind \"" + kind + "\" (expected train, eval or end)");
+      fail(where + ": unknown kind \"" + kind + "\" (expected train, eval, end or resume)");
     }
   }
   return run;

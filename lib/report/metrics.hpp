@@ -17,8 +17,9 @@ struct RunMetrics {
   std::string name;  // short label (the run directory's name)
   std::vector<StepRecord> train;
   std::vector<EvalRecord> eval;
-  bool ended = false;              // an "end" line was read: training finished or stopped
-  std::vector<std::string> notes;  // e.g. a torn last line of a run in progress
+  std::vector<ResumeRecord> resumes;  // every --resume, in order
+  bool ended = false;                 // the last "end" line is not followed by a resume
+  std::vector<std::string> notes;     // e.g. a torn last line of a run in progress
   int64_t num_experts() const;
 };
 

@@ -491,6 +491,11 @@ std::string render_line_chart(const LineChart& chart) {
            "\" text-anchor=\"end\">" + escape(r.label) + "</text>\n";
     dashed.push_back(r.label);
   }
+  for (const StepMarker& m : chart.step_markers) {
+    if (m.x < x.lo || m.x > x.hi) continue;
+    svg += "<line class=\"step-marker\" x1=\"" + coord(px(m.x)) + "\" x2=\"" + coord(px(m.x)) + "\" y1=\"" +
+           coord(f.y0()) + "\" y2=\"" + coord(f.y1()) + "\"><title>" + escape(m.label) + "</title></line>\n";
+  }
   std::vector<LegendEntry> legend;
   for (size_t si = 0; si < chart.series.size(); ++si) {
     const Series& s = chart.series[si];

@@ -93,11 +93,18 @@ struct ReferenceLine {
   std::string label;
 };
 
+// A vertical line at x (e.g. the step a --resume continued from), labelled in its tooltip.
+struct StepMarker {
+  double x = 0;
+  std::string label;
+};
+
 struct LineChart {
   std::string kind, run, layer;  // data-chart, data-run, data-layer ("" = none)
   std::string title, hint, x_title, y_title;
   std::vector<Series> series;
   std::vector<ReferenceLine> references;
+  std::vector<StepMarker> step_markers;
   bool y_from_zero = false;
   bool y_log = false;
   std::string empty_message;  // shown when no series has a drawable point

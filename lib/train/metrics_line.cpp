@@ -181,6 +181,31 @@ json to_json(const EvalRecord& r) {
   return j;
 }
 
+json to_json(const ResumeRecord& r) {
+  json changed = json::object();
+  for (const auto& c : r.changed) changed[c.setting] = {{"from", json::parse(c.from)}, {"to", json::parse(c.to)}};
+  return {{"kind", "resume"}, {"step", r.step}, {"changed", changed}};
+}
+
+std::string ResumeRecord::describe() const {
+  std::string text = "resumed at step " + std::to_string(step);
+  for (size_t i = 0; i < changed.size(); ++i)
+    text += (i ? ", " : " (") + changed[i].setting + " " + changed[i].from + " -> " + changed[i].to;
+  return text + (changed.empty() ? "" : ")");
+}
+
+ResumeRecord resume_from_json(const json& j, const std::string& where) {
+  ResumeRecord r;
+  r.step = field<int64_t>(j, "step", where);
+  if (!j.contains("changed") || !j["changed"].is_object()) fail(where + ": missing object field \"changed\"");
+  for (const auto& [setting, change] : j["changed"].items()) {
+    if (!change.is_object() || !change.contains("from") || !change.contains("to"))
+      fail(where + ": \"changed." + setting + "\" must be {\"from\": ..., \"to\": ...}");
+    r.changed.push_back({setting, change["from"].dump(), change["to"].dump()});
+  }
+  return r;
+}
+
 json end_json(int64_t step, const std::string& reason) { return {{"kind", "end"}, {"step", step}, {"reason", reason}}; }
 
 StepRecord step_from_json(const json& j, const std::string& where) {

@@ -45,7 +45,19 @@ struct EvalRecord {
   std::vector<LayerLoad> layers;
 };
 
+// {"kind": "resume", "step": N, "changed": {"steps": {"from": 300, "to": 600}, ...}}: a --resume
+// continued the run from step N, with the settings it was allowed to change (none: {}).
+struct ResumeRecord {
+  int64_t step = 0;
+  struct Change {
+    std::string setting, from, to;  // values as JSON text
+  };
+  std::vector<Change> changed;
+  std::string describe() const;  // "resumed at step 300 (steps 300 -> 600)"
+};
+
 nlohmann::json to_json(const StepRecord& r);
+nlohmann::json to_json(const ResumeRecord& r);
 nlohmann::json to_json(const EvalRecord& r);
 // {"kind": "end", "step": N, "reason": ...}: training finished or stopped.
 nlohmann::json end_json(int64_t step, const std::string& reason);
@@ -53,5 +65,6 @@ nlohmann::json end_json(int64_t step, const std::string& reason);
 // Readers that check every field's presence and type; errors start with `where` ("file:line").
 StepRecord step_from_json(const nlohmann::json& j, const std::string& where);
 EvalRecord eval_from_json(const nlohmann::json& j, const std::string& where);
+ResumeRecord resume_from_json(const nlohmann::json& j, const std::string& where);
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -238,6 +239,31 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
   return plan;
 }
 
+std::vector<ResumeRecord::Change> resume_changes(const TrainConfig& stored, const TrainConfig& now,
+                                                 const std::string& dir) {
+  static const char* const kFree[] = {"log_every",  "eval_every", "eval_tokens",
+                                      "save_every", "threads",    "max_bad_steps"};
+  const json before = to_json(stored), after = to_json(now);
+  std::vector<ResumeRecord::Change> changes;
+  for (const auto& [key, value] : after.items()) {
+    const json old = before.contains(key) ? before[key] : json();
+    if (old == value) continue;
+    const bool free = std::find(std::begin(kFree), std::end(kFree), key) != std::end(kFree);
+    const Field<TrainConfig>* field = find_field(train_fields(), key);
+    const std::string flag = field && field->flag ? field->flag : "train." + key;
+    if (key == "steps" && value.get<int64_t>() < old.get<int64_t>())
+      fail(flag + " " + value.dump() + ": the run in " + dir + " is planned for " + old.dump() +
+           " steps; --resume may extend it, not shorten it (--stop-at N stops earlier with a checkpoint)");
+    if (!free && key != "steps")
+      fail(flag + ": the run in " + dir + " was trained with " + key + " = " + old.dump() +
+           "; --resume continues it with the same settings (to train on with other settings, start a new run from "
+           "its weights: moe train --init-from " +
+           dir + " --out NEW_DIR)");
+    changes.push_back({key, old.dump(), value.dump()});
+  }
+  return changes;
+}
+
 Config init_from_config(const std::string& dir, const std::string& config_file, bool given) {
   Config config;
   config.model = load_checkpoint_config(dir);
@@ -295,9 +321,10 @@ class TrainRun {
     if (options_.expert_parallel)
       experts_.emplace(dist_, mc_, tc_.batch / ranks_ * tc_.seq, options_.max_ranks_per_token);
     parallel_ = Parallel{&dist_, experts_ ? &*experts_ : nullptr};
-    if (options_.resume)
+    if (options_.resume) {
       resume();
-    else if (!options_.init_from.empty())
+      check_resume_reaches_further();
+    } else if (!options_.init_from.empty())
       load_initial_weights();
     else
       model_->init(tc_.seed);
@@ -311,6 +338,7 @@ class TrainRun {
   void load_data();
   void prepare_run_dir();
   void resume();
+  void check_resume_reaches_further() const;
   void load_initial_weights();
   void read_trainer_state(Model& whole, AdamW& whole_adam);
   void open_metrics();
@@ -416,6 +444,17 @@ void TrainRun::resume() {
   adam_->t = whole_adam.t;
 }
 
+// A resume that would train no step is a mistake on the command line: say which, before anything
+// is written.
+void TrainRun::check_resume_reaches_further() const {
+  if (start_step_ >= tc_.steps)
+    fail("--resume: the run in " + dir_ + " has completed its " + std::to_string(tc_.steps) +
+         " steps; give a larger --steps to extend it");
+  if (options_.stop_at > 0 && options_.stop_at <= start_step_)
+    fail("--stop-at " + std::to_string(options_.stop_at) + ": the run in " + dir_ + " is already at step " +
+         std::to_string(start_step_) + "; give a later step");
+}
+
 // --init-from: the checkpoint's weights (every rank reads the directory: it is read-only input,
 // like the data) into a whole model, from which each rank keeps its own tensors.
 void TrainRun::load_initial_weights() {
@@ -471,6 +510,7 @@ void TrainRun::open_metrics() {
     write_file_atomic(metrics_path_, "");
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(metrics_path_ + ": cannot open for writing");
+  if (options_.resume) append_metrics(to_json(ResumeRecord{start_step_, options_.resume_changes}));
   write_file_atomic(dir_ + "/train_config.json", config_file_json(options_.config).dump(2) + "\n");
 }
 

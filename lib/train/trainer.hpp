@@ -8,6 +8,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "train/metrics_line.hpp"
 #include "train/signals.hpp"
 #include "train/step.hpp"
 #include "train/train_config.hpp"
@@ -28,8 +29,9 @@ struct TrainOptions {
   // device-limited routing (each token's experts on at most this many ranks; 0: off).
   bool expert_parallel = false;
   int64_t max_ranks_per_token = 0;
-  // Flags given on the command line on --resume override the stored config (train section only).
-  nlohmann::json* resume_overrides = nullptr;
+  // --resume: the settings changed from the stored ones (resume_changes), recorded in
+  // metrics.jsonl as a "resume" line.
+  std::vector<ResumeRecord::Change> resume_changes;
 };
 
 class TrainObserver {
@@ -53,6 +55,14 @@ struct ResumePlan {
   std::string data_path;
 };
 ResumePlan plan_resume(const std::string& dir, const std::string& config_file, const std::string& data_path);
+
+// What a --resume with flags changes in the run's stored train settings. Only what leaves the
+// run's math alone may change (when to log, evaluate and save, how many evaluation tokens, the
+// stop rule for bad steps, the thread count) and --steps may grow; anything else (model,
+// optimizer, schedule, balancing, batch and window, seed) is refused naming the flag and its
+// stored value, since the run's history would then mix two configurations.
+std::vector<ResumeRecord::Change> resume_changes(const TrainConfig& stored, const TrainConfig& now,
+                                                 const std::string& dir);
 
 // The effective config of `moe train --init-from DIR`: DIR's model (its config.json) with the train
 // section of `config_file` when one was named on the command line (`given`; its model section must

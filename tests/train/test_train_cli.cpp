@@ -254,8 +254,17 @@ TEST_CASE("resume continues a run exactly: 10 + 10 steps equal 20 steps in one r
   }
   CHECK(bias_tensors == 2);  // tiny: layers 1 and 2 are MoE
 
-  // The resumed log reads as one run, line for line the same as the uninterrupted one.
-  const auto la = read_metrics(a), lb = read_metrics(b);
+  // The resumed log reads as one run, line for line the same as the uninterrupted one, plus the
+  // line that records the resume (nothing changed).
+  const auto la = read_metrics(a);
+  std::vector<json> lb;
+  for (const json& line : read_metrics(b)) {
+    if (line.at("kind") == "resume") {
+      CHECK(line == json::parse(R"({"kind": "resume", "step": 10, "changed": {}})"));
+      continue;
+    }
+    lb.push_back(line);
+  }
   REQUIRE(la.size() == lb.size());
   for (size_t i = 0; i < la.size(); ++i) {
     CAPTURE(i);
@@ -766,4 +775,52 @@ TEST_CASE("non-finite steps are skipped and logged; --max-bad-steps consecutive 
       run_moe(train_args(tmp / "none", concat(common, {"--save-every", "0", "--max-bad-steps", "2"})));
   CHECK(none.code == 1);
   CHECK(none.err.find("no checkpoint had been saved yet") != std::string::npos);
+}
+
+TEST_CASE("--resume refuses settings that change the run's math and records the ones it may change", "[train]") {
+  TempDir tmp("resume_changes");
+  const std::string dir = tmp / "run";
+  const Args common = {"--steps", "100", "--batch", "2", "--seq", "32", "--eval-every", "0", "--save-every", "10"};
+  REQUIRE(run_moe(train_args(dir, concat(common, {"--stop-at", "20"}))).ok());
+  const std::string before = read_bytes(dir + "/train_config.json");
+  auto resume = [&](const Args& flags) { return run_moe(concat({"train", "--out", dir, "--resume"}, flags)); };
+  struct Refused {
+    Args flags;
+    std::string message;
+  };
+  for (const Refused& r : std::vector<Refused>{
+           {{"--balance", "none"}, "--balance: the run in " + dir + " was trained with balance = \"loss-free\""},
+           {{"--lr", "0.01"}, "--lr: the run in " + dir + " was trained with lr = "},
+           {{"--seed", "7"}, "--seed: the run in " + dir + " was trained with seed = 1234"},
+           {{"--batch", "4"}, "--batch: the run in " + dir + " was trained with batch = 2"},
+           {{"--steps", "50"}, "--steps 50: the run in " + dir + " is planned for 100 steps"},
+           {{"--stop-at", "20"}, "--stop-at 20: the run in " + dir + " is already at step 20"},
+           {{"--stop-at", "5"}, "--stop-at 5: the run in " + dir + " is already at step 20"},
+       }) {
+    CAPTURE(r.flags);
+    const RunResult out = resume(r.flags);
+    CHECK(out.code == 1);
+    CHECK(out.err.find(r.message) != std::string::npos);
+    CHECK(read_bytes(dir + "/train_config.json") == before);  // nothing was changed or continued
+    CHECK(json::parse(read_bytes(dir + "/trainer_state.json")).at("step") == 20);
+  }
+  // Allowed: intervals, threads (with a note) and a longer schedule, recorded in a resume line.
+  const RunResult ok = resume({"--stop-at", "30", "--steps", "150", "--log-every", "5", "--threads", "1"});
+  INFO(ok.describe());
+  REQUIRE(ok.ok());
+  CHECK(ok.err.find("moe: note: --threads 1 differs from the run's 2") != std::string::npos);
+  std::vector<json> resumes;
+  for (const json& line : read_metrics(dir))
+    if (line.at("kind") == "resume") resumes.push_back(line);
+  REQUIRE(resumes.size() == 1);
+  CHECK(resumes[0].at("step") == 20);
+  CHECK(resumes[0].at("changed") ==
+        json::parse(R"({"steps": {"from": 100, "to": 150}, "log_every": {"from": 50, "to": 5},
+                                                    "threads": {"from": 2, "to": 1}})"));
+  CHECK(json::parse(read_bytes(dir + "/train_config.json")).at("train").at("steps") == 150);
+  // The reports read the resume line and mark it on the step charts.
+  const std::string html = tmp / "report.html";
+  REQUIRE(run_moe({"inspect", dir, "--html", html}).ok());
+  CHECK(read_bytes(html).find("<line class=\"step-marker\"") != std::string::npos);
+  CHECK(read_bytes(html).find("resumed at step 20 (") != std::string::npos);
 }
