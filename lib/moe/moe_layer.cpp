@@ -144,7 +144,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
   phase.emplace(ctx, Phase::router);
   linear_forward(ctx, x, w.router, s.scores, N, D, E);
   router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
-  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N, remote ? remote->rank_limit() : RankLimit{});
+  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N);
 
   if (remote) {
     phase.emplace(ctx, Phase::routed_experts);

@@ -91,8 +91,6 @@ int64_t moe_scratch_floats(const ModelConfig& c, int64_t N);
 class RemoteExperts {
  public:
   virtual ~RemoteExperts() = default;
-  // Routing restriction to apply (device-limited routing).
-  virtual RankLimit rank_limit() const = 0;
   // Given s.expert (N, K) for the tokens x (N, D): writes s.counts (E, this pass's load),
   // s.slot_row (N, K) and, at those rows of s.y_rows, each slot's expert output (unweighted).
   virtual void forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer,
