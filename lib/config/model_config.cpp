@@ -19,6 +19,9 @@ namespace {
 constexpr int64_t kMaxSize = int64_t(1) << 24;
 
 bool is_mla(const ModelConfig& m) { return m.mla(); }
+// Written only when set: a config.json without them is the same model (and other readers, such as
+// Hugging Face's DeepseekV3Config, need not know them).
+bool has_rank_limit(const ModelConfig& m) { return m.max_ranks_per_token > 0 || m.expert_ranks > 0; }
 
 // Keys of a Hugging Face config.json that do not change the model's math: accepted and ignored.
 const char* const kIgnoredCheckpointKeys[] = {
@@ -97,6 +100,11 @@ const std::vector<Field<ModelConfig>>& model_fields() {
        is_mla},
       {"num_nextn_predict_layers", &M::num_nextn_predict_layers, Check::non_negative, kMaxSize,
        "Multi-token-prediction modules", nullptr, is_mla},
+      {"max_ranks_per_token", &M::max_ranks_per_token, Check::non_negative, kMaxSize,
+       "Device-limited routing: a token's experts come from at most this many of the expert_ranks blocks (0: off)",
+       nullptr, has_rank_limit},
+      {"expert_ranks", &M::expert_ranks, Check::non_negative, kMaxSize,
+       "Device-limited routing: contiguous expert blocks, one per rank of expert parallelism", nullptr, has_rank_limit},
       // Hugging Face DeepseekV3Config fields that moe implements in one way only.
       {"hidden_act", Fixed{"silu"}, Check::any, 0, "FFN activation", nullptr, is_mla},
       {"topk_method", Fixed{"noaux_tc"}, Check::any, 0, "Expert selection (bias-corrected, group-limited)", nullptr,
@@ -163,6 +171,30 @@ ModelConfig model_config_from_json(const json& j, const std::string& where, bool
   return m;
 }
 
+namespace {
+
+// The rules of device-limited routing; `at` ends with ": ".
+void validate_rank_limit(const ModelConfig& m, const std::string& at) {
+  const std::string limit = std::to_string(m.max_ranks_per_token), ranks = std::to_string(m.expert_ranks);
+  if (m.max_ranks_per_token == 0)
+    fail(at + "expert_ranks: only used by device-limited routing; set max_ranks_per_token too, or neither");
+  if (m.expert_ranks == 0)
+    fail(at + "max_ranks_per_token: needs expert_ranks, the number of expert blocks (ranks) it limits");
+  if (m.n_routed_experts % m.expert_ranks != 0)
+    fail(at + "expert_ranks (" + ranks + ") must divide n_routed_experts (" + std::to_string(m.n_routed_experts) + ")");
+  if (m.n_group > 1 && m.topk_group < m.n_group)
+    fail(at +
+         "max_ranks_per_token: the model already limits routing to topk_group of n_group groups; set n_group "
+         "= 1 (rank-limited routing replaces group-limited routing)");
+  const int64_t reachable = std::min(m.max_ranks_per_token, m.expert_ranks) * (m.n_routed_experts / m.expert_ranks);
+  if (reachable < m.num_experts_per_tok)
+    fail(at + "max_ranks_per_token: " + limit + " of " + ranks + " expert blocks hold " + std::to_string(reachable) +
+         " experts, fewer than the " + std::to_string(m.num_experts_per_tok) +
+         " each token needs (num_experts_per_tok)");
+}
+
+}  // namespace
+
 void validate(const ModelConfig& m, const std::string& where) {
   const std::string at = where + ": ";
   validate_fields(model_fields(), m, at);
@@ -208,6 +240,7 @@ void validate(const ModelConfig& m, const std::string& where) {
   if (kept < m.num_experts_per_tok)
     fail(at + "topk_group groups keep only " + std::to_string(kept) + " experts, fewer than num_experts_per_tok (" +
          std::to_string(m.num_experts_per_tok) + ")");
+  if (m.max_ranks_per_token > 0 || m.expert_ranks > 0) validate_rank_limit(m, at);
   // Refuse absurd sizes before anything is allocated: parameters alone must fit in 4 GiB of f32
   // (the training arenas hold four copies of them), and per-dimension sizes stay sane.
   const double D = double(m.hidden_size), L = double(m.num_hidden_layers);

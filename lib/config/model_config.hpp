@@ -51,12 +51,22 @@ struct ModelConfig {
   int64_t v_head_dim = 0;                // d_v
   bool rope_interleave = true;           // RoPE rotates adjacent pairs (HF's interleave), else halves
   int64_t num_nextn_predict_layers = 0;  // multi-token-prediction modules: 0 or 1 (DeepSeek-V3's depth)
+  // Device-limited routing (DeepSeek-V3's node-limited routing, over the ranks of expert
+  // parallelism): the experts form `expert_ranks` equal contiguous blocks (rank r's experts in an
+  // expert-parallel run on that many ranks) and a token may use experts of at most
+  // `max_ranks_per_token` blocks. A property of the model, not of the job: every forward that
+  // loads it routes this way, on any number of processes. 0: off (the default, and what a config
+  // without the fields means).
+  int64_t max_ranks_per_token = 0;
+  int64_t expert_ranks = 0;
 
   bool mla() const { return kv_lora_rank.has_value(); }
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   // Width of the attention output that o_proj reads: H * d_v (MLA) or H * head_dim.
   int64_t attn_dim() const { return num_attention_heads * (mla() ? v_head_dim : head_dim); }
   bool mtp() const { return num_nextn_predict_layers > 0; }
+  // Whether device-limited routing restricts any token (a limit of all blocks restricts none).
+  bool rank_limited() const { return max_ranks_per_token > 0 && max_ranks_per_token < expert_ranks; }
   // Decoder layers in the tensor list: the main ones, then the MTP module's layer (index L).
   int64_t decoder_layers() const { return num_hidden_layers + num_nextn_predict_layers; }
   // MoE layers among decoder_layers() (num_moe_layers() counts the main model's only).

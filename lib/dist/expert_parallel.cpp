@@ -32,8 +32,7 @@ ExpertShard ExpertParallel::shard_of(const ModelConfig& c, int rank, int ranks) 
   return {rank * per, per};
 }
 
-ExpertParallel::ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens, int64_t max_ranks_per_token)
-    : dist_(dist), max_ranks_(max_ranks_per_token) {
+ExpertParallel::ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens) : dist_(dist) {
   const int64_t ranks = dist.size(), E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
   check(E % ranks == 0, "internal: experts not divisible by ranks");

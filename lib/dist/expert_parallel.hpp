@@ -18,11 +18,10 @@ namespace moe {
 
 class ExpertParallel : public RemoteExperts {
  public:
-  // tokens: tokens per forward pass on this rank (B * T). max_ranks_per_token: 0, or the limit of
-  // device-limited routing.
-  ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens, int64_t max_ranks_per_token);
+  // tokens: tokens per forward pass on this rank (B * T). Routing, device-limited routing included,
+  // is the model's (ModelConfig::max_ranks_per_token), the same as on one process.
+  ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens);
 
-  RankLimit rank_limit() const override { return {dist_.size(), max_ranks_}; }
   void forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer, const float* x,
                MoeSaved& s, int64_t N) override;
   void backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, int64_t moe_layer,
@@ -44,7 +43,7 @@ class ExpertParallel : public RemoteExperts {
     Buffer<float> x_rows, g, u, a;  // saved for backward, padded layout
   };
   Dist& dist_;
-  int64_t max_ranks_ = 0, local_experts_ = 0, first_expert_ = 0, row_align_ = 1, capacity_ = 0;
+  int64_t local_experts_ = 0, first_expert_ = 0, row_align_ = 1, capacity_ = 0;
   std::vector<Layer> layers_;
   std::vector<int64_t> count_send_, count_recv_;  // (ranks * local experts) per-expert counts
   std::vector<int64_t> cursor_, order_;

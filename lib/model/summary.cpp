@@ -86,6 +86,14 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
         (long long)c.n_shared_experts, (long long)c.n_group, (long long)c.topk_group, to_string(c.scoring_func),
         c.norm_topk_prob ? " (normalised top-k)" : "", c.routed_scaling_factor);
     out += line;
+    if (c.max_ranks_per_token > 0) {
+      std::snprintf(
+          line, sizeof line,
+          "  device-limited routing: a token's experts come from at most %lld of %lld blocks of %lld experts\n",
+          (long long)c.max_ranks_per_token, (long long)c.expert_ranks,
+          (long long)(c.n_routed_experts / c.expert_ranks));
+      out += line;
+    }
   }
   out += "\n  part                    total   activated/token\n";
   for (const auto& r : s.rows) {

@@ -53,19 +53,35 @@ void sum_normalised(const float* scores, int64_t t0, int64_t t1, int64_t E, doub
 
 double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E, int64_t K, float alpha,
                 float* d_scores, float scale) {
-  std::vector<double> f(static_cast<size_t>(E), 0.0), P(size_t(E), 0.0);
-  for (int64_t j = 0; j < N * K; ++j) f[size_t(expert[j])] += 1.0;
-  for (auto& v : f) v /= double(N * K);
+  std::vector<int64_t> counts(static_cast<size_t>(E), 0);
+  std::vector<double> P(static_cast<size_t>(E), 0.0);
+  for (int64_t j = 0; j < N * K; ++j) ++counts[size_t(expert[j])];
   sum_normalised(scores, 0, N, E, P.data());
-  double loss = 0.0;
-  for (int64_t i = 0; i < E; ++i) loss += f[size_t(i)] * P[size_t(i)] / double(N);
-  loss *= double(alpha) * double(E);
   if (d_scores) {
-    std::vector<double> coef(static_cast<size_t>(E));
-    for (int64_t i = 0; i < E; ++i) coef[size_t(i)] = double(alpha) * double(E) * f[size_t(i)] / double(N);
-    add_normalised_grad(scores, 0, N, E, coef.data(), d_scores, scale);
+    std::vector<double> f(static_cast<size_t>(E));
+    for (int64_t i = 0; i < E; ++i) f[size_t(i)] = double(counts[size_t(i)]) / double(N * K);
+    aux_loss_backward(scores, f.data(), N, E, alpha, d_scores, scale);
   }
-  return loss;
+  return aux_loss_from_sums(counts.data(), P.data(), N, E, K, alpha);
+}
+
+void aux_prob_sums(const float* scores, int64_t N, int64_t E, double* prob_sums) {
+  sum_normalised(scores, 0, N, E, prob_sums);
+}
+
+double aux_loss_from_sums(const int64_t* counts, const double* prob_sums, int64_t tokens, int64_t E, int64_t K,
+                          float alpha) {
+  double loss = 0.0;
+  for (int64_t i = 0; i < E; ++i) loss += double(counts[i]) / double(tokens * K) * prob_sums[i] / double(tokens);
+  return loss * (double(alpha) * double(E));
+}
+
+void aux_loss_backward(const float* scores, const double* f, int64_t N, int64_t E, float alpha, float* d_scores,
+                       float scale) {
+  // f_i is a count and carries no gradient; P_i = (1/N) Σ_t s'_ti gives every token the same coefficients.
+  std::vector<double> coef(static_cast<size_t>(E));
+  for (int64_t i = 0; i < E; ++i) coef[size_t(i)] = double(alpha) * double(E) * f[i] / double(N);
+  add_normalised_grad(scores, 0, N, E, coef.data(), d_scores, scale);
 }
 
 double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K, float alpha,

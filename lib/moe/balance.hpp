@@ -19,6 +19,20 @@ void update_bias(float* bias, const int64_t* counts, int64_t E, float rate);
 double aux_loss(const float* scores, const int32_t* expert, int64_t N, int64_t E, int64_t K, float alpha,
                 float* d_scores, float scale);
 
+// The same loss over a batch that is formed in parts (the micro-batches of an optimizer step on
+// every rank). Σ f_i·P_i is not a sum over the parts, so each part adds its E-sized sums, the loss
+// is formed from the totals, and each part's gradient uses the whole batch's f.
+// Adds Σ over N tokens of s_t / Σ_j s_tj into prob_sums (E): N_total · P_i once every part added.
+void aux_prob_sums(const float* scores, int64_t N, int64_t E, double* prob_sums);
+// α·E·Σ_i f_i P_i from the totals: slot counts (E, summing to tokens·K) and prob_sums over `tokens`.
+double aux_loss_from_sums(const int64_t* counts, const double* prob_sums, int64_t tokens, int64_t E, int64_t K,
+                          float alpha);
+// Adds scale·dL/ds for N tokens of the batch, L = α·E·Σ_i f_i·(their mean normalised score); f (E)
+// the whole batch's fractions. With scale = N / tokens of the batch this is the part's share of the
+// whole loss's gradient (aux_loss passes its own f and scale for a batch of one part).
+void aux_loss_backward(const float* scores, const double* f, int64_t N, int64_t E, float alpha, float* d_scores,
+                       float scale);
+
 // Sequence-wise loss: per sequence of T tokens, α·Σ_i f_i P_i with f_i = E/(K·T)·(tokens of the
 // sequence routed to i) and P_i the sequence's mean normalised score; averaged over the B sequences.
 double seq_aux_loss(const float* scores, const int32_t* expert, int64_t B, int64_t T, int64_t E, int64_t K, float alpha,

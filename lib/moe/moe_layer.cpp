@@ -153,7 +153,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
   phase.emplace(ctx, Phase::router);
   linear_forward(ctx, x, w.router, s.scores, N, D, E);
   router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
-  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N, remote ? remote->rank_limit() : RankLimit{});
+  route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N);
 
   if (remote) {
     phase.emplace(ctx, Phase::routed_experts);
@@ -238,7 +238,11 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w
   std::fill_n(scratch.d_scores, N * E, 0.0f);
   route_weights_backward(c, s.scores, s.expert, scratch.d_weight, scratch.d_scores, N);
   phase.emplace(ctx, Phase::balancing);
-  if (balance.aux_alpha > 0) aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, scratch.d_scores, loss_scale);
+  if (balance.aux_alpha > 0 && balance.aux_step_fractions)
+    aux_loss_backward(s.scores, balance.aux_step_fractions + moe_layer * E, N, E, balance.aux_alpha, scratch.d_scores,
+                      loss_scale);
+  else if (balance.aux_alpha > 0)
+    aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, scratch.d_scores, loss_scale);
   if (balance.seq_aux_alpha > 0)
     seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, scratch.d_scores, loss_scale);
   phase.emplace(ctx, Phase::router);

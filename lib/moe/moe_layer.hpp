@@ -36,6 +36,10 @@ struct MoeWeights {
 struct BalanceLossConfig {
   float aux_alpha = 0.0f;      // classic α·E·Σ f_i P_i over the batch
   float seq_aux_alpha = 0.0f;  // DeepSeek-V3 sequence-wise α·Σ f_i P_i, averaged over sequences
+  // The classic loss's batch is the optimizer step (every micro-batch on every rank), of which this
+  // pass is a part: its f_i, (MoE layers incl. the MTP layer, E), for backward. Null: the batch is
+  // this pass alone (f from its own routes).
+  const double* aux_step_fractions = nullptr;
 };
 
 // Everything one MoE layer saves in forward for backward; N = tokens, K = experts per token.
@@ -59,7 +63,7 @@ struct MoeSaved {
   float* shared_g = nullptr;  // (N, Is)
   float* shared_u = nullptr;  // (N, Is)
   float* shared_a = nullptr;  // (N, Is)
-  double balance_loss = 0.0;  // value of the enabled balance losses (already times α)
+  double balance_loss = 0.0;  // value of the enabled balance losses over this pass (already times α)
 };
 
 // Scratch for backward (not saved between passes).
@@ -87,8 +91,6 @@ int64_t moe_scratch_floats(const ModelConfig& c, int64_t N);
 class RemoteExperts {
  public:
   virtual ~RemoteExperts() = default;
-  // Routing restriction to apply (device-limited routing).
-  virtual RankLimit rank_limit() const = 0;
   // Given s.expert (N, K) for the tokens x (N, D): writes s.counts (E, this pass's load),
   // s.slot_row (N, K) and, at those rows of s.y_rows, each slot's expert output (unweighted).
   virtual void forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer,
@@ -107,7 +109,8 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
                  RemoteExperts* remote = nullptr, int64_t moe_layer = 0);
 
 // d_out (N, D) -> dx (N, D) written; weight grads accumulate into gw. loss_scale multiplies the
-// balance-loss gradient (the same factor the caller applied to the main loss, e.g. 1/accum).
+// balance-loss gradient (the same factor the caller applied to the main loss: this pass's share of
+// the step's tokens, e.g. 1/accum).
 void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, const float* x,
                   const float* d_out, float* dx, const MoeSaved& saved, const MoeScratch& scratch, int64_t B, int64_t T,
                   const BalanceLossConfig& balance, float loss_scale, RemoteExperts* remote = nullptr,

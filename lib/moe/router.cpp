@@ -62,11 +62,11 @@ void keep_best_blocks(float* keys, const float* block_score, char* kept, int64_t
 }  // namespace
 
 void route_token(const ModelConfig& c, const float* s, const float* bias, int32_t* chosen, float* w,
-                 RouteScratch& scratch, const RankLimit& limit) {
+                 RouteScratch& scratch) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, G = c.n_group;
   const int64_t group_size = E / G;
   float* keys = scratch.keys.data();
-  float* group_score = scratch.group_score.data();
+  float* block_score = scratch.block_score.data();
   char* kept = scratch.kept.data();
   for (int64_t i = 0; i < E; ++i) keys[i] = s[i] + (bias ? bias[i] : 0.0f);
   if (G > 1) {
@@ -80,14 +80,15 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
         else if (k > second)
           second = k;
       }
-      group_score[g] = group_size >= 2 ? best + second : best;
+      block_score[g] = group_size >= 2 ? best + second : best;
     }
     // Keep the topk_group best groups (ties to the lower index); mask the rest to -inf.
-    keep_best_blocks(keys, group_score, kept, G, group_size, c.topk_group);
+    keep_best_blocks(keys, block_score, kept, G, group_size, c.topk_group);
   }
-  if (limit.active()) {
+  if (c.rank_limited()) {
     // Score each rank's block by the sum of its `per` best keys (insertion into a short sorted list).
-    const int64_t ranks = limit.ranks, size = E / ranks, per = (K + limit.max_ranks - 1) / limit.max_ranks;
+    const int64_t ranks = c.expert_ranks, size = E / ranks, max_ranks = c.max_ranks_per_token;
+    const int64_t per = (K + max_ranks - 1) / max_ranks;
     float* best = scratch.best.data();
     for (int64_t r = 0; r < ranks; ++r) {
       std::fill_n(best, per, -INFINITY);
@@ -102,9 +103,9 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
       }
       float sum = 0.0f;
       for (int64_t p = 0; p < per; ++p) sum += best[p];
-      group_score[r] = sum;
+      block_score[r] = sum;
     }
-    keep_best_blocks(keys, group_score, kept, ranks, size, limit.max_ranks);
+    keep_best_blocks(keys, block_score, kept, ranks, size, max_ranks);
   }
   float sum = 0.0f;
   for (int64_t k = 0; k < K; ++k) {
@@ -124,17 +125,17 @@ void route_token(const ModelConfig& c, const float* s, const float* bias, int32_
 }
 
 void route_tokens(const ModelConfig& c, const float* scores, const float* bias, int32_t* expert, float* weight,
-                  int64_t N, const RankLimit& limit) {
+                  int64_t N) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
   ParallelErrors errors;
 #pragma omp parallel
   {
     // Per-thread buffers that keep their capacity across calls (the first call allocates).
     thread_local RouteScratch scratch;
-    errors.run([&] { scratch.resize(c, limit.ranks); });
+    errors.run([&] { scratch.resize(c); });
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < N; ++t)
-      errors.run([&] { route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch, limit); });
+      errors.run([&] { route_token(c, scores + t * E, bias, expert + t * K, weight + t * K, scratch); });
   }
   errors.rethrow();
 }

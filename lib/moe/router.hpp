@@ -18,26 +18,23 @@ void router_scores_backward(const float* scores, const float* d_scores, float* d
                             ScoringFunc func);
 
 // Selection for each token: keys = scores + bias; with n_group > 1 only the topk_group groups with
-// the largest sum of their two best keys stay eligible; then the K largest eligible keys (ties go
-// to the lower index), in descending key order.
+// the largest sum of their two best keys stay eligible; with device-limited routing
+// (config.rank_limited(): DeepSeek-V3's node-limited routing, over the expert_ranks contiguous
+// blocks of experts) only the max_ranks_per_token blocks with the largest sum of their
+// ceil(K / max_ranks_per_token) best keys stay eligible (ties to the lower block); then the K
+// largest eligible keys (ties go to the lower index), in descending key order. Every forward
+// routes through here — one process, expert parallelism, decoding — so a model routes the same
+// way however it is run.
 // expert (N, K) and weight (N, K) written: weight = scaling · s_e / (Σ_chosen s + 1e-20) when
 // norm_topk_prob, else scaling · s_e. bias may be null (all zero).
-// Device-limited routing (DeepSeek-V3's node-limited routing, over processes): the experts are
-// spread over `ranks` equal contiguous blocks, and each token may use experts of at most
-// `max_ranks` of them, chosen by the sum of each block's ceil(K / max_ranks) best keys (ties to
-// the lower rank). max_ranks = 0 switches it off.
-struct RankLimit {
-  int64_t ranks = 1, max_ranks = 0;
-  bool active() const { return max_ranks > 0 && max_ranks < ranks; }
-};
 
 // Scratch of one routing thread, sized once per configuration.
 struct RouteScratch {
-  std::vector<float> keys, group_score, best;
+  std::vector<float> keys, block_score, best;
   std::vector<char> kept;
-  void resize(const ModelConfig& c, int64_t ranks = 1) {
-    const size_t blocks = size_t(std::max<int64_t>(c.n_group, ranks));
-    keys.resize(size_t(c.n_routed_experts)), group_score.resize(blocks), kept.resize(blocks);
+  void resize(const ModelConfig& c) {
+    const size_t blocks = size_t(std::max(c.n_group, c.expert_ranks));
+    keys.resize(size_t(c.n_routed_experts)), block_score.resize(blocks), kept.resize(blocks);
     best.resize(size_t(c.num_experts_per_tok));
   }
 };
@@ -46,9 +43,9 @@ struct RouteScratch {
 // callers that are already inside a parallel region (decoding), where a nested region costs more
 // than routing one token.
 void route_token(const ModelConfig& config, const float* s, const float* bias, int32_t* chosen, float* w,
-                 RouteScratch& scratch, const RankLimit& limit = {});
+                 RouteScratch& scratch);
 void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert, float* weight,
-                  int64_t N, const RankLimit& limit = {});
+                  int64_t N);
 
 // Gradient of the weight formula: d_weight (N, K) -> d_scores (N, E) accumulated at the chosen
 // experts. The choice itself is not differentiable and the bias receives no gradient.

@@ -22,8 +22,8 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
       ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true,
           /*with_mtp=*/config.mtp_weight > 0),
       bias_balancing_(config.balance == Balance::loss_free || config.balance == Balance::loss_free_seq),
-      inputs_(static_cast<size_t>(config.batch * config.seq)),
-      targets_(static_cast<size_t>(config.batch * config.seq)),
+      inputs_(static_cast<size_t>(config.accum * config.batch * config.seq)),
+      targets_(static_cast<size_t>(config.accum * config.batch * config.seq)),
       counts_(static_cast<size_t>(model.config.num_routed_layers()),
               std::vector<int64_t>(static_cast<size_t>(model.config.n_routed_experts))),
       layer_balance_(static_cast<size_t>(model.config.num_routed_layers())) {
@@ -37,7 +37,13 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
     else
       ranges.push_back({spec.offset, spec.numel});
   }
-  if (config.balance == Balance::aux) balance_.aux_alpha = float(config.aux_alpha);
+  if (config.balance == Balance::aux) {
+    balance_.aux_alpha = float(config.aux_alpha);
+    const size_t routed = size_t(model.config.num_routed_layers() * model.config.n_routed_experts);
+    aux_prob_sums_.resize(routed);
+    aux_fractions_.resize(routed);
+    balance_.aux_step_fractions = aux_fractions_.data();
+  }
   if (config.balance == Balance::loss_free_seq) balance_.seq_aux_alpha = float(config.seq_aux_alpha);
 }
 
@@ -45,7 +51,10 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
                           bool& finite) {
   const TrainConfig& tc = config_;
   const ModelConfig& mc = model.config;
-  const int64_t E = mc.n_routed_experts, ranks = parallel_.ranks(), local_rows = ws_.B * ws_.T;
+  const int64_t E = mc.n_routed_experts, K = mc.num_experts_per_tok, ranks = parallel_.ranks();
+  const int64_t local_rows = ws_.B * ws_.T, global_rows = tc.batch * tc.seq;
+  const bool step_aux = balance_.aux_step_fractions != nullptr;
+  const int64_t step_tokens = global_rows * tc.accum;
   {
     float* g = model.grads.data();
 #pragma omp parallel for schedule(static)
@@ -53,24 +62,59 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   }
   for (auto& c : counts_) std::fill(c.begin(), c.end(), 0);
   std::fill(layer_balance_.begin(), layer_balance_.end(), 0.0);
-  double loss = 0.0, mtp_loss = 0.0;
+  std::fill(aux_prob_sums_.begin(), aux_prob_sums_.end(), 0.0);
+  // Every rank draws the same global batches (one random stream) and takes its own rows of each.
+  for (int64_t micro = 0; micro < tc.accum; ++micro)
+    sample_batch(data, rng, tc.batch, tc.seq, inputs_.data() + micro * global_rows,
+                 targets_.data() + micro * global_rows);
+  // Each pass is 1/(accum·ranks) of the step's tokens: its losses and gradients enter with that share.
+  const double passes = double(tc.accum * ranks);
   const float mtp_weight = ws_.mtp ? float(tc.mtp_weight) : 0.0f;
-  for (int64_t micro = 0; micro < tc.accum; ++micro) {
-    // Every rank draws the same global batch (one random stream) and takes its own rows.
-    sample_batch(data, rng, tc.batch, tc.seq, inputs_.data(), targets_.data());
-    const int64_t first = parallel_.rank() * local_rows;
-    loss += model_forward(ctx, model, ws_, inputs_.data() + first, targets_.data() + first, balance_) /
-            double(tc.accum * ranks);
-    if (ws_.mtp_ran) mtp_loss += ws_.mtp_loss_sum / double(ws_.mtp_tokens) / double(tc.accum * ranks);
-    // The global mean over ranks: each rank's gradient enters the sum with 1/ranks.
-    model_backward(ctx, model, ws_, balance_, float(1.0 / double(tc.accum * ranks)), mtp_weight);
+  auto forward = [&](int64_t micro) {
+    const int64_t first = micro * global_rows + parallel_.rank() * local_rows;
+    return model_forward(ctx, model, ws_, inputs_.data() + first, targets_.data() + first, balance_);
+  };
+  auto backward = [&] { model_backward(ctx, model, ws_, balance_, float(1.0 / passes), mtp_weight); };
+  double loss = 0.0, mtp_loss = 0.0;
+  // The step's statistics from the pass in the workspace: losses, expert counts, the aux loss's sums.
+  auto record = [&](double pass_loss) {
+    loss += pass_loss / passes;
+    if (ws_.mtp_ran) mtp_loss += ws_.mtp_loss_sum / double(ws_.mtp_tokens) / passes;
     size_t m = 0;
     for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp); ++l) {
       if (!mc.is_moe_layer(l)) continue;
       const MoeSaved& saved = ws_.layers[size_t(l)].moe;
       for (int64_t e = 0; e < E; ++e) counts_[m][size_t(e)] += saved.counts[e];
-      layer_balance_[m] += saved.balance_loss / double(tc.accum * ranks);
+      if (step_aux)
+        aux_prob_sums(saved.scores, local_rows, E, aux_prob_sums_.data() + m * size_t(E));
+      else
+        layer_balance_[m] += saved.balance_loss / passes;
       ++m;
+    }
+  };
+  if (!step_aux) {
+    for (int64_t micro = 0; micro < tc.accum; ++micro) {
+      record(forward(micro));
+      backward();
+    }
+  } else {
+    // Σ f_i·P_i over the step is not a sum over its passes: every backward needs the f_i of the whole
+    // step, known once every micro-batch on every rank has routed. So: all forwards, one exchange of
+    // the E-sized sums, then the backwards. The last micro-batch's forward is still in the workspace;
+    // the others run their forward again (the weights do not change within a step, so they route the
+    // same way), which costs accum - 1 extra forwards per step and no memory.
+    for (int64_t micro = 0; micro < tc.accum; ++micro) record(forward(micro));
+    if (ranks > 1) {
+      for (auto& c : counts_) parallel_.dist->allreduce_sum(c.data(), int64_t(c.size()));
+      parallel_.dist->allreduce_sum(aux_prob_sums_.data(), int64_t(aux_prob_sums_.size()));
+    }
+    for (size_t m = 0; m < counts_.size(); ++m)
+      for (int64_t e = 0; e < E; ++e)
+        aux_fractions_[m * size_t(E) + size_t(e)] = double(counts_[m][size_t(e)]) / double(step_tokens * K);
+    backward();
+    for (int64_t micro = 0; micro + 1 < tc.accum; ++micro) {
+      forward(micro);
+      backward();
     }
   }
   StepRecord r;
@@ -84,9 +128,14 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     dist.allreduce_sum(stats.data(), int64_t(stats.size()));
     loss = stats[0], mtp_loss = stats[1];
     std::copy(stats.begin() + 2, stats.end(), layer_balance_.begin());
-    for (auto& c : counts_) dist.allreduce_sum(c.data(), int64_t(c.size()));
+    if (!step_aux)  // else exchanged before the backwards
+      for (auto& c : counts_) dist.allreduce_sum(c.data(), int64_t(c.size()));
     for (const auto& [offset, n] : replicated_) dist.allreduce_sum(model.grads.data() + offset, n);
   }
+  if (step_aux)
+    for (size_t m = 0; m < counts_.size(); ++m)
+      layer_balance_[m] = aux_loss_from_sums(counts_[m].data(), aux_prob_sums_.data() + m * size_t(E), step_tokens, E,
+                                             K, balance_.aux_alpha);
   {
     PhaseScope phase(ctx, Phase::optimizer);
     const double norm = global_grad_norm(model);

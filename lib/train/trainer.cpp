@@ -175,16 +175,28 @@ void check_parallel_options(const TrainOptions& o, const Dist& dist) {
   if (o.expert_parallel && mc.n_routed_experts % ranks != 0)
     fail("--expert-parallel: n_routed_experts (" + std::to_string(mc.n_routed_experts) +
          ") must be divisible by the number of ranks (" + std::to_string(ranks) + ")");
-  if (o.max_ranks_per_token > 0) {
-    if (mc.n_group > 1 && mc.topk_group < mc.n_group)
-      fail(
-          "--max-ranks-per-token: the model already limits routing to topk_group of n_group groups; set n_group "
-          "= 1 in the config (rank-limited routing replaces group-limited routing)");
-    if (o.max_ranks_per_token * (mc.n_routed_experts / ranks) < mc.num_experts_per_tok)
-      fail("--max-ranks-per-token: " + std::to_string(o.max_ranks_per_token) + " ranks hold " +
-           std::to_string(o.max_ranks_per_token * (mc.n_routed_experts / ranks)) + " experts, fewer than the " +
-           std::to_string(mc.num_experts_per_tok) + " each token needs (num_experts_per_tok)");
+}
+
+// --max-ranks-per-token M on N ranks makes the model route over N blocks of experts, at most M per
+// token: a property of the model from then on (config.json, trainer_state.json), so every later
+// forward of it — eval, infer, a resumed run on any number of processes — routes the same way.
+// A resumed run keeps the routing it was trained with.
+void apply_rank_limit_flag(const TrainOptions& o, const Dist& dist, ModelConfig& model) {
+  const int64_t limit = o.max_ranks_per_token, ranks = dist.size();
+  if (limit == 0) return;
+  if (o.resume) {
+    if (limit == model.max_ranks_per_token && ranks == model.expert_ranks) return;
+    const std::string stored = model.max_ranks_per_token == 0
+                                   ? "without device-limited routing (no max_ranks_per_token in its config)"
+                                   : "with max_ranks_per_token = " + std::to_string(model.max_ranks_per_token) +
+                                         " over expert_ranks = " + std::to_string(model.expert_ranks);
+    fail("--max-ranks-per-token: the run in " + o.out_dir + " was trained " + stored + ", not " +
+         std::to_string(limit) + " over " + std::to_string(ranks) +
+         " ranks; resume without the flag (the stored routing is used)");
   }
+  model.max_ranks_per_token = limit;
+  model.expert_ranks = ranks;
+  validate(model, "--max-ranks-per-token");
 }
 
 // Replicated parameters must be bit-identical on every rank (they see the same averaged
@@ -298,14 +310,16 @@ class TrainRun {
  public:
   TrainRun(const TrainOptions& options, TrainObserver& observer)
       : options_(options),
-        mc_(options.config.model),
-        tc_(options.config.train),
+        config_(options.config),
+        mc_(config_.model),
+        tc_(config_.train),
         dir_(options.out_dir),
         dist_(Dist::world()),
         ranks_(dist_.size()) {
+    check_parallel_options(options_, dist_);
+    apply_rank_limit_flag(options_, dist_, config_.model);
     validate(mc_, "config");
     validate(tc_, mc_, "config");
-    check_parallel_options(options_, dist_);
     check_fits_in_memory(mc_, tc_);
     // Ranks sharing a machine share its cores.
     threads_ = tc_.threads > 0 ? int(tc_.threads)
@@ -318,8 +332,7 @@ class TrainRun {
     model_.emplace(mc_, shard);
     adam_.emplace(model_->layout);
     rng_ = Rng(tc_.seed);
-    if (options_.expert_parallel)
-      experts_.emplace(dist_, mc_, tc_.batch / ranks_ * tc_.seq, options_.max_ranks_per_token);
+    if (options_.expert_parallel) experts_.emplace(dist_, mc_, tc_.batch / ranks_ * tc_.seq);
     parallel_ = Parallel{&dist_, experts_ ? &*experts_ : nullptr};
     if (options_.resume) {
       resume();
@@ -352,6 +365,7 @@ class TrainRun {
   Workspace& workspace() { return step_->workspace(); }
 
   const TrainOptions& options_;
+  Config config_;  // the effective config: options.config with --max-ranks-per-token applied
   const ModelConfig& mc_;
   const TrainConfig& tc_;
   const std::string& dir_;
@@ -459,7 +473,14 @@ void TrainRun::check_resume_reaches_further() const {
 // like the data) into a whole model, from which each rank keeps its own tensors.
 void TrainRun::load_initial_weights() {
   const std::string& from = options_.init_from;
-  if (to_json(load_checkpoint_config(from)) != to_json(mc_))
+  ModelConfig stored = load_checkpoint_config(from);
+  if (options_.max_ranks_per_token > 0) {
+    // Fine-tuning may change how tokens are routed over ranks (--max-ranks-per-token); the weights
+    // do not depend on it.
+    stored.max_ranks_per_token = mc_.max_ranks_per_token;
+    stored.expert_ranks = mc_.expert_ranks;
+  }
+  if (to_json(stored) != to_json(mc_))
     fail("--init-from " + from + ": the run's model differs from the checkpoint's config.json");
   Model whole(mc_, ExpertShard{}, /*with_grads=*/false);
   load_tensors_into(CheckpointTensors::open(from), whole, whole.params.data());
@@ -511,7 +532,7 @@ void TrainRun::open_metrics() {
   metrics_.open(metrics_path_, std::ios::app);
   if (!metrics_) fail(metrics_path_ + ": cannot open for writing");
   if (options_.resume) append_metrics(to_json(ResumeRecord{start_step_, options_.resume_changes}));
-  write_file_atomic(dir_ + "/train_config.json", config_file_json(options_.config).dump(2) + "\n");
+  write_file_atomic(dir_ + "/train_config.json", config_file_json(config_).dump(2) + "\n");
 }
 
 void TrainRun::append_metrics(const json& line) {
@@ -533,7 +554,7 @@ json TrainRun::state_json(int64_t step) const {
             {"expert_parallel", options_.expert_parallel},
             {"init_from", options_.init_from},
             {"data", {{"source", data_.source}, {"bytes", data_.size()}, {"fingerprint", fingerprint(data_.bytes)}}},
-            {"config", config_file_json(options_.config)}};
+            {"config", config_file_json(config_)}};
   if (first_eval_) s["first_eval"] = to_json(*first_eval_);
   return s;
 }
@@ -594,7 +615,7 @@ TrainResult TrainRun::run() {
   TrainStep trainer_step(tc_, *model_, parallel_);
   step_ = &trainer_step;
   const int64_t end_step = options_.stop_at > 0 ? std::min(options_.stop_at, tc_.steps) : tc_.steps;
-  observer_->on_start(options_.config, dir_, data_.source, start_step_);
+  observer_->on_start(config_, dir_, data_.source, start_step_);
   StopSignals signals;
   if (start_step_ == 0) run_eval(0);
   int64_t bad_steps = 0, step = start_step_;

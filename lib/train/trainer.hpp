@@ -26,7 +26,9 @@ struct TrainOptions {
   bool force = false;   // overwrite an existing run directory
   int64_t stop_at = 0;  // stop (with a checkpoint) after this step; 0: config.train.steps
   // Several processes (mpirun): routed experts split over the ranks (else data parallel), and
-  // device-limited routing (each token's experts on at most this many ranks; 0: off).
+  // device-limited routing (each token's experts on at most this many ranks; 0: the config's). It
+  // becomes the model's max_ranks_per_token over expert_ranks = the ranks; --resume keeps the
+  // stored one and refuses another.
   bool expert_parallel = false;
   int64_t max_ranks_per_token = 0;
   // --resume: the settings changed from the stored ones (resume_changes), recorded in

@@ -284,6 +284,49 @@ TEST_CASE("config: routing rules", "[config]") {
   }
 }
 
+TEST_CASE("config: device-limited routing is two model fields, written only when set", "[config]") {
+  const std::initializer_list<std::pair<const char*, json>> ungrouped = {{"n_group", 1}, {"topk_group", 1}};
+  json file = with_model(ungrouped);
+  // Absent (every config written before the fields existed, and Hugging Face's): off.
+  const moe::ModelConfig plain = parse(file).model;
+  CHECK(plain.max_ranks_per_token == 0);
+  CHECK(plain.expert_ranks == 0);
+  CHECK_FALSE(plain.rank_limited());
+  CHECK_FALSE(moe::to_json(plain).contains("max_ranks_per_token"));
+  CHECK_FALSE(moe::to_json(plain).contains("expert_ranks"));
+  // Set: 2 blocks of 4 experts, 1 per token; config.json carries both and reads back the same.
+  file["model"]["max_ranks_per_token"] = 1, file["model"]["expert_ranks"] = 2;
+  const moe::ModelConfig limited = parse(file).model;
+  CHECK(limited.rank_limited());
+  const json j = moe::to_json(limited);
+  CHECK(j.at("max_ranks_per_token") == 1);
+  CHECK(j.at("expert_ranks") == 2);
+  CHECK(moe::to_json(moe::model_config_from_json(json::parse(j.dump()), "ckpt/config.json", true)) == j);
+  // A limit of every block restricts nothing (and is accepted, as --max-ranks-per-token N on N ranks).
+  file["model"]["max_ranks_per_token"] = 2;
+  CHECK_FALSE(parse(file).model.rank_limited());
+
+  auto broken = [&](std::initializer_list<std::pair<const char*, json>> fields) {
+    json k = with_model(ungrouped);
+    for (const auto& [key, value] : fields) k["model"][key] = value;
+    return k;
+  };
+  REQUIRE_MOE_ERROR(parse(broken({{"max_ranks_per_token", 1}, {"expert_ranks", 3}})),
+                    Contains("test.json: model: expert_ranks (3) must divide n_routed_experts (8)"));
+  REQUIRE_MOE_ERROR(parse(broken({{"max_ranks_per_token", 1}})), Contains("max_ranks_per_token: needs expert_ranks"));
+  REQUIRE_MOE_ERROR(parse(broken({{"expert_ranks", 2}})),
+                    Contains("expert_ranks: only used by device-limited routing"));
+  REQUIRE_MOE_ERROR(parse(broken({{"max_ranks_per_token", -1}, {"expert_ranks", 2}})),
+                    Contains("max_ranks_per_token: expected an integer >= 0"));
+  // 8 blocks of one expert, one block per token: one expert for top-2.
+  REQUIRE_MOE_ERROR(parse(broken({{"max_ranks_per_token", 1}, {"expert_ranks", 8}})),
+                    Contains("1 of 8 expert blocks hold 1 experts, fewer than the 2 each token needs"));
+  // Group-limited routing (valid_config keeps 1 of 2 groups) and rank-limited routing do not combine.
+  json grouped = valid_config();
+  grouped["model"]["max_ranks_per_token"] = 1, grouped["model"]["expert_ranks"] = 2;
+  REQUIRE_MOE_ERROR(parse(grouped), Contains("max_ranks_per_token") && Contains("set n_group = 1"));
+}
+
 TEST_CASE("config: absurd sizes are refused before anything is allocated", "[config]") {
   REQUIRE_MOE_ERROR(parse(with_model({{"hidden_size", 1 << 20}, {"intermediate_size", 1 << 20}})),
                     Contains("parameters") && Contains("at most 1000M"));

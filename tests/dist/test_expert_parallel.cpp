@@ -36,7 +36,7 @@ TEST_CASE("expert-parallel dispatch on one rank equals the local MoE layer in fo
   for (auto& t : tokens) t = int32_t(rng.next_u64() % 256);
   for (auto& t : targets) t = int32_t(rng.next_u64() % 256);
   REQUIRE(moe::Dist::world().size() == 1);
-  moe::ExpertParallel ep(moe::Dist::world(), c, N, 0);
+  moe::ExpertParallel ep(moe::Dist::world(), c, N);
   moe::ComputeContext ctx;
   moe::Workspace ws_local(c, B, T, true), ws_remote(c, B, T, true);
   ws_remote.remote = &ep;

@@ -1,4 +1,5 @@
 // KV-cached decoding against the full training forward: same logits, same greedy text.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -125,6 +126,40 @@ TEST_CASE("batched decode steps equal the full forward for any thread count", "[
     }
   }
   omp_set_num_threads(saved_threads);
+}
+
+TEST_CASE("decoding routes with the model's device-limited routing, as the full forward does", "[infer]") {
+  // 4 blocks of 2 experts, one block per token (what a checkpoint of `--expert-parallel
+  // --max-ranks-per-token 1` on 4 ranks says).
+  ModelConfig c = decode_config();
+  c.n_group = 1, c.topk_group = 1, c.expert_ranks = 4, c.max_ranks_per_token = 1;
+  Model model(c);
+  model.init(31);
+  ComputeContext ctx;
+  const int64_t B = 3;
+  Decoder decoder(model, B, c.max_position_embeddings);
+  std::vector<std::vector<int32_t>> seqs;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int32_t> prompt;
+    for (int64_t i = 0; i <= 2 * b + 1; ++i) prompt.push_back(int32_t('a' + (b * 5 + i * 7) % 26));
+    decoder.prefill(ctx, b, prompt, nullptr);
+    seqs.push_back(prompt);
+  }
+  for (int step = 0; step < 3; ++step) {
+    INFO("step " << step);
+    const StepCheck check = batched_step_against_full(ctx, model, decoder, seqs, step);
+    CHECK(check.max_logit > 0.1);
+    CHECK(check.max_diff < 1e-4);
+  }
+  // The limit changes the logits: the same weights routed without it give others.
+  ModelConfig free = c;
+  free.max_ranks_per_token = 0, free.expert_ranks = 0;
+  Model unlimited(free);
+  std::copy_n(model.params.data(), model.layout.total, unlimited.params.data());
+  const std::vector<float> a = full_forward_last(ctx, model, seqs[2]), b = full_forward_last(ctx, unlimited, seqs[2]);
+  double diff = 0;
+  for (size_t v = 0; v < a.size(); ++v) diff = std::max(diff, double(std::fabs(a[v] - b[v])));
+  CHECK(diff > 1e-3);
 }
 
 namespace {

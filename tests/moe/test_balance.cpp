@@ -189,6 +189,47 @@ TEST_CASE("aux_loss and seq_aux_loss match their formulas and finite differences
   }
 }
 
+TEST_CASE("aux loss over a batch formed in parts: summed parts give the whole batch's loss and gradient",
+          "[moe][balance]") {
+  // A batch of N = 3 + 5 tokens in two parts, as the micro-batches of a step (or the ranks) form it.
+  const int64_t N = 8, E = 5, K = 2, parts[2][2] = {{0, 3}, {3, 8}};
+  const ref::Vec scores = ref::uniform(N * E, 4, 0.05, 1.0);
+  std::vector<int32_t> expert(size_t(N * K));
+  for (int64_t t = 0; t < N; ++t)
+    expert[size_t(t * K)] = int32_t(t % E), expert[size_t(t * K + 1)] = int32_t((t + 2) % E);
+  const float alpha = 0.6f;
+  std::vector<float> whole_grad(size_t(N * E), 0.0f);
+  const double whole = moe::aux_loss(scores.data(), expert.data(), N, E, K, alpha, whole_grad.data(), 1.0f);
+  CHECK(whole == Approx(aux_reference(scores, expert, N, E, K, alpha)).epsilon(1e-6));
+
+  std::vector<int64_t> counts(size_t(E), 0);
+  std::vector<double> prob_sums(size_t(E), 0.0), f(static_cast<size_t>(E));
+  for (const auto& [t0, t1] : parts) {
+    for (int64_t j = t0 * K; j < t1 * K; ++j) ++counts[size_t(expert[size_t(j)])];
+    moe::aux_prob_sums(scores.data() + t0 * E, t1 - t0, E, prob_sums.data());
+  }
+  CHECK(moe::aux_loss_from_sums(counts.data(), prob_sums.data(), N, E, K, alpha) == Approx(whole).epsilon(1e-12));
+  // Each part's gradient with the whole batch's f and its share of the tokens as the scale.
+  for (int64_t i = 0; i < E; ++i) f[size_t(i)] = double(counts[size_t(i)]) / double(N * K);
+  std::vector<float> part_grad(size_t(N * E), 0.0f);
+  for (const auto& [t0, t1] : parts)
+    moe::aux_loss_backward(scores.data() + t0 * E, f.data(), t1 - t0, E, alpha, part_grad.data() + t0 * E,
+                           float(t1 - t0) / float(N));
+  double worst = 0.0, largest = 0.0;
+  for (size_t i = 0; i < whole_grad.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(part_grad[i] - whole_grad[i])));
+    largest = std::max(largest, double(std::fabs(whole_grad[i])));
+  }
+  CAPTURE(worst, largest);
+  CHECK(largest > 1e-3);
+  CHECK(worst < 1e-7);
+  // Each part's own loss (its own f and P) is not its share of the whole: the reason for the sums.
+  const double own = (3 * moe::aux_loss(scores.data(), expert.data(), 3, E, K, alpha, nullptr, 0.0f) +
+                      5 * moe::aux_loss(scores.data() + 3 * E, expert.data() + 3 * K, 5, E, K, alpha, nullptr, 0.0f)) /
+                     8;
+  CHECK(std::fabs(own - whole) > 1e-3);
+}
+
 TEST_CASE("update_bias: overloaded experts go down by exactly u, underloaded up by u, at-mean unchanged",
           "[moe][balance]") {
   const float u = 0.125f;  // dyadic values: every expected result is exact in float

@@ -228,6 +228,14 @@ std::vector<std::string> moe_argv(std::vector<std::string> args) {
   return args;
 }
 
+std::vector<std::string> mpirun_argv(int ranks, std::vector<std::string> args) {
+  if (ranks == 0) return moe_argv(std::move(args));
+  std::vector<std::string> argv = {"mpirun", "--allow-run-as-root",     "--oversubscribe", "-np", std::to_string(ranks),
+                                   "-x",     "OMP_WAIT_POLICY=PASSIVE", kMoeBinary};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return argv;
+}
+
 RunResult run_moe(const std::vector<std::string>& args, const RunOptions& options) {
   return run(moe_argv(args), options);
 }

@@ -74,6 +74,9 @@ class Process {
 RunResult run(const std::vector<std::string>& argv, const RunOptions& options = {});
 // `moe ARGS...`
 std::vector<std::string> moe_argv(std::vector<std::string> args);
+// `moe ARGS...` on `ranks` MPI processes; ranks 0: without mpirun. The ranks oversubscribe the
+// machine's cores and do not spin while waiting; --allow-run-as-root because CI runs as root.
+std::vector<std::string> mpirun_argv(int ranks, std::vector<std::string> args);
 RunResult run_moe(const std::vector<std::string>& args, const RunOptions& options = {});
 
 }  // namespace moe_test
