@@ -777,7 +777,7 @@ TEST_CASE("non-finite steps are skipped and logged; --max-bad-steps consecutive 
   CHECK(none.err.find("no checkpoint had been saved yet") != std::string::npos);
 }
 
-TEST_CASE("--resume refuses settings that change the run's math and records the ones it may change", "[train]") {
+TEST_CASE("resume refuses settings that change the run's math and records the ones it may change", "[train]") {
   TempDir tmp("resume_changes");
   const std::string dir = tmp / "run";
   const Args common = {"--steps", "100", "--batch", "2", "--seq", "32", "--eval-every", "0", "--save-every", "10"};
