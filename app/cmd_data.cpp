@@ -13,6 +13,7 @@ struct DataFlags {
   std::string out;
   int64_t bytes = kDefaultSynthBytes;
   uint64_t seed = kDefaultSynthSeed;
+  bool force = false;
 };
 }  // namespace
 
@@ -26,15 +27,17 @@ Run add_data(CLI::App& app) {
   synth->add_option("--bytes", f->bytes, "Corpus size in bytes")
       ->capture_default_str()
       ->check(InRange(int64_t(1), int64_t(1) << 32));
-  synth->add_option("--seed", f->seed, "Generator seed")->capture_default_str();
+  synth->add_option("--seed", f->seed, "Generator seed")->capture_default_str()->check(SeedValue());
+  synth->add_flag("--force", f->force, "Replace FILE and FILE.domains if they exist");
   return [f]() {
+    const bool replaced = check_output_file(f->out, f->force) | check_output_file(f->out + ".domains", f->force);
     const SynthCorpus corpus = make_synth_corpus(f->bytes, f->seed);
     write_file_atomic(f->out, corpus.text);
     write_file_atomic(f->out + ".domains", std::string(corpus.domain.begin(), corpus.domain.end()));
     std::size_t per_domain[kNumDomains] = {};
     for (uint8_t d : corpus.domain) ++per_domain[d];
-    std::printf("wrote %s (%lld bytes, seed %llu) and %s.domains\n", f->out.c_str(), (long long)f->bytes,
-                (unsigned long long)f->seed, f->out.c_str());
+    std::printf("%s %s (%lld bytes, seed %llu) and %s.domains\n", replaced ? "replaced" : "wrote", f->out.c_str(),
+                (long long)f->bytes, (unsigned long long)f->seed, f->out.c_str());
     for (int d = 0; d < kNumDomains; ++d)
       std::printf("  %-11s %5.1f%%\n", domain_name(d), 100.0 * double(per_domain[d]) / double(corpus.domain.size()));
     return 0;

@@ -33,6 +33,7 @@ namespace {
 struct InspectFlags {
   std::vector<std::string> paths;
   std::string html, text, data;
+  bool force = false;
   bool json = false, follow = false;
   int64_t layer = -1, window = 0, threads = 0;
   double interval = 1.0;
@@ -165,6 +166,7 @@ Run add_inspect(CLI::App& app) {
   cmd->add_option("paths", f->paths, "Run directories, checkpoint directories, config files or metrics.jsonl files")
       ->required();
   cmd->add_option("--html", f->html, "Write a self-contained HTML report to FILE");
+  cmd->add_flag("--force", f->force, "With --html: replace FILE if it exists");
   cmd->add_flag("--json", f->json, "Print JSON instead of tables");
   cmd->add_option("--layer", f->layer, "Only this MoE layer")->check(NonNegative);
   cmd->add_option("--window", f->window, "Steps in the early and recent windows (default: steps/10, at most 50)")
@@ -181,6 +183,7 @@ Run add_inspect(CLI::App& app) {
   return [f]() {
     use_threads(f->threads);
     const bool color = ::isatty(STDOUT_FILENO) != 0 && !f->json;
+    const bool replacing = !f->html.empty() && check_output_file(f->html, f->force);
     std::vector<Target> targets;
     for (const auto& p : f->paths) targets.push_back(classify(p));
     if (f->follow) {
@@ -216,7 +219,7 @@ Run add_inspect(CLI::App& app) {
       if (html_runs.empty()) fail("--html needs at least one run directory (with metrics.jsonl)");
       write_file_atomic(f->html, render_html_report(html_runs, "moe report: " + html_runs[0].label +
                                                                    (html_runs.size() > 1 ? " and others" : "")));
-      std::fprintf(stderr, "wrote %s\n", f->html.c_str());
+      std::fprintf(stderr, "%s %s\n", replacing ? "replaced" : "wrote", f->html.c_str());
     }
 
     if (f->json) {

@@ -15,7 +15,9 @@
 #include <omp.h>
 
 #include "config/fields.hpp"
+#include "core/error.hpp"
 #include "core/threads.hpp"
+#include "train/run_dir.hpp"
 
 namespace moe::app {
 
@@ -61,6 +63,16 @@ inline CLI::Validator SeedValue() {
         return std::string();
       },
       "0..18446744073709551615");
+}
+
+// A file the user asked us to write: an existing one is replaced only with --force (nothing the
+// user wrote is lost by accident). Checked before any work; returns whether the file exists (the
+// caller then says "replaced", not "wrote").
+inline bool check_output_file(const std::string& path, bool force) {
+  if (is_directory(path)) fail(path + ": is a directory; expected a file name to write");
+  if (!path_exists(path)) return false;
+  if (!force) fail(path + ": exists; add --force to replace it");
+  return true;
 }
 
 // Cores of this machine (at least 1).

@@ -699,6 +699,26 @@ TEST_CASE("reliability: unwritable and existing run directories are refused befo
        {"data", "synth", "--out", blocker + "/corpus.txt", "--bytes", "1000"},
        {blocker + "/corpus.txt"},
        ""},
+      // Files the user has are replaced only with --force.
+      {"data synth --out an existing file",
+       {"data", "synth", "--out", notes + "/keep.txt", "--bytes", "1000"},
+       {notes + "/keep.txt", "exists", "--force"},
+       ""},
+      {"inspect --html an existing file",
+       {"inspect", run, "--html", notes + "/keep.txt"},
+       {notes + "/keep.txt", "exists", "--force"},
+       ""},
+      {"inspect --html a directory", {"inspect", run, "--html", notes}, {notes, "is a directory"}, ""},
   };
   check_refused(rows, fx.tmp.path());
+  // With --force they are replaced, atomically, and say so.
+  const RunResult synth = run_moe({"data", "synth", "--out", notes + "/keep.txt", "--bytes", "1000", "--force"});
+  CHECK(synth.code == 0);
+  CHECK(synth.out.rfind("replaced " + notes + "/keep.txt", 0) == 0);
+  CHECK(read_bytes(notes + "/keep.txt").size() == 1000);
+  const RunResult html = run_moe({"inspect", run, "--html", notes + "/keep.txt", "--force"});
+  CHECK(html.code == 0);
+  CHECK(html.err.find("replaced " + notes + "/keep.txt") != std::string::npos);
+  CHECK(read_bytes(notes + "/keep.txt").rfind("<!DOCTYPE html>", 0) == 0);
+  CHECK(leftovers(fx.tmp.path()).empty());
 }
