@@ -26,7 +26,7 @@ Run add_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand("bench", "Measure training, prefill and decode speed, MFU and memory");
   cmd->add_option("--config", f->options.configs,
                   "Config files or checkpoint/run directories (their weights: decoding of a trained model; "
-                  "repeatable; default configs/small.json)");
+                  "or names of the shipped configs (tiny, small, ...); repeatable; default small)");
   cmd->add_option("-t,--threads", f->options.threads, "Thread counts (repeatable; default: all cores)")
       ->check(InRange(1, kMaxThreads));
   cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")
@@ -41,7 +41,7 @@ Run add_bench(CLI::App& app) {
   cmd->add_option("-o,--output", f->output, "md or json")->capture_default_str()->check(CLI::IsMember({"md", "json"}));
   return [f]() {
     BenchOptions& o = f->options;
-    if (o.configs.empty()) o.configs = {"configs/small.json"};
+    if (o.configs.empty()) o.configs = {"small"};
     if (o.threads.empty()) o.threads = {std::min<int64_t>(hardware_threads(), kMaxThreads)};
     for (int64_t t : o.threads) warn_if_oversubscribed(t);
     for (const auto& c : o.configs)  // fail early on a bad config

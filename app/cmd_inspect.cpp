@@ -61,7 +61,13 @@ Target classify(const std::string& path) {
       fail(path + ": not a run or checkpoint directory (no metrics.jsonl, no config.json)");
     return t;
   }
-  if (!path_exists(path)) fail(path + ": no such file or directory");
+  if (!path_exists(path)) {
+    if (path.find('/') == std::string::npos) {  // a shipped config by name (load_config_file says which exist)
+      t.model = load_config_file(path).model;
+      return t;
+    }
+    fail(path + ": no such file or directory");
+  }
   if (path.size() > 6 && path.substr(path.size() - 6) == ".jsonl") {
     t.metrics = path;
     return t;

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <vector>
 
@@ -15,7 +16,7 @@ namespace moe::app {
 namespace {
 
 struct TrainFlags {
-  std::string config = "configs/tiny.json";
+  std::string config = "tiny";
   std::string data, out, init_from;
   bool resume = false, force = false, expert_parallel = false;
   int64_t stop_at = 0, max_ranks_per_token = 0;
@@ -29,7 +30,10 @@ struct TrainFlags {
 Run add_train(CLI::App& app) {
   auto f = std::make_shared<TrainFlags>();
   auto* cmd = app.add_subcommand("train", "Train a model on text with DeepSeek-style expert balancing");
-  cmd->add_option("--config", f->config, "Config file with model and train sections")->capture_default_str();
+  cmd->add_option("--config", f->config,
+                  "Config file with model and train sections, or the name of a shipped one (tiny, tiny-v3, small, "
+                  "small-e64, small-v3: built into moe, usable from any directory)")
+      ->capture_default_str();
   cmd->add_option("--data", f->data, "Text file to train on (default: the embedded synthetic corpus)");
   cmd->add_option("--out", f->out, "Run directory (default: runs/<config name>)");
   cmd->add_flag("--resume", f->resume, "Continue the run in --out from its last checkpoint");
@@ -55,9 +59,10 @@ Run add_train(CLI::App& app) {
     TrainOptions options;
     const bool config_given = cmd->get_option("--config")->count() > 0;
     options.out_dir = f->out.empty() ? default_run_dir(f->config) : f->out;
-    options.data_path = f->data;
+    // Stored as an absolute path, so that --resume finds the data from any directory.
+    options.data_path = f->data.empty() ? "" : std::filesystem::absolute(f->data).lexically_normal().string();
     if (f->resume) {
-      ResumePlan plan = plan_resume(options.out_dir, config_given ? f->config : "", f->data);
+      ResumePlan plan = plan_resume(options.out_dir, config_given ? f->config : "", options.data_path);
       options.config = std::move(plan.config);
       options.data_path = std::move(plan.data_path);
     } else if (!f->init_from.empty()) {

@@ -1,10 +1,13 @@
 // The training field table and the config file format, with one-line errors naming the field.
 #include "train/train_config.hpp"
 
+#include <filesystem>
+
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
 #include "core/threads.hpp"
+#include "train/builtin_configs.hpp"
 
 namespace moe {
 
@@ -124,7 +127,26 @@ Config config_from_json(const json& j, const std::string& where) {
   return c;
 }
 
-Config load_config_file(const std::string& path) { return config_from_json(read_json_file(path), path); }
+Config load_config_file(const std::string& path) {
+  // A file wins; a bare name that is no file names a shipped config.
+  if (!std::filesystem::exists(path) && path.find('/') == std::string::npos) {
+    std::string names;
+    for (const BuiltinConfig& b : builtin_configs()) {
+      if (path == b.name) {
+        json j;
+        try {
+          j = json::parse(b.json);
+        } catch (const json::exception&) {
+          fail("built-in config " + path + ": not valid JSON (a broken build)");
+        }
+        return config_from_json(j, "built-in config " + path);
+      }
+      names += (names.empty() ? "" : ", ") + std::string(b.name);
+    }
+    fail(path + ": no such file, and not a built-in config (" + names + ")");
+  }
+  return config_from_json(read_json_file(path), path);
+}
 
 json to_json(const TrainConfig& t) { return fields_json(train_fields(), t); }
 

@@ -50,6 +50,8 @@ struct Config {
 
 TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& where);
 Config config_from_json(const nlohmann::json& j, const std::string& where);
+// A config file, or the name of a shipped config (tiny, tiny-v3, small, small-e64, small-v3) when no
+// file of that name exists.
 Config load_config_file(const std::string& path);
 
 // Checks every field and the rules between them and the model; throws Error naming the field.

@@ -824,3 +824,34 @@ TEST_CASE("resume refuses settings that change the run's math and records the on
   CHECK(read_bytes(html).find("<line class=\"step-marker\"") != std::string::npos);
   CHECK(read_bytes(html).find("resumed at step 20 (") != std::string::npos);
 }
+
+TEST_CASE("shipped configs by name and a relative --data work from any directory, resume too", "[train]") {
+  TempDir tmp("anywhere");
+  fs::create_directories(tmp / "a"), fs::create_directories(tmp / "b");
+  std::ofstream(tmp / "a/text.txt") << std::string(read_bytes(kShakespeare), 0, 20000);
+  const Args small = {"--batch", "2", "--seq", "32", "--eval-every", "0", "--threads", "2"};
+  // Outside the repository: configs/ is not there, the built-in tiny is.
+  const RunResult first = run_moe(
+      concat({"train", "--config", "tiny", "--data", "text.txt", "--out", "run", "--steps", "4", "--stop-at", "2"},
+             small),
+      {.cwd = tmp / "a"});
+  INFO(first.describe());
+  REQUIRE(first.ok());
+  const json state = read_json(tmp / "a/run/trainer_state.json");
+  CHECK(state.at("data").at("source") == (tmp / "a/text.txt"));  // stored absolute
+  for (const auto& [key, value] : json::parse(read_bytes(kTiny)).at("model").items())
+    CHECK(state.at("config").at("model").at(key) == value);
+  // --resume from another directory finds the data.
+  const RunResult again = run_moe({"train", "--out", tmp / "a/run", "--resume"}, {.cwd = tmp / "b"});
+  INFO(again.describe());
+  CHECK(again.ok());
+  CHECK(read_json(tmp / "a/run/trainer_state.json").at("step") == 4);
+  // The default config is the built-in tiny; an unknown name lists the shipped ones.
+  const RunResult bad = run_moe({"train", "--config", "tinny", "--out", "x"}, {.cwd = tmp / "b"});
+  CHECK(bad.code == 1);
+  CHECK(bad.err.find("tinny: no such file, and not a built-in config (") != std::string::npos);
+  CHECK(bad.err.find("tiny-v3") != std::string::npos);
+  const RunResult summary = run_moe({"inspect", "small-v3"}, {.cwd = tmp / "b"});
+  CHECK(summary.ok());
+  CHECK(summary.out.find("MLA") != std::string::npos);
+}
