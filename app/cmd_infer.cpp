@@ -80,8 +80,11 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (outputs[i].prompt_truncated)
       std::fprintf(stderr,
-                   "moe: note: prompt %zu was longer than the context (%lld); only its last %lld bytes were used\n",
-                   i + 1, (long long)c.max_position_embeddings, (long long)outputs[i].prompt_tokens);
+                   "moe: note: prompt %zu has %lld bytes; its first %lld were cut and its last %lld kept, so that -n "
+                   "%lld fits the context of %lld (a prompt keeps at least half of it)\n",
+                   i + 1, (long long)(outputs[i].prompt_tokens + outputs[i].prompt_cut),
+                   (long long)outputs[i].prompt_cut, (long long)outputs[i].prompt_tokens, (long long)f->n_predict,
+                   (long long)c.max_position_embeddings);
     if (outputs[i].hit_context_limit)
       std::fprintf(
           stderr, "moe: note: generation %zu stopped at the context limit of %lld tokens (after %lld of %lld)\n", i + 1,
@@ -96,6 +99,7 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
                          {"text", o.text},  // invalid UTF-8 shows as U+FFFD; text_bytes is exact
                          {"text_bytes", std::vector<uint8_t>(o.text.begin(), o.text.end())},
                          {"prompt_tokens", o.prompt_tokens},
+                         {"prompt_cut", o.prompt_cut},  // bytes dropped from the prompt's start
                          {"generated_tokens", o.generated},
                          {"context_limit", o.hit_context_limit}});
     nlohmann::json doc = {{"model", f->model},
@@ -204,8 +208,18 @@ Run add_infer(CLI::App& app) {
     if (pp->count() > 0) {
       std::istringstream lines(read_text(f->prompts_file));
       std::string line;
-      while (std::getline(lines, line)) request.prompts.push_back(line);
-      if (request.prompts.empty()) fail(f->prompts_file + ": no prompts (the file is empty)");
+      int64_t blank = 0;
+      while (std::getline(lines, line)) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) {
+          ++blank;  // an empty prompt would start from a newline: surely not what a blank line meant
+          continue;
+        }
+        request.prompts.push_back(line);
+      }
+      if (request.prompts.empty()) fail(f->prompts_file + ": no prompts (the file is empty or blank)");
+      if (blank > 0)
+        std::fprintf(stderr, "moe: note: %s: skipped %lld blank line%s\n", f->prompts_file.c_str(), (long long)blank,
+                     blank == 1 ? "" : "s");
     } else {
       request.prompts.push_back(pf->count() > 0 ? read_text(f->prompt_file) : f->prompt);
     }

@@ -1,5 +1,6 @@
 #include "infer/generate.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -163,9 +164,13 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   for (int64_t i = 0; i < S; ++i) {
     GenerateOutput& o = out[size_t(i)];
     o.prompt = request.prompts[size_t(i)].empty() ? std::string("\n") : request.prompts[size_t(i)];
-    if (int64_t(o.prompt.size()) > max_len - 1) {
-      // Keep the end of the prompt, leaving room for at least one new token.
-      o.prompt = o.prompt.substr(o.prompt.size() - size_t(max_len - 1));
+    // A prompt that leaves no room for n_predict new tokens keeps its end: the last context - n
+    // tokens, but never less than half the context (a prompt needs room too) nor more than
+    // context - 1 (one token at least is generated).
+    const int64_t keep = std::clamp(std::max(max_len - request.n_predict, max_len / 2), int64_t(1), max_len - 1);
+    if (int64_t(o.prompt.size()) > keep) {
+      o.prompt_cut = int64_t(o.prompt.size()) - keep;
+      o.prompt = o.prompt.substr(size_t(o.prompt_cut));
       o.prompt_truncated = true;
     }
     for (unsigned char ch : o.prompt) history[size_t(i)].push_back(ch);

@@ -30,7 +30,8 @@ struct GenerateOutput {
   int64_t prompt_tokens = 0;
   int64_t generated = 0;
   bool hit_context_limit = false;  // stopped at max_position_embeddings before n_predict
-  bool prompt_truncated = false;   // the prompt was longer than the context; its start was dropped
+  bool prompt_truncated = false;   // the prompt left no room to generate; its start was dropped
+  int64_t prompt_cut = 0;          // bytes dropped from its start
 };
 
 struct GenerateTimings {

@@ -220,13 +220,29 @@ TEST_CASE("generation stops at the context limit and truncates long prompts", "[
   GenerateTimings timings;
   const auto out = generate(
       ctx, model, request, [](size_t, int32_t) {}, timings, nullptr);
-  CHECK(out[0].generated == 10);
+  // -n 100 does not fit: prompts keep their last half of the context (20) and generate into the rest.
+  CHECK(out[0].prompt_truncated);
+  CHECK(out[0].prompt == std::string(20, 'a'));
+  CHECK(out[0].prompt_cut == 10);
+  CHECK(out[0].generated == 20);
   CHECK(out[0].hit_context_limit);
-  CHECK(out[1].prompt_truncated);
-  CHECK(out[1].prompt_tokens == 39);
-  CHECK(out[1].generated == 1);
+  CHECK(out[1].prompt_tokens == 20);
+  CHECK(out[1].prompt_cut == 30);
+  CHECK(out[1].generated == 20);
   CHECK(out[2].prompt == "\n");
   CHECK(out[2].generated == 39);
+  // -n 5 fits after 35 prompt tokens: a 30-byte prompt stays whole, a 50-byte one keeps 35.
+  GenerateRequest short_request = request;
+  short_request.n_predict = 5;
+  GenerateTimings short_timings;
+  const auto fits = generate(
+      ctx, model, short_request, [](size_t, int32_t) {}, short_timings, nullptr);
+  CHECK_FALSE(fits[0].prompt_truncated);
+  CHECK(fits[0].generated == 5);
+  CHECK(fits[1].prompt == std::string(35, 'b'));
+  CHECK(fits[1].prompt_cut == 15);
+  CHECK(fits[1].generated == 5);
+  CHECK_FALSE(fits[1].hit_context_limit);
   // Same seed, same text.
   GenerateTimings again_timings;
   const auto again = generate(

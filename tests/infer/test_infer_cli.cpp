@@ -63,14 +63,20 @@ TEST_CASE("infer --prompts-file generates every prompt, in order", "[infer][cli]
   make_checkpoint(tmp);
   const std::string& dir = tmp.path();
   const std::string prompts = dir + "/prompts.txt";
-  std::ofstream(prompts) << "abc\nsecond prompt\n\n";
+  std::ofstream(prompts) << "abc\n\nsecond prompt\n  \nthird\n";
   const RunResult r = run_moe({"infer", "-m", dir, "--prompts-file", prompts, "-n", "6", "--temp", "0", "--json"});
   REQUIRE(r.code == 0);
   const auto j = nlohmann::json::parse(r.out);
+  // Blank lines are skipped with one note, not generated from as empty prompts.
   REQUIRE(j.at("results").size() == 3);
   CHECK(j["results"][0]["prompt"] == "abc");
   CHECK(j["results"][1]["prompt"] == "second prompt");
-  CHECK(j["results"][2]["prompt"] == "\n");
+  CHECK(j["results"][2]["prompt"] == "third");
+  CHECK(r.err.find("moe: note: " + prompts + ": skipped 2 blank lines") != std::string::npos);
+  std::ofstream(prompts) << "\n \n";
+  const RunResult blank = run_moe({"infer", "-m", dir, "--prompts-file", prompts, "-n", "6"});
+  CHECK(blank.code == 1);
+  CHECK(blank.err.find(prompts + ": no prompts") != std::string::npos);
   // Batched greedy text equals each prompt generated alone.
   const RunResult single = run_moe({"infer", "-m", dir, "-p", "second prompt", "-n", "6", "--temp", "0", "--json"});
   CHECK(nlohmann::json::parse(single.out).at("text_bytes") == j["results"][1]["text_bytes"]);
