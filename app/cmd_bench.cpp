@@ -31,13 +31,13 @@ Run add_bench(CLI::App& app) {
       ->check(InRange(1, kMaxThreads));
   cmd->add_option("--reps", f->options.reps, "Timed repetitions after the warm-up")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(InRange(1, 1000));
   cmd->add_option("--steps", f->options.steps_per_rep, "Training steps per repetition")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1000));
+      ->check(InRange(1, 1000));
   cmd->add_option("--decode-tokens", f->options.decode_tokens, "Decode steps per repetition")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
+      ->check(InRange(1, 100000));
   cmd->add_option("-o,--output", f->output, "md or json")->capture_default_str()->check(CLI::IsMember({"md", "json"}));
   return [f]() {
     BenchOptions& o = f->options;

@@ -170,7 +170,8 @@ Run add_infer(CLI::App& app) {
   cmd->add_option("--min-p", f->sampler.min_p, "Drop tokens below min-p x the best probability, in [0, 1]")
       ->capture_default_str()
       ->check(InRange(0.0, 1.0));
-  cmd->add_option("--repeat-penalty", f->sampler.repeat_penalty, "Penalty for tokens among the last 64 (1: off)")
+  cmd->add_option("--repeat-penalty", f->sampler.repeat_penalty,
+                  "Penalty for the tokens among the last --repeat-last-n (1: off)")
       ->capture_default_str()
       ->check(Positive);
   cmd->add_option("--repeat-last-n", f->sampler.repeat_last_n, "How many recent tokens the penalty covers")

@@ -1,5 +1,6 @@
 // Each subcommand registers its options on the CLI11 app and returns the function that runs it.
 #pragma once
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -75,6 +76,33 @@ inline bool check_output_file(const std::string& path, bool force) {
   return true;
 }
 
+// CLI11 reports a mistyped flag as "The following arguments were not expected: 5 --stpes". Finds
+// the first argument after the subcommand that looks like a flag and that the subcommand does not
+// know, and names it with the nearest known flag; "" when there is none (another error).
+inline std::string unknown_option(CLI::App& app, int argc, char** argv) {
+  CLI::App* sub = &app;
+  for (CLI::App* next = sub; next;) {
+    auto parsed = next->get_subcommands();
+    next = parsed.empty() ? nullptr : parsed.front();
+    if (next) sub = next;
+  }
+  if (sub == &app) return "";
+  std::vector<std::string> known;
+  for (const CLI::Option* o : sub->get_options()) {
+    for (const std::string& l : o->get_lnames()) known.push_back("--" + l);
+    for (const std::string& sn : o->get_snames()) known.push_back("-" + sn);
+  }
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.size() < 2 || arg[0] != '-' || (arg[1] >= '0' && arg[1] <= '9') || arg[1] == '.') continue;
+    if (arg == "--") break;
+    const std::string name = arg.substr(0, arg.find('='));
+    if (std::find(known.begin(), known.end(), name) != known.end()) continue;
+    return "unknown option " + name + "; did you mean " + nearest_name(name, known) + "?";
+  }
+  return "";
+}
+
 // Cores of this machine (at least 1).
 inline int64_t hardware_threads() { return std::max<int64_t>(1, int64_t(std::thread::hardware_concurrency())); }
 
@@ -111,8 +139,10 @@ void add_field_flags(CLI::App* cmd, const std::vector<Field<S>>& fields, S& valu
     CLI::Option* opt = nullptr;
     const bool zero_ok = field.check == Check::non_negative || field.check == Check::non_negative_finite;
     std::function<void(S&)> apply;
+    // -t is the thread count in every subcommand (infer, eval, inspect, bench have it too).
+    const std::string names = std::string(field.flag) == "--threads" ? "-t,--threads" : field.flag;
     if (auto p = std::get_if<int64_t S::*>(&field.member)) {
-      opt = cmd->add_option(field.flag, values.*(*p), field.help);
+      opt = cmd->add_option(names, values.*(*p), field.help);
       apply = [&values, p = *p](S& s) { s.*p = values.*p; };
     } else if (auto p = std::get_if<double S::*>(&field.member)) {
       opt = cmd->add_option(field.flag, values.*(*p), field.help);

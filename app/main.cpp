@@ -5,15 +5,19 @@
 #include <new>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "commands.hpp"
+#include "config/fields.hpp"
 #include "core/error.hpp"
 #include "dist/dist.hpp"
 
 int main(int argc, char** argv) {
+  // Named explicitly: usage lines say "moe", not the path the binary was started by.
   CLI::App app{
       "moe: train and run small DeepSeek-V3-style Mixture-of-Experts transformers on CPUs,\n"
-      "and watch how the experts' load is balanced."};
+      "and watch how the experts' load is balanced.",
+      "moe"};
   app.set_version_flag("--version", std::string("moe ") + MOE_VERSION);
   app.require_subcommand(1);
   app.footer(
@@ -35,13 +39,19 @@ int main(int argc, char** argv) {
       sub = parsed.empty() ? nullptr : parsed.front();
       if (sub) command += " " + sub->get_name();
     }
-    if (command == "moe" && argc > 1)
-      std::fprintf(stderr,
-                   argv[1][0] == '-' ? "moe: unknown option \"%s\"; a command comes first (see moe --help)\n"
-                                     : "moe: unknown command \"%s\" (see moe --help)\n",
-                   argv[1]);
-    else
+    if (command == "moe" && argc > 1) {
+      std::vector<std::string> names;
+      for (const auto& [name, run] : commands) names.push_back(name);
+      if (argv[1][0] == '-')
+        std::fprintf(stderr, "moe: unknown option \"%s\"; a command comes first (see moe --help)\n", argv[1]);
+      else
+        std::fprintf(stderr, "moe: unknown command \"%s\"; did you mean \"%s\"? (see moe --help)\n", argv[1],
+                     moe::nearest_name(argv[1], names).c_str());
+    } else if (const std::string unknown = moe::app::unknown_option(app, argc, argv); !unknown.empty()) {
+      std::fprintf(stderr, "moe: %s (see %s --help)\n", unknown.c_str(), command.c_str());
+    } else {
       std::fprintf(stderr, "moe: %s (see %s --help)\n", e.what(), command.c_str());
+    }
     return 1;  // CLI11's own codes (105, 106, ...) would make "bad input" depend on which check caught it
   }
   try {
