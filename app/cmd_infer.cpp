@@ -1,4 +1,6 @@
 // `moe infer` (generate text from a checkpoint) and `moe eval` (exact perplexity of a file).
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -107,6 +109,7 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
                           {"seed", request.sampler.temp > 0 ? nlohmann::json(request.seed) : nlohmann::json()},
                           {"timings",
                            {{"load_ms", load_seconds * 1e3},
+                            {"setup_ms", timings.setup_seconds * 1e3},
                             {"prompt_ms", timings.prompt_seconds * 1e3},
                             {"prompt_tokens", timings.prompt_tokens},
                             {"prompt_tokens_per_s", prompt_tps},
@@ -142,6 +145,8 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
   std::fputc('\n', stderr);
   if (request.sampler.temp > 0) std::fprintf(stderr, "seed %llu\n", (unsigned long long)request.seed);
   std::fprintf(stderr, "load time   = %10.2f ms\n", load_seconds * 1e3);
+  std::fprintf(stderr, "set-up      = %10.2f ms (KV cache, buffers, first-use kernel generation)\n",
+               timings.setup_seconds * 1e3);
   std::fprintf(stderr, "prompt eval = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
                timings.prompt_seconds * 1e3, (long long)timings.prompt_tokens, prompt_tps);
   std::fprintf(stderr, "generation  = %10.2f ms / %5lld tokens (%8.1f tokens per second)\n",
@@ -291,7 +296,23 @@ Run add_eval(CLI::App& app) {
     ComputeContext ctx;
     ExpertTally tally(c);
     const auto t0 = std::chrono::steady_clock::now();
-    const EvalResult r = evaluate_bytes(ctx, *model, data.bytes, T, &tally);
+    // On a terminal, one progress line redrawn in place (at most 5 times a second), erased at the
+    // end; never in a pipe or a file.
+    const bool tty = ::isatty(STDERR_FILENO) != 0;
+    const auto t_start = std::chrono::steady_clock::now();
+    double last_draw = -1;
+    auto progress = [&](int64_t scored, int64_t total) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+      if (elapsed - last_draw < 0.2 && scored < total) return;
+      last_draw = elapsed;
+      const double rate = elapsed > 0 ? double(scored) / elapsed : 0;
+      std::fprintf(stderr, "\r\033[Keval %lld / %lld tokens (%.0f%%), %.0f tok/s, ETA %.0f s", (long long)scored,
+                   (long long)total, 100.0 * double(scored) / double(total), rate,
+                   rate > 0 ? double(total - scored) / rate : 0.0);
+      std::fflush(stderr);
+    };
+    const EvalResult r = evaluate_bytes(ctx, *model, data.bytes, T, &tally, {}, tty ? EvalProgress(progress) : nullptr);
+    if (tty) std::fputs("\r\033[K", stderr), std::fflush(stderr);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (f->json) {
       nlohmann::json out{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},

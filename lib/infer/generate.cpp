@@ -182,7 +182,14 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   const int64_t N = request.draft_max;
   if (N > 0 && !c.mtp())
     fail("--draft mtp: the model has no multi-token-prediction module (num_nextn_predict_layers is 0)");
+  const auto t_setup = std::chrono::steady_clock::now();
   Decoder decoder(model, std::max<int64_t>(S, 1), max_len, std::max<int64_t>(S, 1) * (N + 1));
+  {
+    Workspace warm(c, 1, 1, false);
+    const int32_t token = '\n';
+    model_forward(ctx, model, warm, &token, nullptr);
+  }
+  timings.setup_seconds += seconds_since(t_setup);
   std::vector<SpecSequence> spec(static_cast<size_t>(S));
   std::vector<int32_t> last(static_cast<size_t>(S));
   std::vector<char> active(static_cast<size_t>(S), 0);
@@ -258,7 +265,7 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
 }
 
 EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T,
-                          ExpertTally* tally, const RoutingSink& sink) {
+                          ExpertTally* tally, const RoutingSink& sink, const EvalProgress& progress) {
   const int64_t n = int64_t(bytes.size()) - 1;  // predicted positions
   check(n >= 1, "needs at least 2 bytes to score one prediction");
   const int64_t V = model.config.vocab_size;
@@ -281,6 +288,7 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
     }
     if (tally) tally->add(model.config, ws, rows * len);
     if (sink) sink(ws, first_window * T, rows * len);  // consecutive windows: one contiguous run
+    if (progress) progress(std::min(n, (first_window + rows) * T), n);
   };
   if (full > 0) {
     Workspace ws(model.config, std::min(kBatch, full), T, false, /*with_mtp=*/true);

@@ -35,7 +35,9 @@ struct GenerateOutput {
 };
 
 struct GenerateTimings {
-  double prompt_seconds = 0, generate_seconds = 0;
+  // setup: the decoder's buffers (KV cache for the whole context) and a one-token warm-up forward
+  // that pays oneDNN's one-time kernel generation, so prompt_seconds is the prefill alone.
+  double setup_seconds = 0, prompt_seconds = 0, generate_seconds = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   // Speculative decoding: tokens drafted and accepted, and main-model steps after the prompt (one
   // per verification).
@@ -60,7 +62,9 @@ struct EvalResult {
 // Called after each forward with the workspace and the run of tokens [first_token, first_token +
 // tokens) it holds, in order, at the start of the workspace (routing analysis reads it there).
 using RoutingSink = std::function<void(const Workspace& ws, int64_t first_token, int64_t tokens)>;
+// progress(scored, total) after each batch of windows: predicted positions so far, of all.
+using EvalProgress = std::function<void(int64_t scored, int64_t total)>;
 EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T,
-                          ExpertTally* tally, const RoutingSink& sink = {});
+                          ExpertTally* tally, const RoutingSink& sink = {}, const EvalProgress& progress = {});
 
 }  // namespace moe

@@ -205,3 +205,28 @@ TEST_CASE("every accepted or printed seed reproduces its text; greedy prints non
   CHECK(train.code == 1);
   CHECK(train.err.find("--seed: expected an integer in [0, 18446744073709551615]") != std::string::npos);
 }
+
+TEST_CASE("eval shows progress on a terminal only; infer reports set-up apart from the prompt", "[infer][cli]") {
+  const TempDir tmp("eval_progress");
+  make_checkpoint(tmp);
+  const std::string data = tmp.path() + "/text.txt";
+  std::ofstream(data) << std::string(5000, 'x');
+  const std::string command = moe_test::kMoeBinary + " eval -m " + tmp.path() + " --data " + data + " -t 1";
+  // Through a pseudo-terminal (script(1)): a redrawn progress line, erased before the result.
+  const RunResult pty = moe_test::run({"/usr/bin/script", "-qec", command, "/dev/null"});
+  INFO(pty.describe());
+  REQUIRE(pty.code == 0);
+  CHECK(pty.out.find("\r\033[Keval ") != std::string::npos);
+  CHECK(pty.out.find("4999 / 4999 tokens (100%)") != std::string::npos);
+  CHECK(pty.out.find("ETA") != std::string::npos);
+  // In a pipe: no escape codes, no progress.
+  const RunResult pipe = run_moe({"eval", "-m", tmp.path(), "--data", data, "-t", "1"});
+  REQUIRE(pipe.code == 0);
+  CHECK(pipe.output().find("ETA") == std::string::npos);
+  CHECK(pipe.output().find('\033') == std::string::npos);
+  const RunResult infer = run_moe({"infer", "-m", tmp.path(), "-p", "hello", "-n", "4", "--json", "-t", "1"});
+  REQUIRE(infer.code == 0);
+  const auto timings = nlohmann::json::parse(infer.out).at("timings");
+  CHECK(timings.at("setup_ms").get<double>() > 0);
+  CHECK(timings.at("prompt_ms").get<double>() > 0);
+}
