@@ -1,6 +1,7 @@
 // `moe train`: options -> effective config -> lib/train.
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -91,7 +92,11 @@ Run add_train(CLI::App& app) {
     options.expert_parallel = f->expert_parallel;
     options.max_ranks_per_token = f->max_ranks_per_token;
     ConsoleTrainObserver console(stdout, ::isatty(STDOUT_FILENO) != 0, options.config.train.log_every);
+    // `moe train | head`: a write to the closed pipe returns EPIPE instead of killing the process,
+    // and the console observer stops the run with a checkpoint.
+    std::signal(SIGPIPE, SIG_IGN);
     const TrainResult result = train(options, console);
+    if (result.stop_signal == SIGPIPE) return 0;  // quietly: the reader asked for no more
     // The shell's convention for a process ended by a signal (128 + its number), though this one
     // stopped on its own after saving: scripts can tell an interrupted run from a finished one.
     return result.stop_signal == 0 ? 0 : 128 + result.stop_signal;

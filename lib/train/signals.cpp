@@ -16,7 +16,14 @@ namespace {
 volatile std::sig_atomic_t g_stop_signal = 0;
 
 void on_signal(int sig) {
-  if (g_stop_signal != 0 && sig == SIGINT) _exit(130);  // second Ctrl-C: leave now, checkpoint is intact
+  if (g_stop_signal != 0 && sig == SIGINT) {
+    // Second Ctrl-C: leave now (the last checkpoint is intact), on a line of its own below the
+    // status line. write(2) and _exit are async-signal-safe; stdio is not.
+    static const char kMessage[] = "\nmoe: interrupted twice: leaving without saving; the last checkpoint is intact\n";
+    ssize_t ignored = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+    (void)ignored;
+    _exit(130);
+  }
   g_stop_signal = sig;
 }
 

@@ -149,11 +149,11 @@ void truncate_metrics(const std::string& path, int64_t step) {
 
 class NullObserver : public TrainObserver {
  public:
-  void on_start(const Config&, const std::string&, const std::string&, int64_t) override {}
+  void on_start(const RunStart&) override {}
   void on_step(const StepRecord&, double) override {}
   void on_eval(const EvalRecord&) override {}
   void on_save(const std::string&, int64_t) override {}
-  void on_end(const EvalRecord*, const EvalRecord*, const StepRecord&, double) override {}
+  void on_end(const RunEnd&) override {}
 };
 
 // The parallel flags against this job: clear errors naming the flag before anything runs.
@@ -606,8 +606,14 @@ void TrainRun::run_eval(int64_t step) {
 void TrainRun::end(const char* reason, int64_t step) {
   append_metrics(end_json(step, reason));
   if (metrics_.is_open()) metrics_.close();
-  observer_->on_end(first_eval_ ? &*first_eval_ : nullptr, last_eval_ ? &*last_eval_ : nullptr, last_,
-                    total_seconds_ > 0 ? double(total_tokens_) / total_seconds_ : 0.0);
+  RunEnd e;
+  e.reason = reason, e.out_dir = dir_, e.step = step, e.planned_steps = tc_.steps;
+  e.saved_step = options_.resume ? std::max(saved_step_, start_step_) : saved_step_;
+  e.first_eval = first_eval_ ? &*first_eval_ : nullptr, e.last_eval = last_eval_ ? &*last_eval_ : nullptr;
+  e.last_step = last_.step > 0 ? &last_ : nullptr;
+  e.seconds = total_seconds_;
+  e.mean_tokens_per_s = total_seconds_ > 0 ? double(total_tokens_) / total_seconds_ : 0.0;
+  observer_->on_end(e);
 }
 
 TrainResult TrainRun::run() {
@@ -615,7 +621,11 @@ TrainResult TrainRun::run() {
   TrainStep trainer_step(tc_, *model_, parallel_);
   step_ = &trainer_step;
   const int64_t end_step = options_.stop_at > 0 ? std::min(options_.stop_at, tc_.steps) : tc_.steps;
-  observer_->on_start(config_, dir_, data_.source, start_step_);
+  RunStart start;
+  start.config = &config_, start.out_dir = dir_, start.data_source = data_.source;
+  start.train_bytes = data_.train_end, start.val_bytes = data_.val_size();
+  start.start_step = start_step_, start.threads = threads_, start.ranks = int(ranks_);
+  observer_->on_start(start);
   StopSignals signals;
   if (start_step_ == 0) run_eval(0);
   int64_t bad_steps = 0, step = start_step_;
@@ -641,17 +651,17 @@ TrainResult TrainRun::run() {
                        : std::string("no checkpoint had been saved yet (see --save-every)")) +
            " (try a smaller --lr)");
     }
-    // Every rank stops at the same step: a signal seen by any of them counts for all.
-    const int stop_signal = ranks_ > 1 ? int(dist_.allreduce_max(signals.received())) : signals.received();
-    if ((tc_.eval_every > 0 && step % tc_.eval_every == 0) || step == tc_.steps) run_eval(step);
+    // Every rank stops at the same step: a signal seen by any of them counts for all. A closed
+    // stdout (`moe train | head`) stops the run the same way, quietly.
+    int stop_signal = signals.received();
+    if (stop_signal == 0 && observer_->output_closed()) stop_signal = SIGPIPE;
+    if (ranks_ > 1) stop_signal = int(dist_.allreduce_max(stop_signal));
+    // --stop-at evaluates at its step too, so the stopped run reports where it stands.
+    if ((tc_.eval_every > 0 && step % tc_.eval_every == 0) || step == tc_.steps || (step == end_step && !stop_signal))
+      run_eval(step);
     if ((tc_.save_every > 0 && step % tc_.save_every == 0) || step == end_step || stop_signal) save(step);
     if (stop_signal) {
-      end("signal", step);
-      if (dist_.root())
-        std::fprintf(stderr,
-                     "moe: stopped by signal after step %lld; checkpoint saved in %s; continue with: moe train --out "
-                     "%s --resume\n",
-                     (long long)step, dir_.c_str(), dir_.c_str());
+      end(stop_signal == SIGPIPE ? "output-closed" : "signal", step);
       return {step, stop_signal};
     }
   }

@@ -36,16 +36,37 @@ struct TrainOptions {
   std::vector<ResumeRecord::Change> resume_changes;
 };
 
+// What a run starts from, for its observers' opening lines.
+struct RunStart {
+  const Config* config = nullptr;  // the effective config
+  std::string out_dir, data_source;
+  int64_t train_bytes = 0, val_bytes = 0;
+  int64_t start_step = 0;  // > 0: resumed
+  int threads = 1, ranks = 1;
+};
+
+// How it ended: reason "completed", "stop-at", "signal" or "output-closed" (stdout went away).
+struct RunEnd {
+  std::string reason, out_dir;
+  int64_t step = 0, planned_steps = 0;
+  int64_t saved_step = -1;  // the checkpoint in out_dir (-1: none)
+  const EvalRecord* first_eval = nullptr;
+  const EvalRecord* last_eval = nullptr;
+  const StepRecord* last_step = nullptr;
+  double seconds = 0, mean_tokens_per_s = 0;
+};
+
 class TrainObserver {
  public:
   virtual ~TrainObserver() = default;
-  virtual void on_start(const Config& effective, const std::string& out_dir, const std::string& data_source,
-                        int64_t start_step) = 0;
+  virtual void on_start(const RunStart& start) = 0;
   virtual void on_step(const StepRecord& record, double last_val_loss) = 0;
   virtual void on_eval(const EvalRecord& record) = 0;
   virtual void on_save(const std::string& dir, int64_t step) = 0;
-  virtual void on_end(const EvalRecord* first_eval, const EvalRecord* last_eval, const StepRecord& last_step,
-                      double mean_tokens_per_s) = 0;
+  virtual void on_end(const RunEnd& end) = 0;
+  // True once the observer can no longer show anything (its output was closed, e.g. `| head`):
+  // the run then stops as on a signal, with a checkpoint.
+  virtual bool output_closed() const { return false; }
 };
 
 // What `moe train --resume` continues: the run's stored effective config (flags given now may

@@ -86,9 +86,9 @@ TEST_CASE("reliability: SIGINT and SIGTERM stop training with a checkpoint and e
     REQUIRE(running);
     REQUIRE(r.exited);
     CHECK(r.code == code);
-    // Where the checkpoint is and how to continue.
-    CHECK(r.err.find(dir) != std::string::npos);
-    CHECK(r.err.find("--resume") != std::string::npos);
+    // Where the checkpoint is and how to continue (the closing summary, on stdout).
+    CHECK(r.out.find("stopped at step ") != std::string::npos);
+    CHECK(r.out.find("continue with: moe train --out " + dir + " --resume") != std::string::npos);
     CHECK(leftovers(dir).empty());
     // The checkpoint holds the last finished step; the log ends there with a "signal" end line.
     const int64_t step = checkpoint_step(dir);
@@ -250,13 +250,13 @@ namespace {
 struct SignalAtStep : moe::TrainObserver {
   int64_t at;
   explicit SignalAtStep(int64_t step) : at(step) {}
-  void on_start(const moe::Config&, const std::string&, const std::string&, int64_t) override {}
+  void on_start(const moe::RunStart&) override {}
   void on_step(const moe::StepRecord& r, double) override {
     if (r.step == at) ::kill(::getpid(), SIGTERM);
   }
   void on_eval(const moe::EvalRecord&) override {}
   void on_save(const std::string&, int64_t) override {}
-  void on_end(const moe::EvalRecord*, const moe::EvalRecord*, const moe::StepRecord&, double) override {}
+  void on_end(const moe::RunEnd&) override {}
 };
 }  // namespace
 
