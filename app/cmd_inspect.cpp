@@ -1,5 +1,6 @@
 // `moe inspect PATH...`: model summary, load report of runs (live with --follow), comparison of
 // several runs, HTML report, and routing analysis of a checkpoint (--text / --data).
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -7,6 +8,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -89,25 +91,85 @@ RunMetrics filter_layer(RunMetrics run, int64_t layer) {
   return run;
 }
 
+// The terminal's size (rows, columns) when stdout is one, else {0, 0}.
+std::pair<int, int> terminal_size() {
+  winsize ws{};
+  if (::isatty(STDOUT_FILENO) && ::ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0)
+    return {ws.ws_row, ws.ws_col};
+  return {0, 0};
+}
+
+bool fits(const std::string& screen, int rows, int cols) {
+  int lines = 0;
+  size_t start = 0;
+  while (start < screen.size()) {
+    size_t end = screen.find('\n', start);
+    if (end == std::string::npos) end = screen.size();
+    std::string line = screen.substr(start, end - start);
+    // Escape sequences (colours) take no columns.
+    for (size_t esc; (esc = line.find('\033')) != std::string::npos;) line.erase(esc, line.find('m', esc) - esc + 1);
+    if (int(line.size()) >= cols) return false;
+    ++lines, start = end + 1;
+  }
+  return lines <= rows;
+}
+
+// Redraws the load report of a run as training appends to it, until its end line. On a terminal
+// the screen is redrawn in place and fitted to it (the one-line-per-layer summary when the full
+// report does not fit); in a pipe the report is printed again only when new steps arrived, with
+// no escape codes. A run directory that does not exist yet is waited for.
+// --follow's target: a run directory (or metrics.jsonl) that may not exist yet.
+Target follow_target(const std::string& path) {
+  if (path_exists(path)) {
+    Target t = classify(path);
+    if (t.metrics.empty() && !is_directory(path)) fail(path + ": --follow needs a run directory or metrics.jsonl");
+    return t;
+  }
+  Target t;
+  t.path = path;
+  t.name = path.substr(path.find_last_of('/') == std::string::npos ? 0 : path.find_last_of('/') + 1);
+  if (path.size() > 6 && path.substr(path.size() - 6) == ".jsonl") t.metrics = path;
+  return t;
+}
+
 int follow(const InspectFlags& f, const Target& t, bool color) {
-  if (t.metrics.empty()) fail(t.path + ": --follow needs a run directory or metrics.jsonl");
+  const std::string metrics = t.metrics.empty() ? t.path + "/metrics.jsonl" : t.metrics;
+  size_t last_steps = size_t(-1);
   for (;;) {
+    const auto [rows, cols] = terminal_size();
+    const bool tty = rows > 0;
     std::string screen;
-    if (!path_exists(t.metrics)) {
-      screen = "waiting for " + t.metrics + " ...\n";
+    bool ended = false;
+    size_t steps = 0;
+    if (!path_exists(metrics)) {
+      screen = "waiting for " + metrics + " (the run has not started yet) ...\n";
     } else {
-      RunMetrics run = filter_layer(read_metrics(t.metrics), f.layer);
+      RunMetrics run = filter_layer(read_metrics(metrics), f.layer);
       run.name = t.name;
       const LoadReport report = build_load_report(run, f.window);
-      screen = format_load_report(run, report, color);
-      if (run.ended) {
-        std::printf("\033[H\033[2J%s", screen.c_str());
-        std::fflush(stdout);
-        return 0;
-      }
+      screen = format_load_report(run, report, color && tty);
+      // Room for the footer line below the report.
+      if (tty && !fits(screen, rows - 2, cols)) screen = format_load_summary(run, report, color, cols);
+      ended = run.ended;
+      steps = run.train.size();
     }
-    std::printf("\033[H\033[2J%s\n(following %s; Ctrl-C to stop)\n", screen.c_str(), t.metrics.c_str());
+    std::string footer = ended ? "" : "(following " + metrics + "; Ctrl-C to stop)\n";
+    if (tty) {
+      // Long paths are cut at the right edge rather than wrapped.
+      for (std::string* text : {&screen, &footer}) {
+        std::string fitted;
+        std::istringstream lines(*text);
+        for (std::string line; std::getline(lines, line);)
+          fitted += (fits(line, 1, cols) ? line : line.substr(0, size_t(cols - 1))) + "\n";
+        *text = fitted;
+      }
+      std::printf("\033[H\033[2J%s%s", screen.c_str(), footer.c_str());
+    } else if (steps != last_steps || ended) {
+      std::printf("%s%s\n", last_steps == size_t(-1) ? "" : "\n", screen.c_str());
+    }
+    last_steps = steps;
     std::fflush(stdout);
+    if (ended) return 0;
     std::this_thread::sleep_for(std::chrono::duration<double>(f.interval));
   }
 }
@@ -191,10 +253,11 @@ Run add_inspect(CLI::App& app) {
     const bool color = ::isatty(STDOUT_FILENO) != 0 && !f->json;
     const bool replacing = !f->html.empty() && check_output_file(f->html, f->force);
     std::vector<Target> targets;
-    for (const auto& p : f->paths) targets.push_back(classify(p));
+    if (!f->follow)
+      for (const auto& p : f->paths) targets.push_back(classify(p));
     if (f->follow) {
-      if (targets.size() != 1) fail("--follow takes one run directory");
-      return follow(*f, targets[0], color);
+      if (f->paths.size() != 1) fail("--follow takes one run directory");
+      return follow(*f, follow_target(f->paths[0]), color);
     }
     if (!f->text.empty() || !f->data.empty()) {
       if (targets.size() != 1) fail("--text / --data take one checkpoint directory");

@@ -52,6 +52,45 @@ std::string sparkline(const std::vector<double>& values, size_t width) {
   return s;
 }
 
+std::string format_load_summary(const RunMetrics& run, const LoadReport& report, bool color, int width) {
+  auto fit = [width](std::string line) {
+    if (width > 1 && int(line.size()) >= width) line.resize(size_t(width - 1));
+    return line + "\n";
+  };
+  char buf[256];
+  const int64_t last = run.train.empty() ? 0 : run.train.back().step;
+  std::string out;
+  std::snprintf(buf, sizeof buf, "%s: step %lld, %s", run.name.empty() ? run.path.c_str() : run.name.c_str(),
+                (long long)last, run.ended ? "finished" : "in progress");
+  std::string head = buf;
+  if (!run.train.empty()) {
+    std::snprintf(buf, sizeof buf, ", loss %.4f", run.train.back().loss);
+    head += buf;
+  }
+  if (!run.eval.empty()) {
+    std::snprintf(buf, sizeof buf, ", val %.4f @%lld", run.eval.back().val_loss, (long long)run.eval.back().step);
+    head += buf;
+  }
+  out += fit(head);
+  if (run.train.empty()) return out + fit("  no training steps logged yet");
+  for (const auto& l : report.layers) {
+    double busiest = 0;
+    int64_t expert = 0;
+    for (const auto& e : l.experts)
+      if (e.recent > busiest) busiest = e.recent, expert = e.expert;
+    std::snprintf(buf, sizeof buf, "  L%lld %-10s MaxVio %.3f -> %.3f  busiest e%lld %.1f%%", (long long)l.layer,
+                  to_string(l.verdict), l.early_maxvio, l.recent_maxvio, (long long)expert, 100 * busiest);
+    std::string line = fit(buf);
+    if (color) {  // the verdict word in its colour (escape codes take no columns)
+      const std::string word = to_string(l.verdict);
+      const size_t at = line.find(word);
+      if (at != std::string::npos) line.replace(at, word.size(), verdict_text(l.verdict, true));
+    }
+    out += line;
+  }
+  return out;
+}
+
 std::string format_load_report(const RunMetrics& run, const LoadReport& report, bool color) {
   std::string out;
   char buf[256];

@@ -2,9 +2,11 @@
 // one status line that never wraps, checkpoint saves shown; in a pipe no escape codes; and a
 // reader that goes away (`| head`) stops the run quietly with a checkpoint.
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -101,4 +103,54 @@ TEST_CASE("train in a pipe: plain lines only; a reader that leaves stops it quie
   std::string line, last;
   while (std::getline(metrics, line)) last = line;
   CHECK(json::parse(last).at("reason") == "output-closed");
+}
+
+TEST_CASE("inspect --follow waits for the run, fits an 80x24 terminal, and writes no escape codes to a pipe",
+          "[train][tty]") {
+  TempDir tmp("follow");
+  const std::string dir = tmp / "run";
+  moe_test::Process follow(
+      {"/usr/bin/script", "-qec",
+       "stty cols 80 rows 24; " + kMoeBinary + " inspect " + dir + " --follow --interval 0.05", "/dev/null"},
+      {.timeout_s = 120});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // it waits for a directory that is not there
+  // small-e64: 64 experts in 3 layers, a full report far taller than 24 rows.
+  const RunResult train =
+      moe_test::run_moe({"train", "--config", "small-e64", "--steps", "6", "--batch", "2", "--seq", "32",
+                         "--eval-every", "3", "--eval-tokens", "256", "-t", "2", "--out", dir});
+  REQUIRE(train.ok());
+  const RunResult r = follow.wait();
+  INFO(r.describe());
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("waiting for " + dir + "/metrics.jsonl") != std::string::npos);
+  // Each frame (after a clear) fits the window: at most 24 rows, each under 80 columns.
+  const std::string clear = "\033[H\033[2J";
+  size_t at = r.out.find(clear);
+  REQUIRE(at != std::string::npos);
+  int frames = 0;
+  while (at != std::string::npos) {
+    const size_t next = r.out.find(clear, at + clear.size());
+    std::string frame =
+        r.out.substr(at + clear.size(), next == std::string::npos ? std::string::npos : next - at - clear.size());
+    for (size_t esc; (esc = frame.find("\033[")) != std::string::npos;)
+      frame.erase(esc, frame.find('m', esc) - esc + 1);
+    std::istringstream lines(frame);
+    int rows = 0;
+    for (std::string line; std::getline(lines, line);) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      CAPTURE(line);
+      CHECK(line.size() < 80);
+      ++rows;
+    }
+    CHECK(rows <= 24);
+    ++frames;
+    at = next;
+  }
+  CHECK(frames >= 2);
+  CHECK(r.out.find("finished") != std::string::npos);
+  // In a pipe: the finished run's report once, plain.
+  const RunResult piped = moe_test::run_moe({"inspect", dir, "--follow"});
+  REQUIRE(piped.ok());
+  CHECK(piped.out.find('\033') == std::string::npos);
+  CHECK(piped.out.find("load report: ") != std::string::npos);
 }
