@@ -359,13 +359,20 @@ std::string run_facts(const RunMetrics& m, const LoadReport& report) {
   else
     out += fact("steps", thousands(int64_t(m.train.size())) + " logged (" + thousands(m.train.front().step) + kDash +
                              thousands(m.train.back().step) + ")");
-  out += fact("status", m.ended ? "ended (an end line was written)" : "in progress: the file may still grow");
+  out += fact("status", escape(m.status_text()) + (m.ended ? "" : ": the file may still grow"));
+  if (m.settings) {
+    const RunSettings& st = *m.settings;
+    out += fact("balancing", escape(st.balance_text()));
+    out += fact("learning rate", escape(format("%g", st.lr) + " \xe2\x86\x92 " + format("%g", st.min_lr)));
+    out += fact("batch × seq × accum", escape(st.shape_text()));
+    out += fact("data", "<code>" + escape(st.data) + "</code>");
+  }
   if (m.eval.empty())
     out += fact("evaluations", "none yet");
   else
     out += fact("evaluations", std::to_string(m.eval.size()) + " (steps " + std::to_string(m.eval.front().step) +
                                    kDash + std::to_string(m.eval.back().step) + ")");
-  out += fact("final validation loss", fixed(last_finite_val_loss(m), 4) + (m.eval.empty() ? "" : " nats/byte"));
+  out += fact("final validation loss", escape(m.final_val_text()) + (m.eval.empty() ? "" : " nats/byte"));
   const double tps = mean_tokens_per_s(m);
   out += fact("mean throughput", std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) + " tokens/s" : kDash);
   if (!m.train.empty())
@@ -409,13 +416,15 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
     out += "<th>MaxVio_global<br><small>layer " + std::to_string(id) + ", last eval</small></th>";
   out +=
       "<th>MaxVio_batch<br><small>last window, mean of layers</small></th><th>mean tokens/s</th>"
-      "<th class=\"verdicts\">verdict per layer</th></tr></thead>\n<tbody>\n";
+      "<th class=\"verdicts\">verdict per layer</th><th>balancing</th><th>lr</th>"
+      "<th>batch × seq × accum</th><th>data</th></tr></thead>\n<tbody>\n";
   for (size_t i = 0; i < runs.size(); ++i) {
     const HtmlRun& r = runs[i];
     out += "<tr data-run=\"" + escape(r.label) +
            "\"><td><span class=\"dot\" style=\"background:" + svg::palette_color(i) + "\"></span><a href=\"#" +
            run_anchor(i) + "\">" + escape(r.label) + "</a></td><td>" +
            (r.metrics->train.empty() ? std::string(kDash) : thousands(r.metrics->train.back().step)) +
+           (r.metrics->settings ? " <small>of " + thousands(r.metrics->settings->steps) + "</small>" : std::string()) +
            (r.metrics->ended ? "" : " <small>(running)</small>") + "</td>" +
            cell(last_finite_val_loss(*r.metrics), best_val, 4);
     for (int64_t id : layer_ids) {
@@ -430,9 +439,20 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
            "</td><td class=\"verdicts\">";
     for (const auto& l : r.report->layers)
       out += "<span class=\"verdict-item\">" + std::to_string(l.layer) + " " + badge(l.verdict) + "</span>";
-    out += "</td></tr>\n";
+    out += "</td>";
+    if (const auto& st = r.metrics->settings)
+      out += "<td>" + escape(st->balance_text()) + "</td><td>" + escape(format("%g", st->lr)) + "</td><td>" +
+             escape(st->shape_text()) + "</td><td><code>" + escape(st->data) + "</code></td>";
+    else
+      for (int k = 0; k < 4; ++k) out += "<td>" + std::string(kDash) + "</td>";
+    out += "</tr>\n";
   }
-  return out + "</tbody></table></div>\n";
+  out += "</tbody></table></div>\n";
+  std::vector<const RunMetrics*> metrics;
+  for (const auto& r : runs) metrics.push_back(r.metrics);
+  for (const std::string& note : comparison_notes(metrics))
+    out += "<p class=\"note\">Note: " + escape(note) + ".</p>\n";
+  return out;
 }
 
 // MaxVio curves often span decades (no balancing vs loss-free), so a log axis keeps both readable.

@@ -60,8 +60,9 @@ std::string format_load_summary(const RunMetrics& run, const LoadReport& report,
   char buf[256];
   const int64_t last = run.train.empty() ? 0 : run.train.back().step;
   std::string out;
-  std::snprintf(buf, sizeof buf, "%s: step %lld, %s", run.name.empty() ? run.path.c_str() : run.name.c_str(),
-                (long long)last, run.ended ? "finished" : "in progress");
+  (void)last;
+  std::snprintf(buf, sizeof buf, "%s: %s", run.name.empty() ? run.path.c_str() : run.name.c_str(),
+                run.status_text().c_str());
   std::string head = buf;
   if (!run.train.empty()) {
     std::snprintf(buf, sizeof buf, ", loss %.4f", run.train.back().loss);
@@ -95,10 +96,17 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
   std::string out;
   char buf[256];
   const int64_t last = run.train.empty() ? 0 : run.train.back().step;
-  std::snprintf(buf, sizeof buf, "load report: %s — %zu train steps (last %lld), %zu evaluations, %s\n",
-                run.path.c_str(), run.train.size(), (long long)last, run.eval.size(),
-                run.ended ? "finished" : "in progress");
+  std::snprintf(buf, sizeof buf, "load report: %s — %zu train steps (last %lld), %zu evaluation%s, %s\n",
+                run.path.c_str(), run.train.size(), (long long)last, run.eval.size(), run.eval.size() == 1 ? "" : "s",
+                run.status_text().c_str());
   out += buf;
+  if (run.settings) {
+    const RunSettings& st = *run.settings;
+    std::snprintf(buf, sizeof buf, "  settings: balance %s, lr %g -> %g, batch x seq x accum %s, data %s\n",
+                  st.balance_text().c_str(), st.lr, st.min_lr, st.shape_text().c_str(), st.data.c_str());
+    out += buf;
+  }
+  out += "  final validation loss: " + run.final_val_text() + "\n";
   for (const auto& note : run.notes) out += "  note: " + note + "\n";
   if (run.train.empty()) {
     out += "  no training steps logged yet\n";
@@ -181,12 +189,12 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
 std::string format_comparison(const std::vector<const RunMetrics*>& runs, const std::vector<const LoadReport*>& reports,
                               bool color) {
   std::string out = "comparison\n";
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "  %-24s %7s %10s %16s %16s %10s\n", "run", "steps", "val loss", "MaxVio_global",
-                "MaxVio_batch", "tok/s");
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "  %-24s %11s %10s %16s %16s %10s  %s\n", "run", "steps", "val loss", "MaxVio_global",
+                "MaxVio_batch", "tok/s", "settings");
   out += buf;
-  std::snprintf(buf, sizeof buf, "  %-24s %7s %10s %16s %16s %10s\n", "", "", "(last)", "(last, mean L)",
-                "(recent, mean L)", "(mean)");
+  std::snprintf(buf, sizeof buf, "  %-24s %11s %10s %16s %16s %10s  %s\n", "", "(planned)", "(last)", "(last, mean L)",
+                "(recent, mean L)", "(mean)", "balance; lr; batch x seq x accum; data");
   out += buf;
   for (size_t i = 0; i < runs.size(); ++i) {
     const RunMetrics& r = *runs[i];
@@ -202,11 +210,19 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
     if (!r.eval.empty()) std::snprintf(val, sizeof val, "%.4f", r.eval.back().val_loss);
     if (n_global) std::snprintf(glob, sizeof glob, "%.3f", global / double(n_global));
     std::string name = r.name.size() > 24 ? r.name.substr(r.name.size() - 24) : r.name;
-    std::snprintf(buf, sizeof buf, "  %-24s %7lld %10s %16s %16.3f %10.0f\n", name.c_str(),
-                  (long long)(r.train.empty() ? 0 : r.train.back().step), val, glob, batch / layers,
-                  mean_tokens_per_s(r));
+    const std::string steps = std::to_string(r.train.empty() ? 0 : r.train.back().step) +
+                              (r.settings ? "/" + std::to_string(r.settings->steps) : "");
+    std::string settings = "-";
+    if (r.settings) {
+      char lr[32];
+      std::snprintf(lr, sizeof lr, "%g", r.settings->lr);
+      settings = r.settings->balance_text() + "; " + lr + "; " + r.settings->shape_text() + "; " + r.settings->data;
+    }
+    std::snprintf(buf, sizeof buf, "  %-24s %11s %10s %16s %16.3f %10.0f  %s\n", name.c_str(), steps.c_str(), val, glob,
+                  batch / layers, mean_tokens_per_s(r), settings.c_str());
     out += buf;
   }
+  for (const std::string& note : comparison_notes(runs)) out += "  note: " + note + "\n";
   out += "\n  MaxVio_batch over training (mean over layers; each line scaled to its own max)\n";
   for (size_t i = 0; i < runs.size(); ++i) {
     const RunMetrics& r = *runs[i];

@@ -45,6 +45,87 @@ std::string string_field(const json& j, const char* key, const std::string& wher
 
 }  // namespace
 
+std::string RunSettings::balance_text() const {
+  char buf[96];
+  if (balance == "loss-free")
+    std::snprintf(buf, sizeof buf, "loss-free (u %g)", bias_rate);
+  else if (balance == "loss-free+seq")
+    std::snprintf(buf, sizeof buf, "loss-free+seq (u %g, alpha %g)", bias_rate, seq_aux_alpha);
+  else if (balance == "aux")
+    std::snprintf(buf, sizeof buf, "aux (alpha %g)", aux_alpha);
+  else
+    return balance;
+  return buf;
+}
+
+std::string RunSettings::shape_text() const {
+  return std::to_string(batch) + " x " + std::to_string(seq) + " x " + std::to_string(accum);
+}
+
+std::string RunMetrics::status_text() const {
+  const int64_t last = train.empty() ? 0 : train.back().step;
+  const int64_t planned = settings ? settings->steps : 0;
+  const std::string of = planned > 0 ? " of " + std::to_string(planned) : "";
+  if (ended && end_reason == "completed") return "finished all " + std::to_string(end_step) + " steps";
+  if (ended)
+    return "stopped at step " + std::to_string(end_step) + of + " (" + (end_reason.empty() ? "ended" : end_reason) +
+           ")";
+  return "in progress (step " + std::to_string(last) + of + ")";
+}
+
+std::string RunMetrics::final_val_text() const {
+  for (auto it = eval.rbegin(); it != eval.rend(); ++it) {
+    if (!std::isfinite(it->val_loss)) continue;
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "%.4f (step %lld%s)", it->val_loss, (long long)it->step,
+                  eval.size() == 1 && it->step == 0 ? ", the only evaluation: before training" : "");
+    return buf;
+  }
+  return "none yet";
+}
+
+std::vector<std::string> comparison_notes(const std::vector<const RunMetrics*>& runs) {
+  std::vector<std::string> notes;
+  if (runs.size() < 2) return notes;
+  auto steps = [](const RunMetrics* r) { return r->train.empty() ? int64_t(0) : r->train.back().step; };
+  bool lengths = false, data = false;
+  for (const RunMetrics* r : runs) {
+    lengths = lengths || steps(r) != steps(runs[0]);
+    if (r->settings && runs[0]->settings) data = data || r->settings->data != runs[0]->settings->data;
+  }
+  if (lengths) notes.push_back("the runs have different numbers of steps: compare their curves at equal steps");
+  if (data) notes.push_back("the runs trained on different data: their losses are not comparable");
+  return notes;
+}
+
+namespace {
+
+// train_config.json and trainer_state.json next to a run's metrics.jsonl, when both are readable.
+std::optional<RunSettings> read_run_settings(const std::string& metrics_path) {
+  const size_t slash = metrics_path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : metrics_path.substr(0, slash);
+  try {
+    std::ifstream config(dir + "/train_config.json");
+    if (!config) return std::nullopt;
+    const json c = json::parse(config);
+    const json& t = c.at("train");
+    RunSettings s;
+    s.balance = t.at("balance").get<std::string>();
+    s.bias_rate = t.value("bias_rate", 0.0), s.aux_alpha = t.value("aux_alpha", 0.0);
+    s.seq_aux_alpha = t.value("seq_aux_alpha", 0.0);
+    s.lr = t.at("lr").get<double>(), s.min_lr = t.value("min_lr", 0.0);
+    s.batch = t.at("batch").get<int64_t>(), s.seq = t.at("seq").get<int64_t>(), s.accum = t.value("accum", int64_t(1));
+    s.steps = t.at("steps").get<int64_t>();
+    std::ifstream state(dir + "/trainer_state.json");
+    if (state) s.data = json::parse(state).value(json::json_pointer("/data/source"), std::string());
+    return s;
+  } catch (const json::exception&) {
+    return std::nullopt;  // a report still shows the curves; the settings are left out
+  }
+}
+
+}  // namespace
+
 RunMetrics read_metrics(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path + ": cannot open metrics file");
@@ -82,6 +163,8 @@ RunMetrics read_metrics(const std::string& path) {
       run.eval.push_back(eval_from_json(j, where));
     } else if (kind == "end") {
       run.ended = true;
+      run.end_step = j.contains("step") && j["step"].is_number_integer() ? j["step"].get<int64_t>() : 0;
+      run.end_reason = j.contains("reason") && j["reason"].is_string() ? j["reason"].get<std::string>() : "";
     } else if (kind == "resume") {
       run.resumes.push_back(resume_from_json(j, where));
       run.ended = false;  // the run goes on
@@ -89,6 +172,7 @@ RunMetrics read_metrics(const std::string& path) {
       fail(where + ": unknown kind \"" + kind + "\" (expected train, eval, end or resume)");
     }
   }
+  run.settings = read_run_settings(path);
   return run;
 }
 
@@ -188,10 +272,38 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
   for (const auto& p : run.train) losses.push_back({p.step, p.loss});
   json evals = json::array();
   for (const auto& p : run.eval) evals.push_back({p.step, p.val_loss});
+  json settings = nullptr;
+  if (run.settings) {
+    const RunSettings& st = *run.settings;
+    settings = {{"balance", st.balance},
+                {"bias_rate", st.bias_rate},
+                {"aux_alpha", st.aux_alpha},
+                {"seq_aux_alpha", st.seq_aux_alpha},
+                {"lr", st.lr},
+                {"min_lr", st.min_lr},
+                {"batch", st.batch},
+                {"seq", st.seq},
+                {"accum", st.accum},
+                {"planned_steps", st.steps},
+                {"data", st.data}};
+  }
+  json final_val = nullptr;
+  for (auto it = run.eval.rbegin(); it != run.eval.rend(); ++it)
+    if (std::isfinite(it->val_loss)) {
+      final_val = {{"value", it->val_loss}, {"step", it->step}};
+      break;
+    }
+  json resumes = json::array();
+  for (const ResumeRecord& r : run.resumes) resumes.push_back(to_json(r));
   return {{"metrics", run.path},
           {"train_steps", run.train.size()},
           {"last_step", run.train.empty() ? 0 : run.train.back().step},
           {"ended", run.ended},
+          {"status", run.status_text()},
+          {"end_reason", run.ended ? json(run.end_reason) : json(nullptr)},
+          {"settings", settings},
+          {"final_val", final_val},
+          {"resumes", resumes},
           {"notes", run.notes},
           {"window", report.window},
           {"early_steps", {report.early_from, report.early_to}},

@@ -12,6 +12,17 @@
 
 namespace moe {
 
+// A run's training settings, from its directory's train_config.json and trainer_state.json (a bare
+// metrics.jsonl has none): what a report must say next to its curves.
+struct RunSettings {
+  std::string balance;  // none, aux, loss-free, loss-free+seq
+  double bias_rate = 0, aux_alpha = 0, seq_aux_alpha = 0, lr = 0, min_lr = 0;
+  int64_t batch = 0, seq = 0, accum = 1, steps = 0;
+  std::string data;                  // the data source (a path or synthetic:<bytes>:<seed>)
+  std::string balance_text() const;  // "loss-free (u 0.001)", "aux (alpha 0.01)", "none"
+  std::string shape_text() const;    // "16 x 128 x 1" (batch x seq x accum)
+};
+
 struct RunMetrics {
   std::string path;  // the metrics.jsonl file
   std::string name;  // short label (the run directory's name)
@@ -19,13 +30,24 @@ struct RunMetrics {
   std::vector<EvalRecord> eval;
   std::vector<ResumeRecord> resumes;  // every --resume, in order
   bool ended = false;                 // the last "end" line is not followed by a resume
-  std::vector<std::string> notes;     // e.g. a torn last line of a run in progress
+  std::string end_reason;             // of that end line: completed, stop-at, signal, non-finite, ...
+  int64_t end_step = 0;
+  std::optional<RunSettings> settings;
+  // "finished all 300 steps", "stopped at step 42 of 300 (signal)", "in progress (step 42 of 300)".
+  std::string status_text() const;
+  // The last evaluation with a finite loss: "0.4173 (step 1000)", "5.5766 (step 0, the only
+  // evaluation: before training)", or "none yet".
+  std::string final_val_text() const;
+  std::vector<std::string> notes;  // e.g. a torn last line of a run in progress
   int64_t num_experts() const;
 };
 
 // Parses metrics.jsonl. A torn (incomplete) last line is skipped with a note, as training may be
 // writing it right now; any other malformed line is an Error naming the file and line number.
 RunMetrics read_metrics(const std::string& path);
+
+// Notes for a comparison of runs trained for different numbers of steps or on different data.
+std::vector<std::string> comparison_notes(const std::vector<const RunMetrics*>& runs);
 
 enum class Verdict { balanced, converging, diverging };
 const char* to_string(Verdict v);

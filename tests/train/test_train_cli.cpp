@@ -857,3 +857,52 @@ TEST_CASE("shipped configs by name and a relative --data work from any directory
   CHECK(summary.ok());
   CHECK(summary.out.find("MLA") != std::string::npos);
 }
+
+TEST_CASE("reports say how a run ended, with its settings and the step of its last evaluation", "[train][report]") {
+  TempDir tmp("report_status");
+  const std::string a = tmp / "a", b = tmp / "b";
+  REQUIRE(run_moe(train_args(a, {"--steps", "10", "--stop-at", "3", "--batch", "2", "--seq", "32", "--eval-every", "0",
+                                 "--eval-tokens", "256", "--balance", "aux"}))
+              .ok());
+  // b: only the step-0 evaluation, other data.
+  std::ofstream(tmp / "other.txt") << std::string(read_bytes(kShakespeare), 0, 30000);
+  REQUIRE(run_moe(concat({"train", "--config", kTiny, "--data", tmp / "other.txt", "--out", b, "--threads", "2"},
+                         {"--steps", "2", "--batch", "2", "--seq", "32", "--eval-every", "0", "--eval-tokens", "256"}))
+              .ok());
+  // b's last evaluation is its final step (every run evaluates at its last step); cut it away to
+  // leave the step-0 one alone.
+  {
+    std::istringstream in(read_bytes(b + "/metrics.jsonl"));
+    std::string kept;
+    for (std::string line; std::getline(in, line);)
+      if (!(json::parse(line).at("kind") == "eval" && json::parse(line).at("step") != 0)) kept += line + "\n";
+    std::ofstream(b + "/metrics.jsonl") << kept;
+  }
+  const RunResult ra = run_moe({"inspect", a});
+  REQUIRE(ra.ok());
+  CHECK(ra.out.find("stopped at step 3 of 10 (stop-at)") != std::string::npos);
+  CHECK(ra.out.find("settings: balance aux (alpha 0.01), lr 0.003 -> 0.0003, batch x seq x accum 2 x 32 x 1, data " +
+                    fs::path(kShakespeare).lexically_normal().string()) != std::string::npos);
+  CHECK(ra.out.find("final validation loss: ") != std::string::npos);
+  CHECK(ra.out.find("(step 3)") != std::string::npos);  // --stop-at evaluates at its step
+  const RunResult rb = run_moe({"inspect", b});
+  CHECK(rb.out.find("finished all 2 steps") != std::string::npos);
+  CHECK(rb.out.find("(step 0, the only evaluation: before training)") != std::string::npos);
+  CHECK(rb.out.find("1 evaluation,") != std::string::npos);
+  const RunResult both = run_moe({"inspect", a, b});
+  CHECK(both.out.find("note: the runs have different numbers of steps") != std::string::npos);
+  CHECK(both.out.find("note: the runs trained on different data") != std::string::npos);
+  CHECK(both.out.find("3/10") != std::string::npos);
+  const json j = json::parse(run_moe({"inspect", a, "--json"}).out).at("load");
+  CHECK(j.at("status") == "stopped at step 3 of 10 (stop-at)");
+  CHECK(j.at("settings").at("balance") == "aux");
+  CHECK(j.at("settings").at("planned_steps") == 10);
+  CHECK(j.at("final_val").at("step") == 3);
+  const std::string html = tmp / "r.html";
+  REQUIRE(run_moe({"inspect", a, b, "--html", html}).ok());
+  const std::string page = read_bytes(html);
+  CHECK(page.find("stopped at step 3 of 10 (stop-at)") != std::string::npos);
+  CHECK(page.find("<th>balancing</th>") != std::string::npos);
+  CHECK(page.find("aux (alpha 0.01)") != std::string::npos);
+  CHECK(page.find("Note: the runs trained on different data: ") != std::string::npos);
+}
