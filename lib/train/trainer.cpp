@@ -23,6 +23,7 @@
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
+#include "core/memory.hpp"
 #include "core/rng.hpp"
 #include "dist/dist.hpp"
 #include "dist/expert_parallel.hpp"
@@ -198,6 +199,16 @@ void check_replicas_agree(Dist& dist, const Model& model, int64_t step) {
   if (dist.allreduce_min(h) != dist.allreduce_max(h))
     fail("the ranks' copies of the replicated parameters differ at step " + std::to_string(step) +
          " (an MPI reduction returned different sums on different ranks); the last checkpoint is intact");
+}
+
+// Every rank's peak memory so far (collective): each rank fills its own slot of a sum.
+RankMemory rank_memory(Dist& dist) {
+  const size_t ranks = size_t(dist.size()), rank = size_t(dist.rank());
+  std::vector<int64_t> slots(2 * ranks, 0);
+  slots[rank] = peak_resident_kib();
+  slots[ranks + rank] = ArenaBytes::peak.load() / 1024;
+  dist.allreduce_sum(slots.data(), int64_t(slots.size()));
+  return {{slots.begin(), slots.begin() + ptrdiff_t(ranks)}, {slots.begin() + ptrdiff_t(ranks), slots.end()}};
 }
 
 // The run directory holds a checkpoint to continue from (a save interrupted by a kill is finished first).
@@ -533,7 +544,7 @@ void TrainRun::run_eval(int64_t step) {
 }
 
 void TrainRun::end(const char* reason, int64_t step) {
-  append_metrics(end_json(step, reason));
+  append_metrics(end_json(step, reason, rank_memory(dist_)));
   if (metrics_.is_open()) metrics_.close();
   observer_->on_end(first_eval_ ? &*first_eval_ : nullptr, last_eval_ ? &*last_eval_ : nullptr, last_,
                     total_seconds_ > 0 ? double(total_tokens_) / total_seconds_ : 0.0);
@@ -563,7 +574,7 @@ int64_t TrainRun::run() {
     last_ = r;
     observer_->on_step(r, last_eval_ ? last_eval_->val_loss : NAN);
     if (bad_steps >= tc_.max_bad_steps) {
-      append_metrics(end_json(step, "non-finite"));
+      append_metrics(end_json(step, "non-finite", rank_memory(dist_)));
       fail("training stopped: " + std::to_string(bad_steps) +
            " consecutive steps had a non-finite loss or gradient; the last good checkpoint is in " + dir_ +
            " (try a smaller --lr)");
