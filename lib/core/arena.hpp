@@ -21,6 +21,8 @@ struct ArenaBytes {
     for (int64_t seen = peak.load(); now > seen && !peak.compare_exchange_weak(seen, now);) {
     }
   }
+  // Starts a new high-water mark from what is held now (to measure one phase).
+  static void reset_peak() { peak = held.load(); }
 };
 
 // An owning, 64-byte aligned, zero-initialised array of T.

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "core/rng.hpp"
 #include "model/attention_block.hpp"
 #include "ops/embedding.hpp"
@@ -27,23 +28,24 @@ Model::Model(const ModelConfig& c, ExpertShard shard_, bool with_grads)
 }
 
 void Model::init(uint64_t seed) {
-  if (!shard.whole(config)) {
-    // One random stream runs through the whole tensor list: draw it for the whole model.
-    Model whole(config, {}, false);
-    whole.init(seed);
-    copy_tensors_by_name(whole.layout, whole.params.data(), layout, params.data());
-    return;
-  }
-  Rng rng(seed);
   const double stddev = config.initializer_range;
-  for (const TensorSpec& spec : layout.tensors) {
+  const int64_t n = int64_t(layout.tensors.size());
+  // Every tensor draws from its own stream, seeded by the seed and the tensor's name (each routed
+  // expert's tensors have their own names), so an expert block is initialised without drawing the
+  // rest of the model and holds exactly its values in the whole model; the streams are independent,
+  // so the tensors are filled in parallel with the same result for any thread count.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < n; ++t) {
+    const TensorSpec& spec = layout.tensors[size_t(t)];
     float* p = params.data() + spec.offset;
-    if (spec.role == TensorRole::norm)
+    if (spec.role == TensorRole::norm) {
       std::fill_n(p, spec.numel, 1.0f);
-    else if (spec.role == TensorRole::router_bias)
+    } else if (spec.role == TensorRole::router_bias) {
       std::fill_n(p, spec.numel, 0.0f);
-    else
+    } else {
+      Rng rng(fnv1a(spec.name.data(), spec.name.size(), fnv1a_word(kFnvOffset, seed)));
       for (int64_t i = 0; i < spec.numel; ++i) p[i] = float(rng.normal() * stddev);
+    }
   }
 }
 

@@ -28,8 +28,9 @@ struct Model {
   // with_grads = false for inference and for staging copies: no gradient arena.
   explicit Model(const ModelConfig& config, ExpertShard shard = {}, bool with_grads = true);
   Model(const Model&) = delete;
-  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0. A shard gets
-  // exactly the values of its tensors in the whole model initialised with the same seed.
+  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0, each tensor from
+  // a stream seeded by `seed` and its name: a shard gets exactly the values of its tensors in the
+  // whole model initialised with the same seed, and draws nothing else.
   void init(uint64_t seed);
   const TensorSpec* find(const std::string& name) const;
 };
