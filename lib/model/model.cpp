@@ -55,8 +55,9 @@ const TensorSpec* Model::find(const std::string& name) const {
   return nullptr;
 }
 
-Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_, bool with_mtp)
-    : B(B_), T(T_), training(training_), mtp(with_mtp && c.mtp()) {
+Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_, bool with_mtp,
+                     RemoteExperts* remote_)
+    : B(B_), T(T_), training(training_), mtp(with_mtp && c.mtp()), remote(remote_) {
   // RoPE tables and the attention layout stop at the model's context.
   check(B > 0 && T > 0 && T <= c.max_position_embeddings, "sequence length " + std::to_string(T) + " must be in 1.." +
                                                               std::to_string(c.max_position_embeddings) +
@@ -95,9 +96,10 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
       const int64_t Is = c.shared_intermediate();
       MoeSaved& m = a.moe;
       m.scores = f.take(N * E), m.weight = f.take(N * K);
-      const int64_t R = moe_row_capacity(c, N);
-      m.x_rows = f.take(R * D), m.y_rows = f.take(R * D);
-      m.g = f.take(R * Im), m.u = f.take(R * Im), m.a = f.take(R * Im);
+      // Remote experts: the slots' outputs come back in slot order, N*K rows, without padding.
+      const int64_t R = remote ? N * K : moe_row_capacity(c, N), local_rows = remote ? 0 : R;
+      m.x_rows = f.take(local_rows * D), m.y_rows = f.take(R * D);
+      m.g = f.take(local_rows * Im), m.u = f.take(local_rows * Im), m.a = f.take(local_rows * Im);
       m.shared_g = f.take(N * Is), m.shared_u = f.take(N * Is), m.shared_a = f.take(N * Is);
       m.expert = n.take(N * K), m.counts = n.take(E), m.offsets = n.take(E + 1);
       m.slot_row = n.take(N * K), m.row_token = n.take(R), m.cursor = n.take(E);
@@ -126,9 +128,9 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
     if (c.num_moe_layers() > 0) {
       const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts;
       MoeScratch& m = moe_scratch;
-      const int64_t R = moe_row_capacity(c, N);
+      const int64_t R = remote ? N * K : moe_row_capacity(c, N), local_rows = remote ? 0 : R;
       m.d_rows = f.take(R * D), m.dx_rows = f.take(R * D);
-      m.ffn = f.take(2 * std::max(R * c.moe_intermediate_size, N * c.shared_intermediate()));
+      m.ffn = f.take(2 * std::max(local_rows * c.moe_intermediate_size, N * c.shared_intermediate()));
       m.d_weight = f.take(N * K), m.d_scores = f.take(N * E), m.d_logits = f.take(N * E);
     }
   };
