@@ -31,6 +31,10 @@ ExpertShard ExpertParallel::shard_of(const ModelConfig& c, int rank, int ranks) 
   return {rank * per, per};
 }
 
+int ExpertParallel::owner_of(const ModelConfig& c, int64_t expert, int ranks) {
+  return int(expert / (c.n_routed_experts / ranks));
+}
+
 ExpertParallel::ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens, int64_t max_ranks_per_token)
     : dist_(dist), max_ranks_(max_ranks_per_token) {
   const int64_t ranks = dist.size(), E = c.n_routed_experts, K = c.num_experts_per_tok;
