@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include "core/arena.hpp"
+#include "core/memory.hpp"
 #include "infer/decode.hpp"
 #include "infer/generate.hpp"
 #include "model/checkpoint.hpp"
@@ -26,14 +27,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-int64_t status_kib(const char* key) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(key, 0) == 0) return std::stoll(line.substr(std::string(key).size()));
-  return 0;
-}
 
 // FLOPs of one training token: every activated matrix parameter costs 6 (2 forward, 4 backward);
 // attention scores cost 2·T·(H·query/key head width) and the weighted sum 2·T·(H·value head width)
@@ -175,7 +168,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   bool finite = true;
   int64_t s = 0;
   for (int i = 0; i < 5; ++i) step.run(ctx, model, adam, data, rng, s++, finite);
-  const int64_t rss_before = status_kib("VmRSS:");
+  const int64_t rss_before = resident_kib();
   std::vector<double> train_rates;
   ctx.phases.reset();
   ctx.phases.enabled = true;
@@ -196,7 +189,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   // Whatever no phase claimed (sampling, the step's own bookkeeping) counts as other.
   r.phase_share[int(Phase::other)] = std::max(0.0, 1.0 - accounted);
   r.train_tokens_per_s = mean_sd(train_rates);
-  r.rss_growth_kib = status_kib("VmRSS:") - rss_before;
+  r.rss_growth_kib = resident_kib() - rss_before;
   r.mfu = r.train_tokens_per_s.mean * r.train_flops_per_token / (gemm_peak_gflops * 1e9);
 
   // The timed training steps moved the weights: decode a checkpoint with its own.
@@ -243,7 +236,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
     r.spec.tokens_per_step = stats.main_steps > 0 ? double(stats.generated_tokens - 1) / double(stats.main_steps) : 0.0;
     r.spec.trained = from_checkpoint;
   }
-  r.peak_rss_kib = status_kib("VmHWM:");
+  r.peak_rss_kib = peak_resident_kib();
   return r;
 }
 

@@ -8,7 +8,6 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -37,6 +36,8 @@ void write_all(int fd, const char* p, size_t n, const std::string& path) {
     p += w, n -= size_t(w);
   }
 }
+
+}  // namespace
 
 // Streams chunks into a temporary file next to `path`, then renames it into place, so a reader
 // never sees a half-written file and the previous version survives any failure.
@@ -73,6 +74,14 @@ class AtomicWriter {
   bool committed_ = false;
 };
 
+namespace {
+
+uint64_t numel_of(const std::vector<int64_t>& shape) {
+  uint64_t numel = 1;
+  for (int64_t d : shape) numel *= uint64_t(d);
+  return numel;
+}
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& contents) {
@@ -81,30 +90,57 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   out.commit();
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<TensorRef>& tensors,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(path) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const TensorRef& t : tensors) {
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) numel *= uint64_t(d);
-    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + 4 * numel}}};
-    offset += 4 * numel;
+    bytes_.push_back(4 * numel_of(t.shape));
+    header[t.name] = {{"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {offset, offset + bytes_.back()}}};
+    offset += bytes_.back();
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  uint64_t n = text.size();
+  const uint64_t n = text.size();
   char length[8];
   for (int i = 0; i < 8; ++i) length[i] = char((n >> (8 * i)) & 0xff);  // little-endian
-  AtomicWriter out(path);
-  out.write(length, 8);
-  out.write(text.data(), text.size());
-  for (const TensorRef& t : tensors) {
-    uint64_t numel = 1;
-    for (int64_t d : t.shape) numel *= uint64_t(d);
-    out.write(reinterpret_cast<const char*>(t.data), 4 * numel);
+  try {
+    out_ = std::make_unique<AtomicWriter>(path);
+    out_->write(length, 8);
+    out_->write(text.data(), text.size());
+  } catch (const Error& e) {
+    error_ = e.what();
+    out_.reset();  // removes the temporary file
   }
+}
+
+SafetensorsWriter::~SafetensorsWriter() = default;
+
+void SafetensorsWriter::write_next(const float* values) {
+  check(next_ < bytes_.size(), "internal: " + path_ + ": more tensors written than its header lists");
+  const uint64_t bytes = bytes_[next_++];
+  if (!error_.empty()) return;
+  try {
+    out_->write(reinterpret_cast<const char*>(values), bytes);
+  } catch (const Error& e) {
+    error_ = e.what();
+    out_.reset();
+  }
+}
+
+void SafetensorsWriter::commit() {
+  if (!error_.empty()) fail(error_);
+  check(next_ == bytes_.size(), "internal: " + path_ + ": " + std::to_string(next_) + " of " +
+                                    std::to_string(bytes_.size()) + " tensors written");
+  out_->commit();
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  SafetensorsWriter out(path, tensors, metadata);
+  for (const TensorRef& t : tensors) out.write_next(t.data);
   out.commit();
 }
 
@@ -137,38 +173,74 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
 const float* SafetensorsFile::f32(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
   if (e.dtype != "F32") fail(path + ": tensor \"" + name + "\" is " + e.dtype + ", not F32");
+  check(data.size() >= e.end, "internal: " + path + " was opened without its data; use copy_f32");
   return reinterpret_cast<const float*>(data.data() + e.begin);
 }
 
-void SafetensorsFile::copy_f32(const std::string& name, float* dest) const {
-  const SafetensorsEntry& e = entry(name);
-  const char* src = data.data() + e.begin;
-  const uint64_t bytes = e.end - e.begin;  // numel * element size, checked by the reader
-  if (bytes == 0) return;                  // dest may be null for an empty tensor
-  if (e.dtype == "F32") {
-    std::memcpy(dest, src, bytes);
-    return;
-  }
-  float (*convert)(uint16_t) = e.dtype == "BF16" ? bf16_to_float : f16_to_float;
-  for (uint64_t i = 0; i < bytes / 2; ++i) {
-    uint16_t half;
-    std::memcpy(&half, src + 2 * i, 2);
-    dest[i] = convert(half);
+namespace {
+
+// `bytes` bytes of the data section from `offset` on, read from the open file.
+void read_data(const SafetensorsFile& file, uint64_t offset, char* dest, uint64_t bytes) {
+  check(file.fd != nullptr, "internal: " + file.path + " has neither its data nor an open file");
+  uint64_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = ::pread(*file.fd, dest + done, bytes - done, off_t(file.data_start + offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(file.path + ": read failed (" + errno_text() + ")");
+    if (n == 0) fail(file.path + ": truncated data section (the file shrank while it was read)");
+    done += uint64_t(n);
   }
 }
 
-SafetensorsFile read_safetensors(const std::string& path) {
+}  // namespace
+
+void SafetensorsFile::copy_f32(const std::string& name, float* dest) const {
+  const SafetensorsEntry& e = entry(name);
+  const uint64_t bytes = e.end - e.begin;  // numel * element size, checked by the reader
+  if (bytes == 0) return;                  // dest may be null for an empty tensor
+  const bool in_memory = data.size() >= e.end;
+  if (e.dtype == "F32") {
+    if (in_memory)
+      std::memcpy(dest, data.data() + e.begin, bytes);
+    else
+      read_data(*this, e.begin, reinterpret_cast<char*>(dest), bytes);
+    return;
+  }
+  float (*convert)(uint16_t) = e.dtype == "BF16" ? bf16_to_float : f16_to_float;
+  // Halves from the file come in chunks, so a tensor never has a second copy in memory.
+  std::vector<uint16_t> chunk(in_memory ? 0 : size_t(std::min<uint64_t>(bytes / 2, 1 << 16)));
+  for (uint64_t i = 0; i < bytes / 2;) {
+    const uint64_t n = in_memory ? bytes / 2 : std::min<uint64_t>(bytes / 2 - i, chunk.size());
+    const char* src = data.data() + e.begin + 2 * i;
+    if (!in_memory) {
+      read_data(*this, e.begin + 2 * i, reinterpret_cast<char*>(chunk.data()), 2 * n);
+      src = reinterpret_cast<const char*>(chunk.data());
+    }
+    for (uint64_t k = 0; k < n; ++k) {
+      uint16_t half;
+      std::memcpy(&half, src + 2 * k, 2);
+      dest[i + k] = convert(half);
+    }
+    i += n;
+  }
+}
+
+SafetensorsFile open_safetensors(const std::string& path) {
   SafetensorsFile file;
   file.path = path;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path + ": cannot open file (" + errno_text() + ")");
+  file.fd = std::shared_ptr<const int>(new int(fd), [](const int* p) {
+    ::close(*p);
+    delete p;
+  });
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) fail(path + ": cannot open file (" + errno_text() + ")");
+  if (::fstat(fd, &st) != 0) fail(path + ": cannot open file (" + errno_text() + ")");
   if (S_ISDIR(st.st_mode)) fail(path + ": is a directory, expected a .safetensors file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path + ": cannot open file");
   const uint64_t size = uint64_t(st.st_size);
   if (size < 8) fail(path + ": truncated safetensors file (" + std::to_string(size) + " bytes, no header length)");
   unsigned char length[8];
-  in.read(reinterpret_cast<char*>(length), 8);
+  if (::pread(fd, length, 8, 0) != 8) fail(path + ": cannot read the header length");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | length[i];
   if (header_len > kMaxHeader)
@@ -177,8 +249,9 @@ SafetensorsFile read_safetensors(const std::string& path) {
     fail(path + ": header length " + std::to_string(header_len) + " runs past the end of the file (" +
          std::to_string(size) + " bytes)");
   std::string text(header_len, '\0');
-  in.read(text.data(), std::streamsize(header_len));
-  if (!in) fail(path + ": cannot read the header");
+  if (header_len > 0 && ::pread(fd, text.data(), header_len, 8) != ssize_t(header_len))
+    fail(path + ": cannot read the header");
+  file.data_start = 8 + header_len;
   json header;
   try {
     header = json::parse(text);
@@ -242,9 +315,17 @@ SafetensorsFile read_safetensors(const std::string& path) {
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
     if (ranges[i].first < ranges[i - 1].second) fail(path + ": tensors overlap in the data section");
-  file.data.resize(data_size);
-  in.read(file.data.data(), std::streamsize(data_size));
-  if (!in) fail(path + ": truncated data section");
+  return file;
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  SafetensorsFile file = open_safetensors(path);
+  struct stat st {};
+  if (::fstat(*file.fd, &st) != 0) fail(path + ": cannot read (" + errno_text() + ")");
+  std::vector<char> data(size_t(uint64_t(st.st_size) - file.data_start));
+  read_data(file, 0, data.data(), data.size());
+  file.data = std::move(data);
+  file.fd.reset();
   return file;
 }
 

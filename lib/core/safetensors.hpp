@@ -1,10 +1,12 @@
 // The safetensors file format (8-byte little-endian header length, JSON header, raw data): a reader
 // of F32, BF16 and F16 tensors that checks every offset and size before trusting it and converts to
-// float32 on copy, and an F32-only writer with atomic writes.
+// float32 on copy, and an F32-only writer with atomic writes. Both work one tensor at a time, so a
+// checkpoint never has to be in memory whole, beside the model it is read into or written from.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,14 +22,19 @@ struct SafetensorsFile {
   std::string path;
   std::map<std::string, SafetensorsEntry> tensors;
   std::map<std::string, std::string> metadata;
-  std::vector<char> data;  // the data section
+  uint64_t data_start = 0;  // byte offset of the data section in the file
+  std::vector<char> data;   // the data section when read whole (read_safetensors); empty when opened
 
-  // The values of an F32 tensor in place; Error for a missing tensor or another dtype.
+  // The values of an F32 tensor in place (a file read whole); Error for a missing tensor or another
+  // dtype.
   const float* f32(const std::string& name) const;
   // Copies the tensor's numel values, converted to float32 (exactly: every BF16 and F16 value is a
-  // float32), to `dest`; Error for a missing tensor.
+  // float32), to `dest`, from `data` or, for an opened file, from the file itself; Error for a
+  // missing tensor.
   void copy_f32(const std::string& name, float* dest) const;
   const SafetensorsEntry& entry(const std::string& name) const;
+
+  std::shared_ptr<const int> fd;  // open_safetensors: the file, kept open (and closed with the last copy)
 };
 
 // Bytes per element of the dtypes the reader accepts ("F32" 4, "BF16" 2, "F16" 2); 0 for any other.
@@ -38,7 +45,10 @@ size_t safetensors_dtype_size(const std::string& dtype);
 float bf16_to_float(uint16_t bits);
 float f16_to_float(uint16_t bits);
 
-// Throws Error naming the path and the problem for any malformed file.
+// Reads and checks the header; the tensors stay in the file until copy_f32 reads one. Throws Error
+// naming the path and the problem for any malformed file.
+SafetensorsFile open_safetensors(const std::string& path);
+// open_safetensors, then the whole data section into memory (for f32() in place).
 SafetensorsFile read_safetensors(const std::string& path);
 
 struct TensorRef {
@@ -46,6 +56,34 @@ struct TensorRef {
   std::vector<int64_t> shape;
   const float* data;
 };
+
+class AtomicWriter;
+
+// Writes an F32 safetensors file one tensor at a time: the header (every name and shape known up
+// front) at once, then each tensor's values in header order as they become available. Atomic like
+// write_file_atomic. A failure is kept and thrown by commit(), every later write skipped: a caller
+// that receives the tensors from other processes keeps receiving them to the end, so no process is
+// left waiting for it.
+class SafetensorsWriter {
+ public:
+  // `tensors`' data pointers are not used: only the names and shapes.
+  SafetensorsWriter(const std::string& path, const std::vector<TensorRef>& tensors,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+  // The values of the next tensor of the header (its numel floats).
+  void write_next(const float* values);
+  // Makes the file durable and renames it into place, or throws the first failure.
+  void commit();
+
+ private:
+  std::string path_, error_;
+  std::vector<uint64_t> bytes_;  // per tensor, in header order
+  size_t next_ = 0;
+  std::unique_ptr<AtomicWriter> out_;
+};
+
 // Writes path atomically (temporary file in the same directory, fsync, rename).
 void write_safetensors(const std::string& path, const std::vector<TensorRef>& tensors,
                        const std::map<std::string, std::string>& metadata = {});

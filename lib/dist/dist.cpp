@@ -5,6 +5,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -173,24 +174,6 @@ void Dist::alltoallv(const float* send, const int64_t* send_rows, float* recv, c
 #endif
 }
 
-void Dist::gather(const float* send, int64_t n, float* recv) {
-  if (size_ == 1) {
-    std::copy_n(send, n, recv);
-    return;
-  }
-  CommTimer timer(comm_seconds_);
-#ifdef MOE_WITH_MPI
-  // In chunks of at most kChunk floats per rank, each chunk gathered into its place.
-  for (int64_t i = 0; i < n; i += kChunk) {
-    const int64_t m = std::min(kChunk, n - i);
-    std::vector<float> staging(root() ? size_t(m) * size_t(size_) : 0);
-    mpi_check(MPI_Gather(send + i, int(m), MPI_FLOAT, staging.data(), int(m), MPI_FLOAT, 0, MPI_COMM_WORLD), "Gather");
-    if (root())
-      for (int q = 0; q < size_; ++q) std::copy_n(staging.data() + size_t(q) * size_t(m), m, recv + q * n + i);
-  }
-#endif
-}
-
 void Dist::broadcast(uint64_t* data, int64_t n) {
   if (size_ == 1) return;
   CommTimer timer(comm_seconds_);
@@ -223,6 +206,47 @@ void Dist::broadcast(std::string& text) {
     mpi_check(MPI_Bcast(text.data() + i, int(std::min<uint64_t>(uint64_t(kChunk), n - i)), MPI_CHAR, 0, MPI_COMM_WORLD),
               "Bcast");
 #endif
+}
+
+void Dist::send(const float* data, int64_t n, int to) {
+  check(size_ > 1 && to != rank_, "internal: send to rank " + std::to_string(to) + " from itself");
+  CommTimer timer(comm_seconds_);
+#ifdef MOE_WITH_MPI
+  for (int64_t i = 0; i < n; i += kChunk)
+    mpi_check(MPI_Send(data + i, int(std::min(kChunk, n - i)), MPI_FLOAT, to, 0, MPI_COMM_WORLD), "Send");
+#else
+  (void)data, (void)n;
+#endif
+}
+
+void Dist::recv(float* data, int64_t n, int from) {
+  check(size_ > 1 && from != rank_, "internal: receive on rank " + std::to_string(from) + " from itself");
+  CommTimer timer(comm_seconds_);
+#ifdef MOE_WITH_MPI
+  for (int64_t i = 0; i < n; i += kChunk)
+    mpi_check(MPI_Recv(data + i, int(std::min(kChunk, n - i)), MPI_FLOAT, from, 0, MPI_COMM_WORLD, MPI_STATUS_IGNORE),
+              "Recv");
+#else
+  (void)data, (void)n;
+#endif
+}
+
+void Dist::on_root(const std::function<void()>& work) {
+  std::string error;
+  try {
+    if (root()) work();
+  } catch (const Error& e) {
+    error = e.what();
+  } catch (const std::bad_alloc&) {
+    error = "out of memory";
+  }
+  raise_root_error(std::move(error));
+}
+
+void Dist::raise_root_error(std::string error) {
+  if (!root()) error.clear();
+  broadcast(error);
+  if (!error.empty()) fail(error);
 }
 
 int Dist::rank_if_joined() {

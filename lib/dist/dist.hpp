@@ -4,6 +4,7 @@
 // made from the main thread outside OpenMP regions (MPI_THREAD_FUNNELED).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace moe {
@@ -41,12 +42,22 @@ class Dist {
   // from rank q, both in rank order.
   void alltoallv(const float* send, const int64_t* send_rows, float* recv, const int64_t* recv_rows,
                  int64_t row_floats);
-  // Concatenates every rank's n floats on the root (recv: size() * n floats, root only).
-  void gather(const float* send, int64_t n, float* recv);
   // Root's n values to every rank.
   void broadcast(uint64_t* data, int64_t n);
   void broadcast(float* data, int64_t n);
   void broadcast(std::string& text);
+  // n floats from this rank to rank `to`, which receives them with recv(..., from = this rank); the
+  // messages between two ranks arrive in the order they were sent.
+  void send(const float* data, int64_t n, int to);
+  void recv(float* data, int64_t n, int from);
+
+  // Runs `work` on the root only; an Error it throws is thrown on every rank with the root's message.
+  // A failure only the root can see (the run directory, a checkpoint, a full disk) thus ends the whole
+  // job instead of leaving the other ranks waiting in their next collective.
+  void on_root(const std::function<void()>& work);
+  // The same for an error the root caught itself: `error` is the root's message, "" for none (the
+  // other ranks' argument is ignored); thrown on every rank when not empty.
+  void raise_root_error(std::string error);
   // This process's rank if it joined an MPI job, else 0; never initialises MPI (for messages).
   static int rank_if_joined();
 

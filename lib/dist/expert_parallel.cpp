@@ -32,6 +32,10 @@ ExpertShard ExpertParallel::shard_of(const ModelConfig& c, int rank, int ranks) 
   return {rank * per, per};
 }
 
+int ExpertParallel::owner_of(const ModelConfig& c, int64_t expert, int ranks) {
+  return int(expert / (c.n_routed_experts / ranks));
+}
+
 ExpertParallel::ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens) : dist_(dist) {
   const int64_t ranks = dist.size(), E = c.n_routed_experts, K = c.num_experts_per_tok;
   const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;

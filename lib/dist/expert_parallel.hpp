@@ -27,8 +27,9 @@ class ExpertParallel : public RemoteExperts {
   void backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, int64_t moe_layer,
                 const MoeSaved& s, const float* d_rows, float* dx_rows, int64_t N) override;
 
-  // The shard of routed experts this rank holds.
+  // The shard of routed experts a rank holds, and the rank holding an expert.
   static ExpertShard shard_of(const ModelConfig& c, int rank, int ranks);
+  static int owner_of(const ModelConfig& c, int64_t expert, int ranks);
   // Rows each rank computed in the last forward of each MoE layer (this rank's view: rows it
   // received), for the per-rank load of metrics.jsonl.
   int64_t rows_received(int64_t moe_layer) const { return layers_[size_t(moe_layer)].received; }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -35,19 +36,34 @@ std::vector<SharedCopy> mtp_shared_copies(const ModelConfig& c) {
 
 }  // namespace
 
+std::vector<CheckpointEntry> checkpoint_entries(const ModelConfig& config, const ParamLayout& whole) {
+  std::vector<CheckpointEntry> entries;
+  for (size_t i = 0; i < whole.tensors.size(); ++i)
+    entries.push_back({whole.tensors[i].name, whole.tensors[i].shape, i});
+  for (const SharedCopy& copy : mtp_shared_copies(config))
+    for (size_t i = 0; i < whole.tensors.size(); ++i)
+      if (whole.tensors[i].name == copy.main) entries.push_back({copy.name, whole.tensors[i].shape, i});
+  return entries;
+}
+
+std::map<std::string, std::string> checkpoint_metadata() {
+  return {{"format", "pt"}, {"producer", "moe " MOE_VERSION}};
+}
+
+void save_checkpoint_config(const std::string& dir, const ModelConfig& config, int64_t train_seq) {
+  nlohmann::json j = to_json(config);
+  if (train_seq > 0) j[kTrainSeqKey] = train_seq;
+  write_file_atomic(dir + "/config.json", j.dump(2) + "\n");
+}
+
 void save_checkpoint(const std::string& dir, const Model& model, int64_t train_seq) {
+  check(model.shard.whole(model.config), "internal: save_checkpoint of an expert shard");
   ::mkdir(dir.c_str(), 0755);
   std::vector<TensorRef> refs;
-  for (const TensorSpec& spec : model.layout.tensors)
-    refs.push_back({spec.name, spec.shape, model.params.data() + spec.offset});
-  for (const SharedCopy& copy : mtp_shared_copies(model.config)) {
-    const TensorSpec* main = model.find(copy.main);
-    refs.push_back({copy.name, main->shape, model.params.data() + main->offset});
-  }
-  write_safetensors(dir + "/" + kModelFile, refs, {{"format", "pt"}, {"producer", "moe " MOE_VERSION}});
-  nlohmann::json config = to_json(model.config);
-  if (train_seq > 0) config[kTrainSeqKey] = train_seq;
-  write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
+  for (const CheckpointEntry& entry : checkpoint_entries(model.config, model.layout))
+    refs.push_back({entry.name, entry.shape, model.params.data() + model.layout.tensors[entry.source].offset});
+  write_safetensors(dir + "/" + kModelFile, refs, checkpoint_metadata());
+  save_checkpoint_config(dir, model.config, train_seq);
 }
 
 int64_t load_checkpoint_train_seq(const std::string& dir) {
@@ -67,42 +83,47 @@ ModelConfig load_checkpoint_config(const std::string& dir) {
   return model_config_from_json(read_json_file(path), path, true);
 }
 
-void load_tensors_into(const CheckpointTensors& tensors, const Model& model, float* dest) {
-  for (const TensorSpec& spec : model.layout.tensors) {
-    const std::string& name = spec.name;
-    if (!tensors.contains(name)) fail(tensors.source() + ": missing tensor \"" + name + "\"");
-    const std::string& file = tensors.file_of(name);
-    if (tensors.shape(name) != spec.shape)
-      fail(file + ": tensor \"" + name + "\" has shape " + shape_text(tensors.shape(name)) + ", config implies " +
-           shape_text(spec.shape));
-    float* values = dest + spec.offset;
-    tensors.copy_f32(name, values);
-    // Checked after conversion: a BF16 or F16 infinity or NaN is one in float32 too.
-    for (int64_t i = 0; i < spec.numel; ++i)
-      if (!std::isfinite(values[i]))
-        fail(file + ": tensor \"" + name + "\" holds a non-finite value (" + tensors.dtype(name) + ")");
+void check_checkpoint_tensors(const CheckpointTensors& tensors, const ModelConfig& config, const ParamLayout& whole) {
+  const std::vector<CheckpointEntry> entries = checkpoint_entries(config, whole);
+  for (const CheckpointEntry& entry : entries) {
+    if (!tensors.contains(entry.name)) fail(tensors.source() + ": missing tensor \"" + entry.name + "\"");
+    if (tensors.shape(entry.name) != entry.shape)
+      fail(tensors.file_of(entry.name) + ": tensor \"" + entry.name + "\" has shape " +
+           shape_text(tensors.shape(entry.name)) + ", config implies " + shape_text(entry.shape));
   }
-  const std::vector<SharedCopy> copies = mtp_shared_copies(model.config);
-  for (const SharedCopy& copy : copies) {
-    if (!tensors.contains(copy.name)) fail(tensors.source() + ": missing tensor \"" + copy.name + "\"");
+  if (tensors.size() == entries.size()) return;  // every entry is there: nothing else can be
+  std::set<std::string> known;
+  for (const CheckpointEntry& entry : entries) known.insert(entry.name);
+  for (const std::string& name : tensors.names())
+    if (!known.count(name))
+      fail(tensors.file_of(name) + ": unknown tensor \"" + name + "\" (not part of this config's model)");
+}
+
+void read_checkpoint_tensor(const CheckpointTensors& tensors, const TensorSpec& spec, float* dest) {
+  tensors.copy_f32(spec.name, dest);
+  // Checked after conversion: a BF16 or F16 infinity or NaN is one in float32 too.
+  for (int64_t i = 0; i < spec.numel; ++i)
+    if (!std::isfinite(dest[i]))
+      fail(tensors.file_of(spec.name) + ": tensor \"" + spec.name + "\" holds a non-finite value (" +
+           tensors.dtype(spec.name) + ")");
+}
+
+void check_shared_copies(const CheckpointTensors& tensors, const Model& model, const float* params) {
+  for (const SharedCopy& copy : mtp_shared_copies(model.config)) {
     const TensorSpec* main = model.find(copy.main);
-    const std::string& file = tensors.file_of(copy.name);
-    if (tensors.shape(copy.name) != main->shape)
-      fail(file + ": tensor \"" + copy.name + "\" has shape " + shape_text(tensors.shape(copy.name)) +
-           ", config implies " + shape_text(main->shape));
     std::vector<float> values(size_t(main->numel));
     tensors.copy_f32(copy.name, values.data());
-    if (!std::equal(values.begin(), values.end(), dest + main->offset))
-      fail(file + ": tensor \"" + copy.name + "\" differs from \"" + copy.main +
+    if (!std::equal(values.begin(), values.end(), params + main->offset))
+      fail(tensors.file_of(copy.name) + ": tensor \"" + copy.name + "\" differs from \"" + copy.main +
            "\" (the MTP module shares the main model's; the two must be equal)");
   }
-  if (tensors.size() != model.layout.tensors.size() + copies.size())
-    for (const std::string& name : tensors.names()) {
-      const bool is_copy =
-          std::any_of(copies.begin(), copies.end(), [&](const SharedCopy& c) { return c.name == name; });
-      if (!model.find(name) && !is_copy)
-        fail(tensors.file_of(name) + ": unknown tensor \"" + name + "\" (not part of this config's model)");
-    }
+}
+
+void load_tensors_into(const CheckpointTensors& tensors, const Model& model, float* dest) {
+  check_checkpoint_tensors(tensors, model.config,
+                           model.shard.whole(model.config) ? model.layout : make_layout(model.config));
+  for (const TensorSpec& spec : model.layout.tensors) read_checkpoint_tensor(tensors, spec, dest + spec.offset);
+  check_shared_copies(tensors, model, dest);
 }
 
 std::unique_ptr<Model> load_checkpoint(const std::string& dir) {

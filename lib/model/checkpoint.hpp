@@ -2,17 +2,33 @@
 // Hugging Face DeepSeek-V3 tensor names, readable by other tools. moe writes one F32
 // model.safetensors; it reads that or HF's sharded layout, in F32, BF16 or F16 (checkpoint_tensors.hpp).
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "model/checkpoint_tensors.hpp"
 #include "model/model.hpp"
 
 namespace moe {
 
-// train_seq > 0: the window length the model was trained on, written to config.json as
-// "moe_train_seq" (other tools ignore it; moe's eval and infer read it back).
+// model.safetensors in file order: every tensor of the whole model (`whole`: make_layout(config)),
+// then the MTP module's copies of the shared embedding and head. `source` indexes whole.tensors: the
+// tensor whose values the entry holds (itself, or the main tensor of a copy).
+struct CheckpointEntry {
+  std::string name;
+  std::vector<int64_t> shape;
+  size_t source = 0;
+};
+std::vector<CheckpointEntry> checkpoint_entries(const ModelConfig& config, const ParamLayout& whole);
+// The __metadata__ moe writes into model.safetensors.
+std::map<std::string, std::string> checkpoint_metadata();
+
+// config.json and model.safetensors of a whole model. train_seq > 0: the window length the model was
+// trained on, written to config.json as "moe_train_seq" (other tools ignore it; moe's eval and infer
+// read it back).
 void save_checkpoint(const std::string& dir, const Model& model, int64_t train_seq = 0);
+void save_checkpoint_config(const std::string& dir, const ModelConfig& config, int64_t train_seq = 0);
 
 // Reads and checks config.json and the weights (CheckpointTensors::open: model.safetensors or the
 // shards of model.safetensors.index.json), then load_tensors_into.
@@ -25,8 +41,17 @@ ModelConfig load_checkpoint_config(const std::string& dir);
 // never trained: eval's default context, and infer warns when generation goes past it.
 int64_t load_checkpoint_train_seq(const std::string& dir);
 
-// Copies every tensor of `model`'s layout, converted to float32, into `dest` (an arena with the
-// model's layout); rejects missing, unknown, mis-shaped and non-finite tensors.
+// Copies every tensor of `model`'s layout (the whole model, or its expert block), converted to
+// float32, into `dest` (an arena with the model's layout), reading only those tensors; rejects a
+// checkpoint that is not exactly the whole model's (check_checkpoint_tensors) and non-finite values.
 void load_tensors_into(const CheckpointTensors& tensors, const Model& model, float* dest);
+
+// The pieces of load_tensors_into, for a loader that streams tensors to other processes: the names
+// and shapes (every tensor of `whole` with the shape the config implies, the MTP copies, nothing
+// unknown) before any value is read; one tensor's values (finite); the MTP copies against the main
+// tensors `model` holds (embedding and head are on every process) at `params`.
+void check_checkpoint_tensors(const CheckpointTensors& tensors, const ModelConfig& config, const ParamLayout& whole);
+void read_checkpoint_tensor(const CheckpointTensors& tensors, const TensorSpec& spec, float* dest);
+void check_shared_copies(const CheckpointTensors& tensors, const Model& model, const float* params);
 
 }  // namespace moe

@@ -57,7 +57,7 @@ bool holds_checkpoint_tensors(const std::string& dir) {
 CheckpointTensors CheckpointTensors::open_file(const std::string& path) {
   CheckpointTensors t;
   t.source_ = path;
-  t.files_.push_back(read_safetensors(path));
+  t.files_.push_back(open_safetensors(path));
   for (const auto& [name, entry] : t.files_[0].tensors) {
     (void)entry;
     t.file_of_tensor_[name] = 0;
@@ -94,7 +94,7 @@ CheckpointTensors CheckpointTensors::open(const std::string& dir) {
     const std::string path = dir + "/" + shard;
     if (!present.count(shard))
       fail(path + ": shard listed in " + kModelIndexFile + " (for tensor " + quoted(some_tensor) + ") does not exist");
-    t.files_.push_back(read_safetensors(path));  // every check of the single-file reader, per shard
+    t.files_.push_back(open_safetensors(path));  // every check of the single-file reader, per shard
   }
 
   // Where each tensor really is; a tensor in two shards is refused before asking which one was meant.

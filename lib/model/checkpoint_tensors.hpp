@@ -1,6 +1,7 @@
 // The tensors of a checkpoint directory, wherever they are stored: moe's single model.safetensors,
 // or Hugging Face's sharded layout (model.safetensors.index.json mapping each tensor name to one of
-// several shard files). Every file is read and checked when the directory is opened.
+// several shard files). Every file's header is read and checked when the directory is opened; the
+// tensors stay on disk until one is copied.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -20,7 +21,7 @@ bool holds_checkpoint_tensors(const std::string& dir);
 class CheckpointTensors {
  public:
   // dir/model.safetensors, or the shards listed in dir/model.safetensors.index.json; refuses a
-  // directory with both. Each shard gets every check of read_safetensors, and the shards must match
+  // directory with both. Each shard gets every check of open_safetensors, and the shards must match
   // the index exactly: every listed tensor in its shard, no tensor in an unlisted place or in two
   // shards, every listed shard readable, no *.safetensors file the index does not list.
   static CheckpointTensors open(const std::string& dir);

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "core/error.hpp"
+#include "core/hash.hpp"
 #include "core/rng.hpp"
 #include "model/attention_block.hpp"
 #include "ops/embedding.hpp"
@@ -27,23 +28,24 @@ Model::Model(const ModelConfig& c, ExpertShard shard_, bool with_grads)
 }
 
 void Model::init(uint64_t seed) {
-  if (!shard.whole(config)) {
-    // One random stream runs through the whole tensor list: draw it for the whole model.
-    Model whole(config, {}, false);
-    whole.init(seed);
-    copy_tensors_by_name(whole.layout, whole.params.data(), layout, params.data());
-    return;
-  }
-  Rng rng(seed);
   const double stddev = config.initializer_range;
-  for (const TensorSpec& spec : layout.tensors) {
+  const int64_t n = int64_t(layout.tensors.size());
+  // Every tensor draws from its own stream, seeded by the seed and the tensor's name (each routed
+  // expert's tensors have their own names), so an expert block is initialised without drawing the
+  // rest of the model and holds exactly its values in the whole model; the streams are independent,
+  // so the tensors are filled in parallel with the same result for any thread count.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t t = 0; t < n; ++t) {
+    const TensorSpec& spec = layout.tensors[size_t(t)];
     float* p = params.data() + spec.offset;
-    if (spec.role == TensorRole::norm)
+    if (spec.role == TensorRole::norm) {
       std::fill_n(p, spec.numel, 1.0f);
-    else if (spec.role == TensorRole::router_bias)
+    } else if (spec.role == TensorRole::router_bias) {
       std::fill_n(p, spec.numel, 0.0f);
-    else
+    } else {
+      Rng rng(fnv1a(spec.name.data(), spec.name.size(), fnv1a_word(kFnvOffset, seed)));
       for (int64_t i = 0; i < spec.numel; ++i) p[i] = float(rng.normal() * stddev);
+    }
   }
 }
 
@@ -53,8 +55,9 @@ const TensorSpec* Model::find(const std::string& name) const {
   return nullptr;
 }
 
-Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_, bool with_mtp)
-    : B(B_), T(T_), training(training_), mtp(with_mtp && c.mtp()) {
+Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training_, bool with_mtp,
+                     RemoteExperts* remote_)
+    : B(B_), T(T_), training(training_), mtp(with_mtp && c.mtp()), remote(remote_) {
   // RoPE tables and the attention layout stop at the model's context.
   check(B > 0 && T > 0 && T <= c.max_position_embeddings, "sequence length " + std::to_string(T) + " must be in 1.." +
                                                               std::to_string(c.max_position_embeddings) +
@@ -93,9 +96,10 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
       const int64_t Is = c.shared_intermediate();
       MoeSaved& m = a.moe;
       m.scores = f.take(N * E), m.weight = f.take(N * K);
-      const int64_t R = moe_row_capacity(c, N);
-      m.x_rows = f.take(R * D), m.y_rows = f.take(R * D);
-      m.g = f.take(R * Im), m.u = f.take(R * Im), m.a = f.take(R * Im);
+      // Remote experts: the slots' outputs come back in slot order, N*K rows, without padding.
+      const int64_t R = remote ? N * K : moe_row_capacity(c, N), local_rows = remote ? 0 : R;
+      m.x_rows = f.take(local_rows * D), m.y_rows = f.take(R * D);
+      m.g = f.take(local_rows * Im), m.u = f.take(local_rows * Im), m.a = f.take(local_rows * Im);
       m.shared_g = f.take(N * Is), m.shared_u = f.take(N * Is), m.shared_a = f.take(N * Is);
       m.expert = n.take(N * K), m.counts = n.take(E), m.offsets = n.take(E + 1);
       m.slot_row = n.take(N * K), m.row_token = n.take(R), m.cursor = n.take(E);
@@ -124,9 +128,9 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
     if (c.num_moe_layers() > 0) {
       const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts;
       MoeScratch& m = moe_scratch;
-      const int64_t R = moe_row_capacity(c, N);
+      const int64_t R = remote ? N * K : moe_row_capacity(c, N), local_rows = remote ? 0 : R;
       m.d_rows = f.take(R * D), m.dx_rows = f.take(R * D);
-      m.ffn = f.take(2 * std::max(R * c.moe_intermediate_size, N * c.shared_intermediate()));
+      m.ffn = f.take(2 * std::max(local_rows * c.moe_intermediate_size, N * c.shared_intermediate()));
       m.d_weight = f.take(N * K), m.d_scores = f.take(N * E), m.d_logits = f.take(N * E);
     }
   };

@@ -28,8 +28,9 @@ struct Model {
   // with_grads = false for inference and for staging copies: no gradient arena.
   explicit Model(const ModelConfig& config, ExpertShard shard = {}, bool with_grads = true);
   Model(const Model&) = delete;
-  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0. A shard gets
-  // exactly the values of its tensors in the whole model initialised with the same seed.
+  // Matrices and embeddings ~ normal(0, initializer_range), norms 1, routing bias 0, each tensor from
+  // a stream seeded by `seed` and its name: a shard gets exactly the values of its tensors in the
+  // whole model initialised with the same seed, and draws nothing else.
   void init(uint64_t seed);
   const TensorSpec* find(const std::string& name) const;
 };
@@ -93,8 +94,10 @@ struct Workspace {
   float* d_latent = nullptr;     // MLA: (N, 2*rkv + 2*rq + dr) latent gradients
   float* ffn_scratch = nullptr;  // dense FFN backward
   MoeScratch moe_scratch{};
-  // Routed experts computed on other processes (expert parallelism); null: here.
-  RemoteExperts* remote = nullptr;
+  // Routed experts computed on other processes (expert parallelism); null: here. Their inputs and
+  // activations live with their owners, so such a workspace holds no rows of its own for them: only
+  // each (token, expert) slot's output and, in backward, its gradients.
+  RemoteExperts* const remote = nullptr;
   double balance_loss = 0.0;  // sum over MoE layers of the last forward's balance losses
   // The MTP module (layers[L] holds its decoder layer's activations):
   int32_t* mtp_targets = nullptr;  // (N) t_{i+2} = targets[i+1], kIgnoreTarget at each sequence's end
@@ -114,7 +117,8 @@ struct Workspace {
   double mtp_loss_sum = 0.0;       // Σ CE over the positions with a target (last forward)
   int64_t mtp_tokens = 0;          // those positions: B·(T-1)
 
-  Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training, bool with_mtp = false);
+  Workspace(const ModelConfig& config, int64_t B, int64_t T, bool training, bool with_mtp = false,
+            RemoteExperts* remote = nullptr);
 };
 
 // Tokens routed to each expert of each MoE layer, summed over the forward passes added: the load

@@ -1,11 +1,6 @@
 // The tensor list of a DeepSeek-V3-style MoE transformer.
 #include "model/params.hpp"
 
-#include <algorithm>
-#include <unordered_map>
-
-#include "core/error.hpp"
-
 namespace moe {
 
 const char* to_string(TensorRole role) {
@@ -36,7 +31,7 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
                      const std::function<void(const TensorSpec&, float**)>& visit, ExpertShard shard) {
   int64_t offset = 0;
   auto add = [&](std::string name, std::vector<int64_t> shape, TensorRole role, int64_t layer, float** field,
-                 bool trainable = true) {
+                 bool trainable = true, int64_t expert = -1) {
     TensorSpec spec;
     spec.name = std::move(name);
     spec.shape = std::move(shape);
@@ -46,6 +41,7 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
     spec.role = role;
     spec.layer = layer;
     spec.trainable = trainable;
+    spec.expert = expert;
     spec.decay = trainable && spec.shape.size() >= 2;
     spec.mtp = layer >= c.num_hidden_layers;
     offset += spec.numel;
@@ -109,7 +105,7 @@ void for_each_tensor(const ModelConfig& c, ModelWeights& w,
       for (int64_t j = first; j < last; ++j)
         add(p + "mlp.experts." + std::to_string(j) + "." + proj.name + ".weight",
             proj.down ? std::vector<int64_t>{D, Im} : std::vector<int64_t>{Im, D}, TensorRole::routed_expert, l,
-            j == first ? proj.field : nullptr);
+            j == first ? proj.field : nullptr, true, j);
     if (Is > 0) {
       add(p + "mlp.shared_experts.gate_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.moe.shared_gate);
       add(p + "mlp.shared_experts.up_proj.weight", {Is, D}, TensorRole::shared_expert, l, &lw.moe.shared_up);
@@ -142,19 +138,6 @@ ModelWeights bind_weights(const ModelConfig& config, float* base, ExpertShard sh
       },
       shard);
   return weights;
-}
-
-void copy_tensors_by_name(const ParamLayout& from, const float* from_data, const ParamLayout& to, float* to_data,
-                          bool partial) {
-  std::unordered_map<std::string, const TensorSpec*> index;
-  for (const TensorSpec& spec : from.tensors) index.emplace(spec.name, &spec);
-  for (const TensorSpec& spec : to.tensors) {
-    const auto it = index.find(spec.name);
-    if (it == index.end() && partial) continue;
-    if (it == index.end() || it->second->numel != spec.numel)
-      fail("internal: no tensor " + spec.name + " to copy from");
-    std::copy_n(from_data + it->second->offset, spec.numel, to_data + spec.offset);
-  }
 }
 
 }  // namespace moe

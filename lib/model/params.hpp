@@ -32,6 +32,7 @@ struct TensorSpec {
   int64_t numel = 0;
   TensorRole role = TensorRole::attention;
   int64_t layer = -1;     // -1 for tensors outside the layers
+  int64_t expert = -1;    // the routed expert J of a routed-expert tensor, else -1
   bool trainable = true;  // the routing bias is state updated by balancing, not by AdamW
   bool decay = false;     // weight decay applies to matrices only
   bool mtp = false;       // part of the multi-token-prediction module (layer num_hidden_layers)
@@ -98,10 +99,5 @@ struct ParamLayout {
 
 ParamLayout make_layout(const ModelConfig& config, ExpertShard shard = {});
 ModelWeights bind_weights(const ModelConfig& config, float* base, ExpertShard shard = {});
-
-// Copies every tensor of `to` from the tensor of the same name in `from`, which must have it
-// (whole model -> expert shard), or, when `partial`, only those `from` has (shard -> whole).
-void copy_tensors_by_name(const ParamLayout& from, const float* from_data, const ParamLayout& to, float* to_data,
-                          bool partial = false);
 
 }  // namespace moe

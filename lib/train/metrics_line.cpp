@@ -206,7 +206,12 @@ ResumeRecord resume_from_json(const json& j, const std::string& where) {
   return r;
 }
 
-json end_json(int64_t step, const std::string& reason) { return {{"kind", "end"}, {"step", step}, {"reason", reason}}; }
+json end_json(int64_t step, const std::string& reason, const RankMemory& memory) {
+  json j = {{"kind", "end"}, {"step", step}, {"reason", reason}};
+  if (!memory.peak_rss_kib.empty())
+    j["memory"] = {{"peak_rss_kib", memory.peak_rss_kib}, {"peak_arena_kib", memory.peak_arena_kib}};
+  return j;
+}
 
 StepRecord step_from_json(const json& j, const std::string& where) {
   StepRecord p;

@@ -56,11 +56,18 @@ struct ResumeRecord {
   std::string describe() const;  // "resumed at step 300 (steps 300 -> 600)"
 };
 
+// The peak memory of every rank (one entry for one process) when the run stopped, in KiB: the
+// kernel's peak resident set (VmHWM) and the high-water mark of moe's own arenas (ArenaBytes).
+struct RankMemory {
+  std::vector<int64_t> peak_rss_kib, peak_arena_kib;
+};
+
 nlohmann::json to_json(const StepRecord& r);
 nlohmann::json to_json(const ResumeRecord& r);
 nlohmann::json to_json(const EvalRecord& r);
-// {"kind": "end", "step": N, "reason": ...}: training finished or stopped.
-nlohmann::json end_json(int64_t step, const std::string& reason);
+// {"kind": "end", "step": N, "reason": ..., "memory": {"peak_rss_kib": [per rank], "peak_arena_kib":
+// [per rank]}}: training finished or stopped (memory left out when empty).
+nlohmann::json end_json(int64_t step, const std::string& reason, const RankMemory& memory = {});
 
 // Readers that check every field's presence and type; errors start with `where` ("file:line").
 StepRecord step_from_json(const nlohmann::json& j, const std::string& where);

@@ -10,10 +10,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
 #include <sstream>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
+#include "dist/tensor_stream.hpp"
 #include "model/checkpoint.hpp"
 
 namespace moe {
@@ -21,10 +26,38 @@ namespace moe {
 namespace fs = std::filesystem;
 
 namespace {
+
 const char* kCheckpointFiles[] = {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"};
+
+const char* kOptimizerFile = "optimizer.safetensors";
+
+// optimizer.safetensors in file order: for every trainable tensor of the whole model, its first
+// (exp_avg) then its second (exp_avg_sq) Adam moment.
+struct MomentEntry {
+  std::string name;
+  size_t tensor;  // index in the whole layout
+  bool second;
+};
+std::vector<MomentEntry> moment_entries(const ParamLayout& whole) {
+  std::vector<MomentEntry> entries;
+  for (size_t i = 0; i < whole.tensors.size(); ++i) {
+    if (!whole.tensors[i].trainable) continue;
+    entries.push_back({"exp_avg." + whole.tensors[i].name, i, false});
+    entries.push_back({"exp_avg_sq." + whole.tensors[i].name, i, true});
+  }
+  return entries;
 }
 
-namespace {
+// Runs `step` on rank 0 unless an earlier one failed, keeping the first failure's message, so that
+// rank 0 stays in step with the other ranks' sends and receives whatever happens to its files.
+void on_root_keep_error(Dist& dist, std::string& error, const std::function<void()>& step) {
+  if (!dist.root() || !error.empty()) return;
+  try {
+    step();
+  } catch (const Error& e) {
+    error = e.what();
+  }
+}
 
 // The pid holding a flock on the file (dev, ino), from /proc/locks ("1: FLOCK  ADVISORY  WRITE 4242
 // 08:01:1234 0 EOF": major and minor in hex, the inode in decimal); 0 when it cannot be told.
@@ -97,31 +130,111 @@ void remove_tree(const std::string& path) {
 }
 
 void save_training_checkpoint(const std::string& dir, const Model& model, const AdamW& adam,
-                              const nlohmann::json& trainer_state) {
+                              const nlohmann::json& trainer_state, Dist& dist) {
   const std::string pending = dir + "/.pending";
   const int64_t step = trainer_state.at("step").get<int64_t>();
-  try {
+  TensorStream stream(dist, model);
+  const ParamLayout& whole = stream.whole();
+  std::string error;  // rank 0's first failure
+  on_root_keep_error(dist, error, [&] {
     remove_tree(pending);
     make_directories(pending);
-    save_checkpoint(pending, model, trainer_state.value(nlohmann::json::json_pointer("/config/train/seq"), int64_t(0)));
-    std::vector<TensorRef> moments;
-    for (const TensorSpec& spec : model.layout.tensors) {
-      if (!spec.trainable) continue;
-      moments.push_back({"exp_avg." + spec.name, spec.shape, adam.m.data() + spec.offset});
-      moments.push_back({"exp_avg_sq." + spec.name, spec.shape, adam.v.data() + spec.offset});
-    }
-    write_safetensors(pending + "/optimizer.safetensors", moments,
-                      {{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(step)}});
+  });
+
+  // Each file's header is known before any tensor arrives; rank 0 writes the tensors as they come.
+  const std::vector<CheckpointEntry> weights = checkpoint_entries(model.config, whole);
+  std::optional<SafetensorsWriter> out;
+  on_root_keep_error(dist, error, [&] {
+    std::vector<TensorRef> header;
+    for (const CheckpointEntry& e : weights) header.push_back({e.name, e.shape, nullptr});
+    out.emplace(pending + "/" + kModelFile, header, checkpoint_metadata());
+  });
+  for (const CheckpointEntry& e : weights) {
+    const float* values = stream.to_root(e.source, model.params.data());
+    if (out) out->write_next(values);
+  }
+  on_root_keep_error(dist, error, [&] { out->commit(); });
+
+  const std::vector<MomentEntry> moments = moment_entries(whole);
+  out.reset();
+  on_root_keep_error(dist, error, [&] {
+    std::vector<TensorRef> header;
+    for (const MomentEntry& e : moments) header.push_back({e.name, whole.tensors[e.tensor].shape, nullptr});
+    out.emplace(
+        pending + "/" + kOptimizerFile, header,
+        std::map<std::string, std::string>{{"adam_step", std::to_string(adam.t)}, {"step", std::to_string(step)}});
+  });
+  for (const MomentEntry& e : moments) {
+    const float* values = stream.to_root(e.tensor, (e.second ? adam.v : adam.m).data());
+    if (out) out->write_next(values);
+  }
+  on_root_keep_error(dist, error, [&] {
+    out->commit();
+    save_checkpoint_config(pending, model.config,
+                           trainer_state.value(nlohmann::json::json_pointer("/config/train/seq"), int64_t(0)));
     write_file_atomic(pending + "/trainer_state.json",
                       trainer_state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
     write_file_atomic(pending + "/COMPLETE", "");
-  } catch (const Error& e) {
+  });
+  if (!error.empty()) {
     // Nothing of the new checkpoint is in place yet: drop it (freeing the space it took).
+    out.reset();
     remove_tree(pending);
-    fail(std::string(e.what()) + "; the checkpoint of step " + std::to_string(step) + " was not saved" +
-         (path_exists(dir + "/trainer_state.json") ? "; the previous checkpoint in " + dir + " is intact" : ""));
+    error += "; the checkpoint of step " + std::to_string(step) + " was not saved" +
+             (path_exists(dir + "/trainer_state.json") ? "; the previous checkpoint in " + dir + " is intact" : "");
   }
-  recover_pending_checkpoint(dir);
+  dist.raise_root_error(error);
+  dist.on_root([&] { recover_pending_checkpoint(dir); });
+}
+
+void load_training_checkpoint(const std::string& dir, Model& model, AdamW& adam, Dist& dist) {
+  TensorStream stream(dist, model);
+  const ParamLayout& whole = stream.whole();
+  const std::vector<MomentEntry> moments = moment_entries(whole);
+  std::optional<CheckpointTensors> weights;
+  SafetensorsFile optimizer;
+  uint64_t adam_step = 0;
+  // Every name, shape and dtype before any value moves: a wrong file fails at once, on every rank.
+  dist.on_root([&] {
+    weights.emplace(CheckpointTensors::open(dir));
+    check_checkpoint_tensors(*weights, model.config, whole);
+    optimizer = open_safetensors(dir + "/" + kOptimizerFile);
+    for (const MomentEntry& e : moments) {
+      const auto it = optimizer.tensors.find(e.name);
+      if (it == optimizer.tensors.end()) fail(optimizer.path + ": missing tensor \"" + e.name + "\"");
+      if (it->second.shape != whole.tensors[e.tensor].shape)
+        fail(optimizer.path + ": tensor \"" + e.name + "\" has the wrong shape for this model");
+      if (it->second.dtype != "F32")
+        fail(optimizer.path + ": tensor \"" + e.name + "\" is " + it->second.dtype + ", not F32");
+    }
+    const auto it = optimizer.metadata.find("adam_step");
+    if (it == optimizer.metadata.end()) fail(optimizer.path + ": missing adam_step in __metadata__");
+    try {
+      const long long t = std::stoll(it->second);
+      if (t < 0) throw std::out_of_range("negative");
+      adam_step = uint64_t(t);
+    } catch (const std::exception&) {
+      fail(optimizer.path + ": adam_step is not an integer >= 0");
+    }
+  });
+  // Then the values, one tensor at a time: rank 0 reads each into its own arena or the staging
+  // buffer, and it goes to the ranks that hold it. A bad value is reported once all have moved.
+  std::string error;
+  for (size_t i = 0; i < whole.tensors.size(); ++i) {
+    float* slot = stream.slot(i, model.params.data());
+    on_root_keep_error(dist, error, [&] { read_checkpoint_tensor(*weights, whole.tensors[i], slot); });
+    stream.from_root(i, model.params.data());
+  }
+  on_root_keep_error(dist, error, [&] { check_shared_copies(*weights, model, model.params.data()); });
+  for (const MomentEntry& e : moments) {
+    float* arena = (e.second ? adam.v : adam.m).data();
+    float* slot = stream.slot(e.tensor, arena);
+    on_root_keep_error(dist, error, [&] { optimizer.copy_f32(e.name, slot); });
+    stream.from_root(e.tensor, arena);
+  }
+  dist.raise_root_error(error);
+  dist.broadcast(&adam_step, 1);
+  adam.t = int64_t(adam_step);
 }
 
 void recover_pending_checkpoint(const std::string& dir) {
@@ -151,29 +264,6 @@ void recover_pending_checkpoint(const std::string& dir) {
       fail(to + ": cannot move the new checkpoint into place (" + std::strerror(errno) + ")");
   }
   remove_tree(pending);
-}
-
-void load_optimizer_state(const std::string& dir, const Model& model, AdamW& adam) {
-  const SafetensorsFile file = read_safetensors(dir + "/optimizer.safetensors");
-  for (const TensorSpec& spec : model.layout.tensors) {
-    if (!spec.trainable) continue;
-    for (const auto& [prefix, dest] : {std::pair{"exp_avg.", adam.m.data()}, std::pair{"exp_avg_sq.", adam.v.data()}}) {
-      const std::string name = prefix + spec.name;
-      auto it = file.tensors.find(name);
-      if (it == file.tensors.end()) fail(file.path + ": missing tensor \"" + name + "\"");
-      if (it->second.shape != spec.shape)
-        fail(file.path + ": tensor \"" + name + "\" has the wrong shape for this model");
-      const float* src = file.f32(name);
-      std::copy_n(src, spec.numel, dest + spec.offset);
-    }
-  }
-  auto it = file.metadata.find("adam_step");
-  if (it == file.metadata.end()) fail(file.path + ": missing adam_step in __metadata__");
-  try {
-    adam.t = std::stoll(it->second);
-  } catch (const std::exception&) {
-    fail(file.path + ": adam_step is not an integer");
-  }
 }
 
 }  // namespace moe

@@ -8,16 +8,25 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dist/dist.hpp"
 #include "model/model.hpp"
 #include "train/optimizer.hpp"
 
 namespace moe {
 
+// Collective: every rank passes its own model and Adam state (the whole model, or its expert block).
+// Rank 0 writes the checkpoint into DIR/.pending one tensor at a time — its own copy of a replicated
+// tensor, an expert's tensor as the rank holding it sends it — seals it and renames it into place,
+// so no rank ever holds more than its own tensors plus one. A failure (a full disk) ends every rank
+// with the same message; the previous checkpoint stays.
 void save_training_checkpoint(const std::string& dir, const Model& model, const AdamW& adam,
-                              const nlohmann::json& trainer_state);
+                              const nlohmann::json& trainer_state, Dist& dist);
+// Collective: rank 0 checks DIR's model.safetensors and optimizer.safetensors (every name and shape
+// first), then reads them tensor by tensor and each rank receives only the tensors it holds, into
+// `model` and `adam` (adam.t too). A bad file ends every rank with rank 0's message.
+void load_training_checkpoint(const std::string& dir, Model& model, AdamW& adam, Dist& dist);
 // Finishes (COMPLETE present) or discards (absent) an interrupted save. Safe to call always.
 void recover_pending_checkpoint(const std::string& dir);
-void load_optimizer_state(const std::string& dir, const Model& model, AdamW& adam);
 
 // An exclusive advisory lock (flock) on a run directory itself, held by the `moe train` that uses
 // it from before it reads or changes anything until it ends. A second trainer on the same

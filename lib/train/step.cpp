@@ -20,7 +20,7 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
       parallel_(parallel),
       // The MTP module runs (and trains) only with a positive weight.
       ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true,
-          /*with_mtp=*/config.mtp_weight > 0),
+          /*with_mtp=*/config.mtp_weight > 0, parallel.experts),
       bias_balancing_(config.balance == Balance::loss_free || config.balance == Balance::loss_free_seq),
       inputs_(static_cast<size_t>(config.accum * config.batch * config.seq)),
       targets_(static_cast<size_t>(config.accum * config.batch * config.seq)),
@@ -28,7 +28,6 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
               std::vector<int64_t>(static_cast<size_t>(model.config.n_routed_experts))),
       layer_balance_(static_cast<size_t>(model.config.num_routed_layers())) {
   check(config.batch % parallel.ranks() == 0, "internal: batch not divisible by the ranks");
-  ws_.remote = parallel.experts;
   // Contiguous runs of tensors: the rank's own experts (expert parallel) or replicated ones.
   for (const TensorSpec& spec : model.layout.tensors) {
     auto& ranges = parallel.experts && spec.role == TensorRole::routed_expert ? owned_ : replicated_;

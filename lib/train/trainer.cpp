@@ -24,6 +24,7 @@
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
+#include "core/memory.hpp"
 #include "core/rng.hpp"
 #include "dist/dist.hpp"
 #include "dist/expert_parallel.hpp"
@@ -213,6 +214,16 @@ void check_replicas_agree(Dist& dist, const Model& model, int64_t step) {
          " (an MPI reduction returned different sums on different ranks); the last checkpoint is intact");
 }
 
+// Every rank's peak memory so far (collective): each rank fills its own slot of a sum.
+RankMemory rank_memory(Dist& dist) {
+  const size_t ranks = size_t(dist.size()), rank = size_t(dist.rank());
+  std::vector<int64_t> slots(2 * ranks, 0);
+  slots[rank] = peak_resident_kib();
+  slots[ranks + rank] = ArenaBytes::peak.load() / 1024;
+  dist.allreduce_sum(slots.data(), int64_t(slots.size()));
+  return {{slots.begin(), slots.begin() + ptrdiff_t(ranks)}, {slots.begin() + ptrdiff_t(ranks), slots.end()}};
+}
+
 // The run directory holds a checkpoint to continue from (a save interrupted by a kill is finished first).
 void require_resumable(const std::string& dir) {
   recover_pending_checkpoint(dir);
@@ -229,11 +240,11 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
   Dist& dist = Dist::world();
   std::string state_text;
   RunDirLock lock;  // while the state is read (a save interrupted by a kill may be finished here)
-  if (dist.root()) {
+  dist.on_root([&] {
     if (is_directory(dir)) lock = RunDirLock(dir);
     require_resumable(dir);
     state_text = read_json_file(state_path).dump();
-  }
+  });
   dist.broadcast(state_text);
   const json state = json::parse(state_text);
   if (!state.is_object() || !state.contains("config")) fail(state_path + ": missing the config section");
@@ -326,7 +337,7 @@ class TrainRun {
                                : int(std::max(1u, std::thread::hardware_concurrency() / unsigned(dist_.local_size())));
     omp_set_num_threads(threads_);
     load_data();  // first: a bad --data fails before anything is written
-    prepare_run_dir();
+    dist_.on_root([&] { prepare_run_dir(); });
     const ExpertShard shard =
         options_.expert_parallel ? ExpertParallel::shard_of(mc_, dist_.rank(), dist_.size()) : ExpertShard{};
     model_.emplace(mc_, shard);
@@ -353,12 +364,11 @@ class TrainRun {
   void resume();
   void check_resume_reaches_further() const;
   void load_initial_weights();
-  void read_trainer_state(Model& whole, AdamW& whole_adam);
+  void read_trainer_state();
   void open_metrics();
   void append_metrics(const json& line);
   json state_json(int64_t step) const;
   void save(int64_t step);
-  void gather_and_save(int64_t step);
   void run_eval(int64_t step);
   void end(const char* reason, int64_t step);
   // Evaluation reuses the training workspace.
@@ -414,7 +424,6 @@ void TrainRun::load_data() {
 // Rank 0's business (the other ranks never touch the run directory): refuse to overwrite a
 // previous run by accident.
 void TrainRun::prepare_run_dir() {
-  if (!dist_.root()) return;
   if (options_.resume) {
     lock_ = RunDirLock(dir_);
     require_resumable(dir_);
@@ -435,27 +444,18 @@ void TrainRun::prepare_run_dir() {
   if (::access(dir_.c_str(), W_OK) != 0) fail(dir_ + ": run directory is not writable");
 }
 
-// Rank 0 reads the checkpoint (always a whole model) and sends it to every rank, which keeps its
-// own tensors; the staging copies live only while resuming.
+// Rank 0 reads the trainer state and the checkpoint (always a whole model), one tensor at a time,
+// and every rank receives only the tensors it holds: no rank stages a whole model.
 void TrainRun::resume() {
-  Model whole(mc_, ExpertShard{}, /*with_grads=*/false);
-  AdamW whole_adam(whole.layout);
-  if (dist_.root()) read_trainer_state(whole, whole_adam);
+  dist_.on_root([&] { read_trainer_state(); });
   if (ranks_ > 1) {
     const auto r = rng_.state();
-    std::array<uint64_t, 6> head{uint64_t(start_step_), r[0], r[1], r[2], r[3], uint64_t(whole_adam.t)};
+    std::array<uint64_t, 5> head{uint64_t(start_step_), r[0], r[1], r[2], r[3]};
     dist_.broadcast(head.data(), int64_t(head.size()));
     start_step_ = int64_t(head[0]);
     rng_.set_state({head[1], head[2], head[3], head[4]});
-    whole_adam.t = int64_t(head[5]);
-    dist_.broadcast(whole.params.data(), whole.layout.total);
-    dist_.broadcast(whole_adam.m.data(), whole.layout.total);
-    dist_.broadcast(whole_adam.v.data(), whole.layout.total);
   }
-  copy_tensors_by_name(whole.layout, whole.params.data(), model_->layout, model_->params.data());
-  copy_tensors_by_name(whole.layout, whole_adam.m.data(), model_->layout, adam_->m.data());
-  copy_tensors_by_name(whole.layout, whole_adam.v.data(), model_->layout, adam_->v.data());
-  adam_->t = whole_adam.t;
+  load_training_checkpoint(dir_, *model_, *adam_, dist_);
 }
 
 // A resume that would train no step is a mistake on the command line: say which, before anything
@@ -470,7 +470,7 @@ void TrainRun::check_resume_reaches_further() const {
 }
 
 // --init-from: the checkpoint's weights (every rank reads the directory: it is read-only input,
-// like the data) into a whole model, from which each rank keeps its own tensors.
+// like the data), each rank only the tensors it holds.
 void TrainRun::load_initial_weights() {
   const std::string& from = options_.init_from;
   ModelConfig stored = load_checkpoint_config(from);
@@ -482,12 +482,10 @@ void TrainRun::load_initial_weights() {
   }
   if (to_json(stored) != to_json(mc_))
     fail("--init-from " + from + ": the run's model differs from the checkpoint's config.json");
-  Model whole(mc_, ExpertShard{}, /*with_grads=*/false);
-  load_tensors_into(CheckpointTensors::open(from), whole, whole.params.data());
-  copy_tensors_by_name(whole.layout, whole.params.data(), model_->layout, model_->params.data());
+  load_tensors_into(CheckpointTensors::open(from), *model_, model_->params.data());
 }
 
-void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
+void TrainRun::read_trainer_state() {
   const std::string state_path = dir_ + "/trainer_state.json";
   const json state = read_json_file(state_path);
   std::string field = "config";  // what is being read, for the error message
@@ -514,8 +512,6 @@ void TrainRun::read_trainer_state(Model& whole, AdamW& whole_adam) {
   if (to_json(load_checkpoint_config(dir_)) != to_json(mc_))
     fail(state_path + ": its model config differs from the checkpoint's " + dir_ +
          "/config.json; the run directory mixes files of two runs");
-  load_tensors_into(CheckpointTensors::open(dir_), whole, whole.params.data());
-  load_optimizer_state(dir_, whole, whole_adam);
   if (start_step_ >= tc_.steps)
     fail(dir_ + ": already trained " + std::to_string(start_step_) + " of " + std::to_string(tc_.steps) +
          " steps; pass a larger --steps to continue");
@@ -561,38 +557,10 @@ json TrainRun::state_json(int64_t step) const {
 
 void TrainRun::save(int64_t step) {
   if (ranks_ > 1) check_replicas_agree(dist_, *model_, step);
-  if (!experts_ || ranks_ == 1) {
-    if (dist_.root()) save_training_checkpoint(dir_, *model_, *adam_, state_json(step));
-  } else {
-    gather_and_save(step);
-  }
+  // One checkpoint directory, as a one-process run writes it, streamed through rank 0.
+  save_training_checkpoint(dir_, *model_, *adam_, state_json(step), dist_);
   saved_step_ = step;
   observer_->on_save(dir_, step);
-}
-
-// The single-directory checkpoint of a one-process run: rank 0 gathers every rank's tensors (its
-// experts, plus the replicated ones) into a whole model.
-void TrainRun::gather_and_save(int64_t step) {
-  const int64_t n = model_->layout.total;
-  std::vector<float> all(dist_.root() ? size_t(n * ranks_) : 0);
-  std::optional<Model> whole;  // rank 0 only
-  std::optional<AdamW> whole_adam;
-  if (dist_.root()) {
-    whole.emplace(mc_, ExpertShard{}, /*with_grads=*/false);
-    whole_adam.emplace(whole->layout);
-    whole_adam->t = adam_->t;
-  }
-  const std::pair<const float*, float*> parts[] = {{model_->params.data(), whole ? whole->params.data() : nullptr},
-                                                   {adam_->m.data(), whole_adam ? whole_adam->m.data() : nullptr},
-                                                   {adam_->v.data(), whole_adam ? whole_adam->v.data() : nullptr}};
-  for (const auto& [mine, into] : parts) {
-    dist_.gather(mine, n, all.data());
-    if (!dist_.root()) continue;
-    for (int q = 0; q < ranks_; ++q)
-      copy_tensors_by_name(make_layout(mc_, ExpertParallel::shard_of(mc_, q, int(ranks_))), all.data() + q * n,
-                           whole->layout, into, /*partial=*/true);
-  }
-  if (dist_.root()) save_training_checkpoint(dir_, *whole, *whole_adam, state_json(step));
 }
 
 void TrainRun::run_eval(int64_t step) {
@@ -604,7 +572,7 @@ void TrainRun::run_eval(int64_t step) {
 }
 
 void TrainRun::end(const char* reason, int64_t step) {
-  append_metrics(end_json(step, reason));
+  append_metrics(end_json(step, reason, rank_memory(dist_)));
   if (metrics_.is_open()) metrics_.close();
   RunEnd e;
   e.reason = reason, e.out_dir = dir_, e.step = step, e.planned_steps = tc_.steps;
@@ -644,7 +612,7 @@ TrainResult TrainRun::run() {
     last_ = r;
     observer_->on_step(r, last_eval_ ? last_eval_->val_loss : NAN);
     if (bad_steps >= tc_.max_bad_steps) {
-      append_metrics(end_json(step, "non-finite"));
+      append_metrics(end_json(step, "non-finite", rank_memory(dist_)));
       const int64_t saved = options_.resume ? std::max(saved_step_, start_step_) : saved_step_;
       fail("training stopped: " + std::to_string(bad_steps) + " consecutive steps had a non-finite loss or gradient; " +
            (saved >= 0 ? "the last good checkpoint (step " + std::to_string(saved) + ") is in " + dir_

@@ -590,3 +590,76 @@ TEST_CASE("checkpoint: an MTP model writes the shared embedding and head at laye
   REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt),
                     Contains("missing tensor") && Contains("model.layers." + L + ".embed_tokens.weight"));
 }
+
+TEST_CASE("checkpoint: an opened file reads each tensor from disk, as a file read whole does", "[checkpoint]") {
+  TempDir dir("checkpoint_open");
+  // Halves past the reader's chunk of 65536 values, a float tensor, and a tensor of no values.
+  const int64_t n = 70001;
+  std::string bf16_halves(static_cast<size_t>(2 * n), '\0'), f16_halves = bf16_halves;
+  std::vector<float> expected_bf16, expected_f16;
+  for (int64_t i = 0; i < n; ++i) {
+    // Within [1, 2): BF16 steps of 2^-7, F16 steps of 2^-10.
+    const uint16_t bf16 = uint16_t(0x3f80 + i % 128), f16 = uint16_t(0x3c00 + i % 300);
+    std::memcpy(bf16_halves.data() + 2 * i, &bf16, 2);
+    std::memcpy(f16_halves.data() + 2 * i, &f16, 2);
+    expected_bf16.push_back(1.0f + float(i % 128) / 128.0f);
+    expected_f16.push_back(1.0f + float(i % 300) / 1024.0f);
+  }
+  const std::string floats = f32_bytes({1.5f, -2.0f, 3.25f});
+  const uint64_t a = 2 * uint64_t(n), b = 2 * a, c = b + 12;
+  const json header = {{"h", {{"dtype", "BF16"}, {"shape", {n}}, {"data_offsets", {0, a}}}},
+                       {"g", {{"dtype", "F16"}, {"shape", {n}}, {"data_offsets", {a, b}}}},
+                       {"f", {{"dtype", "F32"}, {"shape", {3}}, {"data_offsets", {b, c}}}},
+                       {"e", {{"dtype", "F32"}, {"shape", {0, 4}}, {"data_offsets", {c, c}}}}};
+  const std::string path = dir / "mixed.safetensors";
+  write_bytes(path, safetensors_bytes(header.dump(), bf16_halves + f16_halves + floats));
+  const moe::SafetensorsFile opened = moe::open_safetensors(path), whole = moe::read_safetensors(path);
+  CHECK(opened.data.empty());
+  CHECK(whole.data.size() == c);
+  for (const moe::SafetensorsFile* file : {&opened, &whole}) {
+    std::vector<float> values(static_cast<size_t>(n));
+    file->copy_f32("h", values.data());
+    CHECK(values == expected_bf16);
+    file->copy_f32("g", values.data());
+    CHECK(values == expected_f16);
+    file->copy_f32("f", values.data());
+    CHECK(std::vector<float>(values.begin(), values.begin() + 3) == std::vector<float>{1.5f, -2.0f, 3.25f});
+    file->copy_f32("e", nullptr);
+  }
+  // In place only for a file read whole.
+  CHECK(whole.f32("f")[2] == 3.25f);
+  REQUIRE_MOE_ERROR(opened.f32("f"), Contains("opened without its data"));
+  // The opened file keeps reading the file it opened, and notices one cut short since.
+  fs::resize_file(path, 8 + header.dump().size() + a + 10);
+  std::vector<float> values(static_cast<size_t>(n));
+  REQUIRE_MOE_ERROR(opened.copy_f32("g", values.data()), Contains(path) && Contains("truncated data section"));
+}
+
+TEST_CASE("checkpoint: the streaming writer writes tensors as they come and reports a failure at commit",
+          "[checkpoint]") {
+  TempDir dir("checkpoint_writer");
+  const std::vector<float> x = {1, 2, 3, 4}, y = {5, 6};
+  const std::vector<moe::TensorRef> header = {{"x", {2, 2}, nullptr}, {"y", {2}, nullptr}};
+  SECTION("the same bytes as write_safetensors") {
+    moe::SafetensorsWriter out(dir / "streamed.safetensors", header, {{"format", "pt"}});
+    CHECK_FALSE(fs::exists(dir / "streamed.safetensors"));  // nothing in place before commit
+    out.write_next(x.data());
+    out.write_next(y.data());
+    out.commit();
+    moe::write_safetensors(dir / "whole.safetensors", {{"x", {2, 2}, x.data()}, {"y", {2}, y.data()}},
+                           {{"format", "pt"}});
+    CHECK(read_bytes(dir / "streamed.safetensors") == read_bytes(dir / "whole.safetensors"));
+  }
+  SECTION("a file that cannot be created: the writes go nowhere, commit throws") {
+    const std::string path = dir / "no_such_dir/model.safetensors";
+    moe::SafetensorsWriter out(path, header);
+    out.write_next(x.data());
+    out.write_next(y.data());
+    REQUIRE_MOE_ERROR(out.commit(), Contains(path) && Contains("cannot create"));
+  }
+  SECTION("fewer tensors than the header lists") {
+    moe::SafetensorsWriter out(dir / "short.safetensors", header);
+    out.write_next(x.data());
+    REQUIRE_MOE_ERROR(out.commit(), Contains("1 of 2 tensors written"));
+  }
+}

@@ -38,8 +38,7 @@ TEST_CASE("expert-parallel dispatch on one rank equals the local MoE layer in fo
   REQUIRE(moe::Dist::world().size() == 1);
   moe::ExpertParallel ep(moe::Dist::world(), c, N);
   moe::ComputeContext ctx;
-  moe::Workspace ws_local(c, B, T, true), ws_remote(c, B, T, true);
-  ws_remote.remote = &ep;
+  moe::Workspace ws_local(c, B, T, true), ws_remote(c, B, T, true, false, &ep);
   for (int pass = 0; pass < 2; ++pass) {  // twice: buffers reused from the first pass
     local.grads.zero();
     remote.grads.zero();

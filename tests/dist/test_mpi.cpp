@@ -16,70 +16,9 @@
 
 #include <catch2/catch.hpp>
 
-#include "../reliability/reliability_util.hpp"
-#include "../support/run_moe.hpp"
-#include "../support/temp_dir.hpp"
+#include "mpi_util.hpp"
 
-namespace {
-
-using namespace moe_rel;
-using namespace moe_test;
-
-// 8 routed experts (divisible by 1, 2, 4 ranks), top-2, no groups (so device-limited routing may
-// apply), global batch 8, and a save every 10 steps.
-json mpi_config() {
-  json c = micro_config();
-  c["model"]["n_routed_experts"] = 8;
-  c["model"]["num_experts_per_tok"] = 2;
-  c["model"]["n_group"] = 1;
-  c["model"]["topk_group"] = 1;
-  c["train"]["steps"] = 20;
-  c["train"]["batch"] = 8;
-  c["train"]["eval_every"] = 10;
-  c["train"]["eval_tokens"] = 512;
-  c["train"]["save_every"] = 10;
-  c["train"]["threads"] = 1;
-  c["train"]["lr"] = 0.01;
-  return c;
-}
-
-std::vector<std::string> mpirun(int ranks, std::vector<std::string> args) {
-  std::vector<std::string> cmd = {"mpirun", "--allow-run-as-root",     "--oversubscribe", "-np", std::to_string(ranks),
-                                  "-x",     "OMP_WAIT_POLICY=PASSIVE", kMoeBinary};
-  cmd.insert(cmd.end(), args.begin(), args.end());
-  return cmd;
-}
-
-std::vector<json> lines(const std::string& path, const std::string& kind) {
-  std::vector<json> out;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line))
-    if (!line.empty()) {
-      json j = json::parse(line);
-      if (j.value("kind", "") == kind) out.push_back(j);
-    }
-  return out;
-}
-
-struct Run {
-  std::string dir;
-  std::vector<json> train, eval;
-};
-
-Run train_run(const TempDir& tmp, const std::string& name, int ranks, std::vector<std::string> extra) {
-  const std::string config = tmp / "mpi.json";
-  if (!fs::exists(config)) write_bytes(config, mpi_config().dump());
-  std::vector<std::string> args = {"train", "--config", config, "--data", kShakespeare, "--out", tmp / name};
-  args.insert(args.end(), extra.begin(), extra.end());
-  const RunResult r = run(ranks == 0 ? moe_argv(args) : mpirun(ranks, args), {.timeout_s = 300});
-  INFO(r.describe());
-  REQUIRE(r.exited);
-  REQUIRE(r.code == 0);
-  return {tmp / name, lines(tmp / name + "/metrics.jsonl", "train"), lines(tmp / name + "/metrics.jsonl", "eval")};
-}
-
-}  // namespace
+using namespace moe_mpi;
 
 TEST_CASE("mpi: data- and expert-parallel runs on 2 and 4 ranks match one process over 20 steps", "[mpi]") {
   TempDir tmp("mpi");

@@ -138,8 +138,7 @@ TEST_CASE("the model's rank limit routes a one-process forward exactly like an e
   REQUIRE(moe::Dist::world().size() == 1);
   moe::ExpertParallel ep(moe::Dist::world(), c, N);
   moe::ComputeContext ctx;
-  moe::Workspace ws_local(c, B, T, false), ws_remote(c, B, T, false);
-  ws_remote.remote = &ep;
+  moe::Workspace ws_local(c, B, T, false), ws_remote(c, B, T, false, false, &ep);
   const double loss_local = moe::model_forward(ctx, local, ws_local, tokens.data(), targets.data());
   const double loss_remote = moe::model_forward(ctx, remote, ws_remote, tokens.data(), targets.data());
   CHECK(loss_remote == Approx(loss_local).epsilon(1e-6));

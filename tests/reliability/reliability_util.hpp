@@ -1,7 +1,12 @@
 // Helpers of the reliability tests: file contents, directory snapshots and a micro model config that
 // trains in milliseconds. Temporary directories and running `moe` come from tests/support/.
 #pragma once
+#include <sys/mount.h>
+
+#include <cerrno>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -55,6 +60,37 @@ inline std::vector<std::string> leftovers(const std::string& dir) {
   }
   return found;
 }
+
+// Pages a file of `bytes` bytes takes, and those of every file below `dir`.
+inline uint64_t pages(uint64_t bytes) { return (bytes + 4095) / 4096; }
+
+inline uint64_t tree_pages(const std::string& dir) {
+  uint64_t n = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file()) n += pages(e.file_size());
+  return n;
+}
+
+// A tmpfs of `bytes` bytes mounted at `where` (as root; `mounted` false with the reason otherwise):
+// a disk that fills up when the test wants it to.
+struct TmpfsMount {
+  std::string dir;
+  bool mounted = false;
+  std::string error;
+  TmpfsMount(const std::string& where, uint64_t bytes) : dir(where) {
+    fs::create_directories(dir);
+    const std::string options = "size=" + std::to_string(bytes);
+    mounted = ::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) == 0;
+    if (!mounted) error = std::strerror(errno);
+  }
+  bool resize(uint64_t bytes) {
+    const std::string options = "size=" + std::to_string(bytes);
+    return ::mount("tmpfs", dir.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV, options.c_str()) == 0;
+  }
+  ~TmpfsMount() {
+    if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
+  }
+};
 
 // A model small enough that a training step takes milliseconds and a checkpoint ~450 KB.
 inline json micro_config() {

@@ -6,7 +6,6 @@
 // checkpoint, so the second save hits ENOSPC; where mounting is not allowed the test fails.
 // Write error: RLIMIT_FSIZE is lowered on the running trainer (prlimit, no privileges needed) with
 // SIGXFSZ ignored, so its next checkpoint write fails with EFBIG.
-#include <sys/mount.h>
 #include <sys/resource.h>
 
 #include <cerrno>
@@ -35,34 +34,6 @@ std::vector<std::string> train_args(const std::string& config, const std::string
 int64_t checkpoint_step(const std::string& dir) {
   return read_json(dir + "/trainer_state.json").at("step").get<int64_t>();
 }
-
-uint64_t pages(uint64_t bytes) { return (bytes + 4095) / 4096; }
-
-uint64_t tree_pages(const std::string& dir) {
-  uint64_t n = 0;
-  for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) n += pages(e.file_size());
-  return n;
-}
-
-struct TmpfsMount {
-  std::string dir;
-  bool mounted = false;
-  std::string error;
-  TmpfsMount(const std::string& where, uint64_t bytes) : dir(where) {
-    fs::create_directories(dir);
-    const std::string options = "size=" + std::to_string(bytes);
-    mounted = ::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, options.c_str()) == 0;
-    if (!mounted) error = std::strerror(errno);
-  }
-  bool resize(uint64_t bytes) {
-    const std::string options = "size=" + std::to_string(bytes);
-    return ::mount("tmpfs", dir.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV, options.c_str()) == 0;
-  }
-  ~TmpfsMount() {
-    if (mounted) ::umount2(dir.c_str(), MNT_DETACH);
-  }
-};
 
 void check_one_error_line(const RunResult& r) {
   CHECK_FALSE(r.signaled);

@@ -3,7 +3,8 @@
 # config), an eval, a greedy generation, the inspect tables and HTML reports. Refactors that must
 # not change behaviour compare this output before and after:
 #   tests/tools/behaviour_hash.sh build/moe > before.txt; ...; diff before.txt after.txt
-# Wall-clock fields (seconds, tokens per second) are dropped before hashing; the HTML report is
+# Wall-clock fields (seconds, tokens per second) and the resident set size (the end line's peak RSS)
+# are dropped before hashing; the HTML report is
 # hashed for the checked-in metrics fixture, whose timings are fixed.
 set -euo pipefail
 moe="$(realpath "${1:-build/moe}")"
@@ -17,7 +18,7 @@ json_hash() {
 import json, sys
 def strip(v):
     if isinstance(v, dict):
-        return {k: strip(x) for k, x in v.items() if "second" not in k and not k.endswith("per_s") and not k.endswith("_ms")}
+        return {k: strip(x) for k, x in v.items() if "second" not in k and not k.endswith("per_s") and not k.endswith("_ms") and k != "peak_rss_kib"}
     if isinstance(v, list): return [strip(x) for x in v]
     return v
 text = sys.stdin.read()
