@@ -80,12 +80,14 @@ TEST_CASE("speculative greedy decoding with the MTP module equals plain greedy d
     CHECK(run(model, {prompts[0]}, 40, draft, greedy, 1, &one)[0].text == plain[0].text);
     CHECK(one.main_steps == one.generated_tokens - 1 - one.accepted);
   }
-  // The context limit is respected as in plain decoding.
+  // The context limit is respected as in plain decoding: -n 40 after a 60-byte prompt in a context
+  // of 64 keeps the prompt's last 32 bytes (half the context) and stops after 32 new tokens.
   const std::string long_prompt(60, 'x');
-  const auto at_limit = run(model, {long_prompt}, 20, 3, greedy, 1);
-  CHECK(at_limit[0].generated == 4);
+  const auto at_limit = run(model, {long_prompt}, 40, 3, greedy, 1);
+  CHECK(at_limit[0].prompt_tokens == 32);
+  CHECK(at_limit[0].generated == 32);
   CHECK(at_limit[0].hit_context_limit);
-  CHECK(at_limit[0].text == run(model, {long_prompt}, 20, 0, greedy, 1)[0].text);
+  CHECK(at_limit[0].text == run(model, {long_prompt}, 40, 0, greedy, 1)[0].text);
 }
 
 TEST_CASE("speculative sampling keeps the main model's distribution (chi-square over three tokens)", "[infer]") {
