@@ -3,6 +3,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -35,7 +36,7 @@ namespace {
 struct InspectFlags {
   std::vector<std::string> paths;
   std::string html, text, data;
-  bool force = false;
+  bool force = false, text_given = false;
   bool json = false, follow = false;
   int64_t layer = -1, window = 0, threads = 0;
   double interval = 1.0;
@@ -180,11 +181,28 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
   const ModelConfig& c = model->config;
   if (c.num_moe_layers() == 0) fail(t.path + ": the model has no MoE layers to analyse");
   ComputeContext ctx;
-  if (!f.text.empty()) {
+  // --layer: only that MoE layer of the trace (an index that is no MoE layer is an error).
+  auto keep_layer = [&](RoutingTrace& trace) {
+    if (f.layer < 0) return;
+    const auto it = std::find(trace.layers.begin(), trace.layers.end(), f.layer);
+    if (it == trace.layers.end()) {
+      std::string layers;
+      for (int64_t l : trace.layers) layers += (layers.empty() ? "" : ", ") + std::to_string(l);
+      fail("--layer " + std::to_string(f.layer) + ": " + t.path + " has no such MoE layer (its MoE layers: " + layers +
+           ")");
+    }
+    const size_t i = size_t(it - trace.layers.begin());
+    trace.layers = {trace.layers[i]};
+    trace.experts = {trace.experts[i]};
+    trace.weights = {trace.weights[i]};
+  };
+  if (f.text_given) {
+    if (f.text.empty()) fail("--text: expected some text to route, got an empty string");
     // Every character of the text is routed: a trailing newline is the (unscored) last target.
     std::vector<uint8_t> bytes(f.text.begin(), f.text.end());
     bytes.push_back('\n');
-    const RoutingTrace trace = trace_routing(ctx, *model, bytes, c.max_position_embeddings);
+    RoutingTrace trace = trace_routing(ctx, *model, bytes, c.max_position_embeddings);
+    keep_layer(trace);
     if (f.json) {
       std::cout << routing_trace_json(trace, c.num_experts_per_tok)
                        .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
@@ -206,7 +224,8 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
     load_domains_if_present(data, f.data);
   }
   if (data.size() < 2) fail(f.data + ": needs at least 2 bytes");
-  const RoutingTrace trace = trace_routing(ctx, *model, data.bytes, c.max_position_embeddings);
+  RoutingTrace trace = trace_routing(ctx, *model, data.bytes, c.max_position_embeddings);
+  keep_layer(trace);
   const auto layers = aggregate_routing(trace, data.domain, kNumDomains, c.n_routed_experts);
   std::vector<std::string> names;
   for (int d = 0; d < kNumDomains; ++d) names.push_back(domain_name(d));
@@ -238,7 +257,7 @@ Run add_inspect(CLI::App& app) {
   cmd->add_flag("--json", f->json, "Print JSON instead of tables");
   cmd->add_option("--layer", f->layer, "Only this MoE layer")->check(NonNegative);
   cmd->add_option("--window", f->window, "Steps in the early and recent windows (default: steps/10, at most 50)")
-      ->check(NonNegative);
+      ->check(Positive);
   cmd->add_flag("--follow", f->follow, "Redraw the load report as training appends to metrics.jsonl, until it ends");
   cmd->add_option("--interval", f->interval, "Seconds between redraws with --follow")->check(InRange(0.05, 3600.0));
   auto* text = cmd->add_option("--text", f->text, "Show the experts each token of this text goes to");
@@ -248,7 +267,7 @@ Run add_inspect(CLI::App& app) {
   text->excludes(data);
   cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
 
-  return [f]() {
+  return [f, text]() {
     use_threads(f->threads);
     const bool color = ::isatty(STDOUT_FILENO) != 0 && !f->json;
     const bool replacing = !f->html.empty() && check_output_file(f->html, f->force);
@@ -259,7 +278,8 @@ Run add_inspect(CLI::App& app) {
       if (f->paths.size() != 1) fail("--follow takes one run directory");
       return follow(*f, follow_target(f->paths[0]), color);
     }
-    if (!f->text.empty() || !f->data.empty()) {
+    f->text_given = text->count() > 0;
+    if (f->text_given || !f->data.empty()) {
       if (targets.size() != 1) fail("--text / --data take one checkpoint directory");
       return routing(*f, targets[0], color);
     }
@@ -273,6 +293,9 @@ Run add_inspect(CLI::App& app) {
       }
       auto run = std::make_unique<RunMetrics>(filter_layer(read_metrics(t.metrics), f->layer));
       run->name = t.name;
+      if (f->window > int64_t(run->train.size()) && !run->train.empty())
+        run->notes.push_back("--window " + std::to_string(f->window) + " is more than the " +
+                             std::to_string(run->train.size()) + " train steps logged: each window is the whole run");
       if (f->layer >= 0 && !run->train.empty() && run->train.front().layers.empty())
         fail("--layer " + std::to_string(f->layer) + ": " + t.metrics + " has no such MoE layer");
       reports.push_back(std::make_unique<LoadReport>(build_load_report(*run, f->window)));

@@ -1,5 +1,6 @@
 #include "infer/routing.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -83,7 +84,7 @@ namespace {
 
 std::string show_byte(uint8_t b) {
   if (b == '\n') return "\\n";
-  if (b == ' ') return "_";
+  if (b == ' ') return "\xe2\x90\xa3";  // U+2423 OPEN BOX, so that a real underscore stays itself
   if (b == '\t') return "\\t";
   if (b < 32 || b >= 127) {
     char buf[8];
@@ -93,6 +94,13 @@ std::string show_byte(uint8_t b) {
   return std::string(1, char(b));
 }
 
+// `text` padded on the left to `width` columns, counting UTF-8 characters, not bytes.
+std::string right_aligned(const std::string& text, int width) {
+  int columns = 0;
+  for (unsigned char ch : text) columns += (ch & 0xC0) != 0x80;
+  return std::string(size_t(std::max(0, width - columns)), ' ') + text;
+}
+
 }  // namespace
 
 std::string format_routing_text(const RoutingTrace& trace, int64_t K) {
@@ -100,12 +108,11 @@ std::string format_routing_text(const RoutingTrace& trace, int64_t K) {
   const int64_t n = int64_t(trace.tokens.size());
   constexpr int64_t kPerBlock = 24;
   char buf[32];
-  out += "experts chosen for each token (best first; '_' is a space)\n";
+  out += "experts chosen for each token (best first; '\xe2\x90\xa3' is a space)\n";
   for (int64_t t0 = 0; t0 < n; t0 += kPerBlock) {
     const int64_t t1 = std::min(n, t0 + kPerBlock);
     out += "\n  token   ";
-    for (int64_t t = t0; t < t1; ++t)
-      std::snprintf(buf, sizeof buf, "%4s", show_byte(trace.tokens[size_t(t)]).c_str()), out += buf;
+    for (int64_t t = t0; t < t1; ++t) out += right_aligned(show_byte(trace.tokens[size_t(t)]), 4);
     out += "\n";
     for (size_t m = 0; m < trace.layers.size(); ++m)
       for (int64_t k = 0; k < K; ++k) {

@@ -112,10 +112,9 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
     out += line;
   }
   std::snprintf(line, sizeof line,
-                "\n  %lld parameters, %lld activated per token (%.1f%%): each token uses %.2fx fewer than the model "
-                "holds.\n",
-                (long long)s.total, (long long)s.activated, 100.0 * double(s.activated) / double(s.total),
-                double(s.total) / double(s.activated));
+                "\n  %lld parameters, %lld activated per token: the model activates %.0f %% of its parameters per "
+                "token.\n",
+                (long long)s.total, (long long)s.activated, 100.0 * double(s.activated) / double(s.total));
   out += line;
   if (s.state > 0) {
     std::snprintf(line, sizeof line, "  plus %lld routing-bias values (balancing state, not trained by gradients)\n",

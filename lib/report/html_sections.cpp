@@ -370,8 +370,10 @@ std::string run_facts(const RunMetrics& m, const LoadReport& report) {
   if (m.eval.empty())
     out += fact("evaluations", "none yet");
   else
-    out += fact("evaluations", std::to_string(m.eval.size()) + " (steps " + std::to_string(m.eval.front().step) +
-                                   kDash + std::to_string(m.eval.back().step) + ")");
+    out += fact("evaluations", m.eval.size() == 1
+                                   ? "1 (step " + std::to_string(m.eval.front().step) + ")"
+                                   : std::to_string(m.eval.size()) + " (steps " + std::to_string(m.eval.front().step) +
+                                         kDash + std::to_string(m.eval.back().step) + ")");
   out += fact("final validation loss", escape(m.final_val_text()) + (m.eval.empty() ? "" : " nats/byte"));
   const double tps = mean_tokens_per_s(m);
   out += fact("mean throughput", std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) + " tokens/s" : kDash);

@@ -134,15 +134,18 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     std::snprintf(buf, sizeof buf, "\n  MaxVio_batch over steps %lld-%lld (0 .. %.2f): ", (long long)l.steps.front(),
                   (long long)l.steps.back(), max_v);
     out += buf + sparkline(l.maxvio_batch, 60) + "\n";
-    std::snprintf(buf, sizeof buf, "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%)\n", "expert",
-                  "early", "recent", "min", "max", "bias", 100 * uniform);
+    std::snprintf(buf, sizeof buf,
+                  "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%, \xe2\x96\xb6 past 20)\n",
+                  "expert", "early", "recent", "min", "max", "bias", 100 * uniform);
     out += buf;
     const double scale = std::max(2.0 * uniform, 1e-9);  // bars span 0 .. twice the uniform share
     for (const auto& e : l.experts) {
       std::snprintf(buf, sizeof buf, "  %-6lld %6.1f%% %6.1f%% %6.1f%% %6.1f%% %+9.4f  ", (long long)e.expert,
                     100 * e.early, 100 * e.recent, 100 * e.min, 100 * e.max, e.bias);
       out += buf;
-      std::string b = bar(e.recent / scale, 20);
+      // Bars stop at twice the uniform share; a larger share ends in an arrow so it is not read as
+      // exactly that.
+      std::string b = bar(e.recent / scale, 20) + (e.recent > scale ? "\xe2\x96\xb6" : "");
       const bool over = e.recent > uniform * 1.2, under = e.recent < uniform * 0.8;
       if (color && over)
         out += "\033[31m" + b + "\033[0m";
@@ -210,8 +213,8 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
     if (!r.eval.empty()) std::snprintf(val, sizeof val, "%.4f", r.eval.back().val_loss);
     if (n_global) std::snprintf(glob, sizeof glob, "%.3f", global / double(n_global));
     std::string name = r.name.size() > 24 ? r.name.substr(r.name.size() - 24) : r.name;
-    const std::string steps = std::to_string(r.train.empty() ? 0 : r.train.back().step) +
-                              (r.settings ? "/" + std::to_string(r.settings->steps) : "");
+    std::string steps = std::to_string(r.train.empty() ? 0 : r.train.back().step);
+    if (r.settings) steps.append("/").append(std::to_string(r.settings->steps));
     std::string settings = "-";
     if (r.settings) {
       char lr[32];

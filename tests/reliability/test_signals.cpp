@@ -138,8 +138,11 @@ TEST_CASE("reliability: a second SIGINT exits at once and the last checkpoint st
   REQUIRE(running);
   REQUIRE(r.exited);
   CHECK(r.code == 130);
-  // At once: not through the graceful path (no checkpoint message, no end line).
+  // At once: not through the graceful path (no checkpoint message, no end line), saying so on a
+  // line of its own.
   CHECK(r.err.find("checkpoint saved") == std::string::npos);
+  CHECK(r.err.find("\nmoe: interrupted twice: leaving without saving; the last checkpoint is intact\n") !=
+        std::string::npos);
   CHECK(read_bytes(dir + "/metrics.jsonl").find("\"kind\":\"end\"") == std::string::npos);
   CHECK(exit_after < 2.0);
   // The last checkpoint loads, and --resume (which discards a save cut short) continues it.
