@@ -850,8 +850,8 @@ TEST_CASE("shipped configs by name and a relative --data work from any directory
   REQUIRE(first.ok());
   const json state = read_json(tmp / "a/run/trainer_state.json");
   CHECK(state.at("data").at("source") == (tmp / "a/text.txt"));  // stored absolute
-  for (const auto& [key, value] : json::parse(read_bytes(kTiny)).at("model").items())
-    CHECK(state.at("config").at("model").at(key) == value);
+  const json tiny = json::parse(read_bytes(kTiny));              // a named value: items() would outlive a temporary
+  for (const auto& [key, value] : tiny.at("model").items()) CHECK(state.at("config").at("model").at(key) == value);
   // --resume from another directory finds the data.
   const RunResult again = run_moe({"train", "--out", tmp / "a/run", "--resume"}, {.cwd = tmp / "b"});
   INFO(again.describe());
