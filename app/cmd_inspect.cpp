@@ -17,6 +17,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/gguf.hpp"
 #include "core/safetensors.hpp"
 #include "infer/routing.hpp"
 #include "model/checkpoint.hpp"
@@ -244,13 +245,61 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
   return 0;
 }
 
+// A GGUF file (llama.cpp's format): its metadata and tensors, as stored.
+int inspect_gguf(const std::string& path, bool json) {
+  const GgufFile g = read_gguf(path);
+  if (json) {
+    nlohmann::json kvs = nlohmann::json::array(), tensors = nlohmann::json::array();
+    for (const GgufKv& kv : g.kvs)
+      kvs.push_back({{"key", kv.key},
+                     {"type", kv.type == GgufType::array ? std::string("array of ") + to_string(kv.element)
+                                                         : std::string(to_string(kv.type))},
+                     {"count", kv.count},
+                     {"value", kv.text}});
+    for (const GgufTensorInfo& t : g.tensors)
+      tensors.push_back(
+          {{"name", t.name}, {"type", ggml_type_name(t.type)}, {"ne", t.ne}, {"offset", t.offset}, {"bytes", t.bytes}});
+    std::cout << nlohmann::json{{"path", path},
+                                {"version", g.version},
+                                {"alignment", g.alignment},
+                                {"metadata", kvs},
+                                {"tensors", tensors}}
+                     .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+              << "\n";
+    return 0;
+  }
+  std::printf("GGUF v%u %s: %zu metadata keys, %zu tensors (alignment %llu, data from byte %llu)\n", g.version,
+              path.c_str(), g.kvs.size(), g.tensors.size(), (unsigned long long)g.alignment,
+              (unsigned long long)g.data_start);
+  std::printf("\nmetadata\n");
+  for (const GgufKv& kv : g.kvs) {
+    const std::string type = kv.type == GgufType::array
+                                 ? std::string(to_string(kv.element)) + "[" + std::to_string(kv.count) + "]"
+                                 : std::string(to_string(kv.type));
+    std::printf("  %-44s %-12s %s\n", kv.key.c_str(), type.c_str(), kv.text.c_str());
+  }
+  std::printf("\ntensors (ne: ggml order, innermost first)\n");
+  uint64_t total = 0;
+  for (const GgufTensorInfo& t : g.tensors) {
+    std::string ne;
+    for (uint64_t n : t.ne) ne += (ne.empty() ? "" : " x ") + std::to_string(n);
+    std::printf("  %-44s %-5s %-22s %12llu bytes\n", t.name.c_str(), ggml_type_name(t.type).c_str(), ne.c_str(),
+                (unsigned long long)t.bytes);
+    total += t.bytes;
+  }
+  std::printf("  %llu bytes of tensor data\n", (unsigned long long)total);
+  return 0;
+}
+
 }  // namespace
 
 Run add_inspect(CLI::App& app) {
   auto f = std::make_shared<InspectFlags>();
   auto* cmd = app.add_subcommand(
       "inspect", "Model summary, expert-load reports of runs, comparisons, HTML report, routing analysis");
-  cmd->add_option("paths", f->paths, "Run directories, checkpoint directories, config files or metrics.jsonl files")
+  cmd->add_option("paths", f->paths,
+                  "Run directories, checkpoint directories, config files (or shipped config names), metrics.jsonl "
+                  "files, or one GGUF file (llama.cpp's format: its metadata and tensors)")
       ->required();
   cmd->add_option("--html", f->html, "Write a self-contained HTML report to FILE");
   cmd->add_flag("--force", f->force, "With --html: replace FILE if it exists");
@@ -270,6 +319,8 @@ Run add_inspect(CLI::App& app) {
   return [f, text]() {
     use_threads(f->threads);
     const bool color = ::isatty(STDOUT_FILENO) != 0 && !f->json;
+    if (f->paths.size() == 1 && f->paths[0].size() > 5 && f->paths[0].substr(f->paths[0].size() - 5) == ".gguf")
+      return inspect_gguf(f->paths[0], f->json);
     const bool replacing = !f->html.empty() && check_output_file(f->html, f->force);
     std::vector<Target> targets;
     if (!f->follow)
