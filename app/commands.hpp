@@ -171,5 +171,6 @@ Run add_data(CLI::App& app);
 Run add_infer(CLI::App& app);
 Run add_eval(CLI::App& app);
 Run add_bench(CLI::App& app);
+Run add_export(CLI::App& app);
 
 }  // namespace moe::app

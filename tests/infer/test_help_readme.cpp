@@ -30,8 +30,13 @@ std::string readme_section(const std::string& heading) {
 
 TEST_CASE("README documents every flag of every subcommand", "[cli]") {
   const std::pair<std::vector<std::string>, std::string> commands[] = {
-      {{"train"}, "### `moe train`"},     {{"infer"}, "### `moe infer`"}, {{"eval"}, "### `moe eval`"},
-      {{"inspect"}, "### `moe inspect`"}, {{"bench"}, "## Performance"},  {{"data", "synth"}, "### `moe train`"},
+      {{"train"}, "### `moe train`"},
+      {{"infer"}, "### `moe infer`"},
+      {{"eval"}, "### `moe eval`"},
+      {{"inspect"}, "### `moe inspect`"},
+      {{"bench"}, "## Performance"},
+      {{"data", "synth"}, "### `moe train`"},
+      {{"export", "gguf"}, "### `moe export gguf`"},
   };
   const std::regex flag("(^|[ ,])(--[a-z][a-z0-9-]*)");
   for (const auto& [args, heading] : commands) {
