@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../reliability/reliability_util.hpp"
 #include "../support/checks.hpp"
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
@@ -28,32 +29,17 @@ constexpr int64_t kSeq = 32, kEvalTokens = 512;
 // loss), trained hard enough in 10 steps that the experts differ: the same checkpoint evaluated
 // without the limit scored 2.1e-3 away from the run's own val_loss.
 json limited_config() {
-  return json{{"model",
-               {{"vocab_size", 256},
-                {"hidden_size", 32},
-                {"num_hidden_layers", 2},
-                {"num_attention_heads", 2},
-                {"num_key_value_heads", 1},
-                {"intermediate_size", 64},
-                {"moe_intermediate_size", 16},
-                {"first_k_dense_replace", 1},
-                {"n_shared_experts", 0},
-                {"n_routed_experts", 8},
-                {"num_experts_per_tok", 2},
-                {"n_group", 1},
-                {"topk_group", 1},
-                {"max_position_embeddings", 64},
-                {"initializer_range", 0.1}}},
-              {"train",
-               {{"steps", 10},
-                {"batch", 8},
-                {"seq", kSeq},
-                {"lr", 0.02},
-                {"warmup", 1},
-                {"eval_every", 0},
-                {"eval_tokens", kEvalTokens},
-                {"save_every", 5},
-                {"threads", 1}}}};
+  json c = moe_rel::micro_config();
+  c.merge_patch({{"model", {{"n_shared_experts", 0}, {"n_routed_experts", 8}, {"initializer_range", 0.1}}},
+                 {"train",
+                  {{"steps", 10},
+                   {"batch", 8},
+                   {"seq", kSeq},
+                   {"lr", 0.02},
+                   {"eval_tokens", kEvalTokens},
+                   {"save_every", 5},
+                   {"threads", 1}}}});
+  return c;
 }
 
 RunResult train(const TempDir& tmp, int ranks, const std::string& name, const Args& extra) {
@@ -72,7 +58,7 @@ std::vector<json> lines_of(const std::string& dir, const std::string& kind) {
   return out;
 }
 
-json read_json(const std::string& path) { return json::parse(read_bytes(path)); }
+using moe_rel::read_json;
 
 }  // namespace
 
