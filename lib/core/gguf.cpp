@@ -1,11 +1,14 @@
 #include "core/gguf.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
 
 #include "core/error.hpp"
+#include "core/safetensors.hpp"
 
 namespace moe {
 
@@ -298,12 +301,51 @@ void GgufWriter::add_i32_array(const std::string& k, const std::vector<int32_t>&
   for (int32_t x : v) put(kv_bytes_, x);
 }
 
-void GgufWriter::add_tensor_f32(const std::string& name, const std::vector<int64_t>& shape, const float* values) {
+void quantize_q8_0(const float* x, int64_t n, char* out) {
+  for (int64_t b = 0; b < n; b += kQ8Block, out += kQ8BlockBytes) {
+    float amax = 0;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+    const float d = amax / 127, id = d != 0 ? 1 / d : 0;
+    const uint16_t d16 = float_to_f16(d);
+    std::memcpy(out, &d16, 2);
+    for (int64_t i = 0; i < kQ8Block; ++i) out[2 + i] = char(int8_t(std::round(x[b + i] * id)));
+  }
+}
+
+void dequantize_q8_0(const char* in, int64_t n, float* y) {
+  for (int64_t b = 0; b < n; b += kQ8Block, in += kQ8BlockBytes) {
+    uint16_t d16;
+    std::memcpy(&d16, in, 2);
+    const float d = f16_to_float(d16);
+    for (int64_t i = 0; i < kQ8Block; ++i) y[b + i] = float(int8_t(in[2 + i])) * d;
+  }
+}
+
+void GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* values,
+                            GgmlType type) {
   Tensor t;
   t.name = name;
+  t.type = type;
   uint64_t n = 1;
   for (auto it = shape.rbegin(); it != shape.rend(); ++it) t.ne.push_back(uint64_t(*it)), n *= uint64_t(*it);
-  t.data.assign(reinterpret_cast<const char*>(values), size_t(n * sizeof(float)));
+  switch (type) {
+    case GgmlType::f32:
+      t.data.assign(reinterpret_cast<const char*>(values), size_t(n * sizeof(float)));
+      break;
+    case GgmlType::f16:
+      t.data.resize(size_t(n * 2));
+      for (uint64_t i = 0; i < n; ++i) {
+        const uint16_t h = float_to_f16(values[i]);
+        std::memcpy(t.data.data() + 2 * i, &h, 2);
+      }
+      break;
+    case GgmlType::q8_0:
+      check(!t.ne.empty() && t.ne[0] % kQ8Block == 0,
+            "internal: gguf: Q8_0 tensor " + name + " needs a row length that is a multiple of 32");
+      t.data.resize(size_t(n / kQ8Block * kQ8BlockBytes));
+      quantize_q8_0(values, int64_t(n), t.data.data());
+      break;
+  }
   tensors_.push_back(std::move(t));
 }
 
@@ -319,7 +361,7 @@ std::string GgufWriter::bytes() const {
     put_string(out, t.name);
     put<uint32_t>(out, uint32_t(t.ne.size()));
     for (uint64_t n : t.ne) put(out, n);
-    put<uint32_t>(out, 0);  // F32
+    put<uint32_t>(out, uint32_t(t.type));
     put(out, offset);
     offset += (t.data.size() + kAlign - 1) / kAlign * kAlign;
   }

@@ -62,8 +62,18 @@ uint64_t ggml_tensor_bytes(uint32_t type, uint64_t elements);
 // Reads and checks the header, metadata and tensor infos; Error naming the path and what is wrong.
 GgufFile read_gguf(const std::string& path);
 
-// Builds a GGUF v3 file in memory: metadata in the order added, then tensors (F32 here) in the
-// order added, each aligned to 32 bytes.
+// The tensor types the writer encodes (ggml_type ids).
+enum class GgmlType : uint32_t { f32 = 0, f16 = 1, q8_0 = 8 };
+
+// ggml's Q8_0 block of 32 values: scale d = max|x| / 127 stored as F16, then 32 int8 values
+// round(x / d), halves away from zero (ggml-quants.c quantize_row_q8_0_ref, bit for bit).
+constexpr int64_t kQ8Block = 32;
+constexpr size_t kQ8BlockBytes = 34;
+void quantize_q8_0(const float* x, int64_t n, char* out);  // n a multiple of kQ8Block
+void dequantize_q8_0(const char* in, int64_t n, float* y);
+
+// Builds a GGUF v3 file in memory: metadata in the order added, then tensors in the order added,
+// each aligned to 32 bytes.
 class GgufWriter {
  public:
   void add_u32(const std::string& key, uint32_t v);
@@ -74,14 +84,19 @@ class GgufWriter {
   void add_string_array(const std::string& key, const std::vector<std::string>& v);
   void add_f32_array(const std::string& key, const std::vector<float>& v);
   void add_i32_array(const std::string& key, const std::vector<int32_t>& v);
-  // `shape` in PyTorch order (outermost first); it is written reversed, as ggml's ne.
-  void add_tensor_f32(const std::string& name, const std::vector<int64_t>& shape, const float* values);
+  // `shape` in PyTorch order (outermost first); it is written reversed, as ggml's ne. Q8_0 needs
+  // the innermost dimension to be a multiple of 32.
+  void add_tensor(const std::string& name, const std::vector<int64_t>& shape, const float* values, GgmlType type);
+  void add_tensor_f32(const std::string& name, const std::vector<int64_t>& shape, const float* values) {
+    add_tensor(name, shape, values, GgmlType::f32);
+  }
   std::string bytes() const;
 
  private:
   struct Tensor {
     std::string name;
     std::vector<uint64_t> ne;
+    GgmlType type;
     std::string data;
   };
   std::string kv_bytes_;

@@ -164,6 +164,24 @@ float f16_to_float(uint16_t bits) {
   return std::bit_cast<float>(sign | std::bit_cast<uint32_t>(magnitude));
 }
 
+uint16_t float_to_f16(float value) {
+  const uint32_t bits = std::bit_cast<uint32_t>(value);
+  const uint16_t sign = uint16_t((bits >> 16) & 0x8000u);
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((magnitude >> 13) & 0x1ffu));  // NaN, quiet
+  if (magnitude >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // >= 65520 rounds to infinity
+  if (magnitude < 0x38800000u) {
+    // Below the smallest normal half (2^-14): a subnormal, units of 2^-24. Adding 0.5 (2^-1) in
+    // float32 shifts the units into the low mantissa bits with the hardware's round-to-nearest-even.
+    const float shifted = std::bit_cast<float>(magnitude) + 0.5f;
+    return uint16_t(sign | (std::bit_cast<uint32_t>(shifted) - 0x3f000000u));
+  }
+  // Normal: rebias the exponent, then round the 13 dropped mantissa bits to nearest even (a carry
+  // into the exponent is the correct next binade).
+  const uint32_t odd = (magnitude >> 13) & 1u;
+  return uint16_t(sign | ((magnitude - 0x38000000u + 0xfffu + odd) >> 13));
+}
+
 const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
   const auto it = tensors.find(name);
   if (it == tensors.end()) fail(path + ": no tensor \"" + name + "\"");

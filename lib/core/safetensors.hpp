@@ -44,6 +44,9 @@ size_t safetensors_dtype_size(const std::string& dtype);
 // subnormals, infinities and NaN included.
 float bf16_to_float(uint16_t bits);
 float f16_to_float(uint16_t bits);
+// float32 to IEEE half, rounded to nearest even (as numpy's astype(float16) and ggml's
+// GGML_FP32_TO_FP16): overflow gives infinity, tiny values subnormals or zero, NaN stays NaN.
+uint16_t float_to_f16(float value);
 
 // Reads and checks the header; the tensors stay in the file until copy_f32 reads one. Throws Error
 // naming the path and the problem for any malformed file.

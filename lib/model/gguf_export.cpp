@@ -32,7 +32,15 @@ void check_exportable(const ModelConfig& c) {
 
 }  // namespace
 
-std::string export_gguf(const Model& model) {
+GgmlType gguf_tensor_type(const std::string& name, const std::vector<int64_t>& shape, GgmlType type) {
+  const bool keep_f32 = shape.size() < 2 || name.ends_with("_norm.weight") || name.ends_with("ffn_gate_inp.weight") ||
+                        !name.ends_with(".weight");
+  if (keep_f32) return GgmlType::f32;
+  if (type == GgmlType::q8_0 && shape.back() % kQ8Block != 0) return GgmlType::f16;
+  return type;
+}
+
+std::string export_gguf(const Model& model, GgmlType type) {
   const ModelConfig& c = model.config;
   check_exportable(c);
   const int64_t H = c.num_attention_heads, n = c.qk_nope_head_dim, r = c.qk_rope_head_dim, v = c.v_head_dim;
@@ -70,7 +78,8 @@ std::string export_gguf(const Model& model) {
   w.add_f32("deepseek2.expert_weights_scale", float(c.routed_scaling_factor));
   w.add_bool("deepseek2.expert_weights_norm", c.norm_topk_prob);
   w.add_f32("deepseek2.rope.scaling.yarn_log_multiplier", 0.0f);  // required by 2025 builds; no YaRN here
-  w.add_u32("general.file_type", 0);                              // all F32
+  // llama_ftype: 0 all F32, 1 mostly F16, 7 mostly Q8_0 (display only).
+  w.add_u32("general.file_type", type == GgmlType::f32 ? 0 : type == GgmlType::f16 ? 1 : 7);
   w.add_u32("general.quantization_version", 2);
   // Bytes as llama.cpp's rwkv tokenizer: token i is "\xHH" (lowercase hex), which it unescapes to
   // the byte i; it matches raw input bytes greedily, so any byte string maps to moe's ids and back.
@@ -88,9 +97,12 @@ std::string export_gguf(const Model& model) {
     check(spec != nullptr, "internal: export gguf: no tensor " + name);
     return *spec;
   };
+  auto put = [&](const std::string& gguf, const std::vector<int64_t>& shape, const float* data) {
+    w.add_tensor(gguf, shape, data, gguf_tensor_type(gguf, shape, type));
+  };
   auto add = [&](const std::string& gguf, const std::string& hf) {
     const TensorSpec& s = values(hf);
-    w.add_tensor_f32(gguf, s.shape, model.params.data() + s.offset);
+    put(gguf, s.shape, model.params.data() + s.offset);
   };
   add("token_embd.weight", "model.embed_tokens.weight");
   add("output_norm.weight", "model.norm.weight");
@@ -115,8 +127,8 @@ std::string export_gguf(const Model& model) {
           for (int64_t j = 0; j < Lkv; ++j) kb[size_t((h * Lkv + j) * n + i)] = rows[i * Lkv + j];
         for (int64_t i = 0; i < v * Lkv; ++i) vb[size_t(h * v * Lkv + i)] = rows[n * Lkv + i];
       }
-      w.add_tensor_f32(b + "attn_k_b.weight", {H, Lkv, n}, kb.data());
-      w.add_tensor_f32(b + "attn_v_b.weight", {H, v, Lkv}, vb.data());
+      put(b + "attn_k_b.weight", {H, Lkv, n}, kb.data());
+      put(b + "attn_v_b.weight", {H, v, Lkv}, vb.data());
     }
     add(b + "attn_output.weight", p + "self_attn.o_proj.weight");
     add(b + "ffn_norm.weight", p + "post_attention_layernorm.weight");
@@ -138,7 +150,7 @@ std::string export_gguf(const Model& model) {
         shape = s.shape;
       }
       shape.insert(shape.begin(), c.n_routed_experts);
-      w.add_tensor_f32(b + "ffn_" + part + "_exps.weight", shape, stacked.data());
+      put(b + "ffn_" + part + "_exps.weight", shape, stacked.data());
     }
     add(b + "ffn_gate_shexp.weight", p + "mlp.shared_experts.gate_proj.weight");
     add(b + "ffn_up_shexp.weight", p + "mlp.shared_experts.up_proj.weight");

@@ -1,7 +1,7 @@
 // moe export gguf: the metadata llama.cpp's deepseek2 loader reads (with its exact types), the
 // tensor set (no MTP layer), the kv_b_proj split into attn_k_b (transposed per head) / attn_v_b,
-// stacked experts, and refusals of what llama.cpp cannot express. (Loading in a real llama.cpp is
-// checked by hand so far: see the README.)
+// stacked experts, the tensor types of --type f16 / q8_0, and refusals of what llama.cpp cannot
+// express. (A real llama.cpp runs the files in tests/interop/test_llama_cpp.cpp.)
 #include <cstring>
 #include <string>
 
@@ -87,6 +87,41 @@ TEST_CASE("export gguf: deepseek2 metadata, tensors and the kv_b split", "[gguf]
   const moe::TensorSpec* down5 = model.find("model.layers.2.mlp.experts.5.down_proj.weight");
   CHECK(value_at(bytes, g, "blk.2.ffn_down_exps.weight", uint64_t(5 * down5->numel)) ==
         model.params.data()[down5->offset]);
+}
+
+TEST_CASE("export gguf --type: matrices in F16 / Q8_0, norms, router and bias in F32, Q8_0 falls back to F16",
+          "[gguf]") {
+  moe_test::TempDir tmp("gguf_types");
+  const moe::ModelConfig c = tiny_v3();  // hidden 96 (3 blocks of 32), qk_nope 16 and q_lora 48 (not multiples of 32)
+  moe::Model model(c);
+  model.init(4);
+  for (const moe::GgmlType type : {moe::GgmlType::f16, moe::GgmlType::q8_0}) {
+    const std::string path = tmp / "m.gguf";
+    moe_test::write_bytes(path, moe::export_gguf(model, type));
+    const moe::GgufFile g = moe::read_gguf(path);
+    const uint32_t matrix = uint32_t(type);
+    CHECK(g.find("general.file_type")->text == (type == moe::GgmlType::f16 ? "1" : "7"));
+    auto type_of = [&](const std::string& name) {
+      for (const auto& t : g.tensors)
+        if (t.name == name) return t.type;
+      FAIL("no tensor " << name);
+      return 99u;
+    };
+    CHECK(type_of("token_embd.weight") == matrix);
+    CHECK(type_of("output.weight") == matrix);
+    CHECK(type_of("output_norm.weight") == 0);
+    CHECK(type_of("blk.0.attn_norm.weight") == 0);
+    CHECK(type_of("blk.0.attn_q_a_norm.weight") == 0);
+    CHECK(type_of("blk.0.attn_kv_a_norm.weight") == 0);
+    CHECK(type_of("blk.0.ffn_gate.weight") == matrix);       // dense layer, rows of 96
+    CHECK(type_of("blk.1.ffn_gate_inp.weight") == 0);        // the router
+    CHECK(type_of("blk.1.exp_probs_b.bias") == 0);           // its bias
+    CHECK(type_of("blk.1.ffn_down_exps.weight") == matrix);  // rows of 64
+    CHECK(type_of("blk.1.attn_v_b.weight") == matrix);       // rows of kv_lora_rank 32
+    CHECK(type_of("blk.1.attn_k_b.weight") == 1);            // rows of qk_nope 16: F16 under Q8_0 too
+    CHECK(type_of("blk.1.attn_q_b.weight") == 1);            // rows of q_lora 48: likewise
+    CHECK(type_of("blk.2.ffn_gate_shexp.weight") == matrix);
+  }
 }
 
 TEST_CASE("export gguf refuses what llama.cpp's deepseek2 cannot express, naming the field", "[gguf]") {
