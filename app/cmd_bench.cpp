@@ -9,6 +9,7 @@
 #include "bench/bench.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "train/data.hpp"
 #include "train/run_dir.hpp"
 #include "train/train_config.hpp"
 
@@ -18,6 +19,7 @@ namespace {
 struct BenchFlags {
   BenchOptions options;
   std::string output = "md";
+  std::vector<std::string> routings;
 };
 }  // namespace
 
@@ -38,6 +40,14 @@ Run add_bench(CLI::App& app) {
   cmd->add_option("--decode-tokens", f->options.decode_tokens, "Decode steps per repetition")
       ->capture_default_str()
       ->check(InRange(1, 100000));
+  cmd->add_option("--routing", f->routings,
+                  "Routing to measure under (repeatable; default natural): natural (the router's choice on the "
+                  "data), balanced (round robin: every expert gets N*K/E rows), skewed (every token's top-K "
+                  "includes expert 0, the worst load top-K allows)")
+      ->check(CLI::IsMember({"natural", "balanced", "skewed"}));
+  cmd->add_option("--data", f->options.data,
+                  "Text file to train on (default: the embedded synthetic corpus); natural routing is the "
+                  "router's choice on it");
   cmd->add_option("-o,--output", f->output, "md or json")->capture_default_str()->check(CLI::IsMember({"md", "json"}));
   return [f]() {
     BenchOptions& o = f->options;
@@ -46,6 +56,14 @@ Run add_bench(CLI::App& app) {
     for (int64_t t : o.threads) warn_if_oversubscribed(t);
     for (const auto& c : o.configs)  // fail early on a bad config
       if (!is_directory(c)) load_config_file(c);
+    if (!o.data.empty()) load_text_file(o.data);  // and on bad data
+    if (!f->routings.empty()) {
+      o.routings.clear();
+      for (const std::string& r : f->routings)
+        o.routings.push_back(r == "balanced" ? ForcedRouting::balanced
+                             : r == "skewed" ? ForcedRouting::skewed
+                                             : ForcedRouting::natural);
+    }
     std::map<int64_t, double> peaks;
     std::vector<BenchResult> results;
     for (int64_t t : o.threads) {
@@ -53,8 +71,10 @@ Run add_bench(CLI::App& app) {
       ComputeContext ctx;
       peaks[t] = measure_gemm_peak(ctx);
       for (const auto& c : o.configs) {
-        std::fprintf(stderr, "bench %s, %lld threads ...\n", c.c_str(), (long long)t);
-        results.push_back(bench_config(c, t, o, peaks[t]));
+        for (const ForcedRouting routing : o.routings) {
+          std::fprintf(stderr, "bench %s, %lld threads, %s routing ...\n", c.c_str(), (long long)t, to_string(routing));
+          results.push_back(bench_config(c, t, routing, o, peaks[t]));
+        }
       }
     }
     if (f->output == "json")

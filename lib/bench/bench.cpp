@@ -16,6 +16,7 @@
 #include "model/checkpoint.hpp"
 #include "model/model.hpp"
 #include "model/summary.hpp"
+#include "ops/attention.hpp"
 #include "train/data.hpp"
 #include "train/optimizer.hpp"
 #include "train/run_dir.hpp"
@@ -30,7 +31,9 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 
 // FLOPs of one training token: every activated matrix parameter costs 6 (2 forward, 4 backward);
 // attention scores cost 2·T·(H·query/key head width) and the weighted sum 2·T·(H·value head width)
-// forward per layer, times 3 with backward (GQA: both widths head_dim; MLA: d_n + d_r and d_v).
+// forward per layer, times 3 with backward (GQA: both widths head_dim; MLA: d_n + d_r and d_v),
+// times the share of the T×T products the causal kernels compute (attention_computed_fraction:
+// what runs, not the full square, which overstated MFU by charging masked blocks never computed).
 // A trained MTP module (mtp) adds its layer's activated matrices (K of E routed experts), eh_proj, a
 // second pass through lm_head and one more layer of attention.
 double training_flops_per_token(const ModelConfig& c, int64_t T, bool mtp) {
@@ -51,7 +54,7 @@ double training_flops_per_token(const ModelConfig& c, int64_t T, bool mtp) {
   }
   const double widths =
       c.mla() ? double(c.num_attention_heads * (c.qk_head_dim() + c.v_head_dim)) : 2.0 * double(c.q_dim());
-  return 6.0 * matmul_params + 6.0 * double(layers) * widths * double(T);
+  return 6.0 * matmul_params + 6.0 * double(layers) * widths * double(T) * attention_computed_fraction(T);
 }
 
 // Greedy batch-1 decoding after a prompt of `prompt_len` bytes of `text`: tokens per second over `n`
@@ -106,6 +109,42 @@ double measure_gemm_peak(ComputeContext& ctx) {
   return best;
 }
 
+double measure_read_bandwidth(int64_t bytes) {
+  const int64_t n = std::max<int64_t>(1024, bytes / int64_t(sizeof(float)));
+  Buffer<float> a(n);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) a[i] = 1.0f;  // first touch on the threads that read it
+  double best = 0;
+  volatile float sink = 0;
+  for (int rep = 0; rep < 12; ++rep) {  // the first passes warm the caches, as decoding does
+    const auto t0 = Clock::now();
+    float sum = 0;
+    // 64 independent partial sums per thread (a plain reduction is bound by the add latency, ~5x
+    // below the bandwidth); the compiler keeps them in vector registers.
+#pragma omp parallel reduction(+ : sum)
+    {
+      float part[64] = {};
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < n / 64; ++b)
+        for (int j = 0; j < 64; ++j) part[j] += a[b * 64 + j];
+      for (float p : part) sum += p;
+    }
+    const double seconds = seconds_since(t0);
+    sink = sink + sum;
+    if (rep >= 2) best = std::max(best, double(n) * sizeof(float) / seconds / 1e9);
+  }
+  return best;
+}
+
+double decode_weight_bytes(const ModelConfig& c) {
+  double params = 0;
+  for (const auto& row : summarize_params(c).rows) {
+    if (row.role == "MTP module") continue;
+    params += row.role == "embedding" ? double(c.hidden_size) : double(row.activated);
+  }
+  return params * sizeof(float);
+}
+
 // A config file, or a checkpoint / run directory: its model with its weights (the train settings of
 // a run's train_config.json, else the defaults), so decoding, and speculative decoding above all,
 // is measured on a trained model.
@@ -140,8 +179,19 @@ Stat generate_rate(const Model& model, const std::vector<uint8_t>& text, int64_t
   return mean_sd(rates);
 }
 
-BenchResult bench_config(const std::string& config_path, int64_t threads, const BenchOptions& options,
-                         double gemm_peak_gflops) {
+const char* to_string(ForcedRouting routing) {
+  switch (routing) {
+    case ForcedRouting::balanced:
+      return "balanced";
+    case ForcedRouting::skewed:
+      return "skewed";
+    default:
+      return "natural";
+  }
+}
+
+BenchResult bench_config(const std::string& config_path, int64_t threads, ForcedRouting routing,
+                         const BenchOptions& options, double gemm_peak_gflops) {
   omp_set_num_threads(int(threads));
   bool from_checkpoint = false;
   Config cfg = bench_setup(config_path, from_checkpoint);
@@ -149,6 +199,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   const ModelConfig& mc = cfg.model;
   BenchResult r;
   r.config = config_path;
+  r.routing = routing;
   r.threads = threads;
   r.batch = cfg.train.batch, r.seq = cfg.train.seq;
   const ParamSummary summary = summarize_params(mc);
@@ -157,10 +208,13 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   r.train_flops_per_token = training_flops_per_token(mc, cfg.train.seq, cfg.train.mtp_weight > 0);
 
   ComputeContext ctx;
+  ctx.forced_routing = routing;
   Model model(mc);
   model.init(cfg.train.seed);
   AdamW adam(model.layout);
-  const TextData data = synthetic_text(std::max<int64_t>(200000, 4 * cfg.train.seq), 1);
+  const TextData data = options.data.empty() ? synthetic_text(std::max<int64_t>(200000, 4 * cfg.train.seq), 1)
+                                             : load_text_file(options.data);
+  check_data_fits(data, cfg.train.seq);
   Rng rng(cfg.train.seed);
   TrainStep step(cfg.train, model);
 
@@ -175,7 +229,10 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   double measured = 0;
   for (int64_t rep = 0; rep < options.reps; ++rep) {
     const auto t0 = Clock::now();
-    for (int64_t i = 0; i < options.steps_per_rep; ++i) step.run(ctx, model, adam, data, rng, s++, finite);
+    for (int64_t i = 0; i < options.steps_per_rep; ++i) {
+      const StepRecord record = step.run(ctx, model, adam, data, rng, s++, finite);
+      for (const LayerLoad& layer : record.layers) r.train_maxvio = std::max(r.train_maxvio, layer.maxvio);
+    }
     const double seconds = seconds_since(t0);
     measured += seconds;
     train_rates.push_back(double(step.tokens_per_step() * options.steps_per_rep) / seconds);
@@ -213,6 +270,9 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
     const int64_t prompt_len = std::min<int64_t>(16, mc.max_position_embeddings / 2);
     const int64_t n = std::min(options.decode_tokens, mc.max_position_embeddings - prompt_len);
     r.decode_tokens_per_s = mean_sd(decode_rates(ctx, model, data.bytes, prompt_len, n, options.reps));
+    r.decode_weight_bytes = decode_weight_bytes(mc);
+    r.read_gbs = measure_read_bandwidth(int64_t(model.params.size() * sizeof(float)));
+    r.decode_roofline = r.read_gbs * 1e9 / r.decode_weight_bytes;
   }
   // Decode at a long context: the timed steps are the last ones before context C (its cache read
   // grows with C; MLA reads r_kv + d_r floats per cached token and layer, GQA 2 x kv heads x head_dim).
@@ -239,6 +299,13 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, const 
   r.peak_rss_kib = peak_resident_kib();
   return r;
 }
+
+namespace {
+// The config column: the path, and the routing when it is forced.
+std::string label(const BenchResult& r) {
+  return r.routing == ForcedRouting::natural ? r.config : r.config + " (" + to_string(r.routing) + ")";
+}
+}  // namespace
 
 std::string machine_description() {
   std::string cpu = "unknown CPU";
@@ -271,14 +338,16 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
   for (const auto& r : results) {
     char params[64];
     std::snprintf(params, sizeof params, "%.2fM (%.2fM)", double(r.params) / 1e6, double(r.activated) / 1e6);
+    char maxvio[48];
+    std::snprintf(maxvio, sizeof maxvio, " (MaxVio %.2f)", r.train_maxvio);
     const struct {
       std::string test;
       Stat stat;
-    } rows[] = {{"train B" + std::to_string(r.batch) + " x T" + std::to_string(r.seq), r.train_tokens_per_s},
+    } rows[] = {{"train B" + std::to_string(r.batch) + " x T" + std::to_string(r.seq) + maxvio, r.train_tokens_per_s},
                 {"prefill T" + std::to_string(r.seq), r.prefill_tokens_per_s},
                 {"decode B1", r.decode_tokens_per_s}};
     for (const auto& row : rows) {
-      std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %s | %.0f ± %.0f |\n", r.config.c_str(), params,
+      std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %s | %.0f ± %.0f |\n", label(r).c_str(), params,
                     (long long)r.threads, row.test.c_str(), row.stat.mean, row.stat.sd);
       out += buf;
     }
@@ -286,16 +355,22 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
       std::snprintf(buf, sizeof buf,
                     "| %s | %s | %lld | decode-spec B1, --draft mtp (%s; acceptance %.0f%%, %.2f tokens/step; plain "
                     "%.0f tok/s: %.2fx) | %.0f ± %.0f |\n",
-                    r.config.c_str(), params, (long long)r.threads, r.spec.trained ? "trained" : "untrained weights",
+                    label(r).c_str(), params, (long long)r.threads, r.spec.trained ? "trained" : "untrained weights",
                     100 * r.spec.acceptance, r.spec.tokens_per_step, r.spec.plain_tokens_per_s.mean,
                     r.spec.tokens_per_s.mean / r.spec.plain_tokens_per_s.mean, r.spec.tokens_per_s.mean,
                     r.spec.tokens_per_s.sd);
       out += buf;
     }
+    std::snprintf(buf, sizeof buf,
+                  "| %s | %s | %lld | decode B1 roofline (%.2f MB of weights per token at %.1f GB/s read; decode "
+                  "reaches %.0f%%) | %.0f |\n",
+                  label(r).c_str(), params, (long long)r.threads, r.decode_weight_bytes / 1e6, r.read_gbs,
+                  100 * r.decode_tokens_per_s.mean / r.decode_roofline, r.decode_roofline);
+    out += buf;
     for (const DecodePoint& d : r.decode_at) {
       std::snprintf(buf, sizeof buf,
                     "| %s | %s | %lld | decode B1 at context %lld (KV cache %.2f MiB) | %.0f ± %.0f |\n",
-                    r.config.c_str(), params, (long long)r.threads, (long long)d.context, d.kv_cache_mib,
+                    label(r).c_str(), params, (long long)r.threads, (long long)d.context, d.kv_cache_mib,
                     d.tokens_per_s.mean, d.tokens_per_s.sd);
       out += buf;
     }
@@ -304,7 +379,7 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
       "\n| config | threads | GEMM peak GFLOP/s | train GFLOP/s | MFU | peak RSS MiB | RSS growth KiB |\n"
       "|---|---:|---:|---:|---:|---:|---:|\n";
   for (const auto& r : results) {
-    std::snprintf(buf, sizeof buf, "| %s | %lld | %.1f | %.1f | %.1f%% | %.1f | %lld |\n", r.config.c_str(),
+    std::snprintf(buf, sizeof buf, "| %s | %lld | %.1f | %.1f | %.1f%% | %.1f | %lld |\n", label(r).c_str(),
                   (long long)r.threads, r.gemm_peak_gflops, r.train_tokens_per_s.mean * r.train_flops_per_token / 1e9,
                   100 * r.mfu, double(r.peak_rss_kib) / 1024, (long long)r.rss_growth_kib);
     out += buf;
@@ -315,7 +390,7 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
   for (int p = 0; p < int(Phase::count); ++p) out += "---:|";
   out += "\n";
   for (const auto& r : results) {
-    std::snprintf(buf, sizeof buf, "| %s | %lld |", r.config.c_str(), (long long)r.threads);
+    std::snprintf(buf, sizeof buf, "| %s | %lld |", label(r).c_str(), (long long)r.threads);
     out += buf;
     for (int p = 0; p < int(Phase::count); ++p) {
       std::snprintf(buf, sizeof buf, " %.1f%% |", 100 * r.phase_share[p]);
@@ -323,12 +398,36 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
     }
     out += "\n";
   }
+  // Forced routings against balanced, for the same config and threads (ratios within this run).
+  std::string ratios;
+  for (const auto& r : results) {
+    if (r.routing == ForcedRouting::balanced) continue;
+    for (const auto& b : results)
+      if (b.routing == ForcedRouting::balanced && b.config == r.config && b.threads == r.threads) {
+        std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %.2f | %.2fx | %.2fx | %.2fx |\n", r.config.c_str(),
+                      to_string(r.routing), (long long)r.threads, r.train_maxvio,
+                      r.train_tokens_per_s.mean / b.train_tokens_per_s.mean,
+                      r.prefill_tokens_per_s.mean / b.prefill_tokens_per_s.mean,
+                      r.decode_tokens_per_s.mean / b.decode_tokens_per_s.mean);
+        ratios += buf;
+      }
+  }
+  if (!ratios.empty())
+    out +=
+        "\nagainst balanced routing (same config and threads, this run)\n\n| config | routing | threads | train MaxVio "
+        "| "
+        "train | prefill | decode B1 |\n|---|---|---:|---:|---:|---:|---:|\n" +
+        ratios;
   out +=
       "\nMFU = train tok/s x FLOPs/token / GEMM peak; FLOPs/token = 6 x activated matrix parameters "
       "(attention, FFNs, K of E routed experts, router, lm head; with a trained MTP module also its layer, eh_proj "
-      "and the head again) + 6 x layers x heads x (query/key + value head widths) x seq (attention scores and "
-      "weighted sum, forward and backward). GEMM peak: best of 5 oneDNN f32 "
-      "2048^3 matmuls. Decode B1: 16-byte prompt, then the timed steps; at context C: the last steps before C.\n";
+      "and the head again) + 6 x layers x heads x (query/key + value head widths) x seq x c (attention scores and "
+      "weighted sum, forward and backward; c = the share of the T x T products the causal kernels compute: query "
+      "blocks multiply only keys up to their last row, 5/8 with 4 blocks at T >= 256). GEMM peak: best of 5 oneDNN f32 "
+      "2048^3 matmuls. Decode roofline: read bandwidth (best of 10 passes of all threads summing a buffer the size "
+      "of the model's weights, which decoding re-reads every token: cache-resident when they fit) / bytes of the "
+      "weights one token activates (one embedding row, attention, norms, dense and shared FFNs, K of E experts, "
+      "router, lm head). Decode B1: 16-byte prompt, then the timed steps; at context C: the last steps before C.\n";
   return out;
 }
 
@@ -339,6 +438,8 @@ nlohmann::json bench_json(const std::vector<BenchResult>& results) {
     for (int p = 0; p < int(Phase::count); ++p) phases[to_string(Phase(p))] = r.phase_share[p];
     auto stat = [](const Stat& s) { return nlohmann::json{{"mean", s.mean}, {"sd", s.sd}}; };
     out.push_back({{"config", r.config},
+                   {"routing", to_string(r.routing)},
+                   {"train_maxvio", r.train_maxvio},
                    {"threads", r.threads},
                    {"batch", r.batch},
                    {"seq", r.seq},
@@ -347,6 +448,11 @@ nlohmann::json bench_json(const std::vector<BenchResult>& results) {
                    {"train_tokens_per_s", stat(r.train_tokens_per_s)},
                    {"prefill_tokens_per_s", stat(r.prefill_tokens_per_s)},
                    {"decode_tokens_per_s", stat(r.decode_tokens_per_s)},
+                   {"decode_roofline",
+                    {{"weight_bytes_per_token", r.decode_weight_bytes},
+                     {"read_gb_per_s", r.read_gbs},
+                     {"tokens_per_s", r.decode_roofline},
+                     {"share", r.decode_tokens_per_s.mean / r.decode_roofline}}},
                    {"decode_spec", r.spec.tokens_per_s.mean > 0
                                        ? nlohmann::json{{"tokens_per_s", stat(r.spec.tokens_per_s)},
                                                         {"plain_tokens_per_s", stat(r.spec.plain_tokens_per_s)},

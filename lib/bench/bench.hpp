@@ -8,6 +8,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "config/model_config.hpp"
 #include "core/compute.hpp"
 
 namespace moe {
@@ -18,7 +19,13 @@ struct BenchOptions {
   int64_t reps = 5;
   int64_t steps_per_rep = 3;    // training steps timed per repetition
   int64_t decode_tokens = 128;  // decode steps timed per repetition
+  // Routing patterns to measure each config under (ForcedRouting: natural, balanced, skewed), and
+  // the text trained on ("" = the embedded synthetic corpus); natural routing is the router's
+  // choice on it.
+  std::vector<ForcedRouting> routings = {ForcedRouting::natural};
+  std::string data;
 };
+const char* to_string(ForcedRouting routing);
 
 struct Stat {
   double mean = 0, sd = 0;
@@ -41,6 +48,8 @@ struct SpecDecode {
 
 struct BenchResult {
   std::string config;
+  ForcedRouting routing = ForcedRouting::natural;
+  double train_maxvio = 0;  // MaxVio of the routed rows over the timed steps' MoE layers (worst layer)
   int64_t threads = 0, batch = 0, seq = 0;
   int64_t params = 0, activated = 0;
   Stat train_tokens_per_s, prefill_tokens_per_s, decode_tokens_per_s;
@@ -50,13 +59,24 @@ struct BenchResult {
   double train_flops_per_token = 0;            // 6 * activated matmul params + attention (see bench.cpp)
   double gemm_peak_gflops = 0;
   double mfu = 0;  // achieved training FLOP/s / GEMM peak
+  // Decode roofline: batch-1 decoding streams the activated weights once per token, so it can go no
+  // faster than the read bandwidth (measured over a buffer the size of all the weights, which
+  // decoding re-reads token after token) divided by those bytes.
+  double decode_weight_bytes = 0;  // activated weights per token (one embedding row, K of E experts)
+  double read_gbs = 0;             // measured read bandwidth, GB/s
+  double decode_roofline = 0;      // read_gbs / decode_weight_bytes, tokens/s
   int64_t peak_rss_kib = 0, rss_growth_kib = 0;
 };
 
 // Measured large-GEMM f32 throughput (GFLOP/s) with the current thread count.
 double measure_gemm_peak(ComputeContext& ctx);
-BenchResult bench_config(const std::string& config_path, int64_t threads, const BenchOptions& options,
-                         double gemm_peak_gflops);
+// Best-of-repetitions read bandwidth (GB/s) of the current threads summing a buffer of `bytes`.
+double measure_read_bandwidth(int64_t bytes);
+// Bytes of weights one batch-1 decode step reads: the activated parameters of the main model (MTP
+// module excluded), with one row of the embedding instead of all of it.
+double decode_weight_bytes(const ModelConfig& config);
+BenchResult bench_config(const std::string& config_path, int64_t threads, ForcedRouting routing,
+                         const BenchOptions& options, double gemm_peak_gflops);
 
 std::string machine_description();  // CPU, cores, build, oneDNN version
 std::string format_bench_markdown(const std::vector<BenchResult>& results);

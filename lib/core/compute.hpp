@@ -41,6 +41,11 @@ struct PhaseTimes {
   }
 };
 
+// natural: the router's choice. balanced: round robin, token i takes experts (i·K + k) mod E, so
+// every expert gets N·K/E rows. skewed: every token's top-K includes expert 0 (the worst load top-K
+// allows: expert 0 gets all N rows), the other K-1 round robin over experts 1..E-1.
+enum class ForcedRouting { natural, balanced, skewed };
+
 class ComputeContext {
  public:
   ComputeContext();
@@ -56,6 +61,10 @@ class ComputeContext {
   // error would, on whichever thread runs it; -1: never. Lets a test reach the error paths of the
   // parallel expert loops, which a real oneDNN failure cannot be provoked into.
   std::atomic<int64_t> fail_gemm_after{-1};
+
+  // `moe bench --routing`: routing forced to a fixed pattern (the router still runs and its scores
+  // set the gate weights), to time the expert dispatch under balanced and worst-case loads.
+  ForcedRouting forced_routing = ForcedRouting::natural;
 
  private:
   struct Entry;

@@ -304,6 +304,7 @@ struct Decoder::ThreadStep {
     for (int64_t i = 0; i < n; ++i) {
       router_scores_row(buf.router_logits + i * E, buf.scores + i * E, E, c.scoring_func);
       route_token(c, buf.scores + i * E, mw.router_bias, buf.expert + i * K, buf.weight + i * K, route);
+      force_route_token(c, d.forced_routing_, pos[i], buf.scores + i * E, buf.expert + i * K, buf.weight + i * K);
     }
     if (t == 0) std::copy_n(buf.expert, n * K, a.moe.expert);
     ffn_slice(buf.xn, n, mw.shared_gate, mw.shared_up, mw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr, part,
@@ -487,7 +488,9 @@ void row_positions(const int32_t* seq, int64_t n, const std::vector<int64_t>& le
 
 const float* Decoder::step(ComputeContext& ctx, const int32_t* seq, const int32_t* tokens, int64_t n,
                            ExpertTally* tally) {
-  (void)ctx;  // decoding multiplies through dnnl_sgemm on each thread (see the header)
+  // Decoding multiplies through dnnl_sgemm on each thread (see the header); of ctx it reads only
+  // the benchmark's forced routing.
+  forced_routing_ = ctx.forced_routing;
   const ModelConfig& c = model_.config;
   for (int64_t i = 0; i < n; ++i)
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size,

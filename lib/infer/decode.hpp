@@ -95,6 +95,7 @@ class Decoder {
     RouteScratch route;
   };
   int max_threads_ = 1;
+  ForcedRouting forced_routing_ = ForcedRouting::natural;  // the step's ctx.forced_routing
   std::vector<ThreadScratch> scratch_;
   Buffer<float> partial_;  // (2, threads, rows, D): attention and FFN partial sums
   int64_t max_rows_ = 1;

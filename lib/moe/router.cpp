@@ -140,6 +140,30 @@ void route_tokens(const ModelConfig& c, const float* scores, const float* bias, 
   errors.rethrow();
 }
 
+void force_route_token(const ModelConfig& c, ForcedRouting mode, int64_t index, const float* s, int32_t* chosen,
+                       float* w) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  if (mode == ForcedRouting::natural) return;
+  for (int64_t k = 0; k < K; ++k) {
+    if (mode == ForcedRouting::balanced)
+      chosen[k] = int32_t((index * K + k) % E);
+    else
+      chosen[k] = k == 0 ? 0 : int32_t(1 + (index * (K - 1) + k - 1) % (E - 1));
+  }
+  float sum = 0.0f;
+  for (int64_t k = 0; k < K; ++k) sum += s[chosen[k]];
+  const float norm = c.norm_topk_prob ? 1.0f / (sum + 1e-20f) : 1.0f;
+  for (int64_t k = 0; k < K; ++k) w[k] = s[chosen[k]] * norm * float(c.routed_scaling_factor);
+}
+
+void force_routes(const ModelConfig& c, ForcedRouting mode, const float* scores, int32_t* expert, float* weight,
+                  int64_t N) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
+  if (mode == ForcedRouting::natural) return;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < N; ++t) force_route_token(c, mode, t, scores + t * E, expert + t * K, weight + t * K);
+}
+
 void route_weights_backward(const ModelConfig& c, const float* scores, const int32_t* expert, const float* d_weight,
                             float* d_scores, int64_t N) {
   const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;

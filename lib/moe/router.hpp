@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "config/model_config.hpp"
+#include "core/compute.hpp"
 
 namespace moe {
 
@@ -45,6 +46,13 @@ struct RouteScratch {
 void route_token(const ModelConfig& config, const float* s, const float* bias, int32_t* chosen, float* w,
                  RouteScratch& scratch);
 void route_tokens(const ModelConfig& config, const float* scores, const float* bias, int32_t* expert, float* weight,
+                  int64_t N);
+
+// ForcedRouting (core/compute.hpp) for token `index` with scores s (E): the pattern's K experts, the
+// gate weights by the router's formula. natural leaves chosen and w as they are.
+void force_route_token(const ModelConfig& config, ForcedRouting mode, int64_t index, const float* s, int32_t* chosen,
+                       float* w);
+void force_routes(const ModelConfig& config, ForcedRouting mode, const float* scores, int32_t* expert, float* weight,
                   int64_t N);
 
 // Gradient of the weight formula: d_weight (N, K) -> d_scores (N, E) accumulated at the chosen

@@ -41,6 +41,12 @@ std::vector<QueryBlock> query_blocks(int64_t T) {
 
 }  // namespace
 
+double attention_computed_fraction(int64_t T) {
+  double computed = 0;
+  for (const QueryBlock& b : query_blocks(T)) computed += double(b.r1 - b.r0) * double(b.r1);
+  return computed / (double(T) * double(T));
+}
+
 void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k, const float* v,
                        float* probs, float* out) {
   const int64_t T = s.T, hd = s.hd, hv = s.value_dim(), g = s.group(), H = s.H, Hkv = s.Hkv;

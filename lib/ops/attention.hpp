@@ -16,6 +16,10 @@ struct AttentionShape {
   int64_t value_dim() const { return hv > 0 ? hv : hd; }
 };
 
+// The share of the full T×T score and value products the causal kernels compute (query blocks
+// multiply only the keys up to their last row): 1 for T < 128, 5/8 at 4 blocks. For FLOP counts.
+double attention_computed_fraction(int64_t T);
+
 // q (B, H, T, hd), k (B, Hkv, T, hd), v (B, Hkv, T, hv) -> probs (B, H, T, T) saved for backward,
 // out (B, H, T, hv). Scale 1/sqrt(hd); key j is visible to query t when j <= t.
 void attention_forward(ComputeContext& ctx, const AttentionShape& s, const float* q, const float* k, const float* v,

@@ -253,3 +253,41 @@ TEST_CASE("a token's weights sum to the scaling factor when normalised", "[moe]"
     for (int64_t k = 1; k < K; ++k) REQUIRE(r.weight[size_t(t * K + k - 1)] >= r.weight[size_t(t * K + k)]);
   }
 }
+
+TEST_CASE(
+    "forced routing (moe bench --routing): balanced gives every expert N*K/E rows, skewed puts expert 0 in "
+    "every top-K, weights by the router's formula",
+    "[moe]") {
+  const moe::ModelConfig c = router_config(16, 4, 4, 2, true, 2.5);
+  const int64_t N = 64, E = 16, K = 4;
+  ref::Vec scores(size_t(N * E));
+  for (size_t i = 0; i < scores.size(); ++i) scores[i] = 0.05f + float((i * 37) % 91) / 100.0f;
+  for (const moe::ForcedRouting mode : {moe::ForcedRouting::balanced, moe::ForcedRouting::skewed}) {
+    Routing r = run_router(c, scores, nullptr, N);
+    moe::force_routes(c, mode, scores.data(), r.expert.data(), r.weight.data(), N);
+    std::vector<int64_t> counts(size_t(E), 0);
+    for (int64_t t = 0; t < N; ++t) {
+      const std::set<int32_t> distinct(r.expert.begin() + t * K, r.expert.begin() + (t + 1) * K);
+      CHECK(distinct.size() == size_t(K));
+      if (mode == moe::ForcedRouting::skewed) CHECK(distinct.count(0) == 1);
+      float sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += scores[size_t(t * E + r.expert[size_t(t * K + k)])];
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t e = r.expert[size_t(t * K + k)];
+        ++counts[size_t(e)];
+        CHECK(r.weight[size_t(t * K + k)] == Approx(2.5 * scores[size_t(t * E + e)] / sum).epsilon(1e-6));
+      }
+    }
+    if (mode == moe::ForcedRouting::balanced)
+      for (int64_t e = 0; e < E; ++e) CHECK(counts[size_t(e)] == N * K / E);
+    if (mode == moe::ForcedRouting::skewed) {
+      CHECK(counts[0] == N);  // MaxVio (N - N·K/E) / (N·K/E) = E/K - 1 = 3: the most top-K allows
+      for (int64_t e = 1; e < E; ++e) CHECK(std::abs(counts[size_t(e)] - N * (K - 1) / (E - 1)) <= 1);
+    }
+  }
+  // natural leaves the router's choice alone
+  Routing r = run_router(c, scores, nullptr, N);
+  const Routing before = r;
+  moe::force_routes(c, moe::ForcedRouting::natural, scores.data(), r.expert.data(), r.weight.data(), N);
+  CHECK(r.expert == before.expert);
+}
