@@ -2,27 +2,17 @@
 
 #include <algorithm>
 #include <cstring>
-#include <numeric>
 
 #include "core/error.hpp"
-#include "core/threads.hpp"
-#include "ops/swiglu.hpp"
+#include "moe/dispatch.hpp"
 
 namespace moe {
 
 namespace {
 
-FfnWeights expert_ffn(const MoeWeights& w, int64_t e, int64_t D, int64_t Im) {
-  return {w.experts_gate + e * Im * D, w.experts_up + e * Im * D, w.experts_down + e * D * Im};
-}
-
-// Local experts by descending rows, for the same largest-first dynamic schedule as moe_layer.
-void largest_first(const std::vector<int64_t>& offsets, std::vector<int64_t>& order) {
-  order.resize(offsets.size() - 1);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return offsets[size_t(a) + 1] - offsets[size_t(a)] > offsets[size_t(b) + 1] - offsets[size_t(b)];
-  });
+// This rank's experts as a stack: local expert e is global expert first + e.
+ExpertStack local_stack(const MoeWeights& w, const ModelConfig& c) {
+  return {w.experts_gate, w.experts_up, w.experts_down, c.hidden_size, c.moe_intermediate_size};
 }
 
 }  // namespace
@@ -60,7 +50,7 @@ ExpertParallel::ExpertParallel(Dist& dist, const ModelConfig& c, int64_t tokens)
 void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, int64_t moe_layer,
                              const float* x, MoeSaved& s, int64_t N) {
   const int64_t ranks = dist_.size(), E = c.n_routed_experts, K = c.num_experts_per_tok, El = local_experts_;
-  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
+  const int64_t D = c.hidden_size;
   Layer& L = layers_[size_t(moe_layer)];
 
   // Slots in send order: by global expert (so by owner rank), token order within an expert.
@@ -96,7 +86,7 @@ void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const Mo
   for (int64_t e = 0; e < El; ++e) {
     int64_t rows = 0;
     for (int64_t q = 0; q < ranks; ++q) rows += L.recv_counts[size_t(q * El + e)];
-    L.offsets[size_t(e + 1)] = L.offsets[size_t(e)] + (rows + row_align_ - 1) / row_align_ * row_align_;
+    L.offsets[size_t(e + 1)] = int32_t(L.offsets[size_t(e)] + (rows + row_align_ - 1) / row_align_ * row_align_);
   }
   check(L.offsets[size_t(El)] <= capacity_, "internal: expert-parallel layout exceeds its capacity");
   std::vector<int64_t>& cursor = cursor_;
@@ -111,18 +101,8 @@ void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const Mo
         std::memcpy(L.x_rows.data() + row * D, recv_.data() + i * D, sizeof(float) * D);
       }
 
-  largest_first(L.offsets, order_);
-  ParallelErrors errors;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t k = 0; k < El; ++k) {
-    const int64_t e = order_[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
-    if (rows == 0) continue;
-    errors.run([&] {
-      ffn_forward(ctx, expert_ffn(w, e, D, Im), L.x_rows.data() + r0 * D, y_rows_.data() + r0 * D,
-                  {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im}, rows, D, Im);
-    });
-  }
-  errors.rethrow();
+  experts_forward(ctx, local_stack(w, c), L.offsets.data(), El, L.x_rows.data(), y_rows_.data(), L.g.data(), L.u.data(),
+                  L.a.data());
   for (int64_t r = 0; r < L.received; ++r)
     std::memcpy(back_.data() + r * D, y_rows_.data() + int64_t(L.recv_to_row[size_t(r)]) * D, sizeof(float) * D);
   // Outputs return to the slots' ranks, arriving in send order.
@@ -131,7 +111,7 @@ void ExpertParallel::forward(ComputeContext& ctx, const ModelConfig& c, const Mo
 
 void ExpertParallel::backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                               int64_t moe_layer, const MoeSaved&, const float* d_rows, float* dx_rows, int64_t) {
-  const int64_t El = local_experts_, D = c.hidden_size, Im = c.moe_intermediate_size;
+  const int64_t El = local_experts_, D = c.hidden_size;
   Layer& L = layers_[size_t(moe_layer)];
   // Output gradients to the owners, into the padded layout (padding rows carry none).
   dist_.alltoallv(d_rows, L.send_rows.data(), recv_.data(), L.recv_rows.data(), D);
@@ -140,20 +120,8 @@ void ExpertParallel::backward(ComputeContext& ctx, const ModelConfig& c, const M
   for (int64_t r = 0; r < L.received; ++r)
     std::memcpy(d_owner + int64_t(L.recv_to_row[size_t(r)]) * D, recv_.data() + r * D, sizeof(float) * D);
   float* dx_owner = recv_.data();  // the received gradients now live in d_owner
-  largest_first(L.offsets, order_);
-  ParallelErrors errors;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t k = 0; k < El; ++k) {
-    const int64_t e = order_[size_t(k)], r0 = L.offsets[size_t(e)], rows = L.offsets[size_t(e + 1)] - r0;
-    if (rows == 0) continue;
-    const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
-    errors.run([&] {
-      ffn_backward(ctx, expert_ffn(w, e, D, Im), grads, L.x_rows.data() + r0 * D, d_owner + r0 * D, dx_owner + r0 * D,
-                   {L.g.data() + r0 * Im, L.u.data() + r0 * Im, L.a.data() + r0 * Im},
-                   ffn_scratch_.data() + 2 * r0 * Im, rows, D, Im, /*accumulate_dx=*/false);
-    });
-  }
-  errors.rethrow();
+  experts_backward(ctx, local_stack(w, c), local_stack(gw, c), L.offsets.data(), El, L.x_rows.data(), d_owner, dx_owner,
+                   L.g.data(), L.u.data(), L.a.data(), ffn_scratch_.data());
   for (int64_t r = 0; r < L.received; ++r)
     std::memcpy(back_.data() + r * D, dx_owner + int64_t(L.recv_to_row[size_t(r)]) * D, sizeof(float) * D);
   dist_.alltoallv(back_.data(), L.recv_rows.data(), dx_rows, L.send_rows.data(), D);

@@ -38,7 +38,7 @@ class ExpertParallel : public RemoteExperts {
   struct Layer {
     std::vector<int64_t> send_rows, recv_rows;  // per rank, rows of this pass
     std::vector<int64_t> recv_counts;           // (ranks, local experts): rows from each rank per expert
-    std::vector<int64_t> offsets;               // (local experts + 1) padded per-expert layout
+    std::vector<int32_t> offsets;               // (local experts + 1) padded per-expert layout
     std::vector<int32_t> recv_to_row;           // received row -> row of the padded layout
     int64_t received = 0;
     Buffer<float> x_rows, g, u, a;  // saved for backward, padded layout
@@ -47,7 +47,7 @@ class ExpertParallel : public RemoteExperts {
   int64_t local_experts_ = 0, first_expert_ = 0, row_align_ = 1, capacity_ = 0;
   std::vector<Layer> layers_;
   std::vector<int64_t> count_send_, count_recv_;  // (ranks * local experts) per-expert counts
-  std::vector<int64_t> cursor_, order_;
+  std::vector<int64_t> cursor_;
   Buffer<float> recv_, back_, y_rows_, ffn_scratch_;  // (capacity, D) / scratch, not saved
 };
 

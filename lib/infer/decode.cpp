@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "core/vmath.hpp"
 #include "model/attention_block.hpp"
+#include "moe/dispatch.hpp"
 #include "moe/router.hpp"
 #include "ops/embedding.hpp"
 #include "ops/rmsnorm.hpp"
@@ -56,13 +57,14 @@ constexpr int64_t kSliceAlign = 16;
 // bumps; Decoder's constructor runs it on counting bumps to size the buffers, so the sizes and the
 // layout are one piece of code.
 struct ThreadBuffers {
-  float *x, *h, *xn;                           // (B, D) residual, after attention, normed
-  float *router_logits, *scores;               // (B, E)
-  float *weight, *row_scale;                   // (B*K) gate weights, per-row scales
-  float *x_rows, *y_rows;                      // (B*K, D) gathered expert inputs and outputs
-  float *gate, *up;                            // (B*K, max FFN width)
-  float* q_rot;                                // (head_dim) one rotated query
-  int32_t *expert, *counts, *offsets, *slots;  // (B*K), (E+1), (E+1), (B*K)
+  float *x, *h, *xn;                            // (B, D) residual, after attention, normed
+  float *router_logits, *scores;                // (B, E)
+  float *weight, *row_scale;                    // (B*K) gate weights, per-row scales
+  float *x_rows, *y_rows;                       // (B*K, D) gathered expert inputs and outputs
+  float *gate, *up;                             // (B*K, max FFN width)
+  float* q_rot;                                 // (head_dim) one rotated query
+  int32_t *expert, *counts, *offsets, *cursor;  // (B*K), (E), (E+1), (E): sort_by_expert's
+  int32_t *slot_row, *row_slot;                 // (B*K) each
   // MLA only (empty for GQA): rq, rkv the latent ranks, lat = rkv + dr.
   float *q_lat, *q_lat_n;  // (B, rq) query latent, normed
   float* q_heads;          // (B, H*(dn+dr)) queries (this thread's heads' columns)
@@ -80,7 +82,8 @@ struct ThreadBuffers {
     x_rows = f.take(rows * D), y_rows = f.take(rows * D);
     gate = f.take(rows * width), up = f.take(rows * width);
     q_rot = f.take(c.head_dim);
-    expert = ib.take(rows), counts = ib.take(E + 1), offsets = ib.take(E + 1), slots = ib.take(rows);
+    expert = ib.take(rows), counts = ib.take(E), offsets = ib.take(E + 1), cursor = ib.take(E);
+    slot_row = ib.take(rows), row_slot = ib.take(rows);
     const int64_t H = c.num_attention_heads, rq = c.q_lora_rank.value_or(0), rkv = c.kv_lora_rank.value_or(0);
     const int64_t lat = c.mla() ? rkv + c.qk_rope_head_dim : 0;
     q_lat = f.take(B * rq), q_lat_n = f.take(B * rq);
@@ -309,26 +312,23 @@ struct Decoder::ThreadStep {
     if (t == 0) std::copy_n(buf.expert, n * K, a.moe.expert);
     ffn_slice(buf.xn, n, mw.shared_gate, mw.shared_up, mw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr, part,
               false);
-    // Tokens grouped by expert (counting sort), so an expert chosen twice is read once.
-    std::fill_n(buf.counts, E + 1, 0);
-    for (int64_t j = 0; j < n * K; ++j) ++buf.counts[buf.expert[j]];
-    buf.offsets[0] = 0;
-    for (int64_t e = 0; e < E; ++e) buf.offsets[e + 1] = buf.offsets[e] + buf.counts[e];
-    std::copy_n(buf.offsets, E, buf.counts);  // reused as fill cursors
-    for (int64_t j = 0; j < n * K; ++j) buf.slots[buf.counts[buf.expert[j]]++] = int32_t(j);
+    // Tokens grouped by expert (the shared counting sort, no padding: a padded row would cost as
+    // much as a token), so an expert chosen twice is read once. Each thread takes a slice of every
+    // expert's intermediate width, so a skewed load splits over the threads like any other.
+    sort_by_expert(buf.expert, n * K, E, 1, buf.counts, buf.offsets, buf.cursor, buf.slot_row, buf.row_slot);
     const Range r = slice(Im, t, T, kSliceAlign);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t first = buf.offsets[e], M = buf.offsets[e + 1] - first;
       if (M == 0 || r.size() == 0) continue;
       for (int64_t m = 0; m < M; ++m) {
-        const int32_t j = buf.slots[first + m];
+        const int32_t j = buf.row_slot[first + m];
         std::copy_n(buf.xn + (j / K) * D, D, buf.x_rows + m * D);
         buf.row_scale[m] = buf.weight[j];
       }
       ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im,
                 Im, r, buf.row_scale, buf.y_rows, false);
       for (int64_t m = 0; m < M; ++m) {
-        float* dst = part + (buf.slots[first + m] / K) * D;
+        float* dst = part + (buf.row_slot[first + m] / K) * D;
         const float* src = buf.y_rows + m * D;
         for (int64_t k = 0; k < D; ++k) dst[k] += src[k];
       }

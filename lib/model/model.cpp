@@ -102,7 +102,7 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
       m.g = f.take(local_rows * Im), m.u = f.take(local_rows * Im), m.a = f.take(local_rows * Im);
       m.shared_g = f.take(N * Is), m.shared_u = f.take(N * Is), m.shared_a = f.take(N * Is);
       m.expert = n.take(N * K), m.counts = n.take(E), m.offsets = n.take(E + 1);
-      m.slot_row = n.take(N * K), m.row_token = n.take(R), m.cursor = n.take(E);
+      m.slot_row = n.take(N * K), m.row_slot = n.take(R), m.cursor = n.take(E);
       m.row_align = int32_t(expert_row_align(c, N));
     }
     xnf = f.take(N * D), rstdf = f.take(N), logits = f.take(N * V);

@@ -7,6 +7,7 @@
 
 #include "core/threads.hpp"
 #include "moe/balance.hpp"
+#include "moe/dispatch.hpp"
 #include "moe/router.hpp"
 #include "ops/swiglu.hpp"
 
@@ -18,24 +19,6 @@ int64_t expert_row_align(const ModelConfig& c, int64_t N) {
   while (align * 2 <= target && align < 256) align *= 2;
   return align;
 }
-
-namespace {
-
-// Experts by descending row count, for a dynamic schedule that hands the largest GEMMs out first
-// (longest-processing-time order keeps the threads' shares even). Experts' GEMMs are small
-// (N·K/E rows × Im × D): one thread per expert avoids splitting each of them across threads,
-// which left the other thread waiting at every GEMM's end (~13% of a step spent spinning).
-const int32_t* largest_first(const int32_t* offsets, int64_t E) {
-  thread_local std::vector<int32_t> order;  // capacity kept across calls: no allocation per step
-  order.resize(size_t(E));
-  for (int64_t e = 0; e < E; ++e) order[size_t(e)] = int32_t(e);
-  std::stable_sort(order.begin(), order.end(), [offsets](int32_t a, int32_t b) {
-    return offsets[a + 1] - offsets[a] > offsets[b + 1] - offsets[b];
-  });
-  return order.data();
-}
-
-}  // namespace
 
 int64_t moe_row_capacity(const ModelConfig& c, int64_t N) {
   return N * c.num_experts_per_tok + c.n_routed_experts * (expert_row_align(c, N) - 1);
@@ -58,86 +41,37 @@ int64_t moe_scratch_floats(const ModelConfig& c, int64_t N) {
 }
 
 namespace {
-int32_t padded(int32_t rows, int32_t align) { return (rows + align - 1) / align * align; }
-}  // namespace
 
-namespace {
-
-// Expert j's slice of the stacked expert tensors.
-FfnWeights expert_weights(const MoeWeights& w, int64_t j, int64_t D, int64_t Im) {
-  return {w.experts_gate + j * Im * D, w.experts_up + j * Im * D, w.experts_down + j * D * Im};
+ExpertStack expert_stack(const MoeWeights& w, const ModelConfig& c) {
+  return {w.experts_gate, w.experts_up, w.experts_down, c.hidden_size, c.moe_intermediate_size};
 }
 
-}  // namespace
-
-namespace {
-
-// Routed experts held here: rows laid out per expert (counting sort, padded), one SwiGLU per
-// active expert, experts spread over the threads.
+// Routed experts held here: rows laid out per expert (sort_by_expert, padded), gathered, then the
+// shared dispatch's per-expert SwiGLU (moe/dispatch.hpp).
 void local_experts_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const float* x, MoeSaved& s,
                            int64_t N) {
-  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok;
-  const int64_t D = c.hidden_size, Im = c.moe_intermediate_size;
-  // Counting sort of the N*K (token, expert) slots by expert, in token order within an expert.
-  std::fill_n(s.counts, E, 0);
-  for (int64_t j = 0; j < N * K; ++j) ++s.counts[s.expert[j]];
-  s.offsets[0] = 0;
-  for (int64_t e = 0; e < E; ++e) s.offsets[e + 1] = s.offsets[e] + padded(s.counts[e], s.row_align);
-  std::fill_n(s.row_token, s.offsets[E], -1);
-  std::copy_n(s.offsets, E, s.cursor);
-  for (int64_t j = 0; j < N * K; ++j) {
-    const int32_t row = s.cursor[s.expert[j]]++;
-    s.slot_row[j] = row;
-    s.row_token[row] = int32_t(j / K);
-  }
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, D = c.hidden_size;
+  sort_by_expert(s.expert, N * K, E, s.row_align, s.counts, s.offsets, s.cursor, s.slot_row, s.row_slot);
   const int64_t R = s.offsets[E];
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < R; ++r) {
-    if (s.row_token[r] >= 0)
-      std::memcpy(s.x_rows + r * D, x + int64_t(s.row_token[r]) * D, sizeof(float) * D);
+    if (s.row_slot[r] >= 0)
+      std::memcpy(s.x_rows + r * D, x + int64_t(s.row_slot[r] / K) * D, sizeof(float) * D);
     else
       std::memset(s.x_rows + r * D, 0, sizeof(float) * D);  // padding rows compute zeros
   }
-
-  // One SwiGLU per active expert over its contiguous (padded) rows, experts spread over the
-  // threads (each GEMM then runs on one thread; see largest_first).
-  const int32_t* order = largest_first(s.offsets, E);
-  ParallelErrors errors;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < E; ++i) {
-    const int64_t e = order[i], rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
-    if (rows == 0) continue;
-    errors.run([&] {
-      ffn_forward(ctx, expert_weights(w, e, D, Im), s.x_rows + r0 * D, s.y_rows + r0 * D,
-                  {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, rows, D, Im);
-    });
-  }
-  errors.rethrow();
+  experts_forward(ctx, expert_stack(w, c), s.offsets, E, s.x_rows, s.y_rows, s.g, s.u, s.a);
 }
 
 void local_experts_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw,
                             const MoeSaved& s, const MoeScratch& scratch) {
-  const int64_t E = c.n_routed_experts, D = c.hidden_size, Im = c.moe_intermediate_size;
+  const int64_t E = c.n_routed_experts, D = c.hidden_size;
   // Padding rows carry no gradient, so they add nothing to the expert weight gradients.
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < s.offsets[E]; ++r)
-    if (s.row_token[r] < 0) std::memset(scratch.d_rows + r * D, 0, sizeof(float) * D);
-
-  // Experts in parallel as in forward; each uses its own rows of the scratch (2 · rows · Im).
-  const int32_t* order = largest_first(s.offsets, E);
-  ParallelErrors errors;
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < E; ++i) {
-    const int64_t e = order[i], rows = s.offsets[e + 1] - s.offsets[e], r0 = s.offsets[e];
-    if (rows == 0) continue;
-    const FfnGrads grads{gw.experts_gate + e * Im * D, gw.experts_up + e * Im * D, gw.experts_down + e * D * Im};
-    errors.run([&] {
-      ffn_backward(ctx, expert_weights(w, e, D, Im), grads, s.x_rows + r0 * D, scratch.d_rows + r0 * D,
-                   scratch.dx_rows + r0 * D, {s.g + r0 * Im, s.u + r0 * Im, s.a + r0 * Im}, scratch.ffn + 2 * r0 * Im,
-                   rows, D, Im, /*accumulate_dx=*/false);
-    });
-  }
-  errors.rethrow();
+    if (s.row_slot[r] < 0) std::memset(scratch.d_rows + r * D, 0, sizeof(float) * D);
+  experts_backward(ctx, expert_stack(w, c), expert_stack(gw, c), s.offsets, E, s.x_rows, scratch.d_rows,
+                   scratch.dx_rows, s.g, s.u, s.a, scratch.ffn);
 }
 
 }  // namespace

@@ -44,14 +44,14 @@ struct BalanceLossConfig {
 
 // Everything one MoE layer saves in forward for backward; N = tokens, K = experts per token.
 struct MoeSaved {
-  float* scores = nullptr;       // (N, E) unbiased affinities
-  int32_t* expert = nullptr;     // (N, K) chosen experts
-  float* weight = nullptr;       // (N, K) gate weights
-  int32_t* counts = nullptr;     // (E) tokens routed to each expert = this pass's load
-  int32_t* offsets = nullptr;    // (E + 1) first gathered row of each expert (aligned)
-  int32_t* slot_row = nullptr;   // (N, K) gathered row of (token, k)
-  int32_t* row_token = nullptr;  // (R) token of each gathered row, -1 for padding; R = row capacity
-  int32_t* cursor = nullptr;     // (E) counting-sort fill position
+  float* scores = nullptr;      // (N, E) unbiased affinities
+  int32_t* expert = nullptr;    // (N, K) chosen experts
+  float* weight = nullptr;      // (N, K) gate weights
+  int32_t* counts = nullptr;    // (E) tokens routed to each expert = this pass's load
+  int32_t* offsets = nullptr;   // (E + 1) first gathered row of each expert (aligned)
+  int32_t* slot_row = nullptr;  // (N, K) gathered row of (token, k)
+  int32_t* row_slot = nullptr;  // (R) slot (token·K + k) of each gathered row, -1 for padding; R = row capacity
+  int32_t* cursor = nullptr;    // (E) counting-sort fill position
   // Row alignment of each expert's block; 1 for decoding, where a padded row would cost as much
   // as a real token.
   int32_t row_align = int32_t(kExpertRowAlign);

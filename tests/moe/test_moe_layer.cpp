@@ -97,7 +97,7 @@ struct MoeLayer {
     saved.g = f(R * Im), saved.u = f(R * Im), saved.a = f(R * Im);
     saved.shared_g = f(N * Is), saved.shared_u = f(N * Is), saved.shared_a = f(N * Is);
     saved.expert = i(N * K), saved.counts = i(E), saved.offsets = i(E + 1);
-    saved.slot_row = i(N * K), saved.row_token = i(R), saved.cursor = i(E);
+    saved.slot_row = i(N * K), saved.row_slot = i(R), saved.cursor = i(E);
     scratch.d_rows = x(R * D), scratch.dx_rows = x(R * D);
     scratch.ffn = x(2 * std::max(R * Im, N * Is));
     scratch.d_weight = x(N * K), scratch.d_scores = x(N * E), scratch.d_logits = x(N * E);
@@ -202,12 +202,12 @@ TEST_CASE("moe_forward matches a naive per-token reference: shared + Σ w_i expe
         for (int64_t j = 0; j < N * K; ++j) {
           const int32_t row = layer.saved.slot_row[j], e = layer.saved.expert[j];
           REQUIRE((row >= layer.saved.offsets[e] && row < layer.saved.offsets[e + 1]));
-          REQUIRE(layer.saved.row_token[row] == j / K);
+          REQUIRE(layer.saved.row_slot[row] == j);
           rows.insert(row);
         }
         CHECK(int64_t(rows.size()) == N * K);
         for (int32_t row = 0; row < layer.saved.offsets[E]; ++row)
-          if (!rows.count(row)) REQUIRE(layer.saved.row_token[row] == -1);
+          if (!rows.count(row)) REQUIRE(layer.saved.row_slot[row] == -1);
       }
 }
 
