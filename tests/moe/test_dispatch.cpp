@@ -2,9 +2,8 @@
 // per-expert SwiGLU under a skewed load (one expert holding most rows runs alone with every thread
 // in its GEMMs) against the double-precision reference FFN per expert, forward and backward
 // (weight gradients by central differences of Σ r·y).
-#include <omp.h>
-
 #include <catch2/catch.hpp>
+#include <omp.h>
 
 #include "../reference.hpp"
 #include "moe/dispatch.hpp"
@@ -49,8 +48,8 @@ TEST_CASE("experts_forward / experts_backward under a skewed load equal the refe
     ref::Vec dgate(gate.size(), 0.0f), dup(up.size(), 0.0f), ddown(down.size(), 0.0f), dx(size_t(R * D));
     ref::Vec scratch(size_t(2 * R * Im));
     const moe::ExpertStack grads{dgate.data(), dup.data(), ddown.data(), D, Im};
-    moe::experts_backward(ctx, w, grads, offsets.data(), E, x.data(), r.data(), dx.data(), g.data(), u.data(),
-                          a.data(), scratch.data());
+    moe::experts_backward(ctx, w, grads, offsets.data(), E, x.data(), r.data(), dx.data(), g.data(), u.data(), a.data(),
+                          scratch.data());
     auto loss = [&] {
       double total = 0;
       for (int64_t e = 0; e < E; ++e) {
