@@ -12,6 +12,7 @@
 
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
+#include "interop_util.hpp"
 
 using moe_test::TempDir;
 using nlohmann::json;
@@ -23,18 +24,10 @@ const std::string kReference = MOE_SOURCE_DIR "/tests/interop/hf_deepseek_v3.py"
 // Debian's torch is installed for /usr/bin/python3 (a pyenv `python3` on PATH may not see it).
 json reference(std::vector<std::string> args) {
   args.insert(args.begin(), {"/usr/bin/python3", kReference});
-  const moe_test::RunResult r = moe_test::run(args, {.timeout_s = 300});
-  INFO(r.describe());
-  REQUIRE(r.ok());
-  return json::parse(r.out);
+  return interop::run_json(args);
 }
 
-json moe_json(const std::vector<std::string>& args) {
-  const moe_test::RunResult r = moe_test::run_moe(args, {.timeout_s = 300});
-  INFO(r.describe());
-  REQUIRE(r.ok());
-  return json::parse(r.out);
-}
+using interop::moe_json;
 
 // Text the models have seen: the embedded corpus' format, written by `moe data synth`.
 std::string sample_text(const TempDir& dir, int64_t bytes, int seed) {

@@ -13,6 +13,7 @@
 
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
+#include "interop_util.hpp"
 
 using moe_test::TempDir;
 using nlohmann::json;
@@ -30,18 +31,10 @@ std::string node_binary() {
 
 json harness(const TempDir& dir, const json& request) {
   const std::string file = dir.write("request.json", request.dump());
-  const moe_test::RunResult r = moe_test::run({node_binary(), kHarness, file}, {.timeout_s = 300});
-  INFO(r.describe());
-  REQUIRE(r.ok());
-  return json::parse(r.out);
+  return interop::run_json({node_binary(), kHarness, file});
 }
 
-json moe_json(const std::vector<std::string>& args) {
-  const moe_test::RunResult r = moe_test::run_moe(args, {.timeout_s = 300});
-  INFO(r.describe());
-  REQUIRE(r.ok());
-  return json::parse(r.out);
-}
+using interop::moe_json;
 
 std::string read_bytes(const std::string& path, size_t offset, size_t count) {
   std::ifstream in(path, std::ios::binary);
