@@ -6,27 +6,13 @@
 
 #include <catch2/catch.hpp>
 
+#include "../support/checks.hpp"
 #include "core/rng.hpp"
 #include "dist/expert_parallel.hpp"
 #include "model/model.hpp"
 
 TEST_CASE("expert-parallel dispatch on one rank equals the local MoE layer in forward and backward", "[dist]") {
-  moe::ModelConfig c;
-  c.hidden_size = 16;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 8;
-  c.intermediate_size = 24;
-  c.moe_intermediate_size = 8;
-  c.first_k_dense_replace = 1;
-  c.n_shared_experts = 1;
-  c.n_routed_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.n_group = 1;
-  c.topk_group = 1;
-  c.max_position_embeddings = 32;
-  c.initializer_range = 0.2;
+  moe::ModelConfig c = moe_test::expert_parallel_config();
   moe::Model local(c), remote(c);
   local.init(5);
   remote.init(5);

@@ -53,4 +53,17 @@ inline moe::ModelConfig small_config() {
   return c;
 }
 
+// small_config with three layers (two MoE) and 8 ungrouped experts, larger initial weights: the
+// expert-parallel tests split its experts over up to 4 ranks.
+inline moe::ModelConfig expert_parallel_config() {
+  moe::ModelConfig c = small_config();
+  c.num_hidden_layers = 3;
+  c.n_routed_experts = 8;
+  c.n_group = 1;
+  c.max_position_embeddings = 32;
+  c.initializer_range = 0.2;
+  moe::validate(c, "expert_parallel_config");
+  return c;
+}
+
 }  // namespace moe_test
