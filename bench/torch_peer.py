@@ -9,6 +9,7 @@ Run with Debian's /usr/bin/python3 and python3-torch; the BLAS is libopenblas0-o
 """
 import argparse
 import json
+import os
 import math
 import statistics
 import sys
@@ -366,6 +367,15 @@ def selfcheck():
     return 1 if failures else 0
 
 
+def loaded_blas():
+    """The BLAS library this process actually mapped (Debian's libblas.so.3 is an alternative that may
+    point at the reference BLAS, 50x slower): its resolved path, or "none found"."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "blas" in os.path.basename(line.rstrip()).lower()}
+    paths = sorted(os.path.realpath(p) for p in paths if p.startswith("/"))
+    return ", ".join(paths) if paths else "none found"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/small.json")
@@ -451,7 +461,7 @@ def main():
         rates, mib = decode(C - n, n)
         at_context.append({"context": C, "tokens_per_s": stat(rates), "kv_cache_mib": mib})
 
-    out = {"peer": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+    out = {"peer": "pytorch", "torch": torch.__version__, "blas": loaded_blas(), "threads": torch.get_num_threads(),
            "config": args.config, "batch": B, "seq": T,
            "train_tokens_per_s": stat(train_rates), "decode_tokens_per_s": stat(decode_rates),
            "decode_at_context": at_context}
