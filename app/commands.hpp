@@ -154,8 +154,14 @@ void add_field_flags(CLI::App* cmd, const std::vector<Field<S>>& fields, S& valu
       std::string& text = choice_values.emplace_back();
       opt = cmd->add_option(field.flag, text, field.help)->check(CLI::IsMember(p->names));
       apply = [&text, &field](S& s) { read_field(field, s, nlohmann::json(text), field.flag); };
+    } else if (auto p = std::get_if<bool S::*>(&field.member)) {
+      // A switch: given means true (a config file's true stays true without it).
+      opt = cmd->add_flag(field.flag, values.*(*p), field.help);
+      apply = [&values, p = *p](S& s) { s.*p = values.*p; };
+      given.push_back({opt, std::move(apply)});
+      continue;
     } else {
-      continue;  // booleans and optional integers: config file only
+      continue;  // optional integers: config file only
     }
     if (field.at_most > 0)  // the same bound and message as the config file's check
       opt->check(InRange(zero_ok ? 0 : 1, double(field.at_most)));
@@ -172,5 +178,6 @@ Run add_infer(CLI::App& app);
 Run add_eval(CLI::App& app);
 Run add_bench(CLI::App& app);
 Run add_export(CLI::App& app);
+Run add_sweep(CLI::App& app);
 
 }  // namespace moe::app

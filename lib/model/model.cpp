@@ -96,6 +96,7 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
       const int64_t Is = c.shared_intermediate();
       MoeSaved& m = a.moe;
       m.scores = f.take(N * E), m.weight = f.take(N * K);
+      if (training) m.logits = f.take(N * E);  // for the router z-loss
       // Remote experts: the slots' outputs come back in slot order, N*K rows, without padding.
       const int64_t R = remote ? N * K : moe_row_capacity(c, N), local_rows = remote ? 0 : R;
       m.x_rows = f.take(local_rows * D), m.y_rows = f.take(R * D);
@@ -183,6 +184,7 @@ void layer_forward(ComputeContext& ctx, const Model& model, int64_t l, const flo
   if (c.is_moe_layer(l)) {
     moe_forward(ctx, c, lw.moe, a.xn2, ws.ffn_out, a.moe, B, T, balance, ws.remote, c.moe_layer_index(l));
     ws.balance_loss += a.moe.balance_loss;
+    ws.z_loss += a.moe.z_loss;
   } else {
     PhaseScope dense(ctx, Phase::dense_ffn);
     ffn_forward(ctx, {lw.gate_proj, lw.up_proj, lw.down_proj}, a.xn2, ws.ffn_out, a.dense, N, D, c.intermediate_size);
@@ -311,6 +313,7 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
     embedding_forward(w.embed_tokens, ws.tokens, ws.resid[0], N, D);
   }
   ws.balance_loss = 0.0;
+  ws.z_loss = 0.0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     layer_forward(ctx, model, l, ws.resid[size_t(l)], ws.resid[size_t(l + 1)], ws, balance);
   ws.mtp_ran = ws.mtp && targets && T > 1;

@@ -99,6 +99,7 @@ struct Workspace {
   // each (token, expert) slot's output and, in backward, its gradients.
   RemoteExperts* const remote = nullptr;
   double balance_loss = 0.0;  // sum over MoE layers of the last forward's balance losses
+  double z_loss = 0.0;        // sum over MoE layers of the last forward's router z-losses
   // The MTP module (layers[L] holds its decoder layer's activations):
   int32_t* mtp_targets = nullptr;  // (N) t_{i+2} = targets[i+1], kIgnoreTarget at each sequence's end
   float* mtp_embed = nullptr;      // (N, D) embed(t_{i+1})

@@ -1,6 +1,7 @@
 #include "moe/balance.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace moe {
@@ -13,14 +14,66 @@ double max_violation(const int64_t* counts, int64_t E) {
   return (max - mean) / mean;
 }
 
-void update_bias(float* bias, const int64_t* counts, int64_t E, float rate) {
+LoadStats load_stats(const int64_t* counts, int64_t E) {
+  LoadStats st;
+  if (E <= 0) return st;
+  double sum = 0.0, sum_sq = 0.0;
+  for (int64_t i = 0; i < E; ++i) {
+    sum += double(counts[i]), sum_sq += double(counts[i]) * double(counts[i]);
+    st.dead += counts[i] == 0;
+  }
+  if (sum == 0.0) return st;
+  const double mean = sum / double(E);
+  st.cv = std::sqrt(std::max(0.0, sum_sq / double(E) - mean * mean)) / mean;
+  st.jain = sum * sum / (double(E) * sum_sq);
+  std::vector<double> shares(static_cast<size_t>(E));
+  for (int64_t i = 0; i < E; ++i) shares[size_t(i)] = double(counts[i]) / sum;
+  std::sort(shares.begin(), shares.end());
+  auto percentile = [&](double p) {
+    const double rank = p / 100.0 * double(E - 1);
+    const size_t lo = size_t(rank), hi = std::min(size_t(E - 1), lo + 1);
+    return shares[lo] + (rank - double(lo)) * (shares[hi] - shares[lo]);
+  };
+  st.share_p5 = percentile(5), st.share_p50 = percentile(50), st.share_p95 = percentile(95);
+  return st;
+}
+
+void update_bias(float* bias, const int64_t* counts, int64_t E, float rate, bool proportional, bool center) {
   double mean = 0.0;
   for (int64_t i = 0; i < E; ++i) mean += double(counts[i]);
   mean /= double(E);
   for (int64_t i = 0; i < E; ++i) {
     const double diff = mean - double(counts[i]);
-    bias[i] += rate * float((diff > 0) - (diff < 0));
+    if (proportional)
+      bias[i] += mean > 0 ? float(double(rate) * diff / mean) : 0.0f;
+    else
+      bias[i] += rate * float((diff > 0) - (diff < 0));
   }
+  if (center) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < E; ++i) sum += double(bias[i]);
+    const float shift = float(sum / double(E));
+    for (int64_t i = 0; i < E; ++i) bias[i] -= shift;
+  }
+}
+
+double router_z_loss(const float* logits, int64_t N, int64_t E, float alpha, float* d_logits, float scale) {
+  double total = 0.0;
+  for (int64_t t = 0; t < N; ++t) {
+    const float* z = logits + t * E;
+    double max = -INFINITY;
+    for (int64_t i = 0; i < E; ++i) max = std::max(max, double(z[i]));
+    double sum = 0.0;
+    for (int64_t i = 0; i < E; ++i) sum += std::exp(double(z[i]) - max);
+    const double lse = max + std::log(sum);
+    total += lse * lse;
+    if (d_logits) {
+      // d(lse²)/dz_i = 2·lse·softmax(z)_i, and the mean over tokens divides by N.
+      const double coef = double(scale) * double(alpha) * 2.0 * lse / double(N);
+      for (int64_t i = 0; i < E; ++i) d_logits[t * E + i] += float(coef * std::exp(double(z[i]) - lse));
+    }
+  }
+  return double(alpha) * total / double(N);
 }
 
 namespace {

@@ -10,8 +10,30 @@ namespace moe {
 // MaxVio = (max_i c_i - mean c) / mean c; 0 when nothing was routed.
 double max_violation(const int64_t* counts, int64_t E);
 
+// The load statistics people ask trainers for, from one layer's counts c (E) of a step:
+// cv = population std(c) / mean(c); Jain's fairness index (Σc)² / (E·Σc²) (1 = perfectly even,
+// 1/E = one expert takes everything); dead = experts that received no token; share_pX = the X-th
+// percentile of the per-expert shares c_i/Σc, linear interpolation between the sorted shares at
+// rank X/100·(E-1) (numpy's default). With nothing routed: cv 0, jain 1, dead E, shares 0.
+struct LoadStats {
+  double cv = 0, jain = 1;
+  int64_t dead = 0;
+  double share_p5 = 0, share_p50 = 0, share_p95 = 0;
+};
+LoadStats load_stats(const int64_t* counts, int64_t E);
+
 // b_i += rate · sign(mean(c) - c_i): overloaded experts lose selection priority, idle ones gain it.
-void update_bias(float* bias, const int64_t* counts, int64_t E, float rate);
+// proportional (Loss-Free Balancing's Table 3 variant): b_i += rate · (mean(c) - c_i) / mean(c), a
+// step that shrinks as the load evens out (nothing moves when nothing was routed). center: then
+// subtract the mean bias — selection depends only on differences of the biases, so this changes no
+// choice and keeps the values from drifting.
+void update_bias(float* bias, const int64_t* counts, int64_t E, float rate, bool proportional = false,
+                 bool center = false);
+
+// Router z-loss (ST-MoE; Megatron's --moe-z-loss-coeff): α · mean over N tokens of
+// (logsumexp_i z_ti)², z = the router logits (N, E), whatever the scoring function. Returns the
+// loss; when d_logits is given, adds scale · dL/dz = scale · α · 2·lse_t/N · softmax(z_t)_i.
+double router_z_loss(const float* logits, int64_t N, int64_t E, float alpha, float* d_logits, float scale);
 
 // Classic auxiliary loss α·E·Σ_i f_i P_i over N tokens: f_i = (tokens routed to i)/(N·K), P_i = mean
 // over tokens of the scores normalised to sum 1. Returns the loss; when d_scores is given, adds

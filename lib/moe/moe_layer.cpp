@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/error.hpp"
 #include "core/threads.hpp"
 #include "moe/balance.hpp"
 #include "moe/dispatch.hpp"
@@ -27,7 +28,8 @@ int64_t moe_row_capacity(const ModelConfig& c, int64_t N) {
 int64_t moe_saved_floats(const ModelConfig& c, int64_t N) {
   const int64_t K = c.num_experts_per_tok, D = c.hidden_size, Im = c.moe_intermediate_size;
   const int64_t R = moe_row_capacity(c, N);
-  return N * c.n_routed_experts + N * K + 2 * R * D + 3 * R * Im + 3 * N * c.shared_intermediate();
+  // scores and logits (N, E) each, weights, gathered rows and their FFN activations, the shared experts.
+  return 2 * N * c.n_routed_experts + N * K + 2 * R * D + 3 * R * Im + 3 * N * c.shared_intermediate();
 }
 
 int64_t moe_saved_ints(const ModelConfig& c, int64_t N) {
@@ -85,8 +87,10 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
   // Router: scores in fp32, then bias-corrected selection.
   std::optional<PhaseScope> phase;
   phase.emplace(ctx, Phase::router);
-  linear_forward(ctx, x, w.router, s.scores, N, D, E);
-  router_scores_forward(s.scores, s.scores, N, E, c.scoring_func);
+  check(balance.z_alpha == 0.0f || s.logits, "internal: the router z-loss needs the saved logits");
+  float* logits = s.logits ? s.logits : s.scores;  // scores overwrite the logits when they are not kept
+  linear_forward(ctx, x, w.router, logits, N, D, E);
+  router_scores_forward(logits, s.scores, N, E, c.scoring_func);
   route_tokens(c, s.scores, w.router_bias, s.expert, s.weight, N);
   force_routes(c, ctx.forced_routing, s.scores, s.expert, s.weight, N);
 
@@ -122,6 +126,7 @@ void moe_forward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w,
   if (balance.aux_alpha > 0) s.balance_loss += aux_loss(s.scores, s.expert, N, E, K, balance.aux_alpha, nullptr, 0);
   if (balance.seq_aux_alpha > 0)
     s.balance_loss += seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, nullptr, 0);
+  s.z_loss = balance.z_alpha > 0 ? router_z_loss(s.logits, N, E, balance.z_alpha, nullptr, 0) : 0.0;
 }
 
 void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w, const MoeWeights& gw, const float* x,
@@ -183,6 +188,10 @@ void moe_backward(ComputeContext& ctx, const ModelConfig& c, const MoeWeights& w
     seq_aux_loss(s.scores, s.expert, B, T, E, K, balance.seq_aux_alpha, scratch.d_scores, loss_scale);
   phase.emplace(ctx, Phase::router);
   router_scores_backward(s.scores, scratch.d_scores, scratch.d_logits, N, E, c.scoring_func);
+  if (balance.z_alpha > 0) {
+    PhaseScope z(ctx, Phase::balancing);
+    router_z_loss(s.logits, N, E, balance.z_alpha, scratch.d_logits, loss_scale);
+  }
   linear_backward(ctx, x, w.router, scratch.d_logits, dx, gw.router, N, D, E, /*accumulate_dx=*/true);
 }
 

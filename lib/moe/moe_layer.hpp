@@ -40,11 +40,13 @@ struct BalanceLossConfig {
   // pass is a part: its f_i, (MoE layers incl. the MTP layer, E), for backward. Null: the batch is
   // this pass alone (f from its own routes).
   const double* aux_step_fractions = nullptr;
+  float z_alpha = 0.0f;  // router z-loss α·mean_t (logsumexp_i z_ti)² (needs MoeSaved::logits)
 };
 
 // Everything one MoE layer saves in forward for backward; N = tokens, K = experts per token.
 struct MoeSaved {
   float* scores = nullptr;      // (N, E) unbiased affinities
+  float* logits = nullptr;      // (N, E) router logits, kept for the z-loss (null: not kept)
   int32_t* expert = nullptr;    // (N, K) chosen experts
   float* weight = nullptr;      // (N, K) gate weights
   int32_t* counts = nullptr;    // (E) tokens routed to each expert = this pass's load
@@ -64,6 +66,7 @@ struct MoeSaved {
   float* shared_u = nullptr;  // (N, Is)
   float* shared_a = nullptr;  // (N, Is)
   double balance_loss = 0.0;  // value of the enabled balance losses over this pass (already times α)
+  double z_loss = 0.0;        // value of the router z-loss over this pass (already times α; 0 when off)
 };
 
 // Scratch for backward (not saved between passes).

@@ -46,16 +46,29 @@ std::string string_field(const json& j, const char* key, const std::string& wher
 }  // namespace
 
 std::string RunSettings::balance_text() const {
-  char buf[96];
+  char buf[160];
+  std::string bias;  // "u 0.001" with the bias rule's options
+  if (balance == "loss-free" || balance == "loss-free+seq") {
+    std::snprintf(buf, sizeof buf, "%su %g", bias_update == "proportional" ? "proportional " : "", bias_rate);
+    bias = buf;
+    if (bias_center) bias += ", centred";
+    if (bias_freeze_at < 1.0) {
+      std::snprintf(buf, sizeof buf, ", frozen at %g%%", 100 * bias_freeze_at);
+      bias += buf;
+    }
+  }
+  std::string text = balance;
   if (balance == "loss-free")
-    std::snprintf(buf, sizeof buf, "loss-free (u %g)", bias_rate);
+    text = "loss-free (" + bias + ")";
   else if (balance == "loss-free+seq")
-    std::snprintf(buf, sizeof buf, "loss-free+seq (u %g, alpha %g)", bias_rate, seq_aux_alpha);
-  else if (balance == "aux")
-    std::snprintf(buf, sizeof buf, "aux (alpha %g)", aux_alpha);
-  else
-    return balance;
-  return buf;
+    std::snprintf(buf, sizeof buf, "loss-free+seq (%s, alpha %g)", bias.c_str(), seq_aux_alpha), text = buf;
+  else if (balance == "aux" || balance == "global-aux")
+    std::snprintf(buf, sizeof buf, "%s (alpha %g)", balance.c_str(), aux_alpha), text = buf;
+  if (z_loss > 0) {
+    std::snprintf(buf, sizeof buf, "; z-loss %g", z_loss);
+    text += buf;
+  }
+  return text;
 }
 
 std::string RunSettings::shape_text() const {
@@ -113,6 +126,8 @@ std::optional<RunSettings> read_run_settings(const std::string& metrics_path) {
     s.balance = t.at("balance").get<std::string>();
     s.bias_rate = t.value("bias_rate", 0.0), s.aux_alpha = t.value("aux_alpha", 0.0);
     s.seq_aux_alpha = t.value("seq_aux_alpha", 0.0);
+    s.bias_update = t.value("bias_update", std::string("sign")), s.bias_center = t.value("bias_center", false);
+    s.bias_freeze_at = t.value("bias_freeze_at", 1.0), s.z_loss = t.value("z_loss", 0.0);
     s.lr = t.at("lr").get<double>(), s.min_lr = t.value("min_lr", 0.0);
     s.batch = t.at("batch").get<int64_t>(), s.seq = t.at("seq").get<int64_t>(), s.accum = t.value("accum", int64_t(1));
     s.steps = t.at("steps").get<int64_t>();
@@ -279,6 +294,10 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
                 {"bias_rate", st.bias_rate},
                 {"aux_alpha", st.aux_alpha},
                 {"seq_aux_alpha", st.seq_aux_alpha},
+                {"bias_update", st.bias_update},
+                {"bias_center", st.bias_center},
+                {"bias_freeze_at", st.bias_freeze_at},
+                {"z_loss", st.z_loss},
                 {"lr", st.lr},
                 {"min_lr", st.min_lr},
                 {"batch", st.batch},

@@ -17,9 +17,14 @@ namespace moe {
 struct RunSettings {
   std::string balance;  // none, aux, loss-free, loss-free+seq
   double bias_rate = 0, aux_alpha = 0, seq_aux_alpha = 0, lr = 0, min_lr = 0;
+  std::string bias_update = "sign";  // sign | proportional
+  bool bias_center = false;
+  double bias_freeze_at = 1.0, z_loss = 0.0;
   int64_t batch = 0, seq = 0, accum = 1, steps = 0;
   std::string data;                  // the data source (a path or synthetic:<bytes>:<seed>)
-  std::string balance_text() const;  // "loss-free (u 0.001)", "aux (alpha 0.01)", "none"
+  // "loss-free (u 0.001)", "loss-free (proportional u 0.001, centred, frozen at 80%)", "aux (alpha
+  // 0.01)", "none"; "; z-loss 0.001" appended when the router z-loss is on.
+  std::string balance_text() const;
   std::string shape_text() const;    // "16 x 128 x 1" (batch x seq x accum)
 };
 

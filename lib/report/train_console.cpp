@@ -114,8 +114,14 @@ void ConsoleTrainObserver::on_start(const RunStart& start) {
   std::fprintf(out_, "train    %lld steps of %lld x %lld x %lld, lr %.3g -> %.3g, %s", (long long)t.steps,
                (long long)t.batch, (long long)t.seq, (long long)t.accum, t.lr, t.min_lr,
                to_json(t).at("balance").get<std::string>().c_str());
-  if (t.balance == Balance::loss_free || t.balance == Balance::loss_free_seq)
-    std::fprintf(out_, " (u %.3g)", t.bias_rate);
+  if (uses_bias(t.balance)) {
+    std::fprintf(out_, " (%su %.3g%s", t.bias_update == BiasUpdate::proportional ? "proportional " : "", t.bias_rate,
+                 t.bias_center ? ", centred" : "");
+    if (t.bias_freeze_at < 1.0) std::fprintf(out_, ", frozen after step %.0f", std::ceil(t.bias_freeze_at * double(t.steps)));
+    std::fprintf(out_, ")");
+  }
+  if (t.balance == Balance::aux || t.balance == Balance::global_aux) std::fprintf(out_, " (alpha %.3g)", t.aux_alpha);
+  if (t.z_loss > 0) std::fprintf(out_, ", z-loss %.3g", t.z_loss);
   std::fprintf(out_, ", seed %llu\n", (unsigned long long)t.seed);
   std::fprintf(out_, "data     %s: %lld train + %lld validation bytes\n", start.data_source.c_str(),
                (long long)start.train_bytes, (long long)start.val_bytes);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
+#include "moe/balance.hpp"
 
 namespace moe {
 
@@ -17,7 +18,13 @@ namespace {
 
 json layer_json(const LayerLoad& l, bool train_line) {
   json j = {{"layer", l.layer}, {"counts", l.counts}, {"maxvio", l.maxvio}};
+  // The load statistics (README "Balance statistics"), for readers other than moe; moe's own
+  // reports recompute them from the counts, so files written before they existed read the same.
+  const LoadStats st = load_stats(l.counts.data(), int64_t(l.counts.size()));
+  j["cv"] = st.cv, j["jain"] = st.jain, j["dead"] = st.dead;
+  j["share_p5"] = st.share_p5, j["share_p50"] = st.share_p50, j["share_p95"] = st.share_p95;
   if (train_line) j["bias"] = l.bias, j["balance_loss"] = l.balance_loss;
+  if (train_line && l.z_loss) j["z_loss"] = *l.z_loss;
   return j;
 }
 
@@ -116,6 +123,7 @@ std::vector<LayerLoad> parse_layers(const json& j, const std::string& where, boo
     p.maxvio = field<double>(l, "maxvio", where);
     if (with_bias && l.contains("bias")) p.bias = field<std::vector<double>>(l, "bias", where);
     if (with_bias && l.contains("balance_loss")) p.balance_loss = field<double>(l, "balance_loss", where);
+    if (with_bias && l.contains("z_loss")) p.z_loss = field<double>(l, "z_loss", where);
     for (int64_t c : p.counts)
       if (c < 0) fail(where + ": negative expert count");
     if (!p.bias.empty() && p.bias.size() != p.counts.size())
@@ -161,6 +169,7 @@ json to_json(const StepRecord& r) {
             {"layers", layers}};
   if (r.skipped) j["skipped"] = true;
   if (r.mtp_loss) j["mtp_loss"] = *r.mtp_loss;
+  if (r.z_loss) j["z_loss"] = *r.z_loss;
   if (r.ranks > 1) {
     json per_layer = json::array();
     for (const auto& l : r.layers)
@@ -224,6 +233,7 @@ StepRecord step_from_json(const json& j, const std::string& where) {
   p.balance_loss = j.contains("balance_loss") ? field<double>(j, "balance_loss", where) : 0.0;
   p.skipped = j.contains("skipped") && j["skipped"].is_boolean() && j["skipped"].get<bool>();
   if (j.contains("mtp_loss")) p.mtp_loss = field<double>(j, "mtp_loss", where);
+  if (j.contains("z_loss")) p.z_loss = field<double>(j, "z_loss", where);
   p.layers = parse_layers(j, where, true);
   if (j.contains("ranks")) parse_ranks(j["ranks"], p, where);
   return p;

@@ -18,6 +18,7 @@ struct LayerLoad {
   std::vector<double> bias;     // routing bias after this step's update (train lines only)
   double maxvio = 0.0;
   double balance_loss = 0.0;  // enabled balance losses of this layer (train lines only)
+  std::optional<double> z_loss;  // router z-loss of this layer (train lines of runs with --z-loss)
   // Several processes (train lines only): expert rows each rank computed, and their MaxVio.
   std::vector<int64_t> rank_rows;
   double rank_maxvio = 0.0;
@@ -30,6 +31,7 @@ struct StepRecord {
   double loss = 0, lr = 0, grad_norm = 0, tokens_per_s = 0, seconds = 0, balance_loss = 0;
   bool skipped = false;            // non-finite loss or gradient: nothing was updated
   std::optional<double> mtp_loss;  // models with a trained MTP module: mean CE of t_{i+2}
+  std::optional<double> z_loss;    // runs with --z-loss: Σ over MoE layers of the router z-loss
   double comm_seconds = 0;         // rank 0's time inside MPI collectives during the step
   double alltoall_seconds = 0;     // the expert-parallel all-to-alls among them
   int64_t ranks = 1;

@@ -21,12 +21,13 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
       // The MTP module runs (and trains) only with a positive weight.
       ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true,
           /*with_mtp=*/config.mtp_weight > 0, parallel.experts),
-      bias_balancing_(config.balance == Balance::loss_free || config.balance == Balance::loss_free_seq),
+      bias_balancing_(uses_bias(config.balance)),
       inputs_(static_cast<size_t>(config.accum * config.batch * config.seq)),
       targets_(static_cast<size_t>(config.accum * config.batch * config.seq)),
       counts_(static_cast<size_t>(model.config.num_routed_layers()),
               std::vector<int64_t>(static_cast<size_t>(model.config.n_routed_experts))),
-      layer_balance_(static_cast<size_t>(model.config.num_routed_layers())) {
+      layer_balance_(static_cast<size_t>(model.config.num_routed_layers())),
+      layer_z_(static_cast<size_t>(model.config.num_routed_layers())) {
   check(config.batch % parallel.ranks() == 0, "internal: batch not divisible by the ranks");
   // Contiguous runs of tensors: the rank's own experts (expert parallel) or replicated ones.
   for (const TensorSpec& spec : model.layout.tensors) {
@@ -36,7 +37,10 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
     else
       ranges.push_back({spec.offset, spec.numel});
   }
-  if (config.balance == Balance::aux) {
+  // aux: each pass (a micro-batch on one rank) is its own batch, as most trainers compute it.
+  if (config.balance == Balance::aux) balance_.aux_alpha = float(config.aux_alpha);
+  balance_.z_alpha = float(config.z_loss);
+  if (config.balance == Balance::global_aux) {
     balance_.aux_alpha = float(config.aux_alpha);
     const size_t routed = size_t(model.config.num_routed_layers() * model.config.n_routed_experts);
     aux_prob_sums_.resize(routed);
@@ -61,6 +65,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   }
   for (auto& c : counts_) std::fill(c.begin(), c.end(), 0);
   std::fill(layer_balance_.begin(), layer_balance_.end(), 0.0);
+  std::fill(layer_z_.begin(), layer_z_.end(), 0.0);
   std::fill(aux_prob_sums_.begin(), aux_prob_sums_.end(), 0.0);
   // Every rank draws the same global batches (one random stream) and takes its own rows of each.
   for (int64_t micro = 0; micro < tc.accum; ++micro)
@@ -84,6 +89,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
       if (!mc.is_moe_layer(l)) continue;
       const MoeSaved& saved = ws_.layers[size_t(l)].moe;
       for (int64_t e = 0; e < E; ++e) counts_[m][size_t(e)] += saved.counts[e];
+      layer_z_[m] += saved.z_loss / passes;  // a mean over tokens: the passes' shares add up
       if (step_aux)
         aux_prob_sums(saved.scores, local_rows, E, aux_prob_sums_.data() + m * size_t(E));
       else
@@ -124,9 +130,11 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     Dist& dist = *parallel_.dist;
     std::vector<double> stats{loss, mtp_loss};
     stats.insert(stats.end(), layer_balance_.begin(), layer_balance_.end());
+    stats.insert(stats.end(), layer_z_.begin(), layer_z_.end());
     dist.allreduce_sum(stats.data(), int64_t(stats.size()));
     loss = stats[0], mtp_loss = stats[1];
-    std::copy(stats.begin() + 2, stats.end(), layer_balance_.begin());
+    std::copy(stats.begin() + 2, stats.begin() + 2 + int64_t(layer_balance_.size()), layer_balance_.begin());
+    std::copy(stats.begin() + 2 + int64_t(layer_balance_.size()), stats.end(), layer_z_.begin());
     if (!step_aux)  // else exchanged before the backwards
       for (auto& c : counts_) dist.allreduce_sum(c.data(), int64_t(c.size()));
     for (const auto& [offset, n] : replicated_) dist.allreduce_sum(model.grads.data() + offset, n);
@@ -147,18 +155,25 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     if (ws_.mtp) r.mtp_loss = mtp_loss;
   }
   PhaseScope phase(ctx, Phase::balancing);
+  // --bias-freeze-at F: from step F·steps on, the bias stays where it is (DeepSeek-V3 sets γ = 0 for
+  // the last part of training).
+  const bool bias_moves = bias_balancing_ && finite && double(step) < tc.bias_freeze_at * double(tc.steps);
+  if (balance_.z_alpha > 0) r.z_loss = 0.0;
   size_t m = 0;
   for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp); ++l) {
     if (!mc.is_moe_layer(l)) continue;
     float* bias = model.weights.layers[size_t(l)].moe.router_bias;
     // No bias update for a step that went non-finite.
-    if (bias_balancing_ && finite) update_bias(bias, counts_[m].data(), E, float(tc.bias_rate));
+    if (bias_moves)
+      update_bias(bias, counts_[m].data(), E, float(tc.bias_rate), tc.bias_update == BiasUpdate::proportional,
+                  tc.bias_center);
     LayerLoad load;
     load.layer = l;
     load.counts = counts_[m];
     load.bias.assign(bias, bias + E);
     load.maxvio = max_violation(counts_[m].data(), E);
     load.balance_loss = layer_balance_[m];
+    if (balance_.z_alpha > 0) load.z_loss = layer_z_[m], *r.z_loss += layer_z_[m];
     if (ranks > 1) {
       // Expert rows each rank computed: its own tokens' slots (data parallel), or every slot routed
       // to its block of experts (expert parallel).

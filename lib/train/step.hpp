@@ -55,6 +55,7 @@ class TrainStep {
   std::vector<int32_t> inputs_, targets_;     // (accum, batch, seq): the step's global micro-batches
   std::vector<std::vector<int64_t>> counts_;  // (MoE layers, E) over the step
   std::vector<double> layer_balance_;         // (MoE layers)
+  std::vector<double> layer_z_;               // (MoE layers) router z-loss
   // --balance aux, whose batch is the whole step: Σ_t s_t/Σ s_t per MoE layer and expert over the
   // step, and the step's f_i that every backward of the step uses; (MoE layers, E) each.
   std::vector<double> aux_prob_sums_, aux_fractions_;

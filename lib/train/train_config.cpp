@@ -15,7 +15,8 @@ using nlohmann::json;
 
 namespace {
 
-const std::vector<std::string> kBalanceNames = {"none", "aux", "loss-free", "loss-free+seq"};
+const std::vector<std::string> kBalanceNames = {"none", "aux", "global-aux", "loss-free", "loss-free+seq"};
+const std::vector<std::string> kBiasUpdateNames = {"sign", "proportional"};
 
 }  // namespace
 
@@ -25,6 +26,8 @@ const char* to_string(Balance b) {
       return "none";
     case Balance::aux:
       return "aux";
+    case Balance::global_aux:
+      return "global-aux";
     case Balance::loss_free:
       return "loss-free";
     case Balance::loss_free_seq:
@@ -34,10 +37,14 @@ const char* to_string(Balance b) {
 }
 
 Balance parse_balance(const std::string& text, const std::string& where) {
-  for (Balance b : {Balance::none, Balance::aux, Balance::loss_free, Balance::loss_free_seq})
+  for (Balance b : {Balance::none, Balance::aux, Balance::global_aux, Balance::loss_free, Balance::loss_free_seq})
     if (text == to_string(b)) return b;
   fail(where + ": " + choice_error(kBalanceNames, text));
 }
+
+bool uses_bias(Balance b) { return b == Balance::loss_free || b == Balance::loss_free_seq; }
+
+const char* to_string(BiasUpdate u) { return u == BiasUpdate::sign ? "sign" : "proportional"; }
 
 const std::vector<Field<TrainConfig>>& train_fields() {
   using T = TrainConfig;
@@ -54,8 +61,23 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"grad_clip", &T::grad_clip, Check::non_negative_finite, 0, "Global gradient-norm clip (0: off)", "--grad-clip"},
       {"bias_rate", &T::bias_rate, Check::non_negative_finite, 0, "Bias update speed u of loss-free balancing",
        "--bias-rate"},
+      {"bias_update",
+       Choice<T>{kBiasUpdateNames, [](const T& t) { return std::string(to_string(t.bias_update)); },
+                 [](T& t, const std::string& s) {
+                   t.bias_update = s == "sign" ? BiasUpdate::sign : BiasUpdate::proportional;
+                 }},
+       Check::any, 0,
+       "Loss-free bias rule: sign (b_i += u*sign(mean c - c_i), DeepSeek-V3) | proportional (b_i += u*(mean c - "
+       "c_i)/mean c)",
+       "--bias-update"},
+      {"bias_center", &T::bias_center, Check::any, 0,
+       "Subtract the mean bias after each update (selection is unchanged; the values stop drifting)", "--bias-center"},
+      {"bias_freeze_at", &T::bias_freeze_at, Check::non_negative_finite, 0,
+       "Fraction of the steps from which the bias stops moving (u = 0); 1: never", "--bias-freeze-at"},
       {"aux_alpha", &T::aux_alpha, Check::non_negative_finite, 0,
-       "Weight of the auxiliary balance loss (--balance aux)", "--aux-alpha"},
+       "Weight of the auxiliary balance loss (--balance aux, global-aux)", "--aux-alpha"},
+      {"z_loss", &T::z_loss, Check::non_negative_finite, 0,
+       "Weight of the router z-loss alpha*mean(logsumexp(router logits)^2) (0: off)", "--z-loss"},
       {"seq_aux_alpha", &T::seq_aux_alpha, Check::non_negative_finite, 0,
        "Weight of the sequence-wise loss (loss-free+seq)", "--seq-aux-alpha"},
       {"eval_every", &T::eval_every, Check::non_negative, 0, "Evaluate every N steps (0: only at the end)",
@@ -73,7 +95,8 @@ const std::vector<Field<TrainConfig>>& train_fields() {
       {"balance",
        Choice<T>{kBalanceNames, [](const T& t) { return std::string(to_string(t.balance)); },
                  [](T& t, const std::string& s) { t.balance = parse_balance(s, "balance"); }},
-       Check::any, 0, "none | aux | loss-free | loss-free+seq", "--balance"},
+       Check::any, 0, "none | aux (per micro-batch) | global-aux (over the whole step) | loss-free | loss-free+seq",
+       "--balance"},
   };
   return fields;
 }
@@ -98,6 +121,8 @@ void validate(const TrainConfig& t, const ModelConfig& m, const std::string& whe
     fail(at + "seq (" + std::to_string(t.seq) + ") must be at most max_position_embeddings (" +
          std::to_string(m.max_position_embeddings) + ")");
   if (t.min_lr > t.lr) fail(at + "min_lr must be at most lr");
+  if (t.bias_freeze_at > 1.0)
+    fail(at + "bias_freeze_at: expected a fraction of the steps in [0, 1], got " + std::to_string(t.bias_freeze_at));
   const double activations = activation_bytes_estimate(m, t.batch, t.seq);
   if (activations > 16.0 * (1ull << 30))
     fail(at + "batch x seq needs about " + whole(activations / (1 << 30)) + " GiB of activations; reduce batch or seq");

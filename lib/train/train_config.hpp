@@ -12,9 +12,14 @@
 
 namespace moe {
 
-enum class Balance { none, aux, loss_free, loss_free_seq };
+enum class Balance { none, aux, global_aux, loss_free, loss_free_seq };
 const char* to_string(Balance b);
 Balance parse_balance(const std::string& text, const std::string& where);
+bool uses_bias(Balance b);  // loss-free, loss-free+seq
+
+// How loss-free balancing moves the bias (BiasUpdate::sign is DeepSeek-V3's rule).
+enum class BiasUpdate { sign, proportional };
+const char* to_string(BiasUpdate u);
 
 struct TrainConfig {
   int64_t steps = 300;
@@ -28,6 +33,10 @@ struct TrainConfig {
   double grad_clip = 1.0;
   Balance balance = Balance::loss_free;
   double bias_rate = 1e-3;
+  BiasUpdate bias_update = BiasUpdate::sign;
+  bool bias_center = false;     // subtract the mean bias after each update
+  double bias_freeze_at = 1.0;  // fraction of the steps from which u = 0 (1: never)
+  double z_loss = 0.0;          // α of the router z-loss (0: off)
   double aux_alpha = 0.01;
   double seq_aux_alpha = 1e-4;
   int64_t eval_every = 50;

@@ -286,3 +286,95 @@ TEST_CASE("max_violation is (max - mean) / mean of the counts", "[moe][balance]"
   const int64_t none[4] = {0, 0, 0, 0};
   CHECK(moe::max_violation(none, 4) == 0.0);
 }
+
+TEST_CASE("update_bias proportional: u·(mean − c_i)/mean, nothing when nothing was routed", "[moe][balance]") {
+  const float u = 0.125f;
+  float bias[4] = {0.5f, -0.25f, 1.0f, 0.0f};
+  const int64_t counts[4] = {6, 2, 4, 4};  // mean 4: (mean - c)/mean = -0.5, +0.5, 0, 0
+  moe::update_bias(bias, counts, 4, u, /*proportional=*/true);
+  CHECK(bias[0] == 0.5f - 0.0625f);
+  CHECK(bias[1] == -0.25f + 0.0625f);
+  CHECK(bias[2] == 1.0f);
+  CHECK(bias[3] == 0.0f);
+  // Far from the mean the step grows with the distance (the sign rule's would stay u).
+  float far[3] = {0.0f, 0.0f, 0.0f};
+  const int64_t skewed[3] = {30, 0, 0};  // mean 10: -2, +1, +1
+  moe::update_bias(far, skewed, 3, u, true);
+  CHECK(far[0] == -0.25f);
+  CHECK(far[1] == 0.125f);
+  CHECK(far[2] == 0.125f);
+  const int64_t none[3] = {0, 0, 0};
+  moe::update_bias(far, none, 3, u, true);
+  CHECK(far[0] == -0.25f);
+}
+
+TEST_CASE("update_bias with centring: mean bias 0 afterwards, differences (hence choices) as without",
+          "[moe][balance]") {
+  for (bool proportional : {false, true}) {
+    CAPTURE(proportional);
+    float plain[5] = {0.3f, -0.1f, 0.7f, 0.2f, 0.05f}, centred[5];
+    std::copy(plain, plain + 5, centred);
+    const int64_t counts[5] = {9, 1, 4, 0, 6};
+    moe::update_bias(plain, counts, 5, 0.01f, proportional, false);
+    moe::update_bias(centred, counts, 5, 0.01f, proportional, true);
+    double mean = 0;
+    for (float b : centred) mean += b;
+    CHECK(std::fabs(mean / 5) < 1e-7);
+    for (int i = 1; i < 5; ++i) CHECK(centred[i] - centred[0] == Approx(plain[i] - plain[0]).margin(1e-6));
+  }
+}
+
+TEST_CASE("router_z_loss: known answer and gradient against double finite differences", "[moe][balance]") {
+  // All-zero logits over 4 experts: logsumexp = log 4 for every token.
+  const std::vector<float> zeros(3 * 4, 0.0f);
+  CHECK(moe::router_z_loss(zeros.data(), 3, 4, 0.5f, nullptr, 0) == Approx(0.5 * std::log(4.0) * std::log(4.0)));
+  // A naive reference in double, and its central differences.
+  const int64_t N = 5, E = 6;
+  const float alpha = 0.3f;
+  ref::Vec z = ref::randn(N * E, 41, 2.0);
+  auto naive = [&](const std::vector<double>& zd) {
+    double total = 0;
+    for (int64_t t = 0; t < N; ++t) {
+      double s = 0;
+      for (int64_t i = 0; i < E; ++i) s += std::exp(zd[size_t(t * E + i)]);
+      total += std::log(s) * std::log(s);
+    }
+    return alpha * total / double(N);
+  };
+  std::vector<double> zd(z.begin(), z.end());
+  CHECK(moe::router_z_loss(z.data(), N, E, alpha, nullptr, 0) == Approx(naive(zd)).epsilon(1e-6));
+  std::vector<float> grad(size_t(N * E), 1.0f);  // accumulates: starts at 1
+  moe::router_z_loss(z.data(), N, E, alpha, grad.data(), 2.0f);
+  for (size_t k = 0; k < zd.size(); ++k) {
+    std::vector<double> hi = zd, lo = zd;
+    hi[k] += 1e-5, lo[k] -= 1e-5;
+    const double fd = (naive(hi) - naive(lo)) / 2e-5;
+    CHECK(grad[k] - 1.0f == Approx(2.0 * fd).epsilon(1e-4).margin(1e-6));
+  }
+}
+
+TEST_CASE("load_stats: CV, Jain's index, dead experts and share percentiles on known counts", "[moe][balance]") {
+  const int64_t counts[4] = {0, 10, 30, 0};  // sum 40, mean 10, Σc² 1000
+  const moe::LoadStats st = moe::load_stats(counts, 4);
+  CHECK(st.cv == Approx(std::sqrt(150.0) / 10.0));  // population variance 1000/4 - 100
+  CHECK(st.jain == Approx(1600.0 / 4000.0));
+  CHECK(st.dead == 2);
+  // Sorted shares 0, 0, 0.25, 0.75 at ranks 0..3: p5 at rank 0.15, p50 at 1.5, p95 at 2.85.
+  CHECK(st.share_p5 == Approx(0.0).margin(1e-12));
+  CHECK(st.share_p50 == Approx(0.125));
+  CHECK(st.share_p95 == Approx(0.25 + 0.85 * 0.5));
+  const int64_t even[8] = {5, 5, 5, 5, 5, 5, 5, 5};
+  const moe::LoadStats flat = moe::load_stats(even, 8);
+  CHECK(flat.cv == Approx(0.0).margin(1e-12));
+  CHECK(flat.jain == Approx(1.0));
+  CHECK(flat.dead == 0);
+  CHECK(flat.share_p5 == Approx(0.125));
+  CHECK(flat.share_p95 == Approx(0.125));
+  const int64_t one[4] = {12, 0, 0, 0};  // one expert takes all: Jain 1/E
+  CHECK(moe::load_stats(one, 4).jain == Approx(0.25));
+  const int64_t nothing[3] = {0, 0, 0};
+  const moe::LoadStats empty = moe::load_stats(nothing, 3);
+  CHECK(empty.dead == 3);
+  CHECK(empty.jain == 1.0);
+  CHECK(empty.cv == 0.0);
+}

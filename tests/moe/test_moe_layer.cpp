@@ -92,7 +92,7 @@ struct MoeLayer {
       used_x += count;
       return p;
     };
-    saved.scores = f(N * E), saved.weight = f(N * K);
+    saved.scores = f(N * E), saved.weight = f(N * K), saved.logits = f(N * E);
     saved.x_rows = f(R * D), saved.y_rows = f(R * D);
     saved.g = f(R * Im), saved.u = f(R * Im), saved.a = f(R * Im);
     saved.shared_g = f(N * Is), saved.shared_u = f(N * Is), saved.shared_a = f(N * Is);
@@ -377,5 +377,39 @@ TEST_CASE("moe_forward/backward never read stale buffer contents (NaN-poisoned s
     CHECK(close(out_poisoned, out_clean));
     CHECK(close(dx_poisoned, dx_clean));
     CHECK(close(poisoned.grads, clean.grads));
+  }
+}
+
+TEST_CASE("moe_backward with the router z-loss matches finite differences of Σ r·out + z-loss", "[moe][balance]") {
+  moe::ComputeContext ctx;
+  for (auto func : {moe::ScoringFunc::sigmoid, moe::ScoringFunc::softmax}) {
+    CAPTURE(int(func));
+    const moe::ModelConfig c = layer_config(func);
+    MoeLayer layer(c, 2, 6, 403);
+    const int64_t N = layer.N, D = c.hidden_size;
+    moe::BalanceLossConfig balance;
+    balance.z_alpha = 0.5f;  // large, so its gradient is a visible part of the router's
+    ref::Vec x = ref::randn(N * D, 12);
+    ref::Vec out(size_t(N * D)), dx(size_t(N * D));
+    ref::Vec r = ref::randn(N * D, 13, 0.05);
+    auto loss = [&] {
+      layer.forward(ctx, x.data(), out.data(), balance);
+      return ref::weighted_sum(r, out.data()) + layer.saved.z_loss;
+    };
+    loss();
+    CHECK(layer.saved.z_loss > 0.0);
+    CHECK(layer.saved.balance_loss == 0.0);  // logged apart from the balance losses
+    const std::vector<int32_t> base_choice = layer.chosen();
+    std::fill(layer.grads.begin(), layer.grads.end(), 0.0f);
+    moe::moe_backward(ctx, c, layer.w, layer.gw, x.data(), r.data(), dx.data(), layer.saved, layer.scratch, layer.B,
+                      layer.T, balance, 1.0f);
+    for (auto [param, grad, n] : {std::tuple{x.data(), dx.data(), N * D},
+                                  std::tuple{layer.w.router, layer.gw.router, c.n_routed_experts * D}}) {
+      const std::vector<int64_t> coords = ref::sample_coords(n, 48, 502);
+      const FdResult fd = fd_fixed_routing(layer, param, grad, coords, ref::kFdStep, loss, base_choice);
+      CHECK(fd.skipped * 4 <= int64_t(coords.size()));
+      CHECK(fd.check.error() < ref::kFdTolerance);
+      CHECK(ref::norm2(fd.check.numeric) > 1e-4);
+    }
   }
 }
