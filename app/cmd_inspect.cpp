@@ -350,6 +350,7 @@ Run add_inspect(CLI::App& app) {
       if (f->layer >= 0 && !run->train.empty() && run->train.front().layers.empty())
         fail("--layer " + std::to_string(f->layer) + ": " + t.metrics + " has no such MoE layer");
       reports.push_back(std::make_unique<LoadReport>(build_load_report(*run, f->window)));
+      add_routing_settling(*run, *reports.back());
       runs.push_back(std::move(run));
     }
 

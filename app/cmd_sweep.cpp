@@ -268,6 +268,7 @@ Run add_sweep(CLI::App& app) {
       metrics.push_back(std::make_unique<RunMetrics>(read_metrics(path)));
       metrics.back()->name = r.name;
       reports.push_back(std::make_unique<LoadReport>(build_load_report(*metrics.back(), 0)));
+      add_routing_settling(*metrics.back(), *reports.back());
     }
     std::vector<const RunMetrics*> compared;
     std::vector<const LoadReport*> compared_reports;

@@ -301,6 +301,88 @@ std::string load_table(const HtmlRun& r, size_t li) {
   return out;
 }
 
+struct LoadStatsRow {
+  const char* name;
+  std::string (*value)(const WindowStats&);
+};
+
+// Jain's fairness index and the coefficient of variation of one layer's load per step (README
+// "Balance statistics"), with the early/recent window means in a table under it.
+std::string stats_chart(const HtmlRun& r, size_t li) {
+  const LayerLoadReport& layer = r.report->layers[li];
+  const std::string id = std::to_string(layer.layer);
+  svg::LineChart c;
+  c.step_markers = resume_markers(r);
+  c.kind = "load-stats", c.run = r.label, c.layer = id;
+  c.title = "Load statistics over training";
+  c.x_title = "step", c.y_title = "Jain's index, CV (unitless)";
+  c.y_from_zero = true;
+  c.empty_message = "no train lines yet";
+  c.references.push_back({1.0, "Jain = 1: perfectly even"});
+  svg::Points jain, cv;
+  for (size_t i = 0; i < layer.steps.size(); ++i)
+    jain.add(double(layer.steps[i]), layer.jain[i]), cv.add(double(layer.steps[i]), layer.cv[i]);
+  const std::string attributes = " data-layer=\"" + id + "\"";
+  add_noisy_series(c, "Jain's fairness index", svg::kPalette[2], jain, attributes, false);
+  add_noisy_series(c, "CV of the load", svg::kPalette[3], cv, attributes, false);
+  return svg::render_line_chart(c);
+}
+
+std::string stats_table(const LayerLoadReport& layer, const LoadReport& report) {
+  const LoadStatsRow rows[] = {
+      {"CV of the load", [](const WindowStats& w) { return svg::fixed(w.cv, 3); }},
+      {"Jain's fairness index", [](const WindowStats& w) { return svg::fixed(w.jain, 3); }},
+      {"dead experts (mean per step)", [](const WindowStats& w) { return svg::fixed(w.dead, 1); }},
+      {"share p5", [](const WindowStats& w) { return percent(w.share_p5); }},
+      {"share p50", [](const WindowStats& w) { return percent(w.share_p50); }},
+      {"share p95", [](const WindowStats& w) { return percent(w.share_p95); }},
+  };
+  std::string out = "<div class=\"table-wrap\"><table class=\"stats\" data-layer=\"" + std::to_string(layer.layer) +
+                    "\">\n<thead><tr><th>statistic</th><th>early<br><small>steps " +
+                    format("%lld%s%lld", (long long)report.early_from, kDash, (long long)report.early_to) +
+                    "</small></th><th>recent<br><small>steps " +
+                    format("%lld%s%lld", (long long)report.recent_from, kDash, (long long)report.recent_to) +
+                    "</small></th></tr></thead>\n<tbody>\n";
+  for (const LoadStatsRow& row : rows)
+    out += "<tr><td>" + std::string(row.name) + "</td><td>" + row.value(layer.early_stats) + "</td><td>" +
+           row.value(layer.recent_stats) + "</td></tr>\n";
+  return out + "</tbody></table></div>\n<p class=\"note\">Means over each window of the per-step statistics of " +
+         std::to_string(layer.experts.size()) +
+         " experts: CV = std/mean of the expert counts, Jain = (&Sigma;c)&sup2;/(E&middot;&Sigma;c&sup2;) (1 = even, "
+         "1/E = one expert takes all), dead = experts with no token in the step, share pX = X-th percentile of the "
+         "per-expert shares (uniform " +
+         percent(layer.experts.empty() ? 0.0 : 1.0 / double(layer.experts.size())) + ").</p>\n";
+}
+
+// Routing saturation (share of kept evaluated tokens whose top-K set equals the final evaluation's)
+// and churn (changed since the previous evaluation), per MoE layer over the evaluations.
+std::string settling_chart(const HtmlRun& r) {
+  svg::LineChart c;
+  c.kind = "settling", c.run = r.label, c.layer = "all";
+  c.title = "Routing settling over evaluations";
+  c.x_title = "step", c.y_title = "share of evaluated tokens";
+  c.y_from_zero = true;
+  c.empty_message = "fewer than two evaluations with routing files";
+  if (r.report->settling) {
+    const RoutingSettling& st = *r.report->settling;
+    c.hint = format("%lld evaluated tokens; saturation = top-K set equal to the final evaluation's", (long long)st.tokens);
+    for (size_t l = 0; l < st.layers.size(); ++l) {
+      svg::Points sat, churn;
+      for (size_t e = 0; e < st.steps.size(); ++e) {
+        sat.add(double(st.steps[e]), st.saturation[e][l]);
+        if (std::isfinite(st.churn[e][l])) churn.add(double(st.steps[e]), st.churn[e][l]);
+      }
+      const std::string layer = std::to_string(st.layers[l]);
+      svg::Series a{"saturation, layer " + layer, "saturation", svg::palette_color(l), sat};
+      a.markers = sat.size() <= 60, a.attributes = " data-layer=\"" + layer + "\"";
+      svg::Series b{"churn, layer " + layer, "churn", svg::palette_color(l), churn};
+      b.width = 1.2, b.opacity = 0.6, b.markers = churn.size() <= 60, b.attributes = a.attributes;
+      c.series.push_back(std::move(a)), c.series.push_back(std::move(b));
+    }
+  }
+  return svg::render_line_chart(c);
+}
+
 std::string verdict_line(const LayerLoadReport& layer, const LoadReport& report) {
   std::string out = "<p class=\"verdict-line\">" + badge(layer.verdict) + " MaxVio_batch " +
                     fixed(layer.early_maxvio, 3) + " (mean of steps " +
@@ -488,6 +570,31 @@ std::string compare_maxvio_chart(const std::vector<HtmlRun>& runs) {
   return svg::render_line_chart(maxvio);
 }
 
+// The paper's Figure 4 (Wang et al. 2024): MaxVio_global at every evaluation, mean over the MoE
+// layers, one line per run, on a log axis (balanced runs sit orders of magnitude below the others).
+std::string compare_global_chart(const std::vector<HtmlRun>& runs) {
+  svg::LineChart c;
+  c.kind = "compare-maxvio-global";
+  c.title = "MaxVio_global over training, mean over MoE layers";
+  c.x_title = "step", c.y_title = "MaxVio_global (unitless, log scale)";
+  c.y_log = true;
+  c.empty_message = "no evaluations yet";
+  c.hint = "on the evaluated validation tokens at each evaluation";
+  for (size_t i = 0; i < runs.size(); ++i) {
+    svg::Points p;
+    for (const EvalRecord& e : runs[i].metrics->eval) {
+      if (e.layers.empty()) continue;
+      double sum = 0;
+      for (const LayerLoad& l : e.layers) sum += l.maxvio;
+      p.add(double(e.step), sum / double(e.layers.size()));
+    }
+    svg::Series s{runs[i].label, "global", svg::palette_color(i), p};
+    s.width = 2.2, s.markers = p.size() <= 60, s.attributes = " data-run=\"" + escape(runs[i].label) + "\"";
+    c.series.push_back(std::move(s));
+  }
+  return svg::render_line_chart(c);
+}
+
 std::string compare_val_loss_chart(const std::vector<HtmlRun>& runs) {
   svg::LineChart val;
   val.kind = "compare-val-loss";
@@ -528,6 +635,7 @@ std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
   out += "<h3>Training</h3>\n<div class=\"grid2\">\n" + loss_chart(r);
   if (!report.layers.empty()) out += maxvio_overview_chart(r);
   out += "</div>\n";
+  if (report.settling) out += "<div class=\"grid2\">\n" + settling_chart(r) + "</div>\n";
   if (report.layers.empty())
     out += "<p class=\"note\">No MoE layer statistics in this file yet (no train or eval line with layers).</p>\n";
   for (size_t li = 0; li < report.layers.size(); ++li) {
@@ -538,6 +646,7 @@ std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
     out += verdict_line(layer, report);
     out += "<div class=\"grid2\">\n" + maxvio_layer_chart(r, li) + bias_chart(r, li) + "</div>\n";
     out += heatmap_chart(r, li);
+    out += "<div class=\"grid2\">\n" + stats_chart(r, li) + "<div>" + stats_table(layer, report) + "</div></div>\n";
     out += load_table(r, li);
     out += "</section>\n";
   }
@@ -546,8 +655,8 @@ std::string run_section(const HtmlRun& r, size_t run_index, size_t run_count) {
 
 std::string comparison_section(const std::vector<HtmlRun>& runs) {
   return "<section class=\"card comparison\" id=\"comparison\">\n<h2>Comparison of " + std::to_string(runs.size()) +
-         " runs</h2>\n" + comparison_table(runs) + "<div class=\"grid2\">\n" + compare_maxvio_chart(runs) +
-         compare_val_loss_chart(runs) + "</div>\n</section>\n";
+         " runs</h2>\n" + comparison_table(runs) + "<div class=\"grid2\">\n" + compare_global_chart(runs) +
+         compare_maxvio_chart(runs) + compare_val_loss_chart(runs) + "</div>\n</section>\n";
 }
 
 }  // namespace moe

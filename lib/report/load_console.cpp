@@ -134,6 +134,14 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     std::snprintf(buf, sizeof buf, "\n  MaxVio_batch over steps %lld-%lld (0 .. %.2f): ", (long long)l.steps.front(),
                   (long long)l.steps.back(), max_v);
     out += buf + sparkline(l.maxvio_batch, 60) + "\n";
+    for (const auto& [name, w] : {std::pair{"early", &l.early_stats}, std::pair{"recent", &l.recent_stats}}) {
+      std::snprintf(buf, sizeof buf,
+                    "  %-6s CV %.3f  Jain %.3f  dead %.1f of %zu  share p5/p50/p95 %.1f%% / %.1f%% / %.1f%% (uniform "
+                    "%.1f%%)\n",
+                    name, w->cv, w->jain, w->dead, l.experts.size(), 100 * w->share_p5, 100 * w->share_p50,
+                    100 * w->share_p95, 100 * uniform);
+      out += buf;
+    }
     std::snprintf(buf, sizeof buf,
                   "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%, \xe2\x96\xb6 past 20)\n",
                   "expert", "early", "recent", "min", "max", "bias", 100 * uniform);
@@ -153,6 +161,32 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
         out += "\033[34m" + b + "\033[0m";
       else
         out += b;
+      out += "\n";
+    }
+  }
+  if (report.settling) {
+    const RoutingSettling& st = *report.settling;
+    std::snprintf(buf, sizeof buf,
+                  "\nrouting settling over %zu evaluations (%lld evaluated tokens; saturation = top-K set equal to the "
+                  "final evaluation's, churn = changed since the previous one)\n",
+                  st.steps.size(), (long long)st.tokens);
+    out += buf;
+    out += "  step    ";
+    for (int64_t layer : st.layers) {
+      std::snprintf(buf, sizeof buf, "  L%-3lld sat  churn", (long long)layer);
+      out += buf;
+    }
+    out += "\n";
+    for (size_t e = 0; e < st.steps.size(); ++e) {
+      std::snprintf(buf, sizeof buf, "  %-8lld", (long long)st.steps[e]);
+      out += buf;
+      for (size_t l = 0; l < st.layers.size(); ++l) {
+        if (std::isfinite(st.churn[e][l]))
+          std::snprintf(buf, sizeof buf, "  %6.1f%% %6.1f%%", 100 * st.saturation[e][l], 100 * st.churn[e][l]);
+        else
+          std::snprintf(buf, sizeof buf, "  %6.1f%% %7s", 100 * st.saturation[e][l], "-");
+        out += buf;
+      }
       out += "\n";
     }
   }

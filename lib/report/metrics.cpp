@@ -10,6 +10,9 @@
 
 #include "config/fields.hpp"
 #include "core/error.hpp"
+#include "moe/balance.hpp"
+#include "train/eval_routing.hpp"
+#include "train/run_dir.hpp"
 
 namespace moe {
 
@@ -228,6 +231,14 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
       if (s >= n - window) recent_total += total, lr.recent_maxvio += lp.maxvio / double(window);
       lr.steps.push_back(p.step);
       lr.maxvio_batch.push_back(lp.maxvio);
+      const LoadStats st = load_stats(lp.counts.data(), int64_t(E));
+      lr.cv.push_back(st.cv), lr.jain.push_back(st.jain), lr.dead.push_back(double(st.dead));
+      for (auto [in, stats] : {std::pair{s < window, &lr.early_stats}, std::pair{s >= n - window, &lr.recent_stats}}) {
+        if (!in) continue;
+        const double w = 1.0 / double(window);
+        stats->cv += w * st.cv, stats->jain += w * st.jain, stats->dead += w * double(st.dead);
+        stats->share_p5 += w * st.share_p5, stats->share_p50 += w * st.share_p50, stats->share_p95 += w * st.share_p95;
+      }
     }
     for (size_t e = 0; e < E; ++e) {
       ExpertShare share;
@@ -260,6 +271,29 @@ LoadReport build_load_report(const RunMetrics& run, int64_t window) {
   return report;
 }
 
+namespace {
+
+json settling_json(const LoadReport& report) {
+  if (!report.settling) return nullptr;
+  const RoutingSettling& st = *report.settling;
+  auto finite_or_null = [](const std::vector<std::vector<double>>& rows) {
+    json out = json::array();
+    for (const auto& row : rows) {
+      json r = json::array();
+      for (double v : row) r.push_back(std::isfinite(v) ? json(v) : json(nullptr));
+      out.push_back(r);
+    }
+    return out;
+  };
+  return {{"tokens", st.tokens},
+          {"steps", st.steps},
+          {"layers", st.layers},
+          {"saturation", finite_or_null(st.saturation)},
+          {"churn", finite_or_null(st.churn)}};
+}
+
+}  // namespace
+
 nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report) {
   json layers = json::array();
   for (const auto& l : report.layers) {
@@ -281,6 +315,19 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
     layer["maxvio_global_last"] = l.global_last ? json(*l.global_last) : json(nullptr);
     layer["maxvio_global_first_step"] = l.global_first ? json(l.global_first_step) : json(nullptr);
     layer["maxvio_global_last_step"] = l.global_last ? json(l.global_last_step) : json(nullptr);
+    auto window_json = [](const WindowStats& w) {
+      return json{{"cv", w.cv},
+                  {"jain", w.jain},
+                  {"dead", w.dead},
+                  {"share_p5", w.share_p5},
+                  {"share_p50", w.share_p50},
+                  {"share_p95", w.share_p95}};
+    };
+    layer["stats"] = {{"early", window_json(l.early_stats)},
+                      {"recent", window_json(l.recent_stats)},
+                      {"cv", l.cv},
+                      {"jain", l.jain},
+                      {"dead", l.dead}};
     layers.push_back(layer);
   }
   json losses = json::array();
@@ -330,7 +377,40 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
           {"final_val_loss", run.eval.empty() ? json(nullptr) : json(run.eval.back().val_loss)},
           {"train_loss", losses},
           {"val_loss", evals},
-          {"layers", layers}};
+          {"layers", layers},
+          {"routing_settling", settling_json(report)}};
+}
+
+void add_routing_settling(const RunMetrics& run, LoadReport& report) {
+  report.settling.reset();
+  const size_t slash = run.path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : run.path.substr(0, slash);
+  std::vector<EvalRouting> evals;
+  for (const EvalRecord& e : run.eval) {
+    const std::string path = eval_routing_path(dir, e.step);
+    if (!path_exists(path)) continue;
+    if (!evals.empty() && evals.back().step == e.step) continue;  // an eval redone after a resume
+    evals.push_back(read_eval_routing(path));
+    const EvalRouting& a = evals.front();
+    const EvalRouting& b = evals.back();
+    if (b.layers != a.layers || b.tokens != a.tokens || b.K != a.K)
+      fail(path + ": a different shape from " + eval_routing_path(dir, a.step) + " (changed eval_tokens?)");
+  }
+  if (evals.size() < 2) return;
+  RoutingSettling st;
+  st.tokens = evals.front().tokens;
+  for (const auto& l : report.layers) st.layers.push_back(l.layer);
+  st.layers.resize(size_t(evals.front().layers));
+  for (size_t i = 0; i < evals.size(); ++i) {
+    st.steps.push_back(evals[i].step);
+    st.saturation.push_back(same_set_share(evals[i], evals.back()));
+    std::vector<double> churn = i == 0 ? std::vector<double>(size_t(evals[i].layers), std::nan(""))
+                                       : same_set_share(evals[i], evals[i - 1]);
+    if (i > 0)
+      for (double& v : churn) v = 1.0 - v;
+    st.churn.push_back(churn);
+  }
+  report.settling = std::move(st);
 }
 
 }  // namespace moe

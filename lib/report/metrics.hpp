@@ -64,21 +64,39 @@ struct ExpertShare {
   double bias = 0;               // current (last logged) routing bias
 };
 
+// The load statistics of moe/balance.hpp's load_stats, averaged over the steps of a window.
+struct WindowStats {
+  double cv = 0, jain = 0, dead = 0, share_p5 = 0, share_p50 = 0, share_p95 = 0;
+};
+
 struct LayerLoadReport {
   int64_t layer = 0;
   std::vector<ExpertShare> experts;
   std::vector<int64_t> steps;                       // train steps, for the series below
   std::vector<double> maxvio_batch;                 // MaxVio_batch per step
+  std::vector<double> cv, jain, dead;               // load statistics per step
+  WindowStats early_stats, recent_stats;
   double early_maxvio = 0, recent_maxvio = 0;       // mean MaxVio_batch over each window
   std::optional<double> global_first, global_last;  // MaxVio_global at the first / last eval
   int64_t global_first_step = 0, global_last_step = 0;
   Verdict verdict = Verdict::balanced;
 };
 
+// How routing settles over the evaluations (train/eval_routing.hpp): per evaluation and MoE layer,
+// saturation = share of the kept evaluated tokens whose top-K set equals the final evaluation's,
+// churn = share whose set differs from the previous evaluation's (NaN at the first).
+struct RoutingSettling {
+  int64_t tokens = 0;          // evaluated tokens compared
+  std::vector<int64_t> steps;  // evaluations with a routing file
+  std::vector<int64_t> layers;
+  std::vector<std::vector<double>> saturation, churn;  // (evaluations, layers)
+};
+
 struct LoadReport {
   int64_t window = 0;                                                    // steps per window
   int64_t early_from = 0, early_to = 0, recent_from = 0, recent_to = 0;  // step ranges (inclusive)
   std::vector<LayerLoadReport> layers;
+  std::optional<RoutingSettling> settling;  // set by add_routing_settling when the files exist
 };
 
 // Balanced when the recent window's mean MaxVio_batch is at most this.
@@ -87,5 +105,9 @@ constexpr double kBalancedMaxVio = 0.2;
 // window <= 0 picks max(1, min(50, steps / 10)).
 LoadReport build_load_report(const RunMetrics& run, int64_t window);
 nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report);
+
+// Reads the run's routing/eval_<step>.bin files (those of its eval lines; runs from before they
+// existed have none) into report.settling. Needs at least two evaluations.
+void add_routing_settling(const RunMetrics& run, LoadReport& report);
 
 }  // namespace moe

@@ -32,6 +32,7 @@
 #include "moe/balance.hpp"
 #include "ops/embedding.hpp"
 #include "train/data.hpp"
+#include "train/eval_routing.hpp"
 #include "train/optimizer.hpp"
 #include "train/run_dir.hpp"
 #include "train/signals.hpp"
@@ -45,14 +46,21 @@ namespace {
 
 // Every rank evaluates its share of the windows (all ranks run the same number of forward passes:
 // with expert parallelism each one is collective); sums are combined over ranks.
+// `routing` receives the top-K sets of the first kEvalRoutingTokens evaluated tokens of every main
+// MoE layer (the MTP layer's are left out: its inputs shift with the main model's).
 EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, const TextData& data, int64_t eval_tokens,
-                    int64_t step, const Parallel& parallel) {
+                    int64_t step, const Parallel& parallel, EvalRouting& routing) {
   const ModelConfig& c = model.config;
   const int64_t B = ws.B, T = ws.T, V = c.vocab_size, ranks = parallel.ranks(), rank = parallel.rank();
   const int64_t available = (data.val_size() - 1) / T;  // whole windows with their next-byte targets
   const int64_t windows = std::max<int64_t>(1, std::min(available, (eval_tokens + T - 1) / T));
   ExpertTally tally(c);
   std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
+  const int64_t K = c.num_experts_per_tok;
+  routing = EvalRouting{step, c.num_moe_layers(), std::min(windows * T, kEvalRoutingTokens), K,
+                        c.n_routed_experts, {}};
+  // Expert id + 1 per slot, 0 where another rank evaluated the token: one sum over ranks combines them.
+  std::vector<int64_t> chosen(size_t(routing.layers * routing.tokens * K), 0);
   double loss_sum = 0.0, mtp_sum = 0.0;
   for (int64_t g0 = 0; g0 < windows; g0 += B * ranks) {
     const int64_t w0 = g0 + rank * B;
@@ -72,12 +80,26 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
     if (ws.mtp_ran)
       mtp_sum += cross_entropy_forward_backward(ws.mtp_logits, ws.mtp_targets, nullptr, rows * T, V, 0.0f);
     tally.add(c, ws, rows * T);
+    int64_t m = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (!c.is_moe_layer(l)) continue;
+      const int32_t* expert = ws.layers[size_t(l)].moe.expert;
+      for (int64_t i = 0; i < rows * T && w0 * T + i < routing.tokens; ++i) {
+        int64_t* set = chosen.data() + (m * routing.tokens + w0 * T + i) * K;
+        for (int64_t k = 0; k < K; ++k) set[k] = expert[i * K + k] + 1;
+        std::sort(set, set + K);
+      }
+      ++m;
+    }
   }
   if (ranks > 1) {
+    parallel.dist->allreduce_sum(chosen.data(), int64_t(chosen.size()));
     parallel.dist->allreduce_sum(&loss_sum, 1);
     parallel.dist->allreduce_sum(&mtp_sum, 1);
     for (auto& layer : tally.counts) parallel.dist->allreduce_sum(layer.data(), int64_t(layer.size()));
   }
+  routing.experts.resize(chosen.size());
+  for (size_t i = 0; i < chosen.size(); ++i) routing.experts[i] = uint16_t(chosen[i] - 1);
   EvalRecord r;
   r.step = step;
   r.tokens = windows * T;
@@ -440,6 +462,14 @@ void TrainRun::prepare_run_dir() {
       for (const char* f :
            {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"})
         std::remove((dir_ + "/" + f).c_str());
+    if (options_.force && is_directory(dir_ + "/routing")) {
+      // The old run's eval routing files (and the folder, when nothing else is in it).
+      for (const auto& entry : std::filesystem::directory_iterator(dir_ + "/routing"))
+        if (entry.path().filename().string().rfind("eval_", 0) == 0 && entry.path().extension() == ".bin")
+          std::filesystem::remove(entry.path());
+      std::error_code ignored;
+      std::filesystem::remove(dir_ + "/routing", ignored);
+    }
   }
   if (::access(dir_.c_str(), W_OK) != 0) fail(dir_ + ": run directory is not writable");
 }
@@ -564,7 +594,13 @@ void TrainRun::save(int64_t step) {
 }
 
 void TrainRun::run_eval(int64_t step) {
-  EvalRecord r = evaluate(ctx_, *model_, workspace(), data_, tc_.eval_tokens, step, parallel_);
+  EvalRouting routing;
+  EvalRecord r = evaluate(ctx_, *model_, workspace(), data_, tc_.eval_tokens, step, parallel_, routing);
+  if (dist_.root()) {
+    // Before the eval line: a line in metrics.jsonl means its routing file is complete.
+    make_directories(dir_ + "/routing");
+    write_eval_routing(eval_routing_path(dir_, step), routing);
+  }
   append_metrics(to_json(r));
   if (!first_eval_) first_eval_ = r;
   last_eval_ = r;
