@@ -228,13 +228,15 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
   RoutingTrace trace = trace_routing(ctx, *model, data.bytes, c.max_position_embeddings);
   keep_layer(trace);
   const auto layers = aggregate_routing(trace, data.domain, kNumDomains, c.n_routed_experts);
+  const auto together = co_activation(trace, c.n_routed_experts);
   std::vector<std::string> names;
   for (int d = 0; d < kNumDomains; ++d) names.push_back(domain_name(d));
   if (f.json) {
     std::cout << nlohmann::json{{"data", f.data},
                                 {"tokens", trace.tokens.size()},
                                 {"domains_known", !data.domain.empty()},
-                                {"layers", domain_routing_json(layers, names)}}
+                                {"layers", domain_routing_json(layers, names)},
+                                {"co_activation", co_activation_json(together)}}
                      .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
               << "\n";
     return 0;
@@ -242,6 +244,11 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
   std::printf("routing over %s: %zu tokens%s\n\n", f.data.c_str(), trace.tokens.size(),
               data.domain.empty() ? " (no domain labels: FILE.domains not found)" : ", by domain");
   std::fputs(format_domain_routing(layers, names, color).c_str(), stdout);
+  std::fputs(("\n" + format_co_activation(together, color)).c_str(), stdout);
+  if (!f.html.empty()) {
+    write_file_atomic(f.html, render_co_activation_html(together, t.path, f.data));
+    std::fprintf(stderr, "wrote %s\n", f.html.c_str());
+  }
   return 0;
 }
 

@@ -201,4 +201,125 @@ nlohmann::json domain_routing_json(const std::vector<DomainRouting>& layers, con
   return out;
 }
 
+double CoActivation::lift(int64_t i, int64_t j) const {
+  const double ci = double(chosen[size_t(i)]), cj = double(chosen[size_t(j)]);
+  if (i == j || ci == 0 || cj == 0) return std::nan("");
+  return double(tokens) * double(pairs[size_t(i * E + j)]) / (ci * cj);
+}
+
+std::vector<CoActivation> co_activation(const RoutingTrace& trace, int64_t E) {
+  std::vector<CoActivation> out;
+  for (size_t l = 0; l < trace.layers.size(); ++l) {
+    CoActivation c;
+    c.layer = trace.layers[l], c.E = E;
+    const std::vector<int32_t>& ex = trace.experts[l];
+    const int64_t K = trace.tokens.empty() ? 0 : int64_t(ex.size() / trace.tokens.size());
+    c.tokens = int64_t(trace.tokens.size());
+    c.chosen.assign(size_t(E), 0);
+    c.pairs.assign(size_t(E * E), 0);
+    for (int64_t t = 0; t < c.tokens; ++t)
+      for (int64_t a = 0; a < K; ++a) {
+        const int64_t i = ex[size_t(t * K + a)];
+        ++c.chosen[size_t(i)];
+        for (int64_t b = 0; b < K; ++b) ++c.pairs[size_t(i * E + ex[size_t(t * K + b)])];
+      }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::string format_co_activation(const std::vector<CoActivation>& layers, bool color) {
+  std::string out;
+  char buf[160];
+  // Lift buckets: symbol and 256-colour background (blue: apart, white: independent, red: together).
+  struct Bucket {
+    double below;
+    const char* symbol;
+    int colour;
+  };
+  static const Bucket buckets[] = {{0.25, "  ", 25}, {0.5, " .", 75}, {0.8, " -", 153}, {1.25, " o", 255},
+                                   {2.0, " +", 217}, {4.0, " *", 203}, {INFINITY, " #", 160}};
+  for (const CoActivation& c : layers) {
+    std::snprintf(buf, sizeof buf, "layer %lld co-activation over %lld tokens (lift = together / independent)\n",
+                  (long long)c.layer, (long long)c.tokens);
+    out += buf;
+    if (c.E <= 64) {
+      out += "     ";
+      for (int64_t j = 0; j < c.E; ++j) {
+        std::snprintf(buf, sizeof buf, "%2lld", (long long)(j % 100));
+        out += buf;
+      }
+      out += "\n";
+      for (int64_t i = 0; i < c.E; ++i) {
+        std::snprintf(buf, sizeof buf, "  %2lld ", (long long)i);
+        out += buf;
+        for (int64_t j = 0; j < c.E; ++j) {
+          const double v = c.lift(i, j);
+          if (!std::isfinite(v)) {
+            out += i == j ? " \\" : " ?";
+            continue;
+          }
+          const Bucket* b = buckets;
+          while (v >= b->below) ++b;
+          if (color)
+            out += "\033[48;5;" + std::to_string(b->colour) + "m" + b->symbol + "\033[0m";
+          else
+            out += b->symbol;
+        }
+        out += "\n";
+      }
+      out += "  lift: ' ' <0.25  . <0.5  - <0.8  o 0.8-1.25  + <2  * <4  # >=4   (\\ itself, ? never chosen)\n";
+    }
+    // The strongest and weakest pairs among experts chosen often enough to say.
+    struct Pair {
+      int64_t i, j;
+      double lift;
+    };
+    std::vector<Pair> ranked;
+    for (int64_t i = 0; i < c.E; ++i)
+      for (int64_t j = i + 1; j < c.E; ++j)
+        // At least 20 tokens expected under independence: rarer pairs' lifts are mostly noise.
+        if (std::isfinite(c.lift(i, j)) &&
+            double(c.chosen[size_t(i)]) * double(c.chosen[size_t(j)]) >= 20.0 * double(c.tokens))
+          ranked.push_back({i, j, c.lift(i, j)});
+    std::sort(ranked.begin(), ranked.end(), [](const Pair& a, const Pair& b) { return a.lift > b.lift; });
+    auto list = [&](const char* title, auto first, auto last) {
+      out += title;
+      for (int n = 0; first != last && n < 5; ++first, ++n) {
+        std::snprintf(buf, sizeof buf, "  %lld+%lld %.2fx (%lld tokens)", (long long)first->i, (long long)first->j,
+                      first->lift, (long long)c.pairs[size_t(first->i * c.E + first->j)]);
+        out += buf;
+      }
+      out += "\n";
+    };
+    if (!ranked.empty()) {
+      list("  most together:", ranked.begin(), ranked.end());
+      list("  most apart:   ", ranked.rbegin(), ranked.rend());
+      out += "  (pairs expected at least 20 times if independent)\n";
+    }
+    out += "\n";
+  }
+  return out;
+}
+
+nlohmann::json co_activation_json(const std::vector<CoActivation>& layers) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const CoActivation& c : layers) {
+    nlohmann::json lift = nlohmann::json::array();
+    for (int64_t i = 0; i < c.E; ++i) {
+      nlohmann::json row = nlohmann::json::array();
+      for (int64_t j = 0; j < c.E; ++j) {
+        const double v = c.lift(i, j);
+        row.push_back(std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr));
+      }
+      lift.push_back(row);
+    }
+    nlohmann::json pairs = nlohmann::json::array();
+    for (int64_t i = 0; i < c.E; ++i)
+      pairs.push_back(std::vector<int64_t>(c.pairs.begin() + i * c.E, c.pairs.begin() + (i + 1) * c.E));
+    out.push_back({{"layer", c.layer}, {"tokens", c.tokens}, {"chosen", c.chosen}, {"pairs", pairs}, {"lift", lift}});
+  }
+  return out;
+}
+
 }  // namespace moe

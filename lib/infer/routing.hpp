@@ -40,6 +40,22 @@ std::vector<DomainRouting> aggregate_routing(const RoutingTrace& trace, const st
 // counts: I(D; X) / H(D); 0 when H(D) = 0.
 double normalised_mutual_information(const std::vector<std::vector<int64_t>>& table);
 
+// Which experts are chosen together (OLMoE's co-activation), per MoE layer: pairs(i, j) = tokens
+// whose top-K holds both i and j (pairs(i, i) = chosen(i)), and the lift against independence,
+// lift(i, j) = tokens · pairs(i, j) / (chosen(i) · chosen(j)): 1 = as often as if the two were
+// chosen independently with their own frequencies, above 1 = together more often, 0 = never.
+// Undefined (NaN) on the diagonal and for an expert that is never chosen.
+struct CoActivation {
+  int64_t layer = 0, tokens = 0, E = 0;
+  std::vector<int64_t> chosen;  // (E) tokens that chose each expert
+  std::vector<int64_t> pairs;   // (E, E)
+  double lift(int64_t i, int64_t j) const;
+};
+std::vector<CoActivation> co_activation(const RoutingTrace& trace, int64_t num_experts);
+// Terminal: a heatmap of the lift (experts x experts, up to 64) and the most and least frequent pairs.
+std::string format_co_activation(const std::vector<CoActivation>& layers, bool color);
+nlohmann::json co_activation_json(const std::vector<CoActivation>& layers);
+
 std::string format_routing_text(const RoutingTrace& trace, int64_t K);
 std::string format_domain_routing(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names,
                                   bool color);

@@ -121,4 +121,40 @@ std::string render_html_report(const std::vector<HtmlRun>& runs, const std::stri
   return html;
 }
 
+std::string render_co_activation_html(const std::vector<CoActivation>& layers, const std::string& checkpoint,
+                                      const std::string& data) {
+  const std::string title = "moe co-activation: " + checkpoint;
+  std::string html =
+      "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>" +
+      svg::escape(title) + "</title>\n<style>" + kStyle + "</style>\n</head>\n<body>\n<main>\n";
+  html += "<header class=\"page\"><h1>" + svg::escape(title) + "</h1><p>Routing of " + svg::escape(data) +
+          ". Lift of a pair of experts = tokens &middot; (tokens choosing both) / ((tokens choosing i) &middot; "
+          "(tokens choosing j)): 1 (white) = chosen together as often as if independent, red = more often, blue = "
+          "less often.</p></header>\n";
+  for (const CoActivation& c : layers) {
+    svg::ShareHeatmap h;
+    h.kind = "co-activation", h.layer = std::to_string(c.layer);
+    h.title = "Co-activation lift, MoE layer " + h.layer;
+    h.label = h.title;
+    h.hint = svg::format("%lld tokens; rows and columns: experts", (long long)c.tokens);
+    h.x_title = "expert", h.y_title = "expert", h.row_name = "expert";
+    h.scale_title = "lift (together / independent)";
+    h.empty_message = "no experts", h.empty_cell = "itself or never chosen", h.empty_note = "no pair was chosen";
+    h.rows = size_t(c.E);
+    h.uniform = 1.0;
+    h.ratio_values = true;
+    h.x_first = 0, h.x_last = c.E - 1;
+    h.shares.assign(size_t(c.E * c.E), std::nan(""));
+    for (int64_t j = 0; j < c.E; ++j) {
+      h.column_labels.push_back("with expert " + std::to_string(j));
+      for (int64_t i = 0; i < c.E; ++i) h.shares[size_t(j * c.E + i)] = c.lift(i, j);
+    }
+    html += "<section class=\"card\" data-layer=\"" + h.layer + "\">\n" + svg::render_share_heatmap(h) + "</section>\n";
+  }
+  html += "<footer>Written by moe inspect --data. Self-contained: inline SVG and CSS, no scripts. Hover a cell for its "
+          "value.</footer>\n</main>\n</body>\n</html>\n";
+  return html;
+}
+
 }  // namespace moe

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "config/model_config.hpp"
+#include "infer/routing.hpp"
 #include "report/metrics.hpp"
 
 namespace moe {
@@ -25,5 +26,10 @@ struct HtmlRun {
 // Every inserted text is escaped. Non-finite values are skipped; long series are downsampled to a
 // few hundred points and heatmaps binned to at most 200 step columns, so the file stays small.
 std::string render_html_report(const std::vector<HtmlRun>& runs, const std::string& title);
+
+// `moe inspect CHECKPOINT --data FILE --html F`: the co-activation lift of every MoE layer as an
+// experts x experts heatmap (<svg class="chart" data-chart="co-activation" data-layer="L">).
+std::string render_co_activation_html(const std::vector<CoActivation>& layers, const std::string& checkpoint,
+                                      const std::string& data);
 
 }  // namespace moe

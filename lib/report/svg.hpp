@@ -133,6 +133,7 @@ struct ShareHeatmap {
   std::vector<std::string> column_labels;  // hover text of each column; no columns = empty chart
   std::vector<double> shares;              // (columns, rows); NaN in a column with nothing to share
   std::string column_note;                 // after the observed extremes, e.g. "40 columns of ~5 steps"
+  bool ratio_values = false;               // values are ratios (uniform 1), shown "2.50x", not as percentages
 };
 
 // A wide <figure> with the heatmap and its colour scale.
