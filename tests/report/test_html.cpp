@@ -379,7 +379,7 @@ TEST_CASE("html report compares several runs first", "[html]") {
   CHECK(count(html, "<section class=\"card run\"") == 3);
 
   const auto all = charts(html);
-  for (const char* kind : {"compare-maxvio", "compare-val-loss"}) {
+  for (const char* kind : {"compare-maxvio-global", "compare-maxvio", "compare-val-loss"}) {
     INFO(kind);
     const Chart* chart = find_chart(all, kind, "");
     REQUIRE(chart != nullptr);
@@ -388,6 +388,9 @@ TEST_CASE("html report compares several runs first", "[html]") {
       CHECK(chart->body.find(std::string("data-series=\"") + run + "\"") != std::string::npos);
   }
   CHECK(find_chart(all, "compare-val-loss", "")->series_points() == std::vector<int>{3, 3, 2});
+  // MaxVio_global at each evaluation, mean over the layers, on a log axis (the paper's figure).
+  CHECK(find_chart(all, "compare-maxvio-global", "")->series_points() == std::vector<int>{3, 3, 2});
+  CHECK(find_chart(all, "compare-maxvio-global", "")->body.find("log scale") != std::string::npos);
   for (const char* run : {"loss-free", "none", "aux"}) {
     CHECK(count(html, std::string("<tr data-run=\"") + run + "\"") == 1);
     for (const char* layer : {"1", "2"}) CHECK(find_chart(all, "heatmap", layer, run) != nullptr);
@@ -419,7 +422,7 @@ TEST_CASE("html report renders in headless chromium", "[html]") {
   for (const std::string& run : labels) {
     for (const std::string layer : {"1", "2"}) {
       INFO("run " << run << ", layer " << layer);
-      for (const char* kind : {"maxvio", "bias"}) {
+      for (const char* kind : {"maxvio", "bias", "load-stats"}) {
         const Chart* chart = find_chart(all, kind, layer, run);
         REQUIRE(chart != nullptr);
         const auto d = chart->series_d();
@@ -431,7 +434,7 @@ TEST_CASE("html report renders in headless chromium", "[html]") {
       CHECK(heatmap->cells() > 0);
     }
   }
-  for (const char* kind : {"compare-maxvio", "compare-val-loss"})
+  for (const char* kind : {"compare-maxvio-global", "compare-maxvio", "compare-val-loss"})
     CHECK(find_chart(all, kind, "")->series_d().size() == 3);
 
   // 2. A copy with a probe script (the report itself has none) that asks the layout engine for each
