@@ -67,8 +67,8 @@ const std::vector<Field<TrainConfig>>& train_fields() {
                    t.bias_update = s == "sign" ? BiasUpdate::sign : BiasUpdate::proportional;
                  }},
        Check::any, 0,
-       "Loss-free bias rule: sign (b_i += u*sign(mean c - c_i), DeepSeek-V3) | proportional (b_i += u*(mean c - "
-       "c_i)/mean c)",
+       "Loss-free bias rule: sign (b_i += u*sign(mean(c)-c_i), DeepSeek-V3) | proportional (b_i += "
+       "u*(mean(c)-c_i)/mean(c))",
        "--bias-update"},
       {"bias_center", &T::bias_center, Check::any, 0,
        "Subtract the mean bias after each update (selection is unchanged; the values stop drifting)", "--bias-center"},

@@ -37,6 +37,7 @@ TEST_CASE("README documents every flag of every subcommand", "[cli]") {
       {{"bench"}, "## Performance"},
       {{"data", "synth"}, "### `moe train`"},
       {{"export", "gguf"}, "### `moe export gguf`"},
+      {{"sweep"}, "### `moe sweep`"},
   };
   const std::regex flag("(^|[ ,])(--[a-z][a-z0-9-]*)");
   for (const auto& [args, heading] : commands) {
