@@ -10,8 +10,8 @@
 
 #include <chrono>
 #include <csignal>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -117,8 +117,7 @@ std::string progress(const std::string& dir) {
 Run add_sweep(CLI::App& app) {
   auto f = std::make_shared<SweepFlags>();
   auto* cmd = app.add_subcommand(
-      "sweep",
-      "Train several runs that differ in named settings (e.g. the balancing method) and compare them");
+      "sweep", "Train several runs that differ in named settings (e.g. the balancing method) and compare them");
   cmd->add_option("--out", f->out, "Sweep directory: one run directory per run, configs/, logs")->required();
   cmd->add_option("--config", f->config, "Base config file or shipped config name")->capture_default_str();
   cmd->add_option("--data", f->data, "Text file every run trains on (default: the embedded synthetic corpus)");
@@ -148,8 +147,7 @@ Run add_sweep(CLI::App& app) {
     if (runs.size() < 2 && f->runs.empty() && f->grid.empty() && f->preset.empty())
       fail("nothing to sweep: give --run, --grid or --preset");
     const bool replacing_html = !f->html.empty() && check_output_file(f->html, f->force_html);
-    const std::string data =
-        f->data.empty() ? "" : std::filesystem::absolute(f->data).lexically_normal().string();
+    const std::string data = f->data.empty() ? "" : std::filesystem::absolute(f->data).lexically_normal().string();
     if (!data.empty() && !path_exists(data)) fail(f->data + ": no such file (--data)");
     const int64_t total_threads = f->threads > 0 ? f->threads : hardware_threads();
     const int64_t jobs = std::min<int64_t>(f->jobs, int64_t(runs.size()));

@@ -237,7 +237,7 @@ std::string format_co_activation(const std::vector<CoActivation>& layers, bool c
     const char* symbol;
     int colour;
   };
-  static const Bucket buckets[] = {{0.25, "  ", 25}, {0.5, " .", 75}, {0.8, " -", 153}, {1.25, " o", 255},
+  static const Bucket buckets[] = {{0.25, "  ", 25}, {0.5, " .", 75},  {0.8, " -", 153},     {1.25, " o", 255},
                                    {2.0, " +", 217}, {4.0, " *", 203}, {INFINITY, " #", 160}};
   for (const CoActivation& c : layers) {
     std::snprintf(buf, sizeof buf, "layer %lld co-activation over %lld tokens (lift = together / independent)\n",

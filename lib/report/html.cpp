@@ -152,8 +152,9 @@ std::string render_co_activation_html(const std::vector<CoActivation>& layers, c
     }
     html += "<section class=\"card\" data-layer=\"" + h.layer + "\">\n" + svg::render_share_heatmap(h) + "</section>\n";
   }
-  html += "<footer>Written by moe inspect --data. Self-contained: inline SVG and CSS, no scripts. Hover a cell for its "
-          "value.</footer>\n</main>\n</body>\n</html>\n";
+  html +=
+      "<footer>Written by moe inspect --data. Self-contained: inline SVG and CSS, no scripts. Hover a cell for its "
+      "value.</footer>\n</main>\n</body>\n</html>\n";
   return html;
 }
 

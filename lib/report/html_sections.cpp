@@ -365,7 +365,8 @@ std::string settling_chart(const HtmlRun& r) {
   c.empty_message = "fewer than two evaluations with routing files";
   if (r.report->settling) {
     const RoutingSettling& st = *r.report->settling;
-    c.hint = format("%lld evaluated tokens; saturation = top-K set equal to the final evaluation's", (long long)st.tokens);
+    c.hint =
+        format("%lld evaluated tokens; saturation = top-K set equal to the final evaluation's", (long long)st.tokens);
     for (size_t l = 0; l < st.layers.size(); ++l) {
       svg::Points sat, churn;
       for (size_t e = 0; e < st.steps.size(); ++e) {

@@ -404,8 +404,8 @@ void add_routing_settling(const RunMetrics& run, LoadReport& report) {
   for (size_t i = 0; i < evals.size(); ++i) {
     st.steps.push_back(evals[i].step);
     st.saturation.push_back(same_set_share(evals[i], evals.back()));
-    std::vector<double> churn = i == 0 ? std::vector<double>(size_t(evals[i].layers), std::nan(""))
-                                       : same_set_share(evals[i], evals[i - 1]);
+    std::vector<double> churn =
+        i == 0 ? std::vector<double>(size_t(evals[i].layers), std::nan("")) : same_set_share(evals[i], evals[i - 1]);
     if (i > 0)
       for (double& v : churn) v = 1.0 - v;
     st.churn.push_back(churn);

@@ -21,11 +21,11 @@ struct RunSettings {
   bool bias_center = false;
   double bias_freeze_at = 1.0, z_loss = 0.0;
   int64_t batch = 0, seq = 0, accum = 1, steps = 0;
-  std::string data;                  // the data source (a path or synthetic:<bytes>:<seed>)
+  std::string data;  // the data source (a path or synthetic:<bytes>:<seed>)
   // "loss-free (u 0.001)", "loss-free (proportional u 0.001, centred, frozen at 80%)", "aux (alpha
   // 0.01)", "none"; "; z-loss 0.001" appended when the router z-loss is on.
   std::string balance_text() const;
-  std::string shape_text() const;    // "16 x 128 x 1" (batch x seq x accum)
+  std::string shape_text() const;  // "16 x 128 x 1" (batch x seq x accum)
 };
 
 struct RunMetrics {
@@ -72,9 +72,9 @@ struct WindowStats {
 struct LayerLoadReport {
   int64_t layer = 0;
   std::vector<ExpertShare> experts;
-  std::vector<int64_t> steps;                       // train steps, for the series below
-  std::vector<double> maxvio_batch;                 // MaxVio_batch per step
-  std::vector<double> cv, jain, dead;               // load statistics per step
+  std::vector<int64_t> steps;          // train steps, for the series below
+  std::vector<double> maxvio_batch;    // MaxVio_batch per step
+  std::vector<double> cv, jain, dead;  // load statistics per step
   WindowStats early_stats, recent_stats;
   double early_maxvio = 0, recent_maxvio = 0;       // mean MaxVio_batch over each window
   std::optional<double> global_first, global_last;  // MaxVio_global at the first / last eval

@@ -288,7 +288,8 @@ std::string heatmap_cells(const ShareHeatmap& h, const HeatmapLayout& g) {
              "\" width=\"" + format("%.2f", column_width + (c + 1 < columns ? 0.4 : 0.0)) + "\" height=\"" +
              format("%.2f", g.row + (e + 1 < h.rows ? 0.4 : 0.0)) + "\" fill=\"" +
              (has ? share_color(share, h.uniform) : std::string("#e4e7eb")) + "\"><title>" + escape(h.row_name) + " " +
-             std::to_string(e) + ", " + column + ": " + (has ? (h.ratio_values ? format("%.2fx", share) : percent(share)) : escape(h.empty_cell)) +
+             std::to_string(e) + ", " + column + ": " +
+             (has ? (h.ratio_values ? format("%.2fx", share) : percent(share)) : escape(h.empty_cell)) +
              "</title></rect>";
     }
   }
@@ -345,7 +346,8 @@ std::string heatmap_color_scale(const ShareHeatmap& h, const HeatmapLayout& g) {
     const double px = bar_pos(ratio * uniform);
     svg += "<line class=\"tick-mark\" x1=\"" + coord(px) + "\" x2=\"" + coord(px) + "\" y1=\"" + coord(bar_y + bar_h) +
            "\" y2=\"" + coord(bar_y + bar_h + 4) + "\"/><text class=\"tick\" x=\"" + coord(px) + "\" y=\"" +
-           coord(bar_y + bar_h + 16) + "\" text-anchor=\"middle\">" + (h.ratio_values ? format("%.3gx", ratio * uniform) : percent(ratio * uniform)) +
+           coord(bar_y + bar_h + 16) + "\" text-anchor=\"middle\">" +
+           (h.ratio_values ? format("%.3gx", ratio * uniform) : percent(ratio * uniform)) +
            (ratio == 1.0 && !h.ratio_values ? " = 1/" + std::to_string(h.rows) : std::string()) + "</text>";
   }
   // Observed extremes, as markers above the bar.
@@ -355,7 +357,8 @@ std::string heatmap_color_scale(const ShareHeatmap& h, const HeatmapLayout& g) {
       const double px = bar_pos(share);
       svg += "<path class=\"extreme\" d=\"M" + coord(px - 5) + " " + coord(bar_y - 6) + "L" + coord(px + 5) + " " +
              coord(bar_y - 6) + "L" + coord(px) + " " + coord(bar_y) + "Z\"/>";
-      extremes += std::string(extremes.empty() ? "" : ", ") + name + " " + (h.ratio_values ? format("%.2fx", share) : percent(share));
+      extremes += std::string(extremes.empty() ? "" : ", ") + name + " " +
+                  (h.ratio_values ? format("%.2fx", share) : percent(share));
     }
   }
   svg += "<text class=\"scale-note\" x=\"" + coord(bar_x + bar_w + 18) + "\" y=\"" + coord(bar_y + 10) + "\">" +

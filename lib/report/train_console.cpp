@@ -117,7 +117,8 @@ void ConsoleTrainObserver::on_start(const RunStart& start) {
   if (uses_bias(t.balance)) {
     std::fprintf(out_, " (%su %.3g%s", t.bias_update == BiasUpdate::proportional ? "proportional " : "", t.bias_rate,
                  t.bias_center ? ", centred" : "");
-    if (t.bias_freeze_at < 1.0) std::fprintf(out_, ", frozen after step %.0f", std::ceil(t.bias_freeze_at * double(t.steps)));
+    if (t.bias_freeze_at < 1.0)
+      std::fprintf(out_, ", frozen after step %.0f", std::ceil(t.bias_freeze_at * double(t.steps)));
     std::fprintf(out_, ")");
   }
   if (t.balance == Balance::aux || t.balance == Balance::global_aux) std::fprintf(out_, " (alpha %.3g)", t.aux_alpha);

@@ -50,7 +50,8 @@ EvalRouting read_eval_routing(const std::string& path) {
   const std::string bytes = buffer.str();
   if (bytes.size() < kHeader || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
     fail(path + ": not an eval routing file (expected the MOEROUTE header)");
-  if (get_le(bytes, 8, 4) != 1) fail(path + ": unsupported eval routing version " + std::to_string(get_le(bytes, 8, 4)));
+  if (get_le(bytes, 8, 4) != 1)
+    fail(path + ": unsupported eval routing version " + std::to_string(get_le(bytes, 8, 4)));
   EvalRouting r;
   r.layers = int64_t(get_le(bytes, 12, 4)), r.tokens = int64_t(get_le(bytes, 16, 4));
   r.K = int64_t(get_le(bytes, 20, 4)), r.E = int64_t(get_le(bytes, 24, 4));

@@ -17,7 +17,7 @@ struct LayerLoad {
   std::vector<int64_t> counts;  // tokens routed to each expert
   std::vector<double> bias;     // routing bias after this step's update (train lines only)
   double maxvio = 0.0;
-  double balance_loss = 0.0;  // enabled balance losses of this layer (train lines only)
+  double balance_loss = 0.0;     // enabled balance losses of this layer (train lines only)
   std::optional<double> z_loss;  // router z-loss of this layer (train lines of runs with --z-loss)
   // Several processes (train lines only): expert rows each rank computed, and their MaxVio.
   std::vector<int64_t> rank_rows;

@@ -31,7 +31,8 @@ void check_run_name(const std::string& name, const std::string& where) {
                     name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._=+-") ==
                         std::string::npos;
   if (!safe)
-    fail(where + ": run name \"" + name + "\" must be 1-100 characters of letters, digits and . _ = + - (it names the "
+    fail(where + ": run name \"" + name +
+         "\" must be 1-100 characters of letters, digits and . _ = + - (it names the "
          "run's directory)");
 }
 
@@ -60,11 +61,8 @@ std::vector<std::string> sweep_preset_runs(const std::string& preset) {
   // Wang et al. 2024 (arXiv 2408.15664), Table 2 and Figure 4: no balancing, the auxiliary loss,
   // and loss-free balancing at three update rates (1e-3 best; 1e-4 too slow; 1e-2 oscillates).
   if (preset == "paper")
-    return {"none:balance=none",
-            "aux:balance=aux",
-            "u=1e-4:balance=loss-free,bias_rate=1e-4",
-            "u=1e-3:balance=loss-free,bias_rate=1e-3",
-            "u=1e-2:balance=loss-free,bias_rate=1e-2"};
+    return {"none:balance=none", "aux:balance=aux", "u=1e-4:balance=loss-free,bias_rate=1e-4",
+            "u=1e-3:balance=loss-free,bias_rate=1e-3", "u=1e-2:balance=loss-free,bias_rate=1e-2"};
   std::string names;
   for (const auto& n : sweep_presets()) names += (names.empty() ? "" : ", ") + n;
   fail("--preset: unknown preset \"" + preset + "\" (expected one of: " + names + ")");
@@ -84,8 +82,7 @@ void apply_sweep_setting(Config& config, const SweepSetting& s, const std::strin
   if (key.rfind("model.", 0) == 0) {
     json file = config_file_json(config);
     const std::string field = key.substr(6);
-    if (!file["model"].contains(field))
-      fail(at + ": unknown model key \"" + field + "\"");
+    if (!file["model"].contains(field)) fail(at + ": unknown model key \"" + field + "\"");
     file["model"][field] = setting_value(s.value);
     config.model = model_config_from_json(file["model"], at, false);
     return;
@@ -122,7 +119,8 @@ std::vector<SweepRun> plan_sweep(const Config& base, const SweepPlan& plan) {
     check_run_name(n.name, "--run");
     const std::string rest = trim(entry.substr(colon + 1));
     if (!rest.empty())
-      for (const std::string& part : split(rest, ',')) n.settings.push_back(parse_sweep_setting(part, "--run " + n.name));
+      for (const std::string& part : split(rest, ','))
+        n.settings.push_back(parse_sweep_setting(part, "--run " + n.name));
     named.push_back(std::move(n));
   }
   if (named.empty()) named.push_back({"", {}});

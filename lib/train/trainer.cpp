@@ -57,8 +57,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   ExpertTally tally(c);
   std::vector<int32_t> inputs(size_t(B * T)), targets(size_t(B * T));
   const int64_t K = c.num_experts_per_tok;
-  routing = EvalRouting{step, c.num_moe_layers(), std::min(windows * T, kEvalRoutingTokens), K,
-                        c.n_routed_experts, {}};
+  routing = EvalRouting{step, c.num_moe_layers(), std::min(windows * T, kEvalRoutingTokens), K, c.n_routed_experts, {}};
   // Expert id + 1 per slot, 0 where another rank evaluated the token: one sum over ranks combines them.
   std::vector<int64_t> chosen(size_t(routing.layers * routing.tokens * K), 0);
   double loss_sum = 0.0, mtp_sum = 0.0;

@@ -374,7 +374,8 @@ TEST_CASE("config: train values are checked", "[config]") {
   }
   SECTION("bad balance string") {
     REQUIRE_MOE_ERROR(parse(with_train("balance", "lossfree")),
-                      Contains("train.balance") && Contains("expected one of none, aux, loss-free, loss-free+seq") &&
+                      Contains("train.balance") &&
+                          Contains("expected one of none, aux, global-aux, loss-free, loss-free+seq") &&
                           Contains("\"lossfree\""));
   }
   SECTION("too many threads") {

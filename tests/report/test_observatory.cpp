@@ -155,7 +155,8 @@ TEST_CASE("inspect --data reports the co-activation (terminal, JSON, HTML heatma
                    "--threads", "1", "--out", dir},
                   {.timeout_s = 300})
               .ok());
-  const std::string text = tmp.write("text.txt", std::string(3000, 'a') + "the quick brown fox jumps over the lazy dog\n");
+  const std::string text =
+      tmp.write("text.txt", std::string(3000, 'a') + "the quick brown fox jumps over the lazy dog\n");
   const RunResult j = run_moe({"inspect", dir, "--data", text, "--json"});
   INFO(j.describe());
   REQUIRE(j.ok());

@@ -30,8 +30,8 @@ std::vector<json> train_lines(const std::string& dir) {
 }
 
 std::vector<json> train(const TempDir& tmp, const std::string& name, const Args& extra) {
-  Args args = {"train", "--config", "tiny", "--steps", "6", "--eval-every", "0", "--eval-tokens", "2048",
-               "--save-every", "0", "--threads", "1", "--out", tmp / name};
+  Args args = {"train", "--config",     "tiny", "--steps",   "6", "--eval-every", "0",       "--eval-tokens",
+               "2048",  "--save-every", "0",    "--threads", "1", "--out",        tmp / name};
   args.insert(args.end(), extra.begin(), extra.end());
   const RunResult r = run_moe(args, {.timeout_s = 300});
   INFO(r.describe());
@@ -69,9 +69,8 @@ void check_rule(const std::vector<json>& lines, double u, bool proportional, boo
       INFO("step " << s + 1 << " layer " << l);
       const std::vector<double> before =
           s == 0 ? std::vector<double>(bias_of(lines[0], l).size(), 0.0) : bias_of(lines[s - 1], l);
-      const std::vector<double> want = int64_t(s) < frozen_after
-                                           ? expected_update(before, counts_of(lines[s], l), u, proportional, center)
-                                           : before;
+      const std::vector<double> want =
+          int64_t(s) < frozen_after ? expected_update(before, counts_of(lines[s], l), u, proportional, center) : before;
       const std::vector<double> got = bias_of(lines[s], l);
       for (size_t i = 0; i < want.size(); ++i) CHECK(got[i] == Approx(want[i]).margin(2e-6));
     }
@@ -82,9 +81,7 @@ void check_rule(const std::vector<json>& lines, double u, bool proportional, boo
 TEST_CASE("bias rules: sign and proportional updates, centring and freezing follow the logged counts",
           "[train][balance]") {
   TempDir tmp("balance_options");
-  SECTION("sign (DeepSeek-V3)") {
-    check_rule(train(tmp, "sign", {"--bias-rate", "0.01"}), 0.01, false, false, 6);
-  }
+  SECTION("sign (DeepSeek-V3)") { check_rule(train(tmp, "sign", {"--bias-rate", "0.01"}), 0.01, false, false, 6); }
   SECTION("proportional") {
     const auto lines = train(tmp, "prop", {"--bias-rate", "0.01", "--bias-update", "proportional"});
     check_rule(lines, 0.01, true, false, 6);
@@ -109,7 +106,8 @@ TEST_CASE("bias rules: sign and proportional updates, centring and freezing foll
     CHECK(bias_of(lines[5], 0) == bias_of(lines[2], 0));
   }
   SECTION("the settings are in the effective config") {
-    train(tmp, "cfg", {"--bias-update", "proportional", "--bias-center", "--bias-freeze-at", "0.75", "--z-loss", "0.01"});
+    train(tmp, "cfg",
+          {"--bias-update", "proportional", "--bias-center", "--bias-freeze-at", "0.75", "--z-loss", "0.01"});
     std::ifstream in(tmp / "cfg/train_config.json");
     const json t = json::parse(in).at("train");
     CHECK(t.at("bias_update") == "proportional");
@@ -119,7 +117,8 @@ TEST_CASE("bias rules: sign and proportional updates, centring and freezing foll
   }
 }
 
-TEST_CASE("--z-loss is logged per layer and in total; off, it is absent and changes nothing", "[train][balance]") {
+TEST_CASE("the router z-loss (--z-loss) is logged per layer and in total; off, it is absent and changes nothing",
+          "[train][balance]") {
   TempDir tmp("z_loss");
   const auto off = train(tmp, "off", {});
   const auto on = train(tmp, "on", {"--z-loss", "0.001"});
@@ -145,13 +144,15 @@ TEST_CASE("every metrics line carries the load statistics of its counts", "[trai
       double sq = 0, dead = 0;
       for (double v : c) sq += (v - mean) * (v - mean), dead += v == 0;
       CHECK(l.at("cv").get<double>() == Approx(std::sqrt(sq / E) / mean));
-      CHECK(l.at("jain").get<double>() == Approx(sum * sum / (E * std::inner_product(c.begin(), c.end(), c.begin(), 0.0))));
+      CHECK(l.at("jain").get<double>() ==
+            Approx(sum * sum / (E * std::inner_product(c.begin(), c.end(), c.begin(), 0.0))));
       CHECK(l.at("dead").get<double>() == dead);
       std::vector<double> share;
       for (double v : c) share.push_back(v / sum);
       std::sort(share.begin(), share.end());
       const double r = 0.5 * (E - 1);  // the median by linear interpolation
-      const double p50 = share[size_t(r)] + (r - std::floor(r)) * (share[std::min(size_t(r) + 1, c.size() - 1)] - share[size_t(r)]);
+      const double p50 =
+          share[size_t(r)] + (r - std::floor(r)) * (share[std::min(size_t(r) + 1, c.size() - 1)] - share[size_t(r)]);
       CHECK(l.at("share_p50").get<double>() == Approx(p50));
       CHECK(l.at("share_p5").get<double>() <= l.at("share_p50").get<double>());
       CHECK(l.at("share_p95").get<double>() >= l.at("share_p50").get<double>());

@@ -115,7 +115,8 @@ TEST_CASE("aux is per micro-batch: equal to global-aux for one pass per step, di
   const auto global = train_lines(tmp, "global", 0, {"--balance", "global-aux"});
   const auto aux = train_lines(tmp, "aux", 0, {"--balance", "aux"});
   check_same_steps(global, aux, "aux");
-  const auto global_accum = train_lines(tmp, "global_accum", 0, {"--balance", "global-aux", "--batch", "8", "--accum", "2"});
+  const auto global_accum =
+      train_lines(tmp, "global_accum", 0, {"--balance", "global-aux", "--batch", "8", "--accum", "2"});
   const auto aux_accum = train_lines(tmp, "aux_accum", 0, {"--balance", "aux", "--batch", "8", "--accum", "2"});
   // Step 1 runs on the same weights and routes the same tokens: only the loss's batch differs. The
   // mean of the two micro-batches' α·E·Σf·P is above the step's (observed +1.3e-4 per layer at α = 1).

@@ -45,8 +45,7 @@ std::vector<json> lines_of(const std::string& path, const std::string& kind) {
 
 }  // namespace
 
-TEST_CASE("plan_sweep: runs, grids crossed with runs, the paper preset, settings applied and validated",
-          "[sweep]") {
+TEST_CASE("plan_sweep: runs, grids crossed with runs, the paper preset, settings applied and validated", "[sweep]") {
   const moe::Config base = moe::load_config_file("tiny");
   SECTION("the paper preset") {
     const auto runs = moe::plan_sweep(base, {{"steps=50"}, {}, {}, "paper"});
@@ -80,12 +79,12 @@ TEST_CASE("plan_sweep: runs, grids crossed with runs, the paper preset, settings
         CHECK(std::string(e.what()).find(part) != std::string::npos);
       }
     };
-    fails_with({{"bias_rat=1"}, {}, {}, ""}, "bias_rate");         // nearest field named
-    fails_with({{"steps"}, {}, {}, ""}, "KEY=VALUE");               // no value
-    fails_with({{}, {"no colon"}, {}, ""}, "NAME:KEY=VALUE");       // malformed run
-    fails_with({{}, {"a/b:seed=1"}, {}, ""}, "run name");           // unsafe directory name
+    fails_with({{"bias_rat=1"}, {}, {}, ""}, "bias_rate");           // nearest field named
+    fails_with({{"steps"}, {}, {}, ""}, "KEY=VALUE");                // no value
+    fails_with({{}, {"no colon"}, {}, ""}, "NAME:KEY=VALUE");        // malformed run
+    fails_with({{}, {"a/b:seed=1"}, {}, ""}, "run name");            // unsafe directory name
     fails_with({{}, {"x:seed=1", "x:seed=2"}, {}, ""}, "two runs");  // duplicate name
-    fails_with({{}, {"x:balance=lossfree"}, {}, ""}, "balance");    // bad choice
+    fails_with({{}, {"x:balance=lossfree"}, {}, ""}, "balance");     // bad choice
     fails_with({{}, {"x:bias_freeze_at=2"}, {}, ""}, "bias_freeze_at");
     fails_with({{}, {}, {"steps=1,,2"}, ""}, "empty value");
     fails_with({{}, {}, {}, "wang"}, "unknown preset");
@@ -97,11 +96,27 @@ TEST_CASE("moe sweep trains each run in its own directory, reports, skips finish
           "[sweep]") {
   TempDir tmp("sweep");
   const std::string out = tmp / "sw", html = tmp / "sw.html";
-  const Args sweep = {"sweep",        "--config", "tiny",         "--out",       out,          "--set",
-                      "steps=6",      "--set",    "eval_every=3", "--set",       "eval_tokens=2048",
-                      "--set",        "save_every=3",             "--run",       "a:balance=none",
-                      "--run",        "b:balance=loss-free,bias_rate=0.01",      "-t",          "1",
-                      "--html",       html};
+  const Args sweep = {"sweep",
+                      "--config",
+                      "tiny",
+                      "--out",
+                      out,
+                      "--set",
+                      "steps=6",
+                      "--set",
+                      "eval_every=3",
+                      "--set",
+                      "eval_tokens=2048",
+                      "--set",
+                      "save_every=3",
+                      "--run",
+                      "a:balance=none",
+                      "--run",
+                      "b:balance=loss-free,bias_rate=0.01",
+                      "-t",
+                      "1",
+                      "--html",
+                      html};
   const RunResult first = run_moe(sweep, {.timeout_s = 600});
   INFO(first.describe());
   REQUIRE(first.ok());
@@ -131,9 +146,9 @@ TEST_CASE("moe sweep trains each run in its own directory, reports, skips finish
   CHECK(slurp(out + "/a/metrics.jsonl") == a_metrics);
 
   // Interrupt b after its step-3 checkpoint (as a Ctrl-C would leave it), then the sweep resumes it.
-  const RunResult stopped = run_moe({"train", "--config", out + "/configs/b.json", "--out", out + "/b", "--force",
-                                     "--stop-at", "3", "-t", "1"},
-                                    {.timeout_s = 300});
+  const RunResult stopped = run_moe(
+      {"train", "--config", out + "/configs/b.json", "--out", out + "/b", "--force", "--stop-at", "3", "-t", "1"},
+      {.timeout_s = 300});
   REQUIRE(stopped.ok());
   const RunResult third = run_moe(again, {.timeout_s = 600});
   INFO(third.describe());
@@ -158,8 +173,8 @@ TEST_CASE("moe sweep trains each run in its own directory, reports, skips finish
 
 TEST_CASE("moe sweep: bad flags are one-line errors before anything is trained", "[sweep]") {
   TempDir tmp("sweep_bad");
-  for (const Args& extra : {Args{"--run", "x:stpes=3"}, Args{"--grid", "seed"}, Args{"--preset", "nope"},
-                            Args{"--jobs", "0"}, Args{}}) {
+  for (const Args& extra :
+       {Args{"--run", "x:stpes=3"}, Args{"--grid", "seed"}, Args{"--preset", "nope"}, Args{"--jobs", "0"}, Args{}}) {
     Args args = {"sweep", "--config", "tiny", "--out", tmp / "sw"};
     args.insert(args.end(), extra.begin(), extra.end());
     const RunResult r = run_moe(args, {.timeout_s = 60});

@@ -296,9 +296,14 @@ TEST_CASE("checkpoint files are written atomically and an interrupted save is re
   RunResult r = run_moe(train_args(dir, concat(common, {"--stop-at", "2"})));
   INFO(r.describe());
   REQUIRE(r.ok());
-  const std::set<std::string> expected = {"config.json",        "model.safetensors", "optimizer.safetensors",
-                                          "trainer_state.json", "metrics.jsonl",     "train_config.json"};
-  CHECK(dir_entries(dir) == expected);  // no *.tmp*, no .pending left behind
+  const std::set<std::string> expected = {"config.json",
+                                          "model.safetensors",
+                                          "optimizer.safetensors",
+                                          "trainer_state.json",
+                                          "metrics.jsonl",
+                                          "train_config.json",
+                                          "routing"};  // routing/: the eval routing files
+  CHECK(dir_entries(dir) == expected);                 // no *.tmp*, no .pending left behind
 
   // Reference: the same run straight to step 4, and a copy of it stopped at 3 (the "new" checkpoint).
   const std::string straight = tmp / "straight", newer = tmp / "newer";
