@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/chromium.hpp"
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "model/summary.hpp"
@@ -25,9 +26,9 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace moe;
+using moe_test::chromium_dump_dom;
 using moe_test::TempDir;
 
-const char* const kChromium = "/usr/bin/chromium";
 
 // A metrics.jsonl like training writes it: `steps` train lines for `layers` MoE layers (ids 1..) of
 // `experts` experts whose imbalance decays (expert E-1 overloaded, expert 0 idle at first), with
@@ -167,23 +168,6 @@ struct LoadedRun {
     report = build_load_report(metrics, 0);
   }
 };
-
-std::string chromium_dump_dom(const TempDir& dir, const std::string& html_path) {
-  INFO("the browser check needs Debian's chromium at "
-       << kChromium << "; scripts/test installs it (MOE_PACKAGES in scripts/lib.sh)");
-  REQUIRE(::access(kChromium, X_OK) == 0);
-  const std::string profile = dir / "chromium-profile";
-  fs::create_directories(profile);
-  const moe_test::RunResult r = moe_test::run(
-      {kChromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-       "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-       "--window-size=1280,2400", "--user-data-dir=" + profile, "--dump-dom", "file://" + html_path},
-      {.timeout_s = 60});
-  INFO("chromium exit status " << r.code << ", stderr:\n" << r.err.substr(0, 2000));
-  REQUIRE(r.code == 0);
-  REQUIRE(r.out.find("</html>") != std::string::npos);
-  return r.out;
-}
 
 }  // namespace
 

@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../support/chromium.hpp"
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "infer/routing.hpp"
@@ -108,6 +109,17 @@ TEST_CASE("eval routing files: one per evaluation, sorted sets, and inspect's sa
   const RunResult text = run_moe({"inspect", dir});
   CHECK(text.out.find("routing settling over 4 evaluations") != std::string::npos);
 
+  // The HTML report draws saturation and churn of both layers, as the browser builds the page.
+  const std::string html = tmp / "report.html";
+  REQUIRE(run_moe({"inspect", dir, "--html", html}).ok());
+  const std::string dom = chromium_dump_dom(tmp, html);
+  const size_t chart = dom.find("data-chart=\"settling\"");
+  REQUIRE(chart != std::string::npos);
+  const std::string body = dom.substr(chart, dom.find("</svg>", chart) - chart);
+  for (const char* series : {"saturation, layer 1", "churn, layer 1", "saturation, layer 2", "churn, layer 2"})
+    CHECK(body.find(std::string("data-series=\"") + series + "\"") != std::string::npos);
+  CHECK(dom.find("data-chart=\"load-stats\"") != std::string::npos);
+
   // A damaged file: inspect names it, in one line.
   std::filesystem::resize_file(dir + "/routing/eval_000020.bin", 100);
   const RunResult bad = run_moe({"inspect", dir});
@@ -188,5 +200,16 @@ TEST_CASE("inspect --data reports the co-activation (terminal, JSON, HTML heatma
   std::stringstream page;
   page << in.rdbuf();
   CHECK(page.str().find("data-chart=\"co-activation\"") != std::string::npos);
+  const std::string dom = chromium_dump_dom(tmp, html);
+  for (const char* layer : {"1", "2"}) {
+    const size_t at = dom.find(std::string("data-chart=\"co-activation\" data-layer=\"") + layer + "\"");
+    REQUIRE(at != std::string::npos);
+    // 8 x 8 cells, the diagonal drawn as "itself".
+    const std::string body = dom.substr(at, dom.find("</svg>", at) - at);
+    size_t cells = 0;
+    for (size_t p = body.find("<rect class=\"cell"); p != std::string::npos; p = body.find("<rect class=\"cell", p + 1))
+      ++cells;
+    CHECK(cells == 64);
+  }
   CHECK(page.str().find("<script") == std::string::npos);
 }
