@@ -293,6 +293,26 @@ TEST_CASE("moe_backward matches finite differences on x and every weight tensor 
   }
 }
 
+// Backward with d_out = r, then the gradients of x and of the router weights against central
+// differences of `loss` at sampled coordinates (routing held fixed: a flip skips the coordinate).
+template <class Loss>
+void check_x_and_router_gradients(moe::ComputeContext& ctx, const moe::ModelConfig& c, MoeLayer& layer, ref::Vec& x,
+                                  const ref::Vec& r, ref::Vec& dx, const moe::BalanceLossConfig& balance, Loss& loss,
+                                  const std::vector<int32_t>& base_choice, uint64_t seed) {
+  const int64_t N = layer.N, D = c.hidden_size;
+  std::fill(layer.grads.begin(), layer.grads.end(), 0.0f);
+  moe::moe_backward(ctx, c, layer.w, layer.gw, x.data(), r.data(), dx.data(), layer.saved, layer.scratch, layer.B,
+                    layer.T, balance, 1.0f);
+  for (auto [param, grad, n] :
+       {std::tuple{x.data(), dx.data(), N * D}, std::tuple{layer.w.router, layer.gw.router, c.n_routed_experts * D}}) {
+    const std::vector<int64_t> coords = ref::sample_coords(n, 48, seed);
+    const FdResult fd = fd_fixed_routing(layer, param, grad, coords, ref::kFdStep, loss, base_choice);
+    CHECK(fd.skipped * 4 <= int64_t(coords.size()));
+    CHECK(fd.check.error() < ref::kFdTolerance);
+    CHECK(ref::norm2(fd.check.numeric) > 1e-4);
+  }
+}
+
 TEST_CASE("moe_backward with balance losses matches finite differences of Σ r·out + balance loss", "[moe]") {
   moe::ComputeContext ctx;
   const moe::ModelConfig c = layer_config(moe::ScoringFunc::sigmoid);
@@ -315,17 +335,7 @@ TEST_CASE("moe_backward with balance losses matches finite differences of Σ r·
     loss();
     CHECK(layer.saved.balance_loss > 0.0);
     const std::vector<int32_t> base_choice = layer.chosen();
-    std::fill(layer.grads.begin(), layer.grads.end(), 0.0f);
-    moe::moe_backward(ctx, c, layer.w, layer.gw, x.data(), r.data(), dx.data(), layer.saved, layer.scratch, layer.B,
-                      layer.T, balance, 1.0f);
-    for (auto [param, grad, n] : {std::tuple{x.data(), dx.data(), N * D},
-                                  std::tuple{layer.w.router, layer.gw.router, c.n_routed_experts * D}}) {
-      const std::vector<int64_t> coords = ref::sample_coords(n, 48, 500);
-      const FdResult fd = fd_fixed_routing(layer, param, grad, coords, ref::kFdStep, loss, base_choice);
-      CHECK(fd.skipped * 4 <= int64_t(coords.size()));
-      CHECK(fd.check.error() < ref::kFdTolerance);
-      CHECK(ref::norm2(fd.check.numeric) > 1e-4);
-    }
+    check_x_and_router_gradients(ctx, c, layer, x, r, dx, balance, loss, base_choice, 500);
   }
 
   // loss_scale multiplies only the balance part (the caller scales d_out itself): backward with
@@ -400,16 +410,6 @@ TEST_CASE("moe_backward with the router z-loss matches finite differences of Σ 
     CHECK(layer.saved.z_loss > 0.0);
     CHECK(layer.saved.balance_loss == 0.0);  // logged apart from the balance losses
     const std::vector<int32_t> base_choice = layer.chosen();
-    std::fill(layer.grads.begin(), layer.grads.end(), 0.0f);
-    moe::moe_backward(ctx, c, layer.w, layer.gw, x.data(), r.data(), dx.data(), layer.saved, layer.scratch, layer.B,
-                      layer.T, balance, 1.0f);
-    for (auto [param, grad, n] : {std::tuple{x.data(), dx.data(), N * D},
-                                  std::tuple{layer.w.router, layer.gw.router, c.n_routed_experts * D}}) {
-      const std::vector<int64_t> coords = ref::sample_coords(n, 48, 502);
-      const FdResult fd = fd_fixed_routing(layer, param, grad, coords, ref::kFdStep, loss, base_choice);
-      CHECK(fd.skipped * 4 <= int64_t(coords.size()));
-      CHECK(fd.check.error() < ref::kFdTolerance);
-      CHECK(ref::norm2(fd.check.numeric) > 1e-4);
-    }
+    check_x_and_router_gradients(ctx, c, layer, x, r, dx, balance, loss, base_choice, 502);
   }
 }

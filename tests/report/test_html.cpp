@@ -29,7 +29,6 @@ using namespace moe;
 using moe_test::chromium_dump_dom;
 using moe_test::TempDir;
 
-
 // A metrics.jsonl like training writes it: `steps` train lines for `layers` MoE layers (ids 1..) of
 // `experts` experts whose imbalance decays (expert E-1 overloaded, expert 0 idle at first), with
 // the bias moving against the load, and `evals` eval lines spread over the run.
