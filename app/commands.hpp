@@ -179,5 +179,6 @@ Run add_eval(CLI::App& app);
 Run add_bench(CLI::App& app);
 Run add_export(CLI::App& app);
 Run add_sweep(CLI::App& app);
+Run add_tokenizer(CLI::App& app);
 
 }  // namespace moe::app

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
       {"train", moe::app::add_train(app)},     {"infer", moe::app::add_infer(app)}, {"eval", moe::app::add_eval(app)},
       {"inspect", moe::app::add_inspect(app)}, {"data", moe::app::add_data(app)},   {"bench", moe::app::add_bench(app)},
       {"export", moe::app::add_export(app)},   {"sweep", moe::app::add_sweep(app)},
+      {"tokenizer", moe::app::add_tokenizer(app)},
   };
   try {
     app.parse(argc, argv);

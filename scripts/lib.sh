@@ -3,7 +3,7 @@
 # that are missing, configure and build. Each step is a function so later scripts can add their own.
 
 MOE_PACKAGES=(cmake ninja-build g++ ccache libdnnl-dev ocl-icd-opencl-dev libcli11-dev nlohmann-json3-dev catch2 python3 chromium
-  libopenmpi-dev openmpi-bin clang-format
+  libopenmpi-dev openmpi-bin clang-format libsentencepiece-dev pkg-config
   python3-torch python3-numpy)
 # scripts/fuzz only: clang++-14 and its libFuzzer / sanitizer runtimes (libclang_rt.fuzzer-x86_64.a).
 MOE_FUZZ_PACKAGES=(clang-14 libclang-rt-14-dev)
