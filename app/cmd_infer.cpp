@@ -13,6 +13,9 @@
 #include <omp.h>
 
 #include "commands.hpp"
+#include "core/tokenizer.hpp"
+#include "train/prepare.hpp"
+#include "train/token_file.hpp"
 #include "core/error.hpp"
 #include "infer/generate.hpp"
 #include "model/checkpoint.hpp"
@@ -82,7 +85,7 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (outputs[i].prompt_truncated)
       std::fprintf(stderr,
-                   "moe: note: prompt %zu has %lld bytes; its first %lld were cut and its last %lld kept, so that -n "
+                   "moe: note: prompt %zu has %lld tokens; its first %lld were cut and its last %lld kept, so that -n "
                    "%lld fits the context of %lld (a prompt keeps at least half of it)\n",
                    i + 1, (long long)(outputs[i].prompt_tokens + outputs[i].prompt_cut),
                    (long long)outputs[i].prompt_cut, (long long)outputs[i].prompt_tokens, (long long)f->n_predict,
@@ -206,6 +209,7 @@ Run add_infer(CLI::App& app) {
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
 
     GenerateRequest request;
+    request.tokenizer = checkpoint_tokenizer(f->model, model->config);
     request.n_predict = f->n_predict;
     request.sampler = f->sampler;
     request.draft_max = f->draft.empty() ? 0 : f->draft_max;
@@ -251,7 +255,8 @@ Run add_infer(CLI::App& app) {
         ctx, *model, request,
         [&](size_t, int32_t token) {
           if (!stream) return;
-          std::fputc(token, stdout);
+          const std::string& text = request.tokenizer.bytes_of(token);
+          std::fwrite(text.data(), 1, text.size(), stdout);
           std::fflush(stdout);
         },
         timings, &tally);
@@ -273,7 +278,7 @@ Run add_eval(CLI::App& app) {
   auto f = std::make_shared<EvalFlags>();
   auto* cmd = app.add_subcommand("eval", "Exact cross-entropy and perplexity of a checkpoint on a text file");
   cmd->add_option("-m,--model", f->model, "Checkpoint directory")->required();
-  cmd->add_option("--data", f->data, "Text file to score")->required();
+  cmd->add_option("--data", f->data, "Text file to score (encoded with the model's tokenizer), or a prepared val.bin or directory")->required();
   cmd->add_option("--ctx", f->ctx,
                   "Window length T (default: the window the model was trained on, moe_train_seq in its config.json; "
                   "else max_position_embeddings)")
@@ -291,8 +296,22 @@ Run add_eval(CLI::App& app) {
     if (T > c.max_position_embeddings)
       fail("--ctx " + std::to_string(T) + " exceeds the model's max_position_embeddings (" +
            std::to_string(c.max_position_embeddings) + ")");
-    const TextData data = load_text_file(f->data);
-    if (data.size() < 2) fail(f->data + ": needs at least 2 bytes to score one prediction");
+    // The text in the model's tokens: a raw file encoded with the checkpoint's tokenizer, or a
+    // prepared val.bin (or a prepared directory's) written by that same tokenizer.
+    const Tokenizer tokenizer = checkpoint_tokenizer(f->model, c);
+    std::vector<int32_t> tokens;
+    const bool bin = f->data.size() > 4 && f->data.substr(f->data.size() - 4) == ".bin";
+    if (bin || is_prepared_dir(f->data)) {
+      const auto file = TokenFile::open(bin ? f->data : f->data + "/val.bin");
+      if (file->info().tokenizer_hash != tokenizer.hash() || int64_t(file->info().vocab) != tokenizer.vocab_size())
+        fail(file->path() + ": written by another tokenizer than " + f->model + "'s (" + tokenizer.describe() + ")");
+      tokens.resize(size_t(file->size()));
+      file->copy(0, file->size(), tokens.data());
+    } else {
+      const TextData data = load_text_file(f->data);
+      tokens = tokenizer.encode(std::string_view(reinterpret_cast<const char*>(data.bytes.data()), data.bytes.size()));
+    }
+    if (tokens.size() < 2) fail(f->data + ": needs at least 2 tokens to score one prediction");
     ComputeContext ctx;
     ExpertTally tally(c);
     const auto t0 = std::chrono::steady_clock::now();
@@ -311,19 +330,33 @@ Run add_eval(CLI::App& app) {
                    rate > 0 ? double(total - scored) / rate : 0.0);
       std::fflush(stderr);
     };
-    const EvalResult r = evaluate_bytes(ctx, *model, data.bytes, T, &tally, {}, tty ? EvalProgress(progress) : nullptr);
+    const EvalResult r =
+        evaluate_tokens(ctx, *model, tokens, T, tokenizer, &tally, {}, tty ? EvalProgress(progress) : nullptr);
     if (tty) std::fputs("\r\033[K", stderr), std::fflush(stderr);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (f->json) {
-      nlohmann::json out{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens},
-                         {"ctx", T},       {"seconds", seconds},         {"layers", stats_json(c, tally, c.mtp())}};
+      nlohmann::json out{{"loss", r.loss},
+                         {"perplexity", r.perplexity},
+                         {"tokens", r.tokens},
+                         {"bits_per_byte", r.bits_per_byte},
+                         {"text_bytes", r.text_bytes},
+                         {"tokenizer", tokenizer.describe()},
+                         {"ctx", T},
+                         {"seconds", seconds},
+                         {"layers", stats_json(c, tally, c.mtp())}};
       if (r.mtp_tokens > 0) out["mtp_loss"] = r.mtp_loss, out["mtp_tokens"] = r.mtp_tokens;
       std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
     std::printf("%s on %s (ctx %lld)\n", f->model.c_str(), f->data.c_str(), (long long)T);
-    std::printf("  cross-entropy %.4f nats/byte (%.4f bits/byte), perplexity %.3f over %lld predicted bytes, %.1f s\n",
-                r.loss, r.loss / std::log(2.0), r.perplexity, (long long)r.tokens, seconds);
+    if (tokenizer.is_bytes())
+      std::printf("  cross-entropy %.4f nats/byte (%.4f bits/byte), perplexity %.3f over %lld predicted bytes, %.1f s\n",
+                  r.loss, r.bits_per_byte, r.perplexity, (long long)r.tokens, seconds);
+    else
+      std::printf("  cross-entropy %.4f nats/token, %.4f bits/byte (%.2f bytes/token), perplexity %.3f over %lld "
+                  "predicted tokens, %.1f s\n",
+                  r.loss, r.bits_per_byte, r.text_bytes / double(r.tokens), r.perplexity, (long long)r.tokens,
+                  seconds);
     if (r.mtp_tokens > 0)
       std::printf("  multi-token prediction (t+2): cross-entropy %.4f nats/byte over %lld positions\n", r.mtp_loss,
                   (long long)r.mtp_tokens);

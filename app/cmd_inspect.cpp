@@ -181,6 +181,7 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
   const auto model = load_checkpoint(t.path);
   const ModelConfig& c = model->config;
   if (c.num_moe_layers() == 0) fail(t.path + ": the model has no MoE layers to analyse");
+  const Tokenizer tokenizer = checkpoint_tokenizer(t.path, c);
   ComputeContext ctx;
   // --layer: only that MoE layer of the trace (an index that is no MoE layer is an error).
   auto keep_layer = [&](RoutingTrace& trace) {
@@ -200,9 +201,7 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
   if (f.text_given) {
     if (f.text.empty()) fail("--text: expected some text to route, got an empty string");
     // Every character of the text is routed: a trailing newline is the (unscored) last target.
-    std::vector<uint8_t> bytes(f.text.begin(), f.text.end());
-    bytes.push_back('\n');
-    RoutingTrace trace = trace_routing(ctx, *model, bytes, c.max_position_embeddings);
+    RoutingTrace trace = trace_routing(ctx, *model, f.text + "\n", c.max_position_embeddings, tokenizer);
     keep_layer(trace);
     if (f.json) {
       std::cout << routing_trace_json(trace, c.num_experts_per_tok)
@@ -225,16 +224,34 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
     load_domains_if_present(data, f.data);
   }
   if (data.size() < 2) fail(f.data + ": needs at least 2 bytes");
-  RoutingTrace trace = trace_routing(ctx, *model, data.bytes, c.max_position_embeddings);
+  RoutingTrace trace = trace_routing(
+      ctx, *model, std::string_view(reinterpret_cast<const char*>(data.bytes.data()), data.bytes.size()),
+      c.max_position_embeddings, tokenizer);
   keep_layer(trace);
-  const auto layers = aggregate_routing(trace, data.domain, kNumDomains, c.n_routed_experts);
-  const auto together = co_activation(trace, c.n_routed_experts);
+  // Each token's domain: the label of its first byte when the text has labels, else its class
+  // (letter, digit, punctuation, whitespace, other).
+  std::vector<uint8_t> labels;
   std::vector<std::string> names;
-  for (int d = 0; d < kNumDomains; ++d) names.push_back(domain_name(d));
+  const bool domains = !data.domain.empty();
+  if (domains) {
+    size_t offset = 0;
+    for (const std::string& text : trace.text) {
+      labels.push_back(data.domain[std::min(offset, data.domain.size() - 1)]);
+      offset += text.size();
+    }
+    for (int d = 0; d < kNumDomains; ++d) names.push_back(domain_name(d));
+  } else {
+    labels = token_classes(trace);
+    names = token_class_names();
+  }
+  const auto layers = aggregate_routing(trace, labels, int(names.size()), c.n_routed_experts);
+  const auto together = co_activation(trace, c.n_routed_experts);
   if (f.json) {
     std::cout << nlohmann::json{{"data", f.data},
                                 {"tokens", trace.tokens.size()},
-                                {"domains_known", !data.domain.empty()},
+                                {"domains_known", domains},
+                                {"grouped_by", domains ? "domain" : "token class"},
+                                {"tokenizer", tokenizer.describe()},
                                 {"layers", domain_routing_json(layers, names)},
                                 {"co_activation", co_activation_json(together)}}
                      .dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
@@ -242,7 +259,7 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
     return 0;
   }
   std::printf("routing over %s: %zu tokens%s\n\n", f.data.c_str(), trace.tokens.size(),
-              data.domain.empty() ? " (no domain labels: FILE.domains not found)" : ", by domain");
+              domains ? ", by domain" : ", by token class (no FILE.domains)");
   std::fputs(format_domain_routing(layers, names, color).c_str(), stdout);
   std::fputs(("\n" + format_co_activation(together, color)).c_str(), stdout);
   if (!f.html.empty()) {
@@ -318,7 +335,7 @@ Run add_inspect(CLI::App& app) {
   cmd->add_option("--interval", f->interval, "Seconds between redraws with --follow")->check(InRange(0.05, 3600.0));
   auto* text = cmd->add_option("--text", f->text, "Show the experts each token of this text goes to");
   auto* data = cmd->add_option("--data", f->data,
-                               "Aggregate routing over a file (by domain when FILE.domains exists; "
+                               "Aggregate routing over a file (by domain when FILE.domains exists, else by token class; "
                                "@synthetic: the embedded corpus' validation part)");
   text->excludes(data);
   cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());

@@ -168,13 +168,18 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     // tokens, but never less than half the context (a prompt needs room too) nor more than
     // context - 1 (one token at least is generated).
     const int64_t keep = std::clamp(std::max(max_len - request.n_predict, max_len / 2), int64_t(1), max_len - 1);
-    if (int64_t(o.prompt.size()) > keep) {
-      o.prompt_cut = int64_t(o.prompt.size()) - keep;
-      o.prompt = o.prompt.substr(size_t(o.prompt_cut));
+    std::vector<int32_t> ids = request.tokenizer.encode(o.prompt);
+    if (ids.empty()) ids = request.tokenizer.encode("\n");
+    for (int32_t id : ids)
+      check(id >= 0 && id < c.vocab_size, "prompt token " + std::to_string(id) + " is outside the model's vocabulary");
+    if (int64_t(ids.size()) > keep) {
+      o.prompt_cut = int64_t(ids.size()) - keep;
+      ids.erase(ids.begin(), ids.begin() + o.prompt_cut);
+      o.prompt = request.tokenizer.decode(ids);
       o.prompt_truncated = true;
     }
-    for (unsigned char ch : o.prompt) history[size_t(i)].push_back(ch);
-    o.prompt_tokens = int64_t(o.prompt.size());
+    history[size_t(i)] = ids;
+    o.prompt_tokens = int64_t(ids.size());
     // Each sequence gets its own stream of random numbers, fixed by (seed, index).
     samplers.emplace_back(request.sampler, c.vocab_size, request.seed + 0x9E3779B97F4A7C15ull * uint64_t(i));
   }
@@ -196,7 +201,7 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   auto accept = [&](int64_t i, int32_t token) {
     GenerateOutput& o = out[size_t(i)];
     history[size_t(i)].push_back(token);
-    o.text.push_back(char(token));
+    o.text += request.tokenizer.bytes_of(token);
     ++o.generated;
     last[size_t(i)] = token;
     on_token(size_t(i), token);
@@ -266,7 +271,14 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
 
 EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T,
                           ExpertTally* tally, const RoutingSink& sink, const EvalProgress& progress) {
-  const int64_t n = int64_t(bytes.size()) - 1;  // predicted positions
+  return evaluate_tokens(ctx, model, std::vector<int32_t>(bytes.begin(), bytes.end()), T, Tokenizer(), tally, sink,
+                         progress);
+}
+
+EvalResult evaluate_tokens(ComputeContext& ctx, const Model& model, const std::vector<int32_t>& tokens, int64_t T,
+                           const Tokenizer& tokenizer, ExpertTally* tally, const RoutingSink& sink,
+                           const EvalProgress& progress) {
+  const int64_t n = int64_t(tokens.size()) - 1;  // predicted positions
   check(n >= 1, "needs at least 2 bytes to score one prediction");
   const int64_t V = model.config.vocab_size;
   const int64_t full = n / T, rest = n % T;
@@ -278,7 +290,7 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
     for (int64_t b = 0; b < ws.B; ++b) {
       const int64_t s = (first_window + std::min(b, rows - 1)) * T;  // unused rows repeat the last window
       for (int64_t t = 0; t < len; ++t)
-        x[size_t(b * len + t)] = bytes[size_t(s + t)], y[size_t(b * len + t)] = bytes[size_t(s + t + 1)];
+        x[size_t(b * len + t)] = tokens[size_t(s + t)], y[size_t(b * len + t)] = tokens[size_t(s + t + 1)];
     }
     model_forward(ctx, model, ws, x.data(), y.data());  // with targets: the MTP module runs too
     loss_sum += cross_entropy_forward_backward(ws.logits, y.data(), nullptr, rows * len, V, 0.0f);
@@ -300,6 +312,8 @@ EvalResult evaluate_bytes(ComputeContext& ctx, const Model& model, const std::ve
   }
   EvalResult r;
   r.tokens = n;
+  for (int64_t i = 1; i <= n; ++i) r.text_bytes += double(tokenizer.bytes_of(tokens[size_t(i)]).size());
+  r.bits_per_byte = r.text_bytes > 0 ? loss_sum / std::log(2.0) / r.text_bytes : 0.0;
   r.loss = loss_sum / double(n);
   r.perplexity = std::exp(r.loss);
   r.mtp_tokens = mtp_tokens;

@@ -1,6 +1,7 @@
 #include "infer/routing.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 
@@ -12,20 +13,24 @@
 
 namespace moe {
 
-RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T) {
+RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, std::string_view text, int64_t T,
+                           const Tokenizer& tokenizer) {
   const ModelConfig& c = model.config;
-  check(!bytes.empty(), "routing analysis needs at least one byte of text");
-  // One byte alone: route it by adding a dummy target (it is not scored).
-  std::vector<uint8_t> input = bytes;
-  if (input.size() == 1) input.push_back('\n');
+  std::vector<int32_t> input = tokenizer.encode(text);
+  check(!input.empty(), "routing analysis needs at least one token of text");
+  for (int32_t id : input)
+    check(id < c.vocab_size, "token " + std::to_string(id) + " is outside the model's vocabulary");
+  // One token alone: route it by adding a dummy target (it is not scored).
+  if (input.size() == 1) input.push_back(input.back());
   const int64_t n = int64_t(input.size()) - 1, K = c.num_experts_per_tok;
   RoutingTrace trace;
   trace.tokens.assign(input.begin(), input.end() - 1);
+  for (int32_t id : trace.tokens) trace.text.push_back(tokenizer.bytes_of(id));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.is_moe_layer(l)) trace.layers.push_back(l);
   trace.experts.assign(trace.layers.size(), std::vector<int32_t>(size_t(n * K)));
   trace.weights.assign(trace.layers.size(), std::vector<float>(size_t(n * K)));
-  evaluate_bytes(ctx, model, input, T, nullptr, [&](const Workspace& ws, int64_t first, int64_t tokens) {
+  evaluate_tokens(ctx, model, input, T, tokenizer, nullptr, [&](const Workspace& ws, int64_t first, int64_t tokens) {
     for (size_t m = 0; m < trace.layers.size(); ++m) {
       const MoeSaved& saved = ws.layers[size_t(trace.layers[m])].moe;
       std::copy_n(saved.expert, tokens * K, trace.experts[m].begin() + first * K);
@@ -33,6 +38,31 @@ RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, const std::v
     }
   });
   return trace;
+}
+
+const std::vector<std::string>& token_class_names() {
+  static const std::vector<std::string> names = {"letter", "digit", "punctuation", "whitespace", "other"};
+  return names;
+}
+
+std::vector<uint8_t> token_classes(const RoutingTrace& trace) {
+  std::vector<uint8_t> out;
+  for (const std::string& t : trace.text) {
+    const unsigned char b = t.empty() ? 0 : static_cast<unsigned char>(t[0]);
+    uint8_t cls = 4;
+    if (t.empty())
+      cls = 4;
+    else if (std::isalpha(b) || b >= 0x80)
+      cls = 0;
+    else if (std::isdigit(b))
+      cls = 1;
+    else if (std::ispunct(b))
+      cls = 2;
+    else if (b == ' ' || b == '\n' || b == '\t' || b == '\r')
+      cls = 3;
+    out.push_back(cls);
+  }
+  return out;
 }
 
 double normalised_mutual_information(const std::vector<std::vector<int64_t>>& table) {
@@ -94,6 +124,27 @@ std::string show_byte(uint8_t b) {
   return std::string(1, char(b));
 }
 
+// A token's text for display: each byte as show_byte shows it, UTF-8 characters kept whole.
+std::string show_text(const std::string& text) {
+  if (text.empty()) return "\xe2\x88\x85";  // ∅: a token without text (a control token)
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const unsigned char b = static_cast<unsigned char>(text[i]);
+    if (b >= 0x80) {  // a UTF-8 sequence: keep its bytes together
+      out += text[i];
+      continue;
+    }
+    out += show_byte(b);
+  }
+  return out;
+}
+
+size_t display_columns(const std::string& text) {
+  size_t columns = 0;
+  for (unsigned char ch : text) columns += (ch & 0xC0) != 0x80;
+  return columns;
+}
+
 // `text` padded on the left to `width` columns, counting UTF-8 characters, not bytes.
 std::string right_aligned(const std::string& text, int width) {
   int columns = 0;
@@ -106,13 +157,17 @@ std::string right_aligned(const std::string& text, int width) {
 std::string format_routing_text(const RoutingTrace& trace, int64_t K) {
   std::string out;
   const int64_t n = int64_t(trace.tokens.size());
-  constexpr int64_t kPerBlock = 24;
+  // Columns as wide as the longest shown token (4 for bytes), as many as fit 100 columns.
+  int width = 4;
+  for (const std::string& t : trace.text) width = std::max(width, int(display_columns(show_text(t))) + 1);
+  width = std::min(width, 16);
+  const int64_t kPerBlock = std::max<int64_t>(1, 96 / width);
   char buf[32];
   out += "experts chosen for each token (best first; '\xe2\x90\xa3' is a space)\n";
   for (int64_t t0 = 0; t0 < n; t0 += kPerBlock) {
     const int64_t t1 = std::min(n, t0 + kPerBlock);
     out += "\n  token   ";
-    for (int64_t t = t0; t < t1; ++t) out += right_aligned(show_byte(trace.tokens[size_t(t)]), 4);
+    for (int64_t t = t0; t < t1; ++t) out += right_aligned(show_text(trace.text[size_t(t)]), width);
     out += "\n";
     for (size_t m = 0; m < trace.layers.size(); ++m)
       for (int64_t k = 0; k < K; ++k) {
@@ -122,7 +177,7 @@ std::string format_routing_text(const RoutingTrace& trace, int64_t K) {
           std::snprintf(buf, sizeof buf, "      #%lld  ", (long long)k + 1);
         out += buf;
         for (int64_t t = t0; t < t1; ++t)
-          std::snprintf(buf, sizeof buf, "%4d", trace.experts[m][size_t(t * K + k)]), out += buf;
+          std::snprintf(buf, sizeof buf, "%*d", width, trace.experts[m][size_t(t * K + k)]), out += buf;
         out += "\n";
       }
   }
@@ -139,7 +194,7 @@ std::string format_domain_routing(const std::vector<DomainRouting>& layers, cons
                   max_violation(r.counts.data(), E));
     out += buf;
     if (!r.by_domain.empty()) {
-      std::snprintf(buf, sizeof buf, "  specialisation %.3f (0 none, 1 each domain its own experts)", r.specialisation);
+      std::snprintf(buf, sizeof buf, "  specialisation %.3f (0 none, 1 each group its own experts)", r.specialisation);
       out += buf;
     }
     out += "\n  share of each row's routed tokens per expert (%)\n  " + std::string(12, ' ');
@@ -170,7 +225,7 @@ std::string format_domain_routing(const std::vector<DomainRouting>& layers, cons
 
 nlohmann::json routing_trace_json(const RoutingTrace& trace, int64_t K) {
   nlohmann::json tokens = nlohmann::json::array();
-  for (uint8_t b : trace.tokens) tokens.push_back(std::string(1, char(b)));
+  for (const std::string& t : trace.text) tokens.push_back(t);
   nlohmann::json layers = nlohmann::json::array();
   const int64_t n = int64_t(trace.tokens.size());
   for (size_t m = 0; m < trace.layers.size(); ++m) {
@@ -181,7 +236,9 @@ nlohmann::json routing_trace_json(const RoutingTrace& trace, int64_t K) {
     }
     layers.push_back({{"layer", trace.layers[m]}, {"experts", experts}, {"weights", weights}});
   }
-  return {{"token_bytes", trace.tokens}, {"tokens", tokens}, {"layers", layers}};
+  nlohmann::json token_bytes = nlohmann::json::array();  // each token's bytes as numbers (text may not be UTF-8)
+  for (const std::string& t : trace.text) token_bytes.push_back(std::vector<uint8_t>(t.begin(), t.end()));
+  return {{"token_ids", trace.tokens}, {"token_bytes", token_bytes}, {"tokens", tokens}, {"layers", layers}};
 }
 
 nlohmann::json domain_routing_json(const std::vector<DomainRouting>& layers, const std::vector<std::string>& names) {

@@ -5,25 +5,35 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
 #include "core/compute.hpp"
+#include "core/tokenizer.hpp"
 #include "model/model.hpp"
 
 namespace moe {
 
 struct RoutingTrace {
-  std::vector<uint8_t> tokens;                // the routed input bytes (all but the last byte)
+  std::vector<int32_t> tokens;                // the routed input tokens (all but the last)
+  std::vector<std::string> text;              // each token's bytes (the tokenizer's bytes_of)
   std::vector<int64_t> layers;                // MoE layer indices
   std::vector<std::vector<int32_t>> experts;  // per MoE layer: (tokens, K) chosen experts
   std::vector<std::vector<float>> weights;    // per MoE layer: (tokens, K) gate weights
 };
 
-// Routes every byte of `bytes` but the last, in eval windows of T. A text of one byte is routed
-// as itself (there is nothing to predict, but its routing is still defined).
-RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, const std::vector<uint8_t>& bytes, int64_t T);
+// Routes every token of `text` (encoded with `tokenizer`) but the last, in eval windows of T. A
+// text of one token is routed as itself (there is nothing to predict, but its routing is defined).
+RoutingTrace trace_routing(ComputeContext& ctx, const Model& model, std::string_view text, int64_t T,
+                           const Tokenizer& tokenizer);
+
+// Token classes by the first byte of a token's text, for the specialisation analysis of a text
+// without domain labels: letter (ASCII letters and any non-ASCII character), digit, punctuation,
+// whitespace, other (control bytes, control tokens).
+const std::vector<std::string>& token_class_names();
+std::vector<uint8_t> token_classes(const RoutingTrace& trace);
 
 struct DomainRouting {
   int64_t layer = 0;

@@ -137,4 +137,13 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   return model;
 }
 
+Tokenizer checkpoint_tokenizer(const std::string& dir, const ModelConfig& config) {
+  Tokenizer tok = Tokenizer::from_dir(dir);
+  const int64_t V = config.vocab_size;
+  if (tok.is_bytes() ? V < 256 : V != tok.vocab_size())
+    fail(dir + ": the model's vocab_size " + std::to_string(V) + " does not match its tokenizer (" + tok.describe() +
+         (tok.is_bytes() ? ": no tokenizer.model, so byte tokens" : "") + ")");
+  return tok;
+}
+
 }  // namespace moe

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/checkpoint_tensors.hpp"
+#include "core/tokenizer.hpp"
 #include "model/model.hpp"
 
 namespace moe {
@@ -33,6 +34,9 @@ void save_checkpoint_config(const std::string& dir, const ModelConfig& config, i
 // Reads and checks config.json and the weights (CheckpointTensors::open: model.safetensors or the
 // shards of model.safetensors.index.json), then load_tensors_into.
 std::unique_ptr<Model> load_checkpoint(const std::string& dir);
+// The tokenizer of a checkpoint directory (its tokenizer.model, else bytes), checked against the
+// model's vocabulary: equal for a SentencePiece model, at least 256 for bytes.
+Tokenizer checkpoint_tokenizer(const std::string& dir, const ModelConfig& config);
 
 ModelConfig load_checkpoint_config(const std::string& dir);
 

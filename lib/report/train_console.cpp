@@ -159,6 +159,7 @@ void ConsoleTrainObserver::on_eval(const EvalRecord& r) {
   std::snprintf(buf, sizeof buf, "eval step %lld: val_loss %.4f over %lld tokens", (long long)r.step, r.val_loss,
                 (long long)r.tokens);
   words.push_back(buf);
+  std::snprintf(buf, sizeof buf, "(%.4f bits/byte)", r.val_bpb), words.push_back(buf);
   if (r.mtp_val_loss) std::snprintf(buf, sizeof buf, "mtp_val_loss %.4f", *r.mtp_val_loss), words.push_back(buf);
   words.push_back("maxvio_global");
   for (const auto& l : r.layers)

@@ -187,6 +187,7 @@ json to_json(const EvalRecord& r) {
   for (const auto& l : r.layers) layers.push_back(layer_json(l, false));
   json j = {{"kind", "eval"}, {"step", r.step}, {"val_loss", r.val_loss}, {"tokens", r.tokens}, {"layers", layers}};
   if (r.mtp_val_loss) j["mtp_val_loss"] = *r.mtp_val_loss;
+  j["val_bpb"] = r.val_bpb;
   return j;
 }
 
@@ -245,6 +246,7 @@ EvalRecord eval_from_json(const json& j, const std::string& where) {
   p.val_loss = field<double>(j, "val_loss", where);
   p.tokens = j.contains("tokens") ? field<int64_t>(j, "tokens", where) : 0;
   if (j.contains("mtp_val_loss")) p.mtp_val_loss = field<double>(j, "mtp_val_loss", where);
+  if (j.contains("val_bpb")) p.val_bpb = field<double>(j, "val_bpb", where);
   p.layers = parse_layers(j, where, false);
   return p;
 }

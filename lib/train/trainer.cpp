@@ -60,22 +60,21 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   routing = EvalRouting{step, c.num_moe_layers(), std::min(windows * T, kEvalRoutingTokens), K, c.n_routed_experts, {}};
   // Expert id + 1 per slot, 0 where another rank evaluated the token: one sum over ranks combines them.
   std::vector<int64_t> chosen(size_t(routing.layers * routing.tokens * K), 0);
-  double loss_sum = 0.0, mtp_sum = 0.0;
+  double loss_sum = 0.0, mtp_sum = 0.0, text_bytes = 0.0;  // text_bytes: UTF-8 bytes of the targets
   for (int64_t g0 = 0; g0 < windows; g0 += B * ranks) {
     const int64_t w0 = g0 + rank * B;
     const int64_t rows = std::clamp<int64_t>(windows - w0, 0, B);
     for (int64_t b = 0; b < B; ++b) {
       // Rows past the last window repeat it; they are left out of the loss and the counts.
       const int64_t s = data.train_end + std::min(w0 + b, windows - 1) * T;
-      for (int64_t t = 0; t < T; ++t) {
-        inputs[size_t(b * T + t)] = data.bytes[size_t(s + t)];
-        targets[size_t(b * T + t)] = data.bytes[size_t(s + t + 1)];
-      }
+      data.copy(s, T, inputs.data() + b * T);
+      data.copy(s + 1, T, targets.data() + b * T);
     }
     // With targets, a workspace built with the MTP module runs it too (its t_{i+2} predictions).
     model_forward(ctx, model, ws, inputs.data(), targets.data());
     if (rows == 0) continue;
     loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);
+    for (int64_t i = 0; i < rows * T; ++i) text_bytes += double(data.tokenizer.bytes_of(targets[size_t(i)]).size());
     if (ws.mtp_ran)
       mtp_sum += cross_entropy_forward_backward(ws.mtp_logits, ws.mtp_targets, nullptr, rows * T, V, 0.0f);
     tally.add(c, ws, rows * T);
@@ -94,6 +93,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   if (ranks > 1) {
     parallel.dist->allreduce_sum(chosen.data(), int64_t(chosen.size()));
     parallel.dist->allreduce_sum(&loss_sum, 1);
+    parallel.dist->allreduce_sum(&text_bytes, 1);
     parallel.dist->allreduce_sum(&mtp_sum, 1);
     for (auto& layer : tally.counts) parallel.dist->allreduce_sum(layer.data(), int64_t(layer.size()));
   }
@@ -103,6 +103,9 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   r.step = step;
   r.tokens = windows * T;
   r.val_loss = loss_sum / double(r.tokens);
+  // Bits per byte: the same total cross-entropy in bits over the bytes of text it predicted, so
+  // that models with different tokenizers compare (a byte model's is val_loss / ln 2).
+  r.val_bpb = text_bytes > 0 ? loss_sum / std::log(2.0) / text_bytes : 0.0;
   if (ws.mtp_ran) r.mtp_val_loss = mtp_sum / double(windows * (T - 1));
   size_t m = 0;
   for (int64_t l = 0; l < c.num_hidden_layers + (ws.mtp_ran ? 1 : 0); ++l) {
@@ -358,7 +361,18 @@ class TrainRun {
                                : int(std::max(1u, std::thread::hardware_concurrency() / unsigned(dist_.local_size())));
     omp_set_num_threads(threads_);
     load_data();  // first: a bad --data fails before anything is written
-    dist_.on_root([&] { prepare_run_dir(); });
+    dist_.on_root([&] {
+      prepare_run_dir();
+      // The run (and every checkpoint in it) carries the tokenizer its ids mean: infer, eval and
+      // inspect read it from there.
+      if (!data_.tokenizer.is_bytes()) {
+        const Tokenizer stored = Tokenizer::from_dir(dir_);
+        if (options_.resume && stored.hash() != data_.tokenizer.hash())
+          fail(dir_ + "/" + kTokenizerFile + ": another tokenizer than the data's (" + data_.source + ")");
+        if (stored.hash() != data_.tokenizer.hash())
+          write_file_atomic(dir_ + "/" + kTokenizerFile, data_.tokenizer.model_bytes());
+      }
+    });
     const ExpertShard shard =
         options_.expert_parallel ? ExpertParallel::shard_of(mc_, dist_.rank(), dist_.size()) : ExpertShard{};
     model_.emplace(mc_, shard);
@@ -426,17 +440,24 @@ class TrainRun {
 
 void TrainRun::load_data() {
   data_ = options_.data_path.empty() ? synthetic_text(kDefaultSynthBytes, kDefaultSynthSeed)
-                                     : load_text_file(options_.data_path);
+                                     : load_training_data(options_.data_path);
   check_data_fits(data_, tc_.seq);
+  const std::string unit = data_.unit();
   if (data_.val_size() < tc_.seq + 1)
-    fail(data_.source + ": validation part (last 10%, " + std::to_string(data_.val_size()) +
-         " bytes) is shorter than one window of seq+1 = " + std::to_string(tc_.seq + 1) +
-         " bytes; use more data or a smaller --seq");
+    fail(data_.source + ": validation part (" + (data_.prepared() ? "val.bin, " : "last 10%, ") +
+         std::to_string(data_.val_size()) + " " + unit + ") is shorter than one window of seq+1 = " +
+         std::to_string(tc_.seq + 1) + " " + unit + "; use more data or a smaller --seq");
+  // The model reads the tokenizer's ids: its vocabulary must be exactly the tokenizer's (byte
+  // tokens fit any vocabulary of at least 256).
+  const int64_t V = config_.model.vocab_size, tok = data_.tokenizer.vocab_size();
+  if (data_.tokenizer.is_bytes() ? V < tok : V != tok)
+    fail(data_.source + ": its tokenizer (" + data_.tokenizer.describe() + ") does not match the model's vocab_size " +
+         std::to_string(V) + "; set \"vocab_size\": " + std::to_string(tok) + " in the config's model section");
   if (ranks_ > 1) {
     // Every rank reads its own copy of the data: they must agree, byte for byte.
-    uint64_t root_print = fingerprint(data_.bytes);
+    uint64_t root_print = fingerprint(data_);
     dist_.broadcast(&root_print, 1);
-    if (dist_.allreduce_max(root_print != fingerprint(data_.bytes) ? 1 : 0) != 0)
+    if (dist_.allreduce_max(root_print != fingerprint(data_) ? 1 : 0) != 0)
       fail(data_.source +
            ": the ranks read different data (the file differs between machines); give every rank the same file");
   }
@@ -459,7 +480,8 @@ void TrainRun::prepare_run_dir() {
       fail(dir_ + ": run directory already exists; use --resume to continue it or --force to overwrite it");
     if (options_.force && is_directory(dir_))
       for (const char* f :
-           {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"})
+           {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json",
+            kTokenizerFile})
         std::remove((dir_ + "/" + f).c_str());
     if (options_.force && is_directory(dir_ + "/routing")) {
       // The old run's eval routing files (and the folder, when nothing else is in it).
@@ -523,7 +545,7 @@ void TrainRun::read_trainer_state() {
     if (to_json(stored.model) != to_json(mc_))
       fail(state_path + ": the run was trained with a different model config; resume with the same one");
     field = "data.fingerprint";
-    if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data_.bytes))
+    if (state.at("data").at("fingerprint").get<uint64_t>() != fingerprint(data_))
       fail(state_path + ": the run was trained on different data (" + state.at("data").value("source", "?") +
            "); pass the same --data to resume");
     field = "step";
@@ -578,7 +600,7 @@ json TrainRun::state_json(int64_t step) const {
             {"ranks", ranks_},
             {"expert_parallel", options_.expert_parallel},
             {"init_from", options_.init_from},
-            {"data", {{"source", data_.source}, {"bytes", data_.size()}, {"fingerprint", fingerprint(data_.bytes)}}},
+            {"data", {{"source", data_.source}, {"bytes", data_.size()}, {"fingerprint", fingerprint(data_)}}},
             {"config", config_file_json(config_)}};
   if (first_eval_) s["first_eval"] = to_json(*first_eval_);
   return s;
