@@ -13,15 +13,15 @@
 #include <omp.h>
 
 #include "commands.hpp"
-#include "core/tokenizer.hpp"
-#include "train/prepare.hpp"
-#include "train/token_file.hpp"
 #include "core/error.hpp"
+#include "core/tokenizer.hpp"
 #include "infer/generate.hpp"
 #include "model/checkpoint.hpp"
 #include "moe/balance.hpp"
 #include "report/expert_table.hpp"
 #include "train/data.hpp"
+#include "train/prepare.hpp"
+#include "train/token_file.hpp"
 
 namespace moe::app {
 
@@ -278,7 +278,9 @@ Run add_eval(CLI::App& app) {
   auto f = std::make_shared<EvalFlags>();
   auto* cmd = app.add_subcommand("eval", "Exact cross-entropy and perplexity of a checkpoint on a text file");
   cmd->add_option("-m,--model", f->model, "Checkpoint directory")->required();
-  cmd->add_option("--data", f->data, "Text file to score (encoded with the model's tokenizer), or a prepared val.bin or directory")->required();
+  cmd->add_option("--data", f->data,
+                  "Text file to score (encoded with the model's tokenizer), or a prepared val.bin or directory")
+      ->required();
   cmd->add_option("--ctx", f->ctx,
                   "Window length T (default: the window the model was trained on, moe_train_seq in its config.json; "
                   "else max_position_embeddings)")
@@ -350,13 +352,14 @@ Run add_eval(CLI::App& app) {
     }
     std::printf("%s on %s (ctx %lld)\n", f->model.c_str(), f->data.c_str(), (long long)T);
     if (tokenizer.is_bytes())
-      std::printf("  cross-entropy %.4f nats/byte (%.4f bits/byte), perplexity %.3f over %lld predicted bytes, %.1f s\n",
-                  r.loss, r.bits_per_byte, r.perplexity, (long long)r.tokens, seconds);
+      std::printf(
+          "  cross-entropy %.4f nats/byte (%.4f bits/byte), perplexity %.3f over %lld predicted bytes, %.1f s\n",
+          r.loss, r.bits_per_byte, r.perplexity, (long long)r.tokens, seconds);
     else
-      std::printf("  cross-entropy %.4f nats/token, %.4f bits/byte (%.2f bytes/token), perplexity %.3f over %lld "
-                  "predicted tokens, %.1f s\n",
-                  r.loss, r.bits_per_byte, r.text_bytes / double(r.tokens), r.perplexity, (long long)r.tokens,
-                  seconds);
+      std::printf(
+          "  cross-entropy %.4f nats/token, %.4f bits/byte (%.2f bytes/token), perplexity %.3f over %lld "
+          "predicted tokens, %.1f s\n",
+          r.loss, r.bits_per_byte, r.text_bytes / double(r.tokens), r.perplexity, (long long)r.tokens, seconds);
     if (r.mtp_tokens > 0)
       std::printf("  multi-token prediction (t+2): cross-entropy %.4f nats/byte over %lld positions\n", r.mtp_loss,
                   (long long)r.mtp_tokens);

@@ -224,9 +224,9 @@ int routing(const InspectFlags& f, const Target& t, bool color) {
     load_domains_if_present(data, f.data);
   }
   if (data.size() < 2) fail(f.data + ": needs at least 2 bytes");
-  RoutingTrace trace = trace_routing(
-      ctx, *model, std::string_view(reinterpret_cast<const char*>(data.bytes.data()), data.bytes.size()),
-      c.max_position_embeddings, tokenizer);
+  RoutingTrace trace =
+      trace_routing(ctx, *model, std::string_view(reinterpret_cast<const char*>(data.bytes.data()), data.bytes.size()),
+                    c.max_position_embeddings, tokenizer);
   keep_layer(trace);
   // Each token's domain: the label of its first byte when the text has labels, else its class
   // (letter, digit, punctuation, whitespace, other).
@@ -334,9 +334,10 @@ Run add_inspect(CLI::App& app) {
   cmd->add_flag("--follow", f->follow, "Redraw the load report as training appends to metrics.jsonl, until it ends");
   cmd->add_option("--interval", f->interval, "Seconds between redraws with --follow")->check(InRange(0.05, 3600.0));
   auto* text = cmd->add_option("--text", f->text, "Show the experts each token of this text goes to");
-  auto* data = cmd->add_option("--data", f->data,
-                               "Aggregate routing over a file (by domain when FILE.domains exists, else by token class; "
-                               "@synthetic: the embedded corpus' validation part)");
+  auto* data =
+      cmd->add_option("--data", f->data,
+                      "Aggregate routing over a file (by domain when FILE.domains exists, else by token class; "
+                      "@synthetic: the embedded corpus' validation part)");
   text->excludes(data);
   cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
 

@@ -28,8 +28,7 @@ Run add_tokenizer(CLI::App& app) {
   auto* cmd = app.add_subcommand("tokenizer", "Tokenizer tools");
   cmd->require_subcommand(1);
   auto* train = cmd->add_subcommand("train", "Train a byte-fallback BPE tokenizer (SentencePiece) on text");
-  train->add_option("--data", f->data, "Text files, directories (walked in sorted order) or .jsonl files")
-      ->required();
+  train->add_option("--data", f->data, "Text files, directories (walked in sorted order) or .jsonl files")->required();
   train->add_option("--vocab", f->vocab, "Vocabulary size: 256 byte tokens + <unk>, <s>, </s> + merges")
       ->capture_default_str()
       ->check(InRange(300, 65536));
@@ -50,7 +49,7 @@ Run add_tokenizer(CLI::App& app) {
     int64_t read = 0;
     for (const CorpusFile& file : files) {
       if (read >= f->max_bytes) break;
-      read_documents(file, f->text_field, size_t(8) << 20, [&](std::string&& text) {
+      read_documents(file, f->text_field, size_t(8) << 20, [&](std::string&& text, uint64_t) {
         if (read >= f->max_bytes) return;
         read += int64_t(text.size());
         texts.push_back(std::move(text));

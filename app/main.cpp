@@ -25,9 +25,10 @@ int main(int argc, char** argv) {
       "on stderr; 130 / 143 train stopped by SIGINT / SIGTERM after saving a checkpoint (continue with --resume).");
   app.fallthrough(false);
   const std::pair<std::string, moe::app::Run> commands[] = {
-      {"train", moe::app::add_train(app)},     {"infer", moe::app::add_infer(app)}, {"eval", moe::app::add_eval(app)},
-      {"inspect", moe::app::add_inspect(app)}, {"data", moe::app::add_data(app)},   {"bench", moe::app::add_bench(app)},
-      {"export", moe::app::add_export(app)},   {"sweep", moe::app::add_sweep(app)},
+      {"train", moe::app::add_train(app)},         {"infer", moe::app::add_infer(app)},
+      {"eval", moe::app::add_eval(app)},           {"inspect", moe::app::add_inspect(app)},
+      {"data", moe::app::add_data(app)},           {"bench", moe::app::add_bench(app)},
+      {"export", moe::app::add_export(app)},       {"sweep", moe::app::add_sweep(app)},
       {"tokenizer", moe::app::add_tokenizer(app)},
   };
   try {

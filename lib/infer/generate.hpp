@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "core/compute.hpp"
+#include "core/tokenizer.hpp"
 #include "infer/decode.hpp"
 #include "infer/sampler.hpp"
-#include "core/tokenizer.hpp"
 #include "model/model.hpp"
 
 namespace moe {

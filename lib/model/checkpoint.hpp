@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "model/checkpoint_tensors.hpp"
 #include "core/tokenizer.hpp"
+#include "model/checkpoint_tensors.hpp"
 #include "model/model.hpp"
 
 namespace moe {

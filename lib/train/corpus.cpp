@@ -57,14 +57,17 @@ std::vector<CorpusFile> list_corpus(const std::vector<std::string>& inputs, cons
 }
 
 void read_documents(const CorpusFile& f, const std::string& text_field, size_t chunk,
-                    const std::function<void(std::string&&)>& fn) {
+                    const std::function<void(std::string&&, uint64_t)>& fn) {
   std::ifstream in(f.path, std::ios::binary);
   if (!in) fail(f.path + ": cannot open");
   if (f.jsonl) {
     std::string line;
-    uint64_t offset = 0;
+    uint64_t offset = 0, skipped = 0;  // skipped: bytes of blank lines, counted with the next document
     for (int64_t number = 1; std::getline(in, line); ++number, offset += line.size() + 1) {
-      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      if (line.find_first_not_of(" \t\r") == std::string::npos) {
+        skipped += line.size() + 1;
+        continue;
+      }
       refuse_binary(line, f.path, offset);
       const std::string where = f.path + ":" + std::to_string(number);
       const nlohmann::json doc = nlohmann::json::parse(line, nullptr, false);
@@ -73,7 +76,8 @@ void read_documents(const CorpusFile& f, const std::string& text_field, size_t c
       const auto it = doc.find(text_field);
       if (it == doc.end()) fail(where + ": no field \"" + text_field + "\" (choose it with --text-field)");
       if (!it->is_string()) fail(where + ": field \"" + text_field + "\" is not a string");
-      fn(it->get<std::string>());
+      fn(it->get<std::string>(), uint64_t(line.size()) + 1 + skipped);
+      skipped = 0;
     }
     return;
   }
@@ -95,9 +99,13 @@ void read_documents(const CorpusFile& f, const std::string& text_field, size_t c
       carry = text.substr(cut + 1);
       text.resize(cut + 1);
     }
-    fn(std::move(text));
+    const uint64_t n = text.size();
+    fn(std::move(text), n);
   }
-  if (!carry.empty()) fn(std::move(carry));
+  if (!carry.empty()) {
+    const uint64_t n = carry.size();
+    fn(std::move(carry), n);
+  }
 }
 
 }  // namespace moe

@@ -19,12 +19,12 @@ struct CorpusFile {
 // directory, an empty file list.
 std::vector<CorpusFile> list_corpus(const std::vector<std::string>& inputs, const std::string& flag);
 
-// Calls fn(text) for the documents of `f` in order: a text file in pieces of at most about
+// Calls fn(text, input bytes it came from) for the documents of `f` in order: a text file in pieces of at most about
 // `chunk` bytes, each cut after a line break when there is one; a JSONL file one document per
 // line (its `text_field`, a string; blank lines skipped). Errors name the file and, for JSONL,
 // the line: a line that is not JSON, a missing or non-string field. A NUL byte marks a binary
 // file given as text: refused.
 void read_documents(const CorpusFile& f, const std::string& text_field, size_t chunk,
-                    const std::function<void(std::string&&)>& fn);
+                    const std::function<void(std::string&&, uint64_t)>& fn);
 
 }  // namespace moe

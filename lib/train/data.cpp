@@ -108,8 +108,8 @@ void check_data_fits(const TextData& data, int64_t seq) {
   const char* unit = data.unit();
   if (data.train_end < seq + 1)
     fail(data.source + ": training part (" + std::to_string(data.train_end) + " " + unit +
-         (data.prepared() ? "" : ", 90% of the file") + ") is shorter than one window of seq+1 = " +
-         std::to_string(seq + 1) + " " + unit);
+         (data.prepared() ? "" : ", 90% of the file") +
+         ") is shorter than one window of seq+1 = " + std::to_string(seq + 1) + " " + unit);
   if (data.val_size() < 2)
     fail(data.source + ": validation part (" + (data.prepared() ? "val.bin, " : "last 10%, ") +
          std::to_string(data.val_size()) + " " + unit + ") is too short to evaluate");

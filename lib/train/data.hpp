@@ -15,7 +15,7 @@
 namespace moe {
 
 struct TextData {
-  std::string source;  // a path (file or prepared directory), or "synthetic:<bytes>:<seed>"
+  std::string source;           // a path (file or prepared directory), or "synthetic:<bytes>:<seed>"
   std::vector<uint8_t> bytes;   // a raw file's bytes (byte tokens); empty for a prepared corpus
   std::vector<uint8_t> domain;  // per-byte domain when known (synthetic corpus), else empty
   int64_t train_end = 0;        // tokens [0, train_end) train, [train_end, size) validation

@@ -41,8 +41,8 @@ struct StepRecord {
 // {"kind": "eval", ...}: one evaluation on the validation part.
 struct EvalRecord {
   int64_t step = 0;
-  double val_loss = 0;   // mean cross-entropy per token (nats)
-  double val_bpb = 0;    // bits per byte of the evaluated text (0 in lines written before it existed)
+  double val_loss = 0;  // mean cross-entropy per token (nats)
+  double val_bpb = 0;   // bits per byte of the evaluated text (0 in lines written before it existed)
   int64_t tokens = 0;
   std::optional<double> mtp_val_loss;  // models with an MTP module: its validation CE of t_{i+2}
   std::vector<LayerLoad> layers;

@@ -113,7 +113,8 @@ PrepareResult prepare_corpus(const PrepareOptions& o, const std::function<void(u
   Encoder enc(tok, train, val, std::max(1, o.threads));
   // The split: the first (1 - f) of the data's bytes train, the rest validate, cut after a line
   // break when the text has one (a JSONL document goes whole to the side its start falls on).
-  const uint64_t boundary = o.val.empty() ? uint64_t(std::llround(double(data_total) * (1.0 - o.val_fraction))) : data_total;
+  const uint64_t boundary =
+      o.val.empty() ? uint64_t(std::llround(double(data_total) * (1.0 - o.val_fraction))) : data_total;
   uint64_t consumed = 0, reported = 0, read = 0;
   auto report = [&](uint64_t n) {
     read += n;
@@ -121,11 +122,12 @@ PrepareResult prepare_corpus(const PrepareOptions& o, const std::function<void(u
   };
   for (const CorpusFile& f : files) {
     const uint64_t before = consumed;
-    read_documents(f, o.text_field, kPiece, [&](std::string&& text) {
+    read_documents(f, o.text_field, kPiece, [&](std::string&& text, uint64_t input) {
       if (f.jsonl && (text.empty() || text.back() != '\n')) text += '\n';  // documents end with a line break
+      // The split counts input bytes (a JSONL line's, a text file's own): the fraction of the files.
       const uint64_t at = consumed;
-      consumed += text.size();
-      report(text.size());
+      consumed += input;
+      report(input);
       if (f.jsonl || at >= boundary || consumed <= boundary) return add_in_pieces(enc, std::move(text), at >= boundary);
       size_t cut = size_t(boundary - at);
       const size_t nl = text.find('\n', cut);
@@ -138,9 +140,9 @@ PrepareResult prepare_corpus(const PrepareOptions& o, const std::function<void(u
     (void)before;
   }
   for (const CorpusFile& f : val_files)
-    read_documents(f, o.text_field, kPiece, [&](std::string&& text) {
+    read_documents(f, o.text_field, kPiece, [&](std::string&& text, uint64_t input) {
       if (f.jsonl && (text.empty() || text.back() != '\n')) text += '\n';
-      report(text.size());
+      report(input);
       add_in_pieces(enc, std::move(text), true);
     });
   enc.flush();
@@ -155,12 +157,11 @@ PrepareResult prepare_corpus(const PrepareOptions& o, const std::function<void(u
   const nlohmann::json meta = {
       {"format", "moe prepared corpus"},
       {"version", 1},
-      {"tokenizer",
-       tok.is_bytes() ? nlohmann::json{{"kind", "bytes"}, {"vocab", 256}, {"hash", 0}}
-                      : nlohmann::json{{"kind", "sentencepiece"},
-                                       {"vocab", tok.vocab_size()},
-                                       {"hash", tok.hash()},
-                                       {"file", kTokenizerFile}}},
+      {"tokenizer", tok.is_bytes() ? nlohmann::json{{"kind", "bytes"}, {"vocab", 256}, {"hash", 0}}
+                                   : nlohmann::json{{"kind", "sentencepiece"},
+                                                    {"vocab", tok.vocab_size()},
+                                                    {"hash", tok.hash()},
+                                                    {"file", kTokenizerFile}}},
       {"token_width", width},
       {"sources", sources_json(files)},
       {"text_field", o.text_field},

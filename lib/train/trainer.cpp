@@ -479,9 +479,8 @@ void TrainRun::prepare_run_dir() {
     if (existed && !std::filesystem::is_empty(dir_) && !options_.force)
       fail(dir_ + ": run directory already exists; use --resume to continue it or --force to overwrite it");
     if (options_.force && is_directory(dir_))
-      for (const char* f :
-           {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json",
-            kTokenizerFile})
+      for (const char* f : {"metrics.jsonl", "trainer_state.json", "optimizer.safetensors", "model.safetensors",
+                            "config.json", kTokenizerFile})
         std::remove((dir_ + "/" + f).c_str());
     if (options_.force && is_directory(dir_ + "/routing")) {
       // The old run's eval routing files (and the folder, when nothing else is in it).
