@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -77,10 +78,15 @@ void TokenFile::copy(int64_t start, int64_t n, int32_t* out) const {
            " is outside the vocabulary of " + std::to_string(info_.vocab) + " (a damaged file?)");
     out[i] = int32_t(v);
   }
-  // Drop the whole pages this window covered from the resident set.
-  const size_t page = size_t(::sysconf(_SC_PAGESIZE));
-  const size_t first = (size_t(p - map_) / page) * page;
-  const size_t last = size_t(p - map_) + size_t(n) * size_t(info_.width);
+  drop(size_t(p - map_), size_t(n) * size_t(info_.width));
+}
+
+void TokenFile::drop(size_t offset, size_t bytes) const {
+  // A fault may map a whole large page-cache folio (up to 2 MiB on ext4 here), not just the page
+  // read: drop the 2 MiB-aligned span around the bytes read, so nothing stays mapped.
+  constexpr size_t kSpan = size_t(2) << 20;
+  const size_t first = offset / kSpan * kSpan;
+  const size_t last = std::min(map_bytes_, (offset + bytes + kSpan - 1) / kSpan * kSpan);
   if (last > first) ::madvise(const_cast<uint8_t*>(map_) + first, last - first, MADV_DONTNEED);
 }
 
@@ -90,8 +96,8 @@ uint64_t TokenFile::fingerprint() const {
   for (int i = 0; i < 64 && body > 0; ++i) {
     const size_t at = size_t(kTokenHeaderBytes) + (body > page ? (body - page) / 63 * size_t(i) : 0);
     h = fnv1a(map_ + at, std::min(page, map_bytes_ - at), h);
+    drop(at, std::min(page, map_bytes_ - at));
   }
-  ::madvise(const_cast<uint8_t*>(map_), map_bytes_, MADV_DONTNEED);
   return h;
 }
 

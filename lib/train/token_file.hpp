@@ -47,6 +47,7 @@ class TokenFile {
 
  private:
   TokenFile() = default;
+  void drop(size_t offset, size_t bytes) const;  // unmap the pages read (they stay in the page cache)
   std::string path_;
   TokenFileInfo info_;
   int fd_ = -1;
