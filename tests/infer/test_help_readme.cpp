@@ -38,6 +38,8 @@ TEST_CASE("README documents every flag of every subcommand", "[cli]") {
       {{"data", "synth"}, "### `moe train`"},
       {{"export", "gguf"}, "### `moe export gguf`"},
       {{"sweep"}, "### `moe sweep`"},
+      {{"tokenizer", "train"}, "## Your own data"},
+      {{"data", "prepare"}, "## Your own data"},
   };
   const std::regex flag("(^|[ ,])(--[a-z][a-z0-9-]*)");
   for (const auto& [args, heading] : commands) {
