@@ -27,7 +27,9 @@ void check_exportable(const ModelConfig& c) {
   if (c.n_routed_experts > 0 && c.n_shared_experts < 1) refuse("n_shared_experts 0 (llama.cpp always adds one)");
   if (c.n_group > 1 && c.n_routed_experts / c.n_group < 2)
     refuse("n_group " + std::to_string(c.n_group) + " leaves fewer than 2 experts per group");
-  if (c.vocab_size != 256) refuse("vocab_size " + std::to_string(c.vocab_size) + " (moe's byte vocabulary has 256)");
+  if (c.vocab_size != 256)
+    refuse("vocab_size " + std::to_string(c.vocab_size) +
+           " (the export writes byte-token models, vocabulary 256; a SentencePiece tokenizer is not exported)");
 }
 
 }  // namespace
