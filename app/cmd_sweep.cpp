@@ -167,8 +167,9 @@ Run add_sweep(CLI::App& app) {
       wanted["train"].erase("threads");  // may change between invocations (--jobs, -t)
       RunState s = run_state(dir, details[i]);
       if (path_exists(cfg) && s != RunState::fresh) {
-        nlohmann::json had = read_json_file(cfg);
-        if (had.contains("train") && had["train"].is_object()) had["train"].erase("threads");
+        // Read back through this moe's parser: a field added since (with its default) is no change.
+        nlohmann::json had = config_file_json(config_from_json(read_json_file(cfg), cfg));
+        had["train"].erase("threads");
         if (had != wanted)
           fail(dir + ": this run was trained with other settings (" + cfg +
                "); use another --out, or remove the run directory to train it again");

@@ -145,6 +145,15 @@ TEST_CASE("moe sweep trains each run in its own directory, reports, skips finish
   CHECK(second.out.find("[1/") == std::string::npos);  // no run started
   CHECK(slurp(out + "/a/metrics.jsonl") == a_metrics);
 
+  // A config written by an older moe, without fields added since (their defaults apply): no change.
+  json older = json::parse(slurp(out + "/configs/a.json"));
+  older["train"].erase("bias_center"), older["train"].erase("z_loss");
+  std::ofstream(out + "/configs/a.json") << older.dump(2);
+  const RunResult upgraded = run_moe(again, {.timeout_s = 600});
+  INFO(upgraded.describe());
+  REQUIRE(upgraded.ok());
+  CHECK(upgraded.out.find("[1/") == std::string::npos);
+
   // Interrupt b after its step-3 checkpoint (as a Ctrl-C would leave it), then the sweep resumes it.
   const RunResult stopped = run_moe(
       {"train", "--config", out + "/configs/b.json", "--out", out + "/b", "--force", "--stop-at", "3", "-t", "1"},
