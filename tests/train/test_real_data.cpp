@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "../reliability/reliability_util.hpp"
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "core/error.hpp"
@@ -49,31 +50,18 @@ void refused(const Args& args, const std::string& what) {
   CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
 }
 
-// A tiny model over a vocabulary of `vocab` tokens.
+// The reliability tests' micro model over a vocabulary of `vocab` tokens, 20 steps with evaluations.
 std::string write_config(const TempDir& tmp, int64_t vocab) {
-  const json c = {{"model",
-                   {{"vocab_size", vocab},
-                    {"hidden_size", 64},
-                    {"num_hidden_layers", 2},
-                    {"num_attention_heads", 2},
-                    {"num_key_value_heads", 1},
-                    {"intermediate_size", 128},
-                    {"moe_intermediate_size", 32},
-                    {"first_k_dense_replace", 1},
-                    {"n_shared_experts", 1},
-                    {"n_routed_experts", 4},
-                    {"num_experts_per_tok", 2},
-                    {"n_group", 1},
-                    {"topk_group", 1},
-                    {"max_position_embeddings", 128}}},
-                  {"train",
-                   {{"steps", 20},
-                    {"batch", 4},
-                    {"seq", 64},
-                    {"eval_every", 10},
-                    {"eval_tokens", 2048},
-                    {"save_every", 0},
-                    {"threads", 1}}}};
+  json c = moe_rel::micro_config();
+  c["model"]["vocab_size"] = vocab;
+  c["model"]["max_position_embeddings"] = 128;
+  c["train"].update({{"steps", 20},
+                     {"batch", 4},
+                     {"seq", 64},
+                     {"eval_every", 10},
+                     {"eval_tokens", 2048},
+                     {"log_every", 10},
+                     {"threads", 1}});
   return tmp.write("config-" + std::to_string(vocab) + ".json", c.dump());
 }
 
