@@ -8,6 +8,8 @@
 #include <bit>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -345,6 +347,15 @@ SafetensorsFile read_safetensors(const std::string& path) {
   file.data = std::move(data);
   file.fd.reset();
   return file;
+}
+
+std::string read_file_bytes(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path + ": cannot open " + what);
+  std::stringstream s;
+  s << in.rdbuf();
+  if (in.bad()) fail(path + ": read error");
+  return s.str();
 }
 
 }  // namespace moe

@@ -93,5 +93,7 @@ void write_safetensors(const std::string& path, const std::vector<TensorRef>& te
 
 // Write a whole file atomically: temp file, fsync, rename over `path`.
 void write_file_atomic(const std::string& path, const std::string& contents);
+// The whole file as bytes; a file that cannot be opened is an Error "PATH: cannot open <what>".
+std::string read_file_bytes(const std::string& path, const std::string& what = "file");
 
 }  // namespace moe

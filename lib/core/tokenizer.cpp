@@ -5,10 +5,10 @@
 
 #include <cstdio>
 #include <fstream>
-#include <sstream>
 
 #include "core/error.hpp"
 #include "core/hash.hpp"
+#include "core/safetensors.hpp"
 
 // Defined by libsentencepiece (0.1.97) but not declared in its public headers: quiets its INFO log.
 namespace sentencepiece::logging {
@@ -18,14 +18,6 @@ void SetMinLogLevel(int v);
 namespace moe {
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path + ": cannot open tokenizer model");
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // "▁" (U+2581), SentencePiece's mark for a space.
 constexpr std::string_view kSpaceMark = "\xe2\x96\x81";
@@ -38,7 +30,7 @@ Tokenizer::Tokenizer() {
 
 Tokenizer Tokenizer::load(const std::string& model_path) {
   Tokenizer t;
-  t.model_ = read_file(model_path);
+  t.model_ = read_file_bytes(model_path, "tokenizer model");
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   const auto status = sp->LoadFromSerializedProto(t.model_);
   if (!status.ok()) fail(model_path + ": not a SentencePiece model (" + status.ToString() + ")");

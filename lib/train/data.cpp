@@ -62,7 +62,6 @@ TextData load_prepared(const std::string& dir) {
   data.train_file = TokenFile::open(dir + "/train.bin");
   data.val_file = TokenFile::open(dir + "/val.bin");
   data.tokenizer = Tokenizer::from_dir(dir);
-  const TokenFileInfo &t = data.train_file->info(), &v = data.val_file->info();
   for (const TokenFile* f : {data.train_file.get(), data.val_file.get()}) {
     const TokenFileInfo& i = f->info();
     if (i.tokenizer_hash != data.tokenizer.hash() || int64_t(i.vocab) != data.tokenizer.vocab_size())
@@ -71,7 +70,6 @@ TextData load_prepared(const std::string& dir) {
            (data.tokenizer.is_bytes() ? std::string("byte tokens (no tokenizer.model)") : kTokenizerFile) + " (hash " +
            std::to_string(data.tokenizer.hash()) + ")");
   }
-  (void)t, (void)v;
   data.train_end = data.train_file->size();
   return data;
 }

@@ -2,8 +2,6 @@
 
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "core/error.hpp"
 #include "core/safetensors.hpp"
@@ -43,11 +41,7 @@ void write_eval_routing(const std::string& path, const EvalRouting& r) {
 }
 
 EvalRouting read_eval_routing(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  const std::string bytes = buffer.str();
+  const std::string bytes = read_file_bytes(path, "eval routing file");
   if (bytes.size() < kHeader || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
     fail(path + ": not an eval routing file (expected the MOEROUTE header)");
   if (get_le(bytes, 8, 4) != 1)

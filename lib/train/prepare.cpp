@@ -121,7 +121,6 @@ PrepareResult prepare_corpus(const PrepareOptions& o, const std::function<void(u
     if (progress && read - reported >= (uint64_t(8) << 20)) progress(read, total), reported = read;
   };
   for (const CorpusFile& f : files) {
-    const uint64_t before = consumed;
     read_documents(f, o.text_field, kPiece, [&](std::string&& text, uint64_t input) {
       if (f.jsonl && (text.empty() || text.back() != '\n')) text += '\n';  // documents end with a line break
       // The split counts input bytes (a JSONL line's, a text file's own): the fraction of the files.
@@ -137,7 +136,6 @@ PrepareResult prepare_corpus(const PrepareOptions& o, const std::function<void(u
       add_in_pieces(enc, std::move(text), false);
       if (!rest.empty()) add_in_pieces(enc, std::move(rest), true);
     });
-    (void)before;
   }
   for (const CorpusFile& f : val_files)
     read_documents(f, o.text_field, kPiece, [&](std::string&& text, uint64_t input) {

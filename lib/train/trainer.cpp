@@ -26,6 +26,7 @@
 #include "core/hash.hpp"
 #include "core/memory.hpp"
 #include "core/rng.hpp"
+#include "core/safetensors.hpp"
 #include "dist/dist.hpp"
 #include "dist/expert_parallel.hpp"
 #include "model/checkpoint.hpp"
@@ -147,18 +148,11 @@ void check_fits_in_memory(const ModelConfig& m, const TrainConfig& t) {
   }
 }
 
-std::string read_file_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 // Keeps the metrics lines up to `step` (inclusive), dropping what a killed run wrote past its
 // last checkpoint, so a resumed run's log reads as one run.
 void truncate_metrics(const std::string& path, int64_t step) {
   if (!path_exists(path)) return;
-  std::istringstream in(read_file_text(path));
+  std::istringstream in(read_file_bytes(path, "metrics file"));
   std::string line, kept;
   while (std::getline(in, line)) {
     try {
