@@ -215,6 +215,19 @@ struct Decoder::ThreadStep {
     mm(true, n, D, nq, a.attn + q0, qd, lw.o_proj + q0, qd, part, D, false);
   }
 
+  // The MLA cache rows [rmsnorm(c_kv) | rope(k_rope)] of `rows` normed inputs xn (sequence seq[i],
+  // position pos[i]) in layer l.
+  void append_latent(int64_t l, const LayerWeights& lw, const float* xn, const int32_t* seqs, const int64_t* positions,
+                     int64_t rows) {
+    const int64_t rkv = *c.kv_lora_rank, lat = rkv + c.qk_rope_head_dim;
+    mm(true, rows, lat, D, xn, D, lw.kv_a_proj_with_mqa, D, buf.kv_lat, lat, false);
+    for (int64_t i = 0; i < rows; ++i) {
+      float* row = d.cache_.latent_at(l, seqs[i]) + positions[i] * lat;
+      rmsnorm_row(buf.kv_lat + i * lat, lw.kv_a_layernorm, row, rkv, kMlaLatentNormEps);
+      rope_rotate(d.model_.rope, buf.kv_lat + i * lat + rkv, row + rkv, positions[i]);
+    }
+  }
+
   // Phase 1 of an MLA layer, absorbed (DeepSeek's inference "absorb" path): the cache holds only
   // the normed latent and the shared rotated key, so each head's key part of kv_b_proj is folded
   // into its query (q_nope · W_kb, width rkv) and its value part applied after the weighted sum
@@ -228,14 +241,7 @@ struct Decoder::ThreadStep {
     float* part = partial(0, t);
     // Thread 0 appends this step's latent and rotated key to the cache while the others project
     // their heads' queries; the barrier publishes the new rows.
-    if (t == 0) {
-      mm(true, n, lat, D, buf.xn, D, lw.kv_a_proj_with_mqa, D, buf.kv_lat, lat, false);
-      for (int64_t i = 0; i < n; ++i) {
-        float* row = cache.latent_at(l, seq[i]) + pos[i] * lat;
-        rmsnorm_row(buf.kv_lat + i * lat, lw.kv_a_layernorm, row, rkv, kMlaLatentNormEps);
-        rope_rotate(d.model_.rope, buf.kv_lat + i * lat + rkv, row + rkv, pos[i]);
-      }
-    }
+    if (t == 0) append_latent(l, lw, buf.xn, seq, pos, n);
     const Range heads = slice(H, t, T, 1);
     const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk;
     if (nq > 0) {
@@ -376,16 +382,31 @@ struct Decoder::ThreadStep {
 
   // The MTP module: x = eh_proj([enorm(embed(t_{i+1})) | hnorm(h_i)]), its decoder layer (cache
   // layer L), then shared_head.norm and the main lm_head. eh_proj is small: each thread computes
-  // all of it rather than meeting at another barrier.
-  void run_mtp(const float* h, const int32_t* next) {
+  // all of it rather than meeting at another barrier. The first `cache_only` rows only enter the
+  // cache: a draft reads the module's output at a sequence's last row alone, and the earlier rows
+  // (positions the main model verified) need nothing past their latent, so their queries,
+  // attention, experts and head, a second row's worth of expert reads, are skipped.
+  void run_mtp(const float* h, const int32_t* next, int64_t cache_only) {
     const ModelWeights& w = d.model_.weights;
+    const int64_t L = c.num_hidden_layers;
     const float eps = float(c.rms_norm_eps);
     for (int64_t i = 0; i < n; ++i) {
       rmsnorm_row(w.embed_tokens + int64_t(next[i]) * D, w.mtp.enorm, buf.mtp_cat + i * 2 * D, D, eps);
       rmsnorm_row(h + i * D, w.mtp.hnorm, buf.mtp_cat + i * 2 * D + D, D, eps);
     }
     mm(true, n, D, 2 * D, buf.mtp_cat, 2 * D, w.mtp.eh_proj, 2 * D, buf.x, D, false);
-    layer(c.num_hidden_layers);
+    if (cache_only > 0) {
+      // Thread 0 appends them before the layer's first barrier, which every thread passes before
+      // it reads the cache.
+      const LayerWeights& lw = d.model_.weights.layers[size_t(L)];
+      if (t == 0) {
+        for (int64_t i = 0; i < cache_only; ++i) rmsnorm_row(buf.x + i * D, lw.input_layernorm, buf.xn + i * D, D, eps);
+        append_latent(L, lw, buf.xn, seq, pos, cache_only);
+      }
+      std::memmove(buf.x, buf.x + cache_only * D, sizeof(float) * (n - cache_only) * D);
+      seq += cache_only, pos += cache_only, n -= cache_only;
+    }
+    layer(L);
     if (t == 0) std::copy_n(buf.x, n * D, d.mtp_hidden_.data());
     head(w.mtp.shared_head_norm, d.step_ws_.mtp_logits);
   }
@@ -400,7 +421,11 @@ Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max
       max_rows_(max_rows > 0 ? max_rows : batch),
       positions_(size_t(max_rows_)),
       hidden_(max_rows_ * model.config.hidden_size),
-      mtp_hidden_(model.config.mtp() ? max_rows_ * model.config.hidden_size : 0) {
+      mtp_hidden_(model.config.mtp() ? max_rows_ * model.config.hidden_size : 0),
+      mtp_seq_(size_t(max_rows_)),
+      mtp_next_(size_t(max_rows_)),
+      mtp_pos_(size_t(max_rows_)),
+      mtp_input_(model.config.mtp() ? max_rows_ * model.config.hidden_size : 0) {
   scratch_.resize(size_t(max_threads_));
   for (ThreadScratch& s : scratch_) {
     Bump<float> f;
@@ -455,13 +480,14 @@ const float* Decoder::prefill(ComputeContext& ctx, int64_t b, const std::vector<
   return out;
 }
 
-void Decoder::run(const int32_t* seq, const int32_t* tokens, const float* mtp_input, int64_t n) {
+void Decoder::run(const int32_t* seq, const int64_t* pos, const int32_t* tokens, const float* mtp_input, int64_t n,
+                  int64_t cache_only) {
   std::atomic<bool> ok{true};
 #pragma omp parallel num_threads(max_threads_)
   {
-    ThreadStep step(*this, seq, positions_.data(), n, ok);
+    ThreadStep step(*this, seq, pos, n, ok);
     if (mtp_input)
-      step.run_mtp(mtp_input, tokens);
+      step.run_mtp(mtp_input, tokens, cache_only);
     else
       step.run(tokens);
   }
@@ -497,7 +523,7 @@ const float* Decoder::step(ComputeContext& ctx, const int32_t* seq, const int32_
           "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
   row_positions(seq, n, cache_.length, cache_.batch, max_rows_, cache_.max_len, positions_);
   if (n == 0) return step_ws_.logits;
-  run(seq, tokens, nullptr, n);
+  run(seq, positions_.data(), tokens, nullptr, n, 0);
   for (int64_t i = 0; i < n; ++i) ++cache_.length[size_t(seq[i])];
   if (tally) tally->add(c, step_ws_, n);
   return step_ws_.logits;
@@ -511,13 +537,26 @@ const float* Decoder::mtp_step(const int32_t* seq, const float* hidden, const in
     check(next[i] >= 0 && next[i] < c.vocab_size, "token id " + std::to_string(next[i]) + " is outside the vocabulary");
   row_positions(seq, n, cache_.mtp_length, cache_.batch, max_rows_, cache_.max_len, positions_);
   if (n == 0) return step_ws_.mtp_logits;
-  run(seq, next, hidden, n);
+  // The rows in step order: those that only enter the cache (a sequence's rows before its last),
+  // then each sequence's last row, in input order.
+  const int64_t D = c.hidden_size;
+  int64_t cache_only = 0, r = 0;
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t i = 0; i < n; ++i) {
+      const bool last = std::find(seq + i + 1, seq + n, seq[i]) == seq + n;
+      if (last != (pass == 1)) continue;
+      cache_only += pass == 0;
+      mtp_seq_[size_t(r)] = seq[i], mtp_next_[size_t(r)] = next[i], mtp_pos_[size_t(r)] = positions_[size_t(i)];
+      std::copy_n(hidden + i * D, D, mtp_input_.data() + r * D);
+      ++r;
+    }
+  run(mtp_seq_.data(), mtp_pos_.data(), mtp_next_.data(), mtp_input_.data(), n, cache_only);
   for (int64_t i = 0; i < n; ++i) ++cache_.mtp_length[size_t(seq[i])];
   if (tally) {
-    // The MTP layer's load: its row of the tally (the last MoE layer).
+    // The MTP layer's load (the rows that ran its experts): its row of the tally (the last MoE layer).
     const int32_t* expert = step_ws_.layers[size_t(c.num_hidden_layers)].moe.expert;
     auto& row = tally->counts[size_t(c.moe_layer_index(c.num_hidden_layers))];
-    for (int64_t j = 0; j < n * c.num_experts_per_tok; ++j) ++row[size_t(expert[j])];
+    for (int64_t j = 0; j < (n - cache_only) * c.num_experts_per_tok; ++j) ++row[size_t(expert[j])];
   }
   return step_ws_.mtp_logits;
 }

@@ -69,8 +69,10 @@ class Decoder {
   const float* hidden() const { return hidden_.data(); }
 
   // The MTP module for rows (sequence seq[i], hidden state h_i (D), next token t_{i+1}), appended
-  // to that sequence's MTP cache in order; returns the logits for t_{i+2} (n, V), and mtp_hidden()
-  // the module's output hidden states (n, D) (the input of a further draft).
+  // to that sequence's MTP cache in order. Only each sequence's last row is run to the end (a draft
+  // needs nothing else): returns the logits for t_{i+2} of those rows (one per sequence, in the
+  // order of their last rows; (m, V)), and mtp_hidden() their output hidden states (m, D) (the
+  // input of a further draft).
   const float* mtp_step(const int32_t* seq, const float* hidden, const int32_t* next, int64_t n, ExpertTally* tally);
   const float* mtp_hidden() const { return mtp_hidden_.data(); }
 
@@ -102,8 +104,14 @@ class Decoder {
   std::vector<int64_t> positions_;  // (rows) position of each row of the current step
   Buffer<float> hidden_;            // (rows, D)
   Buffer<float> mtp_hidden_;        // (rows, D)
-  // Runs one step (main layers, or the MTP module) over n rows in one parallel region.
-  void run(const int32_t* seq, const int32_t* tokens, const float* mtp_input, int64_t n);
+  // An MTP step's rows reordered: cache-only rows first (see mtp_step).
+  std::vector<int32_t> mtp_seq_, mtp_next_;
+  std::vector<int64_t> mtp_pos_;
+  Buffer<float> mtp_input_;  // (rows, D)
+  // Runs one step (main layers, or the MTP module) over n rows at positions pos in one parallel
+  // region; in the MTP module the first cache_only rows stop after appending to its cache.
+  void run(const int32_t* seq, const int64_t* pos, const int32_t* tokens, const float* mtp_input, int64_t n,
+           int64_t cache_only);
 };
 
 }  // namespace moe

@@ -130,9 +130,12 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
     }
     if (seq.empty()) break;
     const float* logits = decoder.mtp_step(seq.data(), hidden.data(), tokens.data(), int64_t(seq.size()), tally);
-    // Each sequence drafts from its last row: the MTP module's state moves to that row's output.
+    // Each sequence drafts from its last row, the one output row the step returns for it (rows of
+    // a sequence are consecutive: outputs come in sequence order); the MTP module's state moves to
+    // that row's output.
     std::vector<int64_t> last_row(active_ids.size(), -1);
-    for (size_t r = 0; r < owners.size(); ++r) last_row[owners[r]] = int64_t(r);
+    for (size_t r = 0, out = 0; r < owners.size(); ++r)
+      if (r + 1 == owners.size() || owners[r + 1] != owners[r]) last_row[owners[r]] = int64_t(out++);
     for (size_t a = 0; a < active_ids.size(); ++a) {
       if (last_row[a] < 0) continue;
       const int64_t i = active_ids[a];

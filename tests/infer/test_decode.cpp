@@ -352,3 +352,83 @@ TEST_CASE("MLA greedy generation with the latent cache equals recomputing the se
       ctx, model, request, [](size_t, int32_t) {}, timings, nullptr);
   for (size_t i = 0; i < out.size(); ++i) CHECK(out[i].text == greedy_by_recompute(ctx, model, request.prompts[i], 20));
 }
+
+TEST_CASE("the MTP module's decode steps equal its training forward, catch-up rows included", "[infer]") {
+  // Two sequences: prefill fills the module's cache up to the prompt's second-to-last position;
+  // then main-model steps of two rows each, and MTP steps whose rows before a sequence's last only
+  // enter the cache (their output is not returned). Every returned row must equal the training
+  // forward's MTP logits at that position (h_i from the main model, t_{i+1} the next token).
+  ModelConfig c = decode_config();
+  c.num_key_value_heads = 4;
+  c.kv_lora_rank = 12, c.q_lora_rank = 16, c.qk_nope_head_dim = 6, c.qk_rope_head_dim = 4, c.v_head_dim = 8;
+  c.head_dim = c.qk_rope_head_dim;
+  c.num_nextn_predict_layers = 1;
+  validate(c, "test");
+  Model model(c);
+  model.init(41);
+  ComputeContext ctx;
+  const int64_t V = c.vocab_size, D = c.hidden_size;
+  const std::vector<std::vector<int32_t>> text = {{'t', 'h', 'e', ' ', 'c', 'a', 't', ' ', 's', 'a', 't'},
+                                                  {'1', '+', '1', '=', '2', ',', ' ', '2', '+', '2'}};
+  // The reference: the training forward (with targets the module runs) over each whole text.
+  std::vector<std::vector<float>> want;
+  for (const auto& t : text) {
+    const int64_t T = int64_t(t.size()) - 1;
+    Workspace ws(c, 1, T, false, /*with_mtp=*/true);
+    model_forward(ctx, model, ws, t.data(), t.data() + 1);
+    REQUIRE(ws.mtp_ran);
+    want.emplace_back(ws.mtp_logits, ws.mtp_logits + T * V);
+  }
+  Decoder decoder(model, 2, c.max_position_embeddings, 6);
+  std::vector<std::vector<float>> hidden(2);  // h_p of the positions not yet in the MTP cache
+  std::vector<int64_t> length(2);
+  for (int32_t b = 0; b < 2; ++b) {
+    const std::vector<int32_t> prompt(text[size_t(b)].begin(), text[size_t(b)].begin() + 3 + b);
+    decoder.prefill(ctx, b, prompt, nullptr);
+    CHECK(decoder.cache().mtp_length[size_t(b)] == int64_t(prompt.size()) - 1);
+    hidden[size_t(b)].assign(decoder.hidden(), decoder.hidden() + D);
+    length[size_t(b)] = int64_t(prompt.size());
+  }
+  double worst = 0, largest = 0;
+  int64_t compared = 0;
+  for (int round = 0; round < 3; ++round) {
+    // The main model takes 2 rows of sequence 0 and 1 row of sequence 1 (interleaved).
+    const std::vector<int32_t> seq = {0, 1, 0};
+    std::vector<int32_t> tokens;
+    for (size_t r = 0, k0 = 0; r < seq.size(); ++r) {
+      const int64_t b = seq[r];
+      tokens.push_back(text[size_t(b)][size_t(length[size_t(b)] + (b == 0 ? int64_t(k0++) : 0))]);
+    }
+    decoder.step(ctx, seq.data(), tokens.data(), 3, nullptr);
+    for (size_t r = 0; r < seq.size(); ++r)
+      hidden[size_t(seq[r])].insert(hidden[size_t(seq[r])].end(), decoder.hidden() + r * D,
+                                    decoder.hidden() + (r + 1) * D);
+    length[0] += 2, length[1] += 1;
+    // The MTP catch-up: every pending position p (h_p, t_{p+1}), sequence 0's rows then 1's.
+    std::vector<int32_t> mseq, next;
+    std::vector<float> h;
+    std::vector<int64_t> last_pos(2);
+    for (int32_t b = 0; b < 2; ++b) {
+      const int64_t pending = int64_t(hidden[size_t(b)].size()) / D;
+      for (int64_t j = 0; j < pending; ++j) {
+        const int64_t p = decoder.cache().mtp_length[size_t(b)] + j;
+        mseq.push_back(b), next.push_back(text[size_t(b)][size_t(p + 1)]);
+        last_pos[size_t(b)] = p;
+      }
+      h.insert(h.end(), hidden[size_t(b)].begin(), hidden[size_t(b)].end());
+      hidden[size_t(b)].clear();
+    }
+    const float* logits = decoder.mtp_step(mseq.data(), h.data(), next.data(), int64_t(mseq.size()), nullptr);
+    for (int32_t b = 0; b < 2; ++b) {  // one output row per sequence, in order
+      const float* ref = want[size_t(b)].data() + last_pos[size_t(b)] * V;
+      for (int64_t v = 0; v < V; ++v) {
+        worst = std::max(worst, double(std::fabs(logits[b * V + v] - ref[v])));
+        largest = std::max(largest, double(std::fabs(ref[v])));
+      }
+      ++compared;
+    }
+  }
+  CHECK(compared == 6);
+  CHECK(largest > 0.1);
+  CHECK(worst < 1e-4 * std::max(1.0, largest));
+}
