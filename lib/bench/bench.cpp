@@ -158,25 +158,41 @@ Config bench_setup(const std::string& path, bool& from_checkpoint) {
   return cfg;
 }
 
-// Greedy generation through generate() (prompt of 16 bytes, n tokens), plain or with --draft mtp:
-// tokens per second of the generation phase, and the drafting statistics of the last repetition.
-Stat generate_rate(const Model& model, const std::vector<uint8_t>& text, int64_t n, int64_t draft, int64_t reps,
-                   GenerateTimings* stats) {
+// Greedy generation through generate() (prompt of 16 bytes, n tokens): plain, and with --draft mtp
+// on the int8 and on the f32 draft, the three interleaved repetition by repetition so that drift on
+// a shared machine touches them alike. Tokens per second of the generation phase, and the drafting
+// statistics of the last repetition.
+SpecDecode speculative_rates(const Model& model, const std::vector<uint8_t>& text, int64_t n, int64_t reps) {
   ComputeContext ctx;
   GenerateRequest request;
   request.prompts = {std::string(text.begin(), text.begin() + 16)};
   request.n_predict = n;
   request.sampler.temp = 0;
-  request.draft_max = draft;
-  std::vector<double> rates;
+  std::vector<double> rates[3];
+  GenerateTimings stats[3];
   for (int64_t rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
-    GenerateTimings t;
-    generate(
-        ctx, model, request, [](size_t, int32_t) {}, t, nullptr);
-    if (rep >= 0) rates.push_back(double(t.generated_tokens) / t.generate_seconds);
-    if (stats) *stats = t;
+    for (int mode = 0; mode < 3; ++mode) {
+      request.draft_max = mode == 0 ? 0 : 1;
+      request.draft_int8 = mode == 1;
+      GenerateTimings t;
+      generate(
+          ctx, model, request, [](size_t, int32_t) {}, t, nullptr);
+      if (rep >= 0) rates[mode].push_back(double(t.generated_tokens) / t.generate_seconds);
+      stats[mode] = t;
+    }
   }
-  return mean_sd(rates);
+  auto acceptance = [](const GenerateTimings& t) {
+    return t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0;
+  };
+  SpecDecode r;
+  r.plain_tokens_per_s = mean_sd(rates[0]);
+  r.tokens_per_s = mean_sd(rates[1]);
+  r.acceptance = acceptance(stats[1]);
+  r.tokens_per_step =
+      stats[1].main_steps > 0 ? double(stats[1].generated_tokens - 1) / double(stats[1].main_steps) : 0.0;
+  r.f32_tokens_per_s = mean_sd(rates[2]);
+  r.f32_acceptance = acceptance(stats[2]);
+  return r;
 }
 
 const char* to_string(ForcedRouting routing) {
@@ -289,11 +305,7 @@ BenchResult bench_config(const std::string& config_path, int64_t threads, Forced
   // generate() (the same sampling and bookkeeping).
   if (mc.mtp()) {
     const int64_t n = std::min(options.decode_tokens, mc.max_position_embeddings - 16);
-    GenerateTimings stats;
-    r.spec.plain_tokens_per_s = generate_rate(model, data.bytes, n, 0, options.reps, nullptr);
-    r.spec.tokens_per_s = generate_rate(model, data.bytes, n, 1, options.reps, &stats);
-    r.spec.acceptance = stats.drafted > 0 ? double(stats.accepted) / double(stats.drafted) : 0.0;
-    r.spec.tokens_per_step = stats.main_steps > 0 ? double(stats.generated_tokens - 1) / double(stats.main_steps) : 0.0;
+    r.spec = speculative_rates(model, data.bytes, n, options.reps);
     r.spec.trained = from_checkpoint;
   }
   r.peak_rss_kib = peak_resident_kib();
@@ -352,13 +364,20 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
       out += buf;
     }
     if (r.spec.tokens_per_s.mean > 0) {
+      std::snprintf(
+          buf, sizeof buf,
+          "| %s | %s | %lld | decode-spec B1, --draft mtp (int8 draft, %s; acceptance %.0f%%, %.2f tokens/step; plain "
+          "%.0f tok/s: %.2fx) | %.0f ± %.0f |\n",
+          label(r).c_str(), params, (long long)r.threads, r.spec.trained ? "trained" : "untrained weights",
+          100 * r.spec.acceptance, r.spec.tokens_per_step, r.spec.plain_tokens_per_s.mean,
+          r.spec.tokens_per_s.mean / r.spec.plain_tokens_per_s.mean, r.spec.tokens_per_s.mean, r.spec.tokens_per_s.sd);
+      out += buf;
       std::snprintf(buf, sizeof buf,
-                    "| %s | %s | %lld | decode-spec B1, --draft mtp (%s; acceptance %.0f%%, %.2f tokens/step; plain "
-                    "%.0f tok/s: %.2fx) | %.0f ± %.0f |\n",
-                    label(r).c_str(), params, (long long)r.threads, r.spec.trained ? "trained" : "untrained weights",
-                    100 * r.spec.acceptance, r.spec.tokens_per_step, r.spec.plain_tokens_per_s.mean,
-                    r.spec.tokens_per_s.mean / r.spec.plain_tokens_per_s.mean, r.spec.tokens_per_s.mean,
-                    r.spec.tokens_per_s.sd);
+                    "| %s | %s | %lld | decode-spec B1, --draft mtp --draft-precision f32 (acceptance %.0f%%; "
+                    "%.2fx plain) | %.0f ± %.0f |\n",
+                    label(r).c_str(), params, (long long)r.threads, 100 * r.spec.f32_acceptance,
+                    r.spec.f32_tokens_per_s.mean / r.spec.plain_tokens_per_s.mean, r.spec.f32_tokens_per_s.mean,
+                    r.spec.f32_tokens_per_s.sd);
       out += buf;
     }
     std::snprintf(buf, sizeof buf,
@@ -458,7 +477,11 @@ nlohmann::json bench_json(const std::vector<BenchResult>& results) {
                                                         {"plain_tokens_per_s", stat(r.spec.plain_tokens_per_s)},
                                                         {"acceptance", r.spec.acceptance},
                                                         {"tokens_per_main_step", r.spec.tokens_per_step},
-                                                        {"trained", r.spec.trained}}
+                                                        {"trained", r.spec.trained},
+                                                        {"draft_precision", "int8"},
+                                                        {"f32_draft",
+                                                         {{"tokens_per_s", stat(r.spec.f32_tokens_per_s)},
+                                                          {"acceptance", r.spec.f32_acceptance}}}}
                                        : nlohmann::json(nullptr)},
                    {"decode_at_context",
                     [&] {

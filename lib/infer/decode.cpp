@@ -72,6 +72,10 @@ struct ThreadBuffers {
   float* o_lat;            // (B, H, rkv) attention output in latent space
   float* kv_lat;           // (B, lat) kv_a_proj_with_mqa output (thread 0)
   float* mtp_cat;          // (B, 2D) the MTP module's [enorm(embed(t)) | hnorm(h)]
+  // int8 drafting only: quantized activation rows, their scales, the int32 products.
+  uint8_t* xq;      // (rows, max(2D, width))
+  float* xq_scale;  // (rows)
+  int32_t* acc;     // (rows, max(D, width))
 
   void plan(const ModelConfig& c, int64_t B, Bump<float>& f, Bump<int32_t>& ib) {
     const int64_t D = c.hidden_size, E = c.n_routed_experts, rows = B * std::max<int64_t>(c.num_experts_per_tok, 1);
@@ -90,6 +94,10 @@ struct ThreadBuffers {
     q_heads = f.take(c.mla() ? B * H * c.qk_head_dim() : 0);
     q_cat = f.take(B * H * lat), o_lat = f.take(B * H * rkv), kv_lat = f.take(B * lat);
     mtp_cat = f.take(c.mtp() ? B * 2 * D : 0);
+    const int64_t qrows = c.mtp() ? rows : 0;
+    xq = reinterpret_cast<uint8_t*>(ib.take((qrows * std::max(2 * D, width) + 3) / 4));
+    xq_scale = f.take(qrows);
+    acc = ib.take(qrows * std::max(D, width));
   }
 };
 
@@ -159,6 +167,30 @@ struct Decoder::ThreadStep {
       for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
     }
     mm(true, M, D, W, buf.gate, W, wd + r.begin, ld_down, y, D, acc);
+  }
+
+  void qmm(int64_t M, const float* x, int64_t ldx, const QuantMatrix& W, int64_t row0, int64_t n_rows, int64_t col0,
+           int64_t K, float* y, int64_t ldy, bool acc) {
+    quantize_activations(x, M, K, ldx, buf.xq, buf.xq_scale);
+    if (!qgemm_rows(M, buf.xq, buf.xq_scale, W, row0, n_rows, col0, K, y, ldy, acc, buf.acc)) ok.store(false);
+  }
+
+  // ffn_slice on the int8 draft weights: gate/up rows gate_row0 + [r.begin, r.end) of q, down rows
+  // [down_row0, down_row0 + D) and columns r.
+  void ffn_slice_q(const float* xs, int64_t M, const DraftWeights::Ffn& q, int64_t gate_row0, int64_t down_row0,
+                   Range r, const float* scale_rows, float* y, bool acc) {
+    const int64_t W = r.size();
+    if (W == 0) {
+      if (!acc) std::fill_n(y, M * D, 0.0f);
+      return;
+    }
+    qmm(M, xs, D, q.gate, gate_row0 + r.begin, W, 0, D, buf.gate, W, false);
+    qmm(M, xs, D, q.up, gate_row0 + r.begin, W, 0, D, buf.up, W, false);
+    for (int64_t m = 0; m < M; ++m) {
+      const float s = scale_rows ? scale_rows[m] : 1.0f;
+      for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
+    }
+    qmm(M, buf.gate, W, q.down, down_row0, D, r.begin, W, y, D, acc);
   }
 
   // Phase 1: q/k/v of this thread's KV heads (and their query heads) for xn, RoPE, append to the
@@ -306,7 +338,7 @@ struct Decoder::ThreadStep {
 
   // Phase 2 of an MoE layer: route every token (redundantly on each thread: tiny), then this
   // thread's slice of the shared experts and of every chosen expert -> partial sum 1.
-  void moe(const MoeWeights& mw, LayerActivations& a, RouteScratch& route) {
+  void moe(const MoeWeights& mw, LayerActivations& a, RouteScratch& route, const DraftWeights* dq) {
     const int64_t Im = c.moe_intermediate_size, Is = c.shared_intermediate();
     float* part = partial(1, t);
     mm(true, n, E, D, buf.xn, D, mw.router, D, buf.router_logits, E, false);
@@ -316,8 +348,11 @@ struct Decoder::ThreadStep {
       force_route_token(c, d.forced_routing_, pos[i], buf.scores + i * E, buf.expert + i * K, buf.weight + i * K);
     }
     if (t == 0) std::copy_n(buf.expert, n * K, a.moe.expert);
-    ffn_slice(buf.xn, n, mw.shared_gate, mw.shared_up, mw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr, part,
-              false);
+    if (dq)
+      ffn_slice_q(buf.xn, n, dq->ffn, 0, 0, slice(Is, t, T, kSliceAlign), nullptr, part, false);
+    else
+      ffn_slice(buf.xn, n, mw.shared_gate, mw.shared_up, mw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr,
+                part, false);
     // Tokens grouped by expert (the shared counting sort, no padding: a padded row would cost as
     // much as a token), so an expert chosen twice is read once. Each thread takes a slice of every
     // expert's intermediate width, so a skewed load splits over the threads like any other.
@@ -331,8 +366,11 @@ struct Decoder::ThreadStep {
         std::copy_n(buf.xn + (j / K) * D, D, buf.x_rows + m * D);
         buf.row_scale[m] = buf.weight[j];
       }
-      ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im,
-                Im, r, buf.row_scale, buf.y_rows, false);
+      if (dq)
+        ffn_slice_q(buf.x_rows, M, dq->experts, e * Im, e * D, r, buf.row_scale, buf.y_rows, false);
+      else
+        ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im,
+                  Im, r, buf.row_scale, buf.y_rows, false);
       for (int64_t m = 0; m < M; ++m) {
         float* dst = part + (buf.row_slot[first + m] / K) * D;
         const float* src = buf.y_rows + m * D;
@@ -341,8 +379,8 @@ struct Decoder::ThreadStep {
     }
   }
 
-  // Decoder layer l over the rows in buf.x (the residual stream), in place.
-  void layer(int64_t l) {
+  // Decoder layer l over the rows in buf.x (the residual stream), in place; its FFN on dq if given.
+  void layer(int64_t l, const DraftWeights* dq = nullptr) {
     const LayerWeights& lw = d.model_.weights.layers[size_t(l)];
     LayerActivations& a = d.step_ws_.layers[size_t(l)];
     const float eps = float(c.rms_norm_eps);
@@ -356,7 +394,10 @@ struct Decoder::ThreadStep {
     reduce(buf.x, 0, buf.h);
     for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.h + i * D, lw.post_attention_layernorm, buf.xn + i * D, D, eps);
     if (c.is_moe_layer(l))
-      moe(lw.moe, a, d.scratch_[size_t(t)].route);
+      moe(lw.moe, a, d.scratch_[size_t(t)].route, dq);
+    else if (dq)
+      ffn_slice_q(buf.xn, n, dq->ffn, 0, 0, slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t),
+                  false);
     else
       ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, c.intermediate_size,
                 slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t), false);
@@ -394,7 +435,11 @@ struct Decoder::ThreadStep {
       rmsnorm_row(w.embed_tokens + int64_t(next[i]) * D, w.mtp.enorm, buf.mtp_cat + i * 2 * D, D, eps);
       rmsnorm_row(h + i * D, w.mtp.hnorm, buf.mtp_cat + i * 2 * D + D, D, eps);
     }
-    mm(true, n, D, 2 * D, buf.mtp_cat, 2 * D, w.mtp.eh_proj, 2 * D, buf.x, D, false);
+    const DraftWeights* dq = d.draft_.get();
+    if (dq)
+      qmm(n, buf.mtp_cat, 2 * D, dq->eh_proj, 0, D, 0, 2 * D, buf.x, D, false);
+    else
+      mm(true, n, D, 2 * D, buf.mtp_cat, 2 * D, w.mtp.eh_proj, 2 * D, buf.x, D, false);
     if (cache_only > 0) {
       // Thread 0 appends them before the layer's first barrier, which every thread passes before
       // it reads the cache.
@@ -406,13 +451,38 @@ struct Decoder::ThreadStep {
       std::memmove(buf.x, buf.x + cache_only * D, sizeof(float) * (n - cache_only) * D);
       seq += cache_only, pos += cache_only, n -= cache_only;
     }
-    layer(L);
+    layer(L, dq);
     if (t == 0) std::copy_n(buf.x, n * D, d.mtp_hidden_.data());
     head(w.mtp.shared_head_norm, d.step_ws_.mtp_logits);
   }
 };
 
-Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max_rows)
+namespace {
+
+DraftWeights quantize_draft(const Model& model) {
+  const ModelConfig& c = model.config;
+  const int64_t D = c.hidden_size, L = c.num_hidden_layers;
+  const LayerWeights& lw = model.weights.layers[size_t(L)];
+  DraftWeights q;
+  q.eh_proj = quantize_rows(model.weights.mtp.eh_proj, D, 2 * D);
+  if (c.is_moe_layer(L)) {
+    const int64_t Is = c.shared_intermediate(), Im = c.moe_intermediate_size, E = c.n_routed_experts;
+    const MoeWeights& mw = lw.moe;
+    if (Is > 0)
+      q.ffn = {quantize_rows(mw.shared_gate, Is, D), quantize_rows(mw.shared_up, Is, D),
+               quantize_rows(mw.shared_down, D, Is)};
+    q.experts = {quantize_rows(mw.experts_gate, E * Im, D), quantize_rows(mw.experts_up, E * Im, D),
+                 quantize_rows(mw.experts_down, E * D, Im)};
+  } else {
+    const int64_t I = c.intermediate_size;
+    q.ffn = {quantize_rows(lw.gate_proj, I, D), quantize_rows(lw.up_proj, I, D), quantize_rows(lw.down_proj, D, I)};
+  }
+  return q;
+}
+
+}  // namespace
+
+Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max_rows, bool int8_draft)
     : model_(model),
       cache_(model.config, batch, max_len),
       step_ws_(model.config, max_rows > 0 ? max_rows : batch, 1, false, /*with_mtp=*/true),
@@ -437,6 +507,7 @@ Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max
     s.route.resize(model.config);
   }
   partial_.resize(2 * max_threads_ * max_rows_ * model.config.hidden_size);
+  if (int8_draft && model.config.mtp()) draft_ = std::make_unique<DraftWeights>(quantize_draft(model));
 }
 
 const float* Decoder::prefill(ComputeContext& ctx, int64_t b, const std::vector<int32_t>& prompt, ExpertTally* tally) {

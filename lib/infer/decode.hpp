@@ -18,10 +18,12 @@
 #pragma once
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/arena.hpp"
 #include "core/compute.hpp"
+#include "core/quant.hpp"
 #include "model/model.hpp"
 #include "moe/router.hpp"
 
@@ -48,11 +50,22 @@ struct KvCache {
   }
 };
 
+// The MTP module's FFN and eh_proj in int8 (core/quant.hpp), for drafting: its attention, router
+// and norms stay f32 (a few percent of its bytes, and the router decides which experts are read).
+struct DraftWeights {
+  struct Ffn {
+    QuantMatrix gate, up, down;
+  };
+  QuantMatrix eh_proj;  // (D, 2D)
+  Ffn ffn;              // the shared experts (E_s·I_m wide), or the dense FFN if the layer is dense
+  Ffn experts;          // every routed expert stacked: gate/up (E·I_m, D), down (E·D, I_m)
+};
+
 class Decoder {
  public:
   // max_rows: rows a step may hold (default: batch); speculative decoding verifies several tokens
-  // of one sequence in one step.
-  Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max_rows = 0);
+  // of one sequence in one step. int8_draft: mtp_step runs on DraftWeights.
+  Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max_rows = 0, bool int8_draft = false);
 
   // Runs the prompt of sequence b (cache must be empty for b) and returns the logits of its last
   // position (V floats, valid until the next call). For a model with the MTP module, its cache is
@@ -107,7 +120,8 @@ class Decoder {
   // An MTP step's rows reordered: cache-only rows first (see mtp_step).
   std::vector<int32_t> mtp_seq_, mtp_next_;
   std::vector<int64_t> mtp_pos_;
-  Buffer<float> mtp_input_;  // (rows, D)
+  Buffer<float> mtp_input_;              // (rows, D)
+  std::unique_ptr<DraftWeights> draft_;  // int8_draft only
   // Runs one step (main layers, or the MTP module) over n rows at positions pos in one parallel
   // region; in the MTP module the first cache_only rows stop after appending to its cache.
   void run(const int32_t* seq, const int64_t* pos, const int32_t* tokens, const float* mtp_input, int64_t n,

@@ -191,7 +191,8 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   if (N > 0 && !c.mtp())
     fail("--draft mtp: the model has no multi-token-prediction module (num_nextn_predict_layers is 0)");
   const auto t_setup = std::chrono::steady_clock::now();
-  Decoder decoder(model, std::max<int64_t>(S, 1), max_len, std::max<int64_t>(S, 1) * (N + 1));
+  Decoder decoder(model, std::max<int64_t>(S, 1), max_len, std::max<int64_t>(S, 1) * (N + 1),
+                  N > 0 && request.draft_int8);
   {
     Workspace warm(c, 1, 1, false);
     const int32_t token = '\n';

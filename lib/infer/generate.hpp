@@ -23,6 +23,9 @@ struct GenerateRequest {
   // verified by the main model (0: plain decoding). The output follows the main model exactly:
   // greedy text is the same, sampled text has the same distribution.
   int64_t draft_max = 0;
+  // The draft's precision: int8 (the MTP module's FFN and eh_proj quantized, core/quant.hpp) or f32.
+  // Only the acceptance rate depends on it, never the output.
+  bool draft_int8 = true;
   Tokenizer tokenizer;  // the model's (checkpoint_tokenizer): prompts are encoded, tokens decoded with it
 };
 

@@ -1,5 +1,5 @@
 // Self-speculative decoding with the MTP module: greedy output equals plain greedy decoding (any
-// draft length, several sequences at once), and sampled output has exactly the main model's
+// draft length, several sequences at once, int8 and f32 drafts), and sampled output has exactly the main model's
 // distribution (a chi-square test of the joint distribution of three sampled tokens against the
 // probabilities computed from full forwards). Random weights make the drafts often wrong, so both
 // the accept and the reject/resample paths run.
@@ -31,7 +31,8 @@ ModelConfig mtp_config() {
 }
 
 std::vector<GenerateOutput> run(const Model& model, const std::vector<std::string>& prompts, int64_t n, int64_t draft,
-                                SamplerConfig sampler, uint64_t seed, GenerateTimings* timings = nullptr) {
+                                SamplerConfig sampler, uint64_t seed, GenerateTimings* timings = nullptr,
+                                bool int8 = true) {
   ComputeContext ctx;
   GenerateRequest request;
   request.prompts = prompts;
@@ -39,6 +40,7 @@ std::vector<GenerateOutput> run(const Model& model, const std::vector<std::strin
   request.sampler = sampler;
   request.seed = seed;
   request.draft_max = draft;
+  request.draft_int8 = int8;
   GenerateTimings t;
   auto out = generate(
       ctx, model, request, [](size_t, int32_t) {}, t, nullptr);
@@ -67,19 +69,20 @@ TEST_CASE("speculative greedy decoding with the MTP module equals plain greedy d
   greedy.temp = 0;
   const std::vector<std::string> prompts = {"the cat sat", "1+1=", "a"};
   const auto plain = run(model, prompts, 40, 0, greedy, 1);
-  for (int64_t draft : {1, 2, 4}) {
-    GenerateTimings t;
-    const auto spec = run(model, prompts, 40, draft, greedy, 1, &t);
-    CAPTURE(draft, t.drafted, t.accepted);
-    for (size_t i = 0; i < prompts.size(); ++i) CHECK(spec[i].text == plain[i].text);
-    CHECK(t.accepted > 0);
-    CHECK(t.accepted < t.drafted);  // both paths ran
-    CHECK(t.generated_tokens == 3 * 40);
-    // One sequence: every main-model step yields one token plus the drafts it accepted.
-    GenerateTimings one;
-    CHECK(run(model, {prompts[0]}, 40, draft, greedy, 1, &one)[0].text == plain[0].text);
-    CHECK(one.main_steps == one.generated_tokens - 1 - one.accepted);
-  }
+  for (const bool int8 : {true, false})
+    for (int64_t draft : {1, 2, 4}) {
+      GenerateTimings t;
+      const auto spec = run(model, prompts, 40, draft, greedy, 1, &t, int8);
+      CAPTURE(int8, draft, t.drafted, t.accepted);
+      for (size_t i = 0; i < prompts.size(); ++i) CHECK(spec[i].text == plain[i].text);
+      CHECK(t.accepted > 0);
+      CHECK(t.accepted < t.drafted);  // both paths ran
+      CHECK(t.generated_tokens == 3 * 40);
+      // One sequence: every main-model step yields one token plus the drafts it accepted.
+      GenerateTimings one;
+      CHECK(run(model, {prompts[0]}, 40, draft, greedy, 1, &one, int8)[0].text == plain[0].text);
+      CHECK(one.main_steps == one.generated_tokens - 1 - one.accepted);
+    }
   // The context limit is respected as in plain decoding: -n 40 after a 60-byte prompt in a context
   // of 64 keeps the prompt's last 32 bytes (half the context) and stops after 32 new tokens.
   const std::string long_prompt(60, 'x');

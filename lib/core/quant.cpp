@@ -1,0 +1,93 @@
+#include "core/quant.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include <oneapi/dnnl/dnnl.h>
+
+#include "core/error.hpp"
+
+namespace moe {
+
+QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
+  QuantMatrix m;
+  m.rows = rows, m.cols = cols;
+  m.q.resize(size_t(rows * cols));
+  m.scale.resize(size_t(rows));
+  m.row_sum.assign(size_t(rows), 0);
+  m.block_sum.assign(size_t(rows * m.blocks()), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* w = W + r * cols;
+    float max = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) max = std::max(max, std::fabs(w[c]));
+    const float s = max > 0.0f ? max / 63.0f : 1.0f;
+    m.scale[size_t(r)] = s;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int8_t q = int8_t(std::clamp(std::lround(w[c] / s), -63L, 63L));
+      m.q[size_t(r * cols + c)] = q;
+      m.row_sum[size_t(r)] += q;
+      m.block_sum[size_t(r * m.blocks() + c / QuantMatrix::kBlock)] =
+          int16_t(m.block_sum[size_t(r * m.blocks() + c / QuantMatrix::kBlock)] + q);
+    }
+  }
+  return m;
+}
+
+void quantize_activations(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* xq, float* xs) {
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * ldx;
+    float max = 0.0f;
+#pragma omp simd reduction(max : max)
+    for (int64_t k = 0; k < K; ++k) max = std::max(max, std::fabs(row[k]));
+    const float s = max > 0.0f ? max / 127.0f : 1.0f, inv = 1.0f / s;
+    xs[m] = s;
+    // x / s + 128 lies in [1, 255] (up to rounding, hence the clamp); + 0.5 and truncation round it.
+    uint8_t* q = xq + m * K;
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) q[k] = uint8_t(std::clamp(row[k] * inv + 128.5f, 1.0f, 255.0f));
+  }
+}
+
+bool qgemm_rows(int64_t M, const uint8_t* xq, const float* xs, const QuantMatrix& W, int64_t row0, int64_t n_rows,
+                int64_t col0, int64_t K, float* y, int64_t ldy, bool accumulate, int32_t* acc) {
+  if (M == 0 || n_rows == 0) return true;
+  check(col0 % QuantMatrix::kBlock == 0 && ((col0 + K) % QuantMatrix::kBlock == 0 || col0 + K == W.cols) &&
+            row0 + n_rows <= W.rows && col0 + K <= W.cols,
+        "internal: int8 product slice off the 16-column blocks");
+  const int32_t zero = 0;
+  if (K == 0) std::fill_n(acc, M * n_rows, 0);  // an empty sum
+  if (K > 0 && dnnl_gemm_u8s8s32('N', 'T', 'F', M, n_rows, K, 1.0f, xq, K, 0, W.q.data() + row0 * W.cols + col0, W.cols,
+                                 0, 0.0f, acc, n_rows, &zero) != dnnl_success)
+    return false;
+  // Σ_k (xq - 128) q = Σ_k xq q - 128 Σ_k q: the sums of q over the slice, out of the products.
+  const int64_t b0 = col0 / QuantMatrix::kBlock, b1 = (col0 + K + QuantMatrix::kBlock - 1) / QuantMatrix::kBlock;
+  if (col0 == 0 && K == W.cols) {
+    const int32_t* sum = W.row_sum.data() + row0;
+    for (int64_t m = 0; m < M; ++m)
+#pragma omp simd
+      for (int64_t j = 0; j < n_rows; ++j) acc[m * n_rows + j] -= 128 * sum[j];
+  } else {
+    for (int64_t j = 0; j < n_rows; ++j) {
+      const int16_t* bs = W.block_sum.data() + (row0 + j) * W.blocks();
+      int32_t sum = 0;
+      for (int64_t b = b0; b < b1; ++b) sum += bs[b];
+      for (int64_t m = 0; m < M; ++m) acc[m * n_rows + j] -= 128 * sum;
+    }
+  }
+  const float* ws = W.scale.data() + row0;
+  for (int64_t m = 0; m < M; ++m) {
+    const int32_t* a = acc + m * n_rows;
+    float* yr = y + m * ldy;
+    const float sx = xs[m];
+    if (accumulate) {
+#pragma omp simd
+      for (int64_t j = 0; j < n_rows; ++j) yr[j] += float(a[j]) * sx * ws[j];
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n_rows; ++j) yr[j] = float(a[j]) * sx * ws[j];
+    }
+  }
+  return true;
+}
+
+}  // namespace moe
