@@ -16,19 +16,30 @@ QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
   m.scale.resize(size_t(rows));
   m.row_sum.assign(size_t(rows), 0);
   m.block_sum.assign(size_t(rows * m.blocks()), 0);
+  const int64_t blocks = m.blocks();
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* w = W + r * cols;
     float max = 0.0f;
+#pragma omp simd reduction(max : max)
     for (int64_t c = 0; c < cols; ++c) max = std::max(max, std::fabs(w[c]));
-    const float s = max > 0.0f ? max / 63.0f : 1.0f;
+    const float s = max > 0.0f ? max / 63.0f : 1.0f, inv = 1.0f / s;
     m.scale[size_t(r)] = s;
+    int8_t* q = m.q.data() + r * cols;
+    // Round half away from zero; |w / s| ≤ 63 up to rounding, hence the clamp.
+#pragma omp simd
     for (int64_t c = 0; c < cols; ++c) {
-      const int8_t q = int8_t(std::clamp(std::lround(w[c] / s), -63L, 63L));
-      m.q[size_t(r * cols + c)] = q;
-      m.row_sum[size_t(r)] += q;
-      m.block_sum[size_t(r * m.blocks() + c / QuantMatrix::kBlock)] =
-          int16_t(m.block_sum[size_t(r * m.blocks() + c / QuantMatrix::kBlock)] + q);
+      const float v = std::clamp(w[c] * inv, -63.0f, 63.0f);
+      q[c] = int8_t(v + (v >= 0.0f ? 0.5f : -0.5f));
     }
+    int32_t total = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      int32_t sum = 0;
+      for (int64_t c = b * QuantMatrix::kBlock; c < std::min(cols, (b + 1) * QuantMatrix::kBlock); ++c) sum += q[c];
+      m.block_sum[size_t(r * blocks + b)] = int16_t(sum);
+      total += sum;
+    }
+    m.row_sum[size_t(r)] = total;
   }
   return m;
 }
