@@ -202,7 +202,7 @@ Run add_infer(CLI::App& app) {
       ->check(InRange(1, 16));
   cmd->add_option("--draft-precision", f->draft_precision,
                   "With --draft mtp: the module's FFN and eh_proj in int8 (a quarter of the bytes: faster "
-                  "drafts) or f32; only the acceptance rate can change, never the output")
+                  "drafts) or f32; the main model verifies in f32 either way (greedy: the same text)")
       ->capture_default_str()
       ->check(CLI::IsMember({"int8", "f32"}));
   cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");

@@ -5,8 +5,6 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
-#include "core/error.hpp"
-
 namespace moe {
 
 QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
@@ -26,11 +24,11 @@ QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
     const float s = max > 0.0f ? max / 63.0f : 1.0f, inv = 1.0f / s;
     m.scale[size_t(r)] = s;
     int8_t* q = m.q.data() + r * cols;
-    // Round half away from zero; |w / s| ≤ 63 up to rounding, hence the clamp.
+    // Round half away from zero; |w / s| ≤ 63 up to rounding, hence the clamp (NaN-safe, as below).
 #pragma omp simd
     for (int64_t c = 0; c < cols; ++c) {
-      const float v = std::clamp(w[c] * inv, -63.0f, 63.0f);
-      q[c] = int8_t(v + (v >= 0.0f ? 0.5f : -0.5f));
+      const float v = w[c] * inv;
+      q[c] = int8_t(v >= 0.0f ? std::min(v, 63.0f) + 0.5f : v < 0.0f ? std::max(v, -63.0f) - 0.5f : 0.0f);
     }
     int32_t total = 0;
     for (int64_t b = 0; b < blocks; ++b) {
@@ -53,18 +51,24 @@ void quantize_activations(const float* x, int64_t M, int64_t K, int64_t ldx, uin
     const float s = max > 0.0f ? max / 127.0f : 1.0f, inv = 1.0f / s;
     xs[m] = s;
     // x / s + 128 lies in [1, 255] (up to rounding, hence the clamp); + 0.5 and truncation round it.
+    // Written so that a NaN (an overflowed activation) lands on a bound instead of an undefined
+    // conversion: the draft is then wrong, and the verifier rejects it.
     uint8_t* q = xq + m * K;
 #pragma omp simd
-    for (int64_t k = 0; k < K; ++k) q[k] = uint8_t(std::clamp(row[k] * inv + 128.5f, 1.0f, 255.0f));
+    for (int64_t k = 0; k < K; ++k) {
+      const float v = row[k] * inv + 128.5f;
+      q[k] = uint8_t(v >= 1.0f ? (v <= 255.0f ? v : 255.0f) : 1.0f);
+    }
   }
 }
 
 bool qgemm_rows(int64_t M, const uint8_t* xq, const float* xs, const QuantMatrix& W, int64_t row0, int64_t n_rows,
                 int64_t col0, int64_t K, float* y, int64_t ldy, bool accumulate, int32_t* acc) {
   if (M == 0 || n_rows == 0) return true;
-  check(col0 % QuantMatrix::kBlock == 0 && ((col0 + K) % QuantMatrix::kBlock == 0 || col0 + K == W.cols) &&
-            row0 + n_rows <= W.rows && col0 + K <= W.cols,
-        "internal: int8 product slice off the 16-column blocks");
+  // Called inside the decoder's parallel region: a bad slice is a failure to report, not a throw.
+  if (col0 % QuantMatrix::kBlock != 0 || ((col0 + K) % QuantMatrix::kBlock != 0 && col0 + K != W.cols) ||
+      row0 + n_rows > W.rows || col0 + K > W.cols)
+    return false;
   const int32_t zero = 0;
   if (K == 0) std::fill_n(acc, M * n_rows, 0);  // an empty sum
   if (K > 0 && dnnl_gemm_u8s8s32('N', 'T', 'F', M, n_rows, K, 1.0f, xq, K, 0, W.q.data() + row0 * W.cols + col0, W.cols,

@@ -35,7 +35,8 @@ void quantize_activations(const float* x, int64_t M, int64_t K, int64_t ldx, uin
 
 // y (M, n_rows) (+)= x · W[row0 : row0 + n_rows, col0 : col0 + K]ᵀ, dequantized, for x given as
 // quantize_activations' (xq (M, K), xs). col0 must be a multiple of 16 and col0 + K a multiple of
-// 16 or W.cols. acc (M, n_rows) is int32 scratch. Returns false if oneDNN fails.
+// 16 or W.cols. acc (M, n_rows) is int32 scratch. Returns false if the slice breaks those rules or
+// oneDNN fails.
 bool qgemm_rows(int64_t M, const uint8_t* xq, const float* xs, const QuantMatrix& W, int64_t row0, int64_t n_rows,
                 int64_t col0, int64_t K, float* y, int64_t ldy, bool accumulate, int32_t* acc);
 

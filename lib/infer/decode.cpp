@@ -169,9 +169,11 @@ struct Decoder::ThreadStep {
     mm(true, M, D, W, buf.gate, W, wd + r.begin, ld_down, y, D, acc);
   }
 
+  // y (+)= x · W[rows, cols]ᵀ in int8: x (M, K, stride ldx) quantized into buf.xq first, unless
+  // `quantized` says buf.xq already holds it.
   void qmm(int64_t M, const float* x, int64_t ldx, const QuantMatrix& W, int64_t row0, int64_t n_rows, int64_t col0,
-           int64_t K, float* y, int64_t ldy, bool acc) {
-    quantize_activations(x, M, K, ldx, buf.xq, buf.xq_scale);
+           int64_t K, float* y, int64_t ldy, bool acc, bool quantized = false) {
+    if (!quantized) quantize_activations(x, M, K, ldx, buf.xq, buf.xq_scale);
     if (!qgemm_rows(M, buf.xq, buf.xq_scale, W, row0, n_rows, col0, K, y, ldy, acc, buf.acc)) ok.store(false);
   }
 
@@ -185,7 +187,7 @@ struct Decoder::ThreadStep {
       return;
     }
     qmm(M, xs, D, q.gate, gate_row0 + r.begin, W, 0, D, buf.gate, W, false);
-    qmm(M, xs, D, q.up, gate_row0 + r.begin, W, 0, D, buf.up, W, false);
+    qmm(M, xs, D, q.up, gate_row0 + r.begin, W, 0, D, buf.up, W, false, /*quantized=*/true);
     for (int64_t m = 0; m < M; ++m) {
       const float s = scale_rows ? scale_rows[m] : 1.0f;
       for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
@@ -562,7 +564,7 @@ void Decoder::run(const int32_t* seq, const int64_t* pos, const int32_t* tokens,
     else
       step.run(tokens);
   }
-  check(ok.load(), "oneDNN sgemm failed during decoding");
+  check(ok.load(), "oneDNN matrix product failed during decoding");
 }
 
 namespace {

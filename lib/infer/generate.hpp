@@ -24,7 +24,9 @@ struct GenerateRequest {
   // greedy text is the same, sampled text has the same distribution.
   int64_t draft_max = 0;
   // The draft's precision: int8 (the MTP module's FFN and eh_proj quantized, core/quant.hpp) or f32.
-  // Only the acceptance rate depends on it, never the output.
+  // The main model verifies every draft in f32, so greedy text is plain greedy decoding's and sampled
+  // text has its distribution either way; the acceptance rate (and, when sampling, which text a
+  // given seed gives) depends on the draft.
   bool draft_int8 = true;
   Tokenizer tokenizer;  // the model's (checkpoint_tokenizer): prompts are encoded, tokens decoded with it
 };

@@ -3,6 +3,7 @@
 // accumulation), and against the f32 product within the bound the two roundings allow.
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -126,4 +127,15 @@ TEST_CASE("qgemm_rows stays within the quantization bound of the f32 product", "
       worst_share = std::max(worst_share, err / bound);
     }
   CHECK(worst_share > 0.0);  // the int8 path really ran (an f32 product would be ~exact)
+}
+
+TEST_CASE("int8 quantization of non-finite values stays defined (an overflowed draft, not a crash)", "[core]") {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> x = {1.0f, nan, -2.0f, inf, 0.5f, -inf, 0.0f, 3.0f};
+  std::vector<uint8_t> xq(x.size());
+  float xs = 0;
+  quantize_activations(x.data(), 1, int64_t(x.size()), int64_t(x.size()), xq.data(), &xs);
+  for (uint8_t v : xq) CHECK(v >= 1);
+  const QuantMatrix q = quantize_rows(x.data(), 2, 4);  // rows {1, NaN, -2, inf}, {0.5, -inf, 0, 3}
+  for (int8_t v : q.q) CHECK(std::abs(v) <= 63);
 }

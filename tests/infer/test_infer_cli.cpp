@@ -132,6 +132,16 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   CHECK(s.at("accepted").get<int64_t>() <= s.at("drafted").get<int64_t>());
   CHECK(s.at("main_steps").get<int64_t>() == 19 - s.at("accepted").get<int64_t>());
   CHECK(s.at("tokens_per_main_step").get<double>() >= 1.0);
+  CHECK(s.at("draft_precision") == "int8");  // the default
+  // The f32 draft: the same text.
+  std::vector<std::string> f32 = draft;
+  f32.insert(f32.end(), {"--draft-precision", "f32"});
+  const RunResult f32_run = run_moe(f32);
+  REQUIRE(f32_run.ok());
+  const auto f = nlohmann::json::parse(f32_run.out);
+  CHECK(f.at("text_bytes") == a.at("text_bytes"));
+  CHECK(f.at("speculative").at("draft_precision") == "f32");
+  CHECK(run_moe({"infer", "-m", tmp.path(), "-p", "hi", "--draft", "mtp", "--draft-precision", "int4"}).code != 0);
   // The streaming form reports on stderr.
   draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back();
   draft.erase(std::find(draft.begin(), draft.end(), "--json"));
@@ -139,6 +149,7 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   const RunResult streamed = run_moe(draft);
   CHECK(streamed.err.find("--draft mtp:") != std::string::npos);
   CHECK(streamed.err.find("accepted") != std::string::npos);
+  CHECK(streamed.err.find("int8 draft") != std::string::npos);
   // A model without the module: a one-line refusal.
   const TempDir other("infer_nodraft");
   make_checkpoint(other);
