@@ -7,6 +7,18 @@
 
 namespace moe {
 
+namespace {
+
+// The symmetric scale that maps a row's largest magnitude to `levels` (1 for an all-zero row).
+float row_scale(const float* row, int64_t n, float levels) {
+  float max = 0.0f;
+#pragma omp simd reduction(max : max)
+  for (int64_t i = 0; i < n; ++i) max = std::max(max, std::fabs(row[i]));
+  return max > 0.0f ? max / levels : 1.0f;
+}
+
+}  // namespace
+
 QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
   QuantMatrix m;
   m.rows = rows, m.cols = cols;
@@ -18,10 +30,7 @@ QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* w = W + r * cols;
-    float max = 0.0f;
-#pragma omp simd reduction(max : max)
-    for (int64_t c = 0; c < cols; ++c) max = std::max(max, std::fabs(w[c]));
-    const float s = max > 0.0f ? max / 63.0f : 1.0f, inv = 1.0f / s;
+    const float s = row_scale(w, cols, 63.0f), inv = 1.0f / s;
     m.scale[size_t(r)] = s;
     int8_t* q = m.q.data() + r * cols;
     // Round half away from zero; |w / s| ≤ 63 up to rounding, hence the clamp (NaN-safe, as below).
@@ -45,10 +54,7 @@ QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
 void quantize_activations(const float* x, int64_t M, int64_t K, int64_t ldx, uint8_t* xq, float* xs) {
   for (int64_t m = 0; m < M; ++m) {
     const float* row = x + m * ldx;
-    float max = 0.0f;
-#pragma omp simd reduction(max : max)
-    for (int64_t k = 0; k < K; ++k) max = std::max(max, std::fabs(row[k]));
-    const float s = max > 0.0f ? max / 127.0f : 1.0f, inv = 1.0f / s;
+    const float s = row_scale(row, K, 127.0f), inv = 1.0f / s;
     xs[m] = s;
     // x / s + 128 lies in [1, 255] (up to rounding, hence the clamp); + 0.5 and truncation round it.
     // Written so that a NaN (an overflowed activation) lands on a bound instead of an undefined
