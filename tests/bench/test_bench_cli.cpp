@@ -54,3 +54,32 @@ TEST_CASE("moe bench refuses an unknown routing and a missing data file, naming 
   CHECK(b.code == 1);
   CHECK(b.err.find("/nonexistent/x.txt") != std::string::npos);
 }
+
+TEST_CASE("moe bench on a model with the MTP module: decode-spec rows for the int8 and the f32 draft", "[bench][cli]") {
+  const std::vector<std::string> args = {"bench", "--config",        "tiny-v3", "--reps", "1", "--steps",
+                                         "1",     "--decode-tokens", "8",       "-t",     "2"};
+  std::vector<std::string> json_args = args;
+  json_args.insert(json_args.end(), {"-o", "json"});
+  const moe_test::RunResult r = moe_test::run_moe(json_args, {.timeout_s = 300});
+  INFO(r.describe());
+  REQUIRE(r.ok());
+  const json spec = json::parse(r.out)["results"][0]["decode_spec"];
+  REQUIRE(spec.is_object());
+  CHECK(spec["draft_precision"] == "int8");
+  CHECK(spec["trained"] == false);  // a config: fresh weights
+  CHECK(spec["tokens_per_s"]["mean"].get<double>() > 0);
+  CHECK(spec["plain_tokens_per_s"]["mean"].get<double>() > 0);
+  CHECK(spec["f32_draft"]["tokens_per_s"]["mean"].get<double>() > 0);
+  for (const double acceptance : {spec["acceptance"].get<double>(), spec["f32_draft"]["acceptance"].get<double>()}) {
+    CHECK(acceptance >= 0.0);
+    CHECK(acceptance <= 1.0);
+  }
+  // 8 tokens: the first from the prompt, then 7 from main-model steps of 1 + accepted tokens each.
+  const double per_step = spec["tokens_per_main_step"].get<double>();
+  CHECK(per_step >= 1.0);
+  CHECK(per_step <= 2.0);
+  const moe_test::RunResult md = moe_test::run_moe(args, {.timeout_s = 300});
+  REQUIRE(md.ok());
+  CHECK(md.out.find("decode-spec B1, --draft mtp (int8 draft, untrained weights") != std::string::npos);
+  CHECK(md.out.find("decode-spec B1, --draft mtp --draft-precision f32") != std::string::npos);
+}

@@ -119,7 +119,7 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   const RunResult plain = run_moe(args);
   REQUIRE(plain.ok());
   std::vector<std::string> draft = args;
-  draft.insert(draft.end(), {"--draft", "mtp", "--draft-max", "2"});
+  draft.insert(draft.end(), {"--draft", "mtp", "--draft-max", "2", "--expert-stats"});
   const RunResult spec = run_moe(draft);
   INFO(spec.describe());
   REQUIRE(spec.ok());
@@ -133,6 +133,14 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   CHECK(s.at("main_steps").get<int64_t>() == 19 - s.at("accepted").get<int64_t>());
   CHECK(s.at("tokens_per_main_step").get<double>() >= 1.0);
   CHECK(s.at("draft_precision") == "int8");  // the default
+  // The MTP layer's load (layer 2, last in the table): each drafted token is one row through its
+  // experts (the rows that only enter its cache route nowhere), K = 2 experts each.
+  const auto& stats = b.at("expert_stats");
+  REQUIRE(stats.size() == 2);
+  CHECK(stats.back().at("layer") == 2);
+  int64_t mtp_routed = 0;
+  for (const auto& v : stats.back().at("counts")) mtp_routed += v.get<int64_t>();
+  CHECK(mtp_routed == 2 * s.at("drafted").get<int64_t>());
   // The f32 draft: the same text.
   std::vector<std::string> f32 = draft;
   f32.insert(f32.end(), {"--draft-precision", "f32"});
@@ -143,7 +151,7 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   CHECK(f.at("speculative").at("draft_precision") == "f32");
   CHECK(run_moe({"infer", "-m", tmp.path(), "-p", "hi", "--draft", "mtp", "--draft-precision", "int4"}).code != 0);
   // The streaming form reports on stderr.
-  draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back();
+  draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back();
   draft.erase(std::find(draft.begin(), draft.end(), "--json"));
   draft.insert(draft.end(), {"--draft", "mtp"});
   const RunResult streamed = run_moe(draft);
