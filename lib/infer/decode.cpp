@@ -62,7 +62,7 @@ struct ThreadBuffers {
   float *weight, *row_scale;                    // (B*K) gate weights, per-row scales
   float *x_rows, *y_rows;                       // (B*K, D) gathered expert inputs and outputs
   float *gate, *up;                             // (B*K, max FFN width)
-  float* q_rot;                                 // (head_dim) one rotated query
+  float* q_rot;                                 // (H, head_dim) rotated queries of one KV head's group
   int32_t *expert, *counts, *offsets, *cursor;  // (B*K), (E), (E+1), (E): sort_by_expert's
   int32_t *slot_row, *row_slot;                 // (B*K) each
   // MLA only (empty for GQA): rq, rkv the latent ranks, lat = rkv + dr.
@@ -71,6 +71,7 @@ struct ThreadBuffers {
   float* q_cat;            // (B, H, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
   float* o_lat;            // (B, H, rkv) attention output in latent space
   float* kv_lat;           // (B, lat) kv_a_proj_with_mqa output (thread 0)
+  float* head_norm;        // (H) 1 / softmax sum of each head (both attentions)
   float* mtp_cat;          // (B, 2D) the MTP module's [enorm(embed(t)) | hnorm(h)]
   // int8 drafting only: quantized activation rows, their scales, the int32 products.
   uint8_t* xq;      // (rows, max(2D, width))
@@ -85,7 +86,7 @@ struct ThreadBuffers {
     weight = f.take(rows), row_scale = f.take(rows);
     x_rows = f.take(rows * D), y_rows = f.take(rows * D);
     gate = f.take(rows * width), up = f.take(rows * width);
-    q_rot = f.take(c.head_dim);
+    q_rot = f.take(c.num_attention_heads * c.head_dim);
     expert = ib.take(rows), counts = ib.take(E), offsets = ib.take(E + 1), cursor = ib.take(E);
     slot_row = ib.take(rows), row_slot = ib.take(rows);
     const int64_t H = c.num_attention_heads, rq = c.q_lora_rank.value_or(0), rkv = c.kv_lora_rank.value_or(0);
@@ -93,6 +94,7 @@ struct ThreadBuffers {
     q_lat = f.take(B * rq), q_lat_n = f.take(B * rq);
     q_heads = f.take(c.mla() ? B * H * c.qk_head_dim() : 0);
     q_cat = f.take(B * H * lat), o_lat = f.take(B * H * rkv), kv_lat = f.take(B * lat);
+    head_norm = f.take(H);
     mtp_cat = f.take(c.mtp() ? B * 2 * D : 0);
     const int64_t qrows = c.mtp() ? rows : 0;
     xq = reinterpret_cast<uint8_t*>(ib.take((qrows * std::max(2 * D, width) + 3) / 4));
@@ -195,6 +197,27 @@ struct Decoder::ThreadStep {
     qmm(M, buf.gate, W, q.down, down_row0, D, r.begin, W, y, D, acc);
   }
 
+  // exp(scale · (s - max)) over the first len entries of each of `rows` score rows (stride ld), in
+  // place; 1 / their sum into buf.head_norm for normalise_rows, after the weighted sum (fewer
+  // divisions: a head's output is narrower than its context).
+  void softmax_rows(float* scores, int64_t rows, int64_t ld, int64_t len, float scale) {
+    for (int64_t h = 0; h < rows; ++h) {
+      float* p = scores + h * ld;
+      float max = -INFINITY;
+#pragma omp simd reduction(max : max)
+      for (int64_t j = 0; j < len; ++j) max = std::max(max, p[j]);
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast((p[j] - max) * scale));
+      buf.head_norm[h] = 1.0f / sum;
+    }
+  }
+  void normalise_rows(float* out, int64_t rows, int64_t width) const {
+    for (int64_t h = 0; h < rows; ++h)
+#pragma omp simd
+      for (int64_t e = 0; e < width; ++e) out[h * width + e] *= buf.head_norm[h];
+  }
+
   // Phase 1: q/k/v of this thread's KV heads (and their query heads) for xn, RoPE, append to the
   // cache, attend, and this thread's columns of o_proj -> partial sum 0.
   void attention(int64_t l, const LayerWeights& lw, LayerActivations& a) {
@@ -219,30 +242,16 @@ struct Decoder::ThreadStep {
         rope_rotate(d.model_.rope, ws.k_flat + i * kvd + kh * hd, cache.k_at(l, b, kh) + p * hd, p);
         std::copy_n(ws.v_flat + i * kvd + kh * hd, hd, cache.v_at(l, b, kh) + p * hd);
       }
-      for (int64_t qh = heads.begin * g; qh < heads.end * g; ++qh) {
-        rope_rotate(d.model_.rope, ws.q_flat + i * qd + qh * hd, buf.q_rot, p);
-        const float* keys = cache.k_at(l, b, qh / g);
-        const float* values = cache.v_at(l, b, qh / g);
-        float* p = d.attn_scratch_.data() + (i * c.num_attention_heads + qh) * L;
-        float max = -INFINITY;
-        for (int64_t j = 0; j < len; ++j) {
-          // A vector reduction: a scalar chain of hd dependent adds per key would dominate the step.
-          float dot = 0.0f;
-          const float* key = keys + j * hd;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t e = 0; e < hd; ++e) dot += buf.q_rot[e] * key[e];
-          p[j] = dot * scale;
-          max = std::max(max, p[j]);
-        }
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast(p[j] - max));
-        float* out = a.attn + i * qd + qh * hd;
-        std::fill_n(out, hd, 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
-          const float pj = p[j] / sum;
-          for (int64_t e = 0; e < hd; ++e) out[e] += pj * values[j * hd + e];
-        }
+      // Each KV head's g query heads in two products over its cached keys and values.
+      for (int64_t kh = heads.begin; kh < heads.end; ++kh) {
+        for (int64_t r = 0; r < g; ++r)
+          rope_rotate(d.model_.rope, ws.q_flat + i * qd + (kh * g + r) * hd, buf.q_rot + r * hd, p);
+        float* scores = d.attn_scratch_.data() + (i * c.num_attention_heads + kh * g) * L;  // (g, L)
+        float* out = a.attn + i * qd + kh * g * hd;                                         // (g, hd)
+        mm(true, g, len, hd, buf.q_rot, hd, cache.k_at(l, b, kh), hd, scores, L, false);
+        softmax_rows(scores, g, L, len, scale);
+        mm(false, g, hd, len, scores, L, cache.v_at(l, b, kh), hd, out, hd, false);
+        normalise_rows(out, g, hd);
       }
     }
     // o_proj (D, qd): this thread's columns -> a partial sum over its heads.
@@ -301,33 +310,20 @@ struct Decoder::ThreadStep {
       std::fill_n(part, n * D, 0.0f);
       return;
     }
+    // Per row, this thread's heads in two products: every head attends over the same cached
+    // latents (one shared "key/value head"), so the cache is streamed once per thread and row, not
+    // once per head, and oneDNN's kernels do the dot products and the weighted sum.
+    const int64_t hn = heads.size();
     for (int64_t i = 0; i < n; ++i) {
       const int64_t len = pos[i] + 1;
       const float* rows = cache.latent_at(l, seq[i]);
-      for (int64_t h = heads.begin; h < heads.end; ++h) {
-        const float* q = buf.q_cat + (i * H + h) * lat;
-        float* p = d.attn_scratch_.data() + (i * H + h) * L;
-        float max = -INFINITY;
-        for (int64_t j = 0; j < len; ++j) {
-          float dot = 0.0f;
-          const float* row = rows + j * lat;
-#pragma omp simd reduction(+ : dot)
-          for (int64_t e = 0; e < lat; ++e) dot += q[e] * row[e];
-          p[j] = dot * scale;
-          max = std::max(max, p[j]);
-        }
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast(p[j] - max));
-        float* o = buf.o_lat + (i * H + h) * rkv;
-        std::fill_n(o, rkv, 0.0f);
-        for (int64_t j = 0; j < len; ++j) {
-          const float pj = p[j] / sum;
-          const float* row = rows + j * lat;
-#pragma omp simd
-          for (int64_t e = 0; e < rkv; ++e) o[e] += pj * row[e];
-        }
-      }
+      float* scores = d.attn_scratch_.data() + (i * H + heads.begin) * L;  // (hn, L)
+      float* o = buf.o_lat + (i * H + heads.begin) * rkv;                  // (hn, rkv)
+      mm(true, hn, len, lat, buf.q_cat + (i * H + heads.begin) * lat, lat, rows, lat, scores, L, false);
+      softmax_rows(scores, hn, L, len, scale);
+      // Σ_j p_j c_j over the latent part of each cached row (its first rkv floats).
+      mm(false, hn, rkv, len, scores, L, rows, lat, o, rkv, false);
+      normalise_rows(o, hn, rkv);
     }
     // out_h (n, dv) = o_lat_h (n, rkv) · W_vb_hᵀ, W_vb_h = rows h·(dn+dv)+dn .. +dv of kv_b_proj.
     for (int64_t h = heads.begin; h < heads.end; ++h)
