@@ -10,16 +10,25 @@
 
 using nlohmann::json;
 
-TEST_CASE("moe bench --routing: balanced and skewed loads, phase shares, decode roofline", "[bench][cli]") {
-  const std::vector<std::string> args = {"bench",     "--config",        "tiny",   "--routing", "balanced",
-                                         "--routing", "skewed",          "--reps", "1",         "--steps",
-                                         "1",         "--decode-tokens", "8",      "-t",        "2"};
+namespace {
+
+// `moe bench ARGS -o json`: its "results" (the run must succeed).
+json bench_results(const std::vector<std::string>& args) {
   std::vector<std::string> json_args = args;
   json_args.insert(json_args.end(), {"-o", "json"});
   const moe_test::RunResult r = moe_test::run_moe(json_args, {.timeout_s = 300});
   INFO(r.describe());
   REQUIRE(r.ok());
-  const json results = json::parse(r.out)["results"];
+  return json::parse(r.out)["results"];
+}
+
+}  // namespace
+
+TEST_CASE("moe bench --routing: balanced and skewed loads, phase shares, decode roofline", "[bench][cli]") {
+  const std::vector<std::string> args = {"bench",     "--config",        "tiny",   "--routing", "balanced",
+                                         "--routing", "skewed",          "--reps", "1",         "--steps",
+                                         "1",         "--decode-tokens", "8",      "-t",        "2"};
+  const json results = bench_results(args);
   REQUIRE(results.size() == 2);
   CHECK(results[0]["routing"] == "balanced");
   CHECK(results[1]["routing"] == "skewed");
@@ -58,12 +67,7 @@ TEST_CASE("moe bench refuses an unknown routing and a missing data file, naming 
 TEST_CASE("moe bench on a model with the MTP module: decode-spec rows for the int8 and the f32 draft", "[bench][cli]") {
   const std::vector<std::string> args = {"bench", "--config",        "tiny-v3", "--reps", "1", "--steps",
                                          "1",     "--decode-tokens", "8",       "-t",     "2"};
-  std::vector<std::string> json_args = args;
-  json_args.insert(json_args.end(), {"-o", "json"});
-  const moe_test::RunResult r = moe_test::run_moe(json_args, {.timeout_s = 300});
-  INFO(r.describe());
-  REQUIRE(r.ok());
-  const json spec = json::parse(r.out)["results"][0]["decode_spec"];
+  const json spec = bench_results(args)[0]["decode_spec"];
   REQUIRE(spec.is_object());
   CHECK(spec["draft_precision"] == "int8");
   CHECK(spec["trained"] == false);  // a config: fresh weights
