@@ -36,7 +36,7 @@ struct InferFlags {
   bool expert_stats = false, json = false;
   std::string draft;  // "mtp": self-speculative decoding
   int64_t draft_max = 1;
-  std::string draft_precision = "int8";
+  std::string draft_precision = "auto";
 };
 
 std::string read_text(const std::string& path) {
@@ -66,7 +66,8 @@ nlohmann::json speculative_json(const GenerateRequest& request, const GenerateTi
   return {
       {"draft", "mtp"},
       {"draft_max", request.draft_max},
-      {"draft_precision", request.draft_int8 ? "int8" : "f32"},
+      {"draft_precision", t.draft_int8 ? "int8" : "f32"},
+      {"draft_precision_chosen", request.draft_precision == DraftPrecision::automatic ? "auto" : "flag"},
       {"drafted", t.drafted},
       {"accepted", t.accepted},
       {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
@@ -140,10 +141,11 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
     const nlohmann::json s = speculative_json(request, timings);
     std::fprintf(stderr,
                  "moe: --draft mtp: %lld drafted, %lld accepted (%.1f%%), %.2f tokens per main-model step (%lld "
-                 "steps), draft-max %lld, %s draft\n",
+                 "steps), draft-max %lld, %s draft%s\n",
                  (long long)timings.drafted, (long long)timings.accepted, 100 * s["acceptance_rate"].get<double>(),
                  s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps, (long long)request.draft_max,
-                 request.draft_int8 ? "int8" : "f32");
+                 timings.draft_int8 ? "int8" : "f32",
+                 request.draft_precision == DraftPrecision::automatic ? " (auto)" : "");
   }
   if (f->expert_stats)
     std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),
@@ -201,10 +203,11 @@ Run add_infer(CLI::App& app) {
       ->capture_default_str()
       ->check(InRange(1, 16));
   cmd->add_option("--draft-precision", f->draft_precision,
-                  "With --draft mtp: the module's FFN and eh_proj in int8 (a quarter of the bytes: faster "
-                  "drafts) or f32; the main model verifies in f32 either way (greedy: the same text)")
+                  "With --draft mtp: the module's FFN and eh_proj in int8 (a quarter of the bytes) or f32; "
+                  "auto: int8 when those weights outgrow the threads' L2 caches. The main model verifies in "
+                  "f32 either way (greedy: the same text)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"int8", "f32"}));
+      ->check(CLI::IsMember({"auto", "int8", "f32"}));
   cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");
   cmd->add_flag("--json", f->json, "Print one JSON document instead of streaming text");
 
@@ -221,7 +224,9 @@ Run add_infer(CLI::App& app) {
     request.n_predict = f->n_predict;
     request.sampler = f->sampler;
     request.draft_max = f->draft.empty() ? 0 : f->draft_max;
-    request.draft_int8 = f->draft_precision == "int8";
+    request.draft_precision = f->draft_precision == "int8"  ? DraftPrecision::int8
+                              : f->draft_precision == "f32" ? DraftPrecision::f32
+                                                            : DraftPrecision::automatic;
     request.seed = !f->seed.empty() ? std::stoull(f->seed)  // checked by SeedValue
                                     : uint64_t(std::random_device{}()) ^ (uint64_t(std::random_device{}()) << 32);
     if (pp->count() > 0) {

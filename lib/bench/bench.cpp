@@ -173,7 +173,7 @@ SpecDecode speculative_rates(const Model& model, const std::vector<uint8_t>& tex
   for (int64_t rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
     for (int mode = 0; mode < 3; ++mode) {
       request.draft_max = mode == 0 ? 0 : 1;
-      request.draft_int8 = mode == 1;
+      request.draft_precision = mode == 1 ? DraftPrecision::int8 : DraftPrecision::f32;
       GenerateTimings t;
       generate(
           ctx, model, request, [](size_t, int32_t) {}, t, nullptr);

@@ -1,8 +1,12 @@
 #include "infer/generate.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+
+#include <omp.h>
 
 #include "core/error.hpp"
 #include "ops/embedding.hpp"
@@ -155,6 +159,17 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
 
 }  // namespace
 
+bool int8_draft_pays(const ModelConfig& c, int64_t threads) {
+  if (!c.mtp()) return false;
+  const int64_t D = c.hidden_size, L = c.num_hidden_layers;
+  const int64_t ffn = c.is_moe_layer(L) ? (c.n_routed_experts * c.moe_intermediate_size + c.shared_intermediate())
+                                        : c.intermediate_size;
+  const double module_bytes = double(3 * ffn * D + 2 * D * D) * sizeof(float);
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  const double per_thread = l2 > 0 ? double(l2) : double(1 << 20);
+  return module_bytes > per_thread * double(std::max<int64_t>(threads, 1));
+}
+
 std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, const GenerateRequest& request,
                                      const std::function<void(size_t, int32_t)>& on_token, GenerateTimings& timings,
                                      ExpertTally* tally) {
@@ -191,8 +206,10 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   if (N > 0 && !c.mtp())
     fail("--draft mtp: the model has no multi-token-prediction module (num_nextn_predict_layers is 0)");
   const auto t_setup = std::chrono::steady_clock::now();
-  Decoder decoder(model, std::max<int64_t>(S, 1), max_len, std::max<int64_t>(S, 1) * (N + 1),
-                  N > 0 && request.draft_int8);
+  timings.draft_int8 =
+      N > 0 && (request.draft_precision == DraftPrecision::automatic ? int8_draft_pays(c, omp_get_max_threads())
+                                                                     : request.draft_precision == DraftPrecision::int8);
+  Decoder decoder(model, std::max<int64_t>(S, 1), max_len, std::max<int64_t>(S, 1) * (N + 1), timings.draft_int8);
   {
     Workspace warm(c, 1, 1, false);
     const int32_t token = '\n';

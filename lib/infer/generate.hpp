@@ -14,6 +14,16 @@
 
 namespace moe {
 
+enum class DraftPrecision { automatic, int8, f32 };
+
+// Whether drafting with int8 weights is faster than with f32 for this model on `threads` threads:
+// int8 reads a quarter of the bytes but costs a quantization and a rescale per product, which only
+// pays when the module's weights do not stay in the cores' private caches between tokens (measured
+// with moe bench: small-v3's 7.2 MB module drafts 10-20 % faster in int8; with tiny-v3's 0.7 MB one,
+// which stays in L2, the two are within 2 %, f32 ahead). The rule: the module's FFN and eh_proj in
+// f32 exceed the L2 caches of the threads (1 MiB each where the system does not say).
+bool int8_draft_pays(const ModelConfig& c, int64_t threads);
+
 struct GenerateRequest {
   std::vector<std::string> prompts;  // an empty prompt starts from a newline
   int64_t n_predict = 256;
@@ -23,11 +33,11 @@ struct GenerateRequest {
   // verified by the main model (0: plain decoding). The output follows the main model exactly:
   // greedy text is the same, sampled text has the same distribution.
   int64_t draft_max = 0;
-  // The draft's precision: int8 (the MTP module's FFN and eh_proj quantized, core/quant.hpp) or f32.
-  // The main model verifies every draft in f32, so greedy text is plain greedy decoding's and sampled
-  // text has its distribution either way; the acceptance rate (and, when sampling, which text a
-  // given seed gives) depends on the draft.
-  bool draft_int8 = true;
+  // The draft's precision: int8 (the MTP module's FFN and eh_proj quantized, core/quant.hpp), f32,
+  // or automatic (int8_draft_pays). The main model verifies every draft in f32, so greedy text is
+  // plain greedy decoding's and sampled text has its distribution either way; the acceptance rate
+  // (and, when sampling, which text a given seed gives) depends on the draft.
+  DraftPrecision draft_precision = DraftPrecision::automatic;
   Tokenizer tokenizer;  // the model's (checkpoint_tokenizer): prompts are encoded, tokens decoded with it
 };
 
@@ -47,8 +57,9 @@ struct GenerateTimings {
   double setup_seconds = 0, prompt_seconds = 0, generate_seconds = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;
   // Speculative decoding: tokens drafted and accepted, and main-model steps after the prompt (one
-  // per verification).
+  // per verification); the draft's precision as used (automatic resolved).
   int64_t drafted = 0, accepted = 0, main_steps = 0;
+  bool draft_int8 = false;
 };
 
 // on_token(sequence index, token) is called as each token is produced (for streaming).

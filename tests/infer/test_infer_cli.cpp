@@ -132,7 +132,9 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   CHECK(s.at("accepted").get<int64_t>() <= s.at("drafted").get<int64_t>());
   CHECK(s.at("main_steps").get<int64_t>() == 19 - s.at("accepted").get<int64_t>());
   CHECK(s.at("tokens_per_main_step").get<double>() >= 1.0);
-  CHECK(s.at("draft_precision") == "int8");  // the default
+  // The default picks the draft's precision: this module's weights (a few KiB) stay in cache, f32.
+  CHECK(s.at("draft_precision") == "f32");
+  CHECK(s.at("draft_precision_chosen") == "auto");
   // The MTP layer's load (layer 2, last in the table): each drafted token is one row through its
   // experts (the rows that only enter its cache route nowhere), K = 2 experts each.
   const auto& stats = b.at("expert_stats");
@@ -141,14 +143,15 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   int64_t mtp_routed = 0;
   for (const auto& v : stats.back().at("counts")) mtp_routed += v.get<int64_t>();
   CHECK(mtp_routed == 2 * s.at("drafted").get<int64_t>());
-  // The f32 draft: the same text.
-  std::vector<std::string> f32 = draft;
-  f32.insert(f32.end(), {"--draft-precision", "f32"});
-  const RunResult f32_run = run_moe(f32);
-  REQUIRE(f32_run.ok());
-  const auto f = nlohmann::json::parse(f32_run.out);
-  CHECK(f.at("text_bytes") == a.at("text_bytes"));
-  CHECK(f.at("speculative").at("draft_precision") == "f32");
+  // The int8 draft, asked for: the same text.
+  std::vector<std::string> int8 = draft;
+  int8.insert(int8.end(), {"--draft-precision", "int8"});
+  const RunResult int8_run = run_moe(int8);
+  REQUIRE(int8_run.ok());
+  const auto q = nlohmann::json::parse(int8_run.out);
+  CHECK(q.at("text_bytes") == a.at("text_bytes"));
+  CHECK(q.at("speculative").at("draft_precision") == "int8");
+  CHECK(q.at("speculative").at("draft_precision_chosen") == "flag");
   CHECK(run_moe({"infer", "-m", tmp.path(), "-p", "hi", "--draft", "mtp", "--draft-precision", "int4"}).code != 0);
   // The streaming form reports on stderr.
   draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back(), draft.pop_back();
@@ -157,7 +160,7 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   const RunResult streamed = run_moe(draft);
   CHECK(streamed.err.find("--draft mtp:") != std::string::npos);
   CHECK(streamed.err.find("accepted") != std::string::npos);
-  CHECK(streamed.err.find("int8 draft") != std::string::npos);
+  CHECK(streamed.err.find("f32 draft (auto)") != std::string::npos);
   // A model without the module: a one-line refusal.
   const TempDir other("infer_nodraft");
   make_checkpoint(other);

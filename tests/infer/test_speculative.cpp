@@ -40,7 +40,7 @@ std::vector<GenerateOutput> run(const Model& model, const std::vector<std::strin
   request.sampler = sampler;
   request.seed = seed;
   request.draft_max = draft;
-  request.draft_int8 = int8;
+  request.draft_precision = int8 ? DraftPrecision::int8 : DraftPrecision::f32;
   GenerateTimings t;
   auto out = generate(
       ctx, model, request, [](size_t, int32_t) {}, t, nullptr);
@@ -151,4 +151,14 @@ TEST_CASE("speculative sampling keeps the main model's distribution (chi-square 
   CHECK(chi2 < 60);
   CHECK(accepted > 0);
   CHECK(accepted < drafted);
+}
+
+TEST_CASE("the automatic draft precision takes int8 only for a module that outgrows the L2 caches", "[infer]") {
+  ModelConfig c = mtp_config();  // a module of a few KiB
+  CHECK_FALSE(int8_draft_pays(c, 1));
+  // 64 experts of width 1024 at D = 1024: a 800 MB module, beyond any L2.
+  c.hidden_size = 1024, c.moe_intermediate_size = 1024, c.n_routed_experts = 64;
+  for (int64_t threads : {1, 2, 64}) CHECK(int8_draft_pays(c, threads));
+  c.num_nextn_predict_layers = 0;  // no module: nothing to draft
+  CHECK_FALSE(int8_draft_pays(c, 1));
 }
