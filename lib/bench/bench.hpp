@@ -41,7 +41,7 @@ struct DecodePoint {
 
 // Greedy generation with --draft mtp (models with the MTP module) against plain greedy generation.
 struct SpecDecode {
-  Stat tokens_per_s, plain_tokens_per_s;  // the int8 draft (the default) and plain greedy decoding
+  Stat tokens_per_s, plain_tokens_per_s;  // the int8 draft and plain greedy decoding
   double acceptance = 0, tokens_per_step = 0;
   Stat f32_tokens_per_s;  // the f32 draft
   double f32_acceptance = 0;
