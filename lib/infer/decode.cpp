@@ -152,25 +152,6 @@ struct Decoder::ThreadStep {
     }
   }
 
-  // A SwiGLU FFN slice: rows of xs (M, D) through gate/up rows [r.begin, r.end) of (., D) weights
-  // and the matching columns of down (D, ld_down) -> y (M, D), written or accumulated. `scale_rows`
-  // (M) multiplies each row's activation (the routed gate weights) when given.
-  void ffn_slice(const float* xs, int64_t M, const float* wg, const float* wu, const float* wd, int64_t ld_down,
-                 Range r, const float* scale_rows, float* y, bool acc) {
-    const int64_t W = r.size();
-    if (W == 0) {
-      if (!acc) std::fill_n(y, M * D, 0.0f);
-      return;
-    }
-    mm(true, M, W, D, xs, D, wg + r.begin * D, D, buf.gate, W, false);
-    mm(true, M, W, D, xs, D, wu + r.begin * D, D, buf.up, W, false);
-    for (int64_t m = 0; m < M; ++m) {
-      const float s = scale_rows ? scale_rows[m] : 1.0f;
-      for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
-    }
-    mm(true, M, D, W, buf.gate, W, wd + r.begin, ld_down, y, D, acc);
-  }
-
   // y (+)= x · W[rows, cols]ᵀ in int8: x (M, K, stride ldx) quantized into buf.xq first, unless
   // `quantized` says buf.xq already holds it.
   void qmm(int64_t M, const float* x, int64_t ldx, const QuantMatrix& W, int64_t row0, int64_t n_rows, int64_t col0,
@@ -179,22 +160,40 @@ struct Decoder::ThreadStep {
     if (!qgemm_rows(M, buf.xq, buf.xq_scale, W, row0, n_rows, col0, K, y, ldy, acc, buf.acc)) ok.store(false);
   }
 
-  // ffn_slice on the int8 draft weights: gate/up rows gate_row0 + [r.begin, r.end) of q, down rows
-  // [down_row0, down_row0 + D) and columns r.
-  void ffn_slice_q(const float* xs, int64_t M, const DraftWeights::Ffn& q, int64_t gate_row0, int64_t down_row0,
-                   Range r, const float* scale_rows, float* y, bool acc) {
+  // One FFN as a decode step reads it: f32 gate/up (rows of D) and down (D, ld_down), or, for the
+  // int8 draft, q's copy (gate/up rows from q_gate_row0, down rows from q_down_row0: one expert of
+  // the stacked routed experts).
+  struct FfnRef {
+    const float *gate, *up, *down;
+    int64_t ld_down;
+    const DraftWeights::Ffn* q = nullptr;
+    int64_t q_gate_row0 = 0, q_down_row0 = 0;
+  };
+
+  // A SwiGLU FFN slice: rows of xs (M, D) through gate/up rows [r.begin, r.end) and the matching
+  // columns of down -> y (M, D), written or accumulated. `scale_rows` (M) multiplies each row's
+  // activation (the routed gate weights) when given.
+  void ffn_slice(const float* xs, int64_t M, const FfnRef& f, Range r, const float* scale_rows, float* y, bool acc) {
     const int64_t W = r.size();
     if (W == 0) {
       if (!acc) std::fill_n(y, M * D, 0.0f);
       return;
     }
-    qmm(M, xs, D, q.gate, gate_row0 + r.begin, W, 0, D, buf.gate, W, false);
-    qmm(M, xs, D, q.up, gate_row0 + r.begin, W, 0, D, buf.up, W, false, /*quantized=*/true);
+    if (f.q) {
+      qmm(M, xs, D, f.q->gate, f.q_gate_row0 + r.begin, W, 0, D, buf.gate, W, false);
+      qmm(M, xs, D, f.q->up, f.q_gate_row0 + r.begin, W, 0, D, buf.up, W, false, /*quantized=*/true);
+    } else {
+      mm(true, M, W, D, xs, D, f.gate + r.begin * D, D, buf.gate, W, false);
+      mm(true, M, W, D, xs, D, f.up + r.begin * D, D, buf.up, W, false);
+    }
     for (int64_t m = 0; m < M; ++m) {
       const float s = scale_rows ? scale_rows[m] : 1.0f;
       for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
     }
-    qmm(M, buf.gate, W, q.down, down_row0, D, r.begin, W, y, D, acc);
+    if (f.q)
+      qmm(M, buf.gate, W, f.q->down, f.q_down_row0, D, r.begin, W, y, D, acc);
+    else
+      mm(true, M, D, W, buf.gate, W, f.down + r.begin, f.ld_down, y, D, acc);
   }
 
   // exp(scale · (s - max)) over the first len entries of each of `rows` score rows (stride ld), in
@@ -346,11 +345,8 @@ struct Decoder::ThreadStep {
       force_route_token(c, d.forced_routing_, pos[i], buf.scores + i * E, buf.expert + i * K, buf.weight + i * K);
     }
     if (t == 0) std::copy_n(buf.expert, n * K, a.moe.expert);
-    if (dq)
-      ffn_slice_q(buf.xn, n, dq->ffn, 0, 0, slice(Is, t, T, kSliceAlign), nullptr, part, false);
-    else
-      ffn_slice(buf.xn, n, mw.shared_gate, mw.shared_up, mw.shared_down, Is, slice(Is, t, T, kSliceAlign), nullptr,
-                part, false);
+    ffn_slice(buf.xn, n, {mw.shared_gate, mw.shared_up, mw.shared_down, Is, dq ? &dq->ffn : nullptr},
+              slice(Is, t, T, kSliceAlign), nullptr, part, false);
     // Tokens grouped by expert (the shared counting sort, no padding: a padded row would cost as
     // much as a token), so an expert chosen twice is read once. Each thread takes a slice of every
     // expert's intermediate width, so a skewed load splits over the threads like any other.
@@ -364,11 +360,10 @@ struct Decoder::ThreadStep {
         std::copy_n(buf.xn + (j / K) * D, D, buf.x_rows + m * D);
         buf.row_scale[m] = buf.weight[j];
       }
-      if (dq)
-        ffn_slice_q(buf.x_rows, M, dq->experts, e * Im, e * D, r, buf.row_scale, buf.y_rows, false);
-      else
-        ffn_slice(buf.x_rows, M, mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im,
-                  Im, r, buf.row_scale, buf.y_rows, false);
+      ffn_slice(buf.x_rows, M,
+                {mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im, Im,
+                 dq ? &dq->experts : nullptr, e * Im, e * D},
+                r, buf.row_scale, buf.y_rows, false);
       for (int64_t m = 0; m < M; ++m) {
         float* dst = part + (buf.row_slot[first + m] / K) * D;
         const float* src = buf.y_rows + m * D;
@@ -393,11 +388,8 @@ struct Decoder::ThreadStep {
     for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.h + i * D, lw.post_attention_layernorm, buf.xn + i * D, D, eps);
     if (c.is_moe_layer(l))
       moe(lw.moe, a, d.scratch_[size_t(t)].route, dq);
-    else if (dq)
-      ffn_slice_q(buf.xn, n, dq->ffn, 0, 0, slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t),
-                  false);
     else
-      ffn_slice(buf.xn, n, lw.gate_proj, lw.up_proj, lw.down_proj, c.intermediate_size,
+      ffn_slice(buf.xn, n, {lw.gate_proj, lw.up_proj, lw.down_proj, c.intermediate_size, dq ? &dq->ffn : nullptr},
                 slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t), false);
 #pragma omp barrier
     reduce(buf.h, 1, buf.x);
