@@ -62,7 +62,8 @@ nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally, bool w
   return layers;
 }
 
-nlohmann::json speculative_json(const GenerateRequest& request, const GenerateTimings& t) {
+nlohmann::json speculative_json(const ModelConfig& c, const GenerateRequest& request, const GenerateTimings& t) {
+  const double moe_steps = double(t.main_steps * c.num_moe_layers());
   return {
       {"draft", "mtp"},
       {"draft_max", request.draft_max},
@@ -74,7 +75,13 @@ nlohmann::json speculative_json(const GenerateRequest& request, const GenerateTi
       {"main_steps", t.main_steps},
       // After the first token (sampled from the prompt's logits), every token comes from a step.
       {"tokens_per_main_step",
-       t.main_steps > 0 ? double(t.generated_tokens - int64_t(request.prompts.size())) / double(t.main_steps) : 0.0}};
+       t.main_steps > 0 ? double(t.generated_tokens - int64_t(request.prompts.size())) / double(t.main_steps) : 0.0},
+      // Where the time went: the main model's verification steps and the module's draft steps
+      // (the rest of generate_ms is sampling and bookkeeping), and the routed experts a
+      // verification read per MoE layer (the union of its rows' choices; a plain step reads K).
+      {"verify_ms", t.step_seconds * 1e3},
+      {"draft_ms", t.draft_seconds * 1e3},
+      {"experts_per_moe_layer", moe_steps > 0 ? double(t.experts_read) / moe_steps : 0.0}};
 }
 
 }  // namespace
@@ -123,7 +130,7 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
                             {"generated_tokens", timings.generated_tokens},
                             {"generate_tokens_per_s", gen_tps}}},
                           {"expert_stats", stats_json(c, tally, request.draft_max > 0)}};
-    if (request.draft_max > 0) doc["speculative"] = speculative_json(request, timings);
+    if (request.draft_max > 0) doc["speculative"] = speculative_json(c, request, timings);
     if (outputs.size() == 1) {
       for (const auto& [k, v] : results[0].items()) doc[k] = v;
     } else {
@@ -138,14 +145,16 @@ void report_generation(const InferFlags* f, const ModelConfig& c, const Generate
   }
   std::fflush(stdout);
   if (request.draft_max > 0) {
-    const nlohmann::json s = speculative_json(request, timings);
+    const nlohmann::json s = speculative_json(c, request, timings);
     std::fprintf(stderr,
                  "moe: --draft mtp: %lld drafted, %lld accepted (%.1f%%), %.2f tokens per main-model step (%lld "
-                 "steps), draft-max %lld, %s draft%s\n",
+                 "steps), draft-max %lld, %s draft%s; %.1f ms verifying (%.1f routed experts read per MoE layer), "
+                 "%.1f ms drafting\n",
                  (long long)timings.drafted, (long long)timings.accepted, 100 * s["acceptance_rate"].get<double>(),
                  s["tokens_per_main_step"].get<double>(), (long long)timings.main_steps, (long long)request.draft_max,
                  timings.draft_int8 ? "int8" : "f32",
-                 request.draft_precision == DraftPrecision::automatic ? " (auto)" : "");
+                 request.draft_precision == DraftPrecision::automatic ? " (auto)" : "", s["verify_ms"].get<double>(),
+                 s["experts_per_moe_layer"].get<double>(), s["draft_ms"].get<double>());
   }
   if (f->expert_stats)
     std::fputs(format_expert_table(c, counted(c, tally, request.draft_max > 0), "inference expert load").c_str(),

@@ -170,7 +170,8 @@ SpecDecode speculative_rates(const Model& model, const std::vector<uint8_t>& tex
   request.sampler.temp = 0;
   std::vector<double> rates[3];
   GenerateTimings stats[3];
-  for (int64_t rep = -1; rep < reps; ++rep) {  // rep -1 is the warm-up
+  double step_seconds[2] = {}, draft_seconds = 0, steps[2] = {}, experts[2] = {};  // plain, int8 draft
+  for (int64_t rep = -1; rep < reps; ++rep) {                                      // rep -1 is the warm-up
     for (int mode = 0; mode < 3; ++mode) {
       request.draft_max = mode == 0 ? 0 : 1;
       request.draft_precision = mode == 1 ? DraftPrecision::int8 : DraftPrecision::f32;
@@ -179,6 +180,11 @@ SpecDecode speculative_rates(const Model& model, const std::vector<uint8_t>& tex
           ctx, model, request, [](size_t, int32_t) {}, t, nullptr);
       if (rep >= 0) rates[mode].push_back(double(t.generated_tokens) / t.generate_seconds);
       stats[mode] = t;
+      if (rep >= 0 && mode < 2) {
+        step_seconds[mode] += t.step_seconds, steps[mode] += double(t.main_steps);
+        experts[mode] += double(t.experts_read);
+        if (mode == 1) draft_seconds += t.draft_seconds;
+      }
     }
   }
   auto acceptance = [](const GenerateTimings& t) {
@@ -192,6 +198,14 @@ SpecDecode speculative_rates(const Model& model, const std::vector<uint8_t>& tex
       stats[1].main_steps > 0 ? double(stats[1].generated_tokens - 1) / double(stats[1].main_steps) : 0.0;
   r.f32_tokens_per_s = mean_sd(rates[2]);
   r.f32_acceptance = acceptance(stats[2]);
+  const double moe_layers = double(model.config.num_moe_layers());
+  if (steps[0] > 0 && steps[1] > 0 && step_seconds[0] > 0) {
+    const double plain_step = step_seconds[0] / steps[0];
+    r.verify_cost = step_seconds[1] / steps[1] / plain_step;
+    r.draft_cost = draft_seconds / steps[1] / plain_step;
+    if (moe_layers > 0)
+      r.experts_plain = experts[0] / steps[0] / moe_layers, r.experts_verify = experts[1] / steps[1] / moe_layers;
+  }
   return r;
 }
 
@@ -372,6 +386,17 @@ std::string format_bench_markdown(const std::vector<BenchResult>& results) {
           100 * r.spec.acceptance, r.spec.tokens_per_step, r.spec.plain_tokens_per_s.mean,
           r.spec.tokens_per_s.mean / r.spec.plain_tokens_per_s.mean, r.spec.tokens_per_s.mean, r.spec.tokens_per_s.sd);
       out += buf;
+      if (r.spec.verify_cost > 0) {
+        std::snprintf(buf, sizeof buf,
+                      "| %s | %s | %lld | decode-spec B1 round, int8 draft: verification %.2fx a plain step (%.1f "
+                      "routed experts read per MoE layer vs %.1f), drafting %.2fx; ceiling with a free draft: %.2f "
+                      "tokens/step / %.2f = %.2fx plain | %.0f |\n",
+                      label(r).c_str(), params, (long long)r.threads, r.spec.verify_cost, r.spec.experts_verify,
+                      r.spec.experts_plain, r.spec.draft_cost, r.spec.tokens_per_step, r.spec.verify_cost,
+                      r.spec.tokens_per_step / r.spec.verify_cost,
+                      r.spec.plain_tokens_per_s.mean * r.spec.tokens_per_step / r.spec.verify_cost);
+        out += buf;
+      }
       std::snprintf(buf, sizeof buf,
                     "| %s | %s | %lld | decode-spec B1, --draft mtp --draft-precision f32 (acceptance %.0f%%; "
                     "%.2fx plain) | %.0f ± %.0f |\n",
@@ -479,6 +504,15 @@ nlohmann::json bench_json(const std::vector<BenchResult>& results) {
                                                         {"tokens_per_main_step", r.spec.tokens_per_step},
                                                         {"trained", r.spec.trained},
                                                         {"draft_precision", "int8"},
+                                                        {"round",
+                                                         {{"verify_step_vs_plain", r.spec.verify_cost},
+                                                          {"draft_vs_plain_step", r.spec.draft_cost},
+                                                          {"experts_per_moe_layer_plain", r.spec.experts_plain},
+                                                          {"experts_per_moe_layer_verify", r.spec.experts_verify},
+                                                          {"free_draft_ceiling",
+                                                           r.spec.verify_cost > 0
+                                                               ? r.spec.tokens_per_step / r.spec.verify_cost
+                                                               : 0.0}}},
                                                         {"f32_draft",
                                                          {{"tokens_per_s", stat(r.spec.f32_tokens_per_s)},
                                                           {"acceptance", r.spec.f32_acceptance}}}}

@@ -46,6 +46,12 @@ struct SpecDecode {
   Stat f32_tokens_per_s;  // the f32 draft
   double f32_acceptance = 0;
   bool trained = false;  // measured on a checkpoint's weights (else a fresh initialisation)
+  // Where a round of the int8-draft run goes, against a plain step (time inside the main model's
+  // decode steps): its verification step and its draft steps, each as a multiple of a plain step,
+  // and the routed experts a step reads per MoE layer (plain: K; a verification: the union of its
+  // rows' choices). tokens_per_step / verify_cost bounds the speed-up of any draft, even a free one.
+  double verify_cost = 0, draft_cost = 0;
+  double experts_plain = 0, experts_verify = 0;
 };
 
 struct BenchResult {

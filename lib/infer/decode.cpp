@@ -351,6 +351,8 @@ struct Decoder::ThreadStep {
     // much as a token), so an expert chosen twice is read once. Each thread takes a slice of every
     // expert's intermediate width, so a skewed load splits over the threads like any other.
     sort_by_expert(buf.expert, n * K, E, 1, buf.counts, buf.offsets, buf.cursor, buf.slot_row, buf.row_slot);
+    if (t == 0)
+      for (int64_t e = 0; e < E; ++e) d.experts_read_ += buf.offsets[e + 1] > buf.offsets[e];
     const Range r = slice(Im, t, T, kSliceAlign);
     for (int64_t e = 0; e < E; ++e) {
       const int64_t first = buf.offsets[e], M = buf.offsets[e + 1] - first;
@@ -544,6 +546,7 @@ const float* Decoder::prefill(ComputeContext& ctx, int64_t b, const std::vector<
 void Decoder::run(const int32_t* seq, const int64_t* pos, const int32_t* tokens, const float* mtp_input, int64_t n,
                   int64_t cache_only) {
   std::atomic<bool> ok{true};
+  experts_read_ = 0;
 #pragma omp parallel num_threads(max_threads_)
   {
     ThreadStep step(*this, seq, pos, n, ok);

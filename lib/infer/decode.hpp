@@ -94,6 +94,10 @@ class Decoder {
 
   KvCache& cache() { return cache_; }
 
+  // Distinct routed experts the last step (or mtp_step) read, summed over its MoE layers: K per
+  // layer for one row, more when several rows chose different experts (a verification's cost).
+  int64_t experts_read() const { return experts_read_; }
+
  private:
   // The body of one decode step for thread omp_get_thread_num() of the current team.
   struct ThreadStep;
@@ -122,6 +126,7 @@ class Decoder {
   std::vector<int64_t> mtp_pos_;
   Buffer<float> mtp_input_;              // (rows, D)
   std::unique_ptr<DraftWeights> draft_;  // int8_draft only
+  int64_t experts_read_ = 0;             // written by thread 0 of a step
   // Runs one step (main layers, or the MTP module) over n rows at positions pos in one parallel
   // region; in the MTP module the first cache_only rows stop after appending to its cache.
   void run(const int32_t* seq, const int64_t* pos, const int32_t* tokens, const float* mtp_input, int64_t n,

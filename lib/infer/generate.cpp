@@ -48,7 +48,10 @@ void verify_drafts(ComputeContext& ctx, const Model& model, Decoder& decoder, st
   }
   std::vector<int64_t> length_before(active_ids.size());
   for (size_t a = 0; a < active_ids.size(); ++a) length_before[a] = decoder.cache().length[size_t(active_ids[a])];
+  const auto t_step = std::chrono::steady_clock::now();
   const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
+  timings.step_seconds += seconds_since(t_step);
+  timings.experts_read += decoder.experts_read();
   ++timings.main_steps;
   for (size_t a = 0; a < active_ids.size(); ++a) {
     const int64_t i = active_ids[a];
@@ -133,7 +136,9 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
       }
     }
     if (seq.empty()) break;
+    const auto t_draft = std::chrono::steady_clock::now();
     const float* logits = decoder.mtp_step(seq.data(), hidden.data(), tokens.data(), int64_t(seq.size()), tally);
+    timings.draft_seconds += seconds_since(t_draft);
     // Each sequence drafts from its last row, the one output row the step returns for it (rows of
     // a sequence are consecutive: outputs come in sequence order); the MTP module's state moves to
     // that row's output.
@@ -277,7 +282,10 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     for (int64_t i = 0; i < S; ++i)
       if (active[size_t(i)]) seq.push_back(int32_t(i)), tokens.push_back(last[size_t(i)]);
     if (seq.empty()) break;
+    const auto t_step = std::chrono::steady_clock::now();
     const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
+    timings.step_seconds += seconds_since(t_step);
+    timings.experts_read += decoder.experts_read();
     ++timings.main_steps;
     for (size_t j = 0; j < seq.size(); ++j) {
       const int64_t i = seq[j];

@@ -60,6 +60,11 @@ struct GenerateTimings {
   // per verification); the draft's precision as used (automatic resolved).
   int64_t drafted = 0, accepted = 0, main_steps = 0;
   bool draft_int8 = false;
+  // Where decoding's time goes: inside the main model's steps (plain, or verification) and the
+  // MTP module's draft steps; the routed experts the main steps read (distinct per MoE layer,
+  // summed over layers and steps). What is left of generate_seconds is sampling and bookkeeping.
+  double step_seconds = 0, draft_seconds = 0;
+  int64_t experts_read = 0;
 };
 
 // on_token(sequence index, token) is called as each token is produced (for streaming).

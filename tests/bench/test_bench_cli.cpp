@@ -82,8 +82,20 @@ TEST_CASE("moe bench on a model with the MTP module: decode-spec rows for the in
   const double per_step = spec["tokens_per_main_step"].get<double>();
   CHECK(per_step >= 1.0);
   CHECK(per_step <= 2.0);
+  // The round's breakdown: a plain step reads K = 2 experts per MoE layer, a verification of two
+  // rows the union of theirs (the last round may have no draft: one row); tiny-v3 routes within
+  // one group of 4 experts.
+  const json round = spec["round"];
+  CHECK(round["experts_per_moe_layer_plain"].get<double>() == 2.0);
+  CHECK(round["experts_per_moe_layer_verify"].get<double>() >= 2.0);
+  CHECK(round["experts_per_moe_layer_verify"].get<double>() <= 4.0);
+  CHECK(round["verify_step_vs_plain"].get<double>() > 0);
+  CHECK(round["draft_vs_plain_step"].get<double>() > 0);
+  CHECK(round["free_draft_ceiling"].get<double>() ==
+        Approx(per_step / round["verify_step_vs_plain"].get<double>()).epsilon(1e-9));
   const moe_test::RunResult md = moe_test::run_moe(args, {.timeout_s = 300});
   REQUIRE(md.ok());
   CHECK(md.out.find("decode-spec B1, --draft mtp (int8 draft, untrained weights") != std::string::npos);
   CHECK(md.out.find("decode-spec B1, --draft mtp --draft-precision f32") != std::string::npos);
+  CHECK(md.out.find("decode-spec B1 round, int8 draft: verification ") != std::string::npos);
 }

@@ -128,6 +128,31 @@ TEST_CASE("batched decode steps equal the full forward for any thread count", "[
   omp_set_num_threads(saved_threads);
 }
 
+TEST_CASE("a decode step reports the distinct routed experts it read, from the same choices as its load", "[infer]") {
+  // Six rows of 8 experts, 2 each: some share experts, so the union is below 12 per layer; one row
+  // reads exactly K per layer.
+  Model model(decode_config());
+  model.init(29);
+  const ModelConfig& c = model.config;
+  ComputeContext ctx;
+  const int64_t B = 6;
+  Decoder decoder(model, B, c.max_position_embeddings);
+  for (int64_t b = 0; b < B; ++b) decoder.prefill(ctx, b, {int32_t('a' + b), int32_t('k' + b)}, nullptr);
+  for (int64_t rows : {int64_t(1), B}) {
+    std::vector<int32_t> seq, next;
+    for (int64_t b = 0; b < rows; ++b) seq.push_back(int32_t(b)), next.push_back(int32_t('q' + 2 * b));
+    ExpertTally tally(c);
+    decoder.step(ctx, seq.data(), next.data(), rows, &tally);
+    int64_t distinct = 0;
+    for (const auto& layer : tally.counts)
+      for (int64_t n : layer) distinct += n > 0;
+    INFO(rows << " rows");
+    CHECK(decoder.experts_read() == distinct);
+    if (rows == 1) CHECK(distinct == c.num_experts_per_tok * c.num_moe_layers());
+    if (rows == B) CHECK(distinct > c.num_experts_per_tok * c.num_moe_layers());
+  }
+}
+
 TEST_CASE("decoding routes with the model's device-limited routing, as the full forward does", "[infer]") {
   // 4 blocks of 2 experts, one block per token (what a checkpoint of `--expert-parallel
   // --max-ranks-per-token 1` on 4 ranks says).

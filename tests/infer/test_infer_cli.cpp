@@ -132,6 +132,13 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   CHECK(s.at("accepted").get<int64_t>() <= s.at("drafted").get<int64_t>());
   CHECK(s.at("main_steps").get<int64_t>() == 19 - s.at("accepted").get<int64_t>());
   CHECK(s.at("tokens_per_main_step").get<double>() >= 1.0);
+  // Time split and the verifications' expert reads: one MoE layer, K = 2 of 4 experts per row,
+  // up to three rows per verification (draft-max 2).
+  CHECK(s.at("verify_ms").get<double>() > 0);
+  CHECK(s.at("draft_ms").get<double>() > 0);
+  CHECK(s.at("verify_ms").get<double>() + s.at("draft_ms").get<double>() <= b.at("timings").at("generate_ms"));
+  CHECK(s.at("experts_per_moe_layer").get<double>() >= 2.0);
+  CHECK(s.at("experts_per_moe_layer").get<double>() <= 4.0);
   // The default picks the draft's precision: this module's weights (a few KiB) stay in cache, f32.
   CHECK(s.at("draft_precision") == "f32");
   CHECK(s.at("draft_precision_chosen") == "auto");
