@@ -68,11 +68,12 @@ struct ThreadBuffers {
   // MLA only (empty for GQA): rq, rkv the latent ranks, lat = rkv + dr.
   float *q_lat, *q_lat_n;  // (B, rq) query latent, normed
   float* q_heads;          // (B, H*(dn+dr)) queries (this thread's heads' columns)
-  float* q_cat;            // (B, H, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
-  float* o_lat;            // (B, H, rkv) attention output in latent space
-  float* kv_lat;           // (B, lat) kv_a_proj_with_mqa output (thread 0)
-  float* head_norm;        // (H) 1 / softmax sum of each head (both attentions)
-  float* mtp_cat;          // (B, 2D) the MTP module's [enorm(embed(t)) | hnorm(h)]
+  // The thread's hn heads only, row-major (B, hn, ·), so a run of one sequence's rows is one block:
+  float* q_cat;      // (B, hn, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
+  float* o_lat;      // (B, hn, rkv) attention output in latent space
+  float* kv_lat;     // (B, lat) kv_a_proj_with_mqa output (thread 0)
+  float* head_norm;  // (B * H) 1 / softmax sum of each score row (both attentions)
+  float* mtp_cat;    // (B, 2D) the MTP module's [enorm(embed(t)) | hnorm(h)]
   // int8 drafting only: quantized activation rows, their scales, the int32 products.
   uint8_t* xq;      // (rows, max(2D, width))
   float* xq_scale;  // (rows)
@@ -94,7 +95,7 @@ struct ThreadBuffers {
     q_lat = f.take(B * rq), q_lat_n = f.take(B * rq);
     q_heads = f.take(c.mla() ? B * H * c.qk_head_dim() : 0);
     q_cat = f.take(B * H * lat), o_lat = f.take(B * H * rkv), kv_lat = f.take(B * lat);
-    head_norm = f.take(H);
+    head_norm = f.take(B * H);
     mtp_cat = f.take(c.mtp() ? B * 2 * D : 0);
     const int64_t qrows = c.mtp() ? rows : 0;
     xq = reinterpret_cast<uint8_t*>(ib.take((qrows * std::max(2 * D, width) + 3) / 4));
@@ -197,9 +198,9 @@ struct Decoder::ThreadStep {
   }
 
   // exp(scale · (s - max)) over the first len entries of each of `rows` score rows (stride ld), in
-  // place; 1 / their sum into buf.head_norm for normalise_rows, after the weighted sum (fewer
+  // place; 1 / their sum into norm (rows) for normalise_rows, after the weighted sum (fewer
   // divisions: a head's output is narrower than its context).
-  void softmax_rows(float* scores, int64_t rows, int64_t ld, int64_t len, float scale) {
+  void softmax_rows(float* scores, int64_t rows, int64_t ld, int64_t len, float scale, float* norm) {
     for (int64_t h = 0; h < rows; ++h) {
       float* p = scores + h * ld;
       float max = -INFINITY;
@@ -208,10 +209,10 @@ struct Decoder::ThreadStep {
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int64_t j = 0; j < len; ++j) sum += (p[j] = exp_fast((p[j] - max) * scale));
-      buf.head_norm[h] = 1.0f / sum;
+      norm[h] = 1.0f / sum;
     }
   }
-  void normalise_rows(float* out, int64_t rows, int64_t width) const {
+  void normalise_rows(float* out, int64_t rows, int64_t width) const {  // by buf.head_norm
     for (int64_t h = 0; h < rows; ++h)
 #pragma omp simd
       for (int64_t e = 0; e < width; ++e) out[h * width + e] *= buf.head_norm[h];
@@ -248,7 +249,7 @@ struct Decoder::ThreadStep {
         float* scores = d.attn_scratch_.data() + (i * c.num_attention_heads + kh * g) * L;  // (g, L)
         float* out = a.attn + i * qd + kh * g * hd;                                         // (g, hd)
         mm(true, g, len, hd, buf.q_rot, hd, cache.k_at(l, b, kh), hd, scores, L, false);
-        softmax_rows(scores, g, L, len, scale);
+        softmax_rows(scores, g, L, len, scale, buf.head_norm);
         mm(false, g, hd, len, scores, L, cache.v_at(l, b, kh), hd, out, hd, false);
         normalise_rows(out, g, hd);
       }
@@ -285,7 +286,7 @@ struct Decoder::ThreadStep {
     // their heads' queries; the barrier publishes the new rows.
     if (t == 0) append_latent(l, lw, buf.xn, seq, pos, n);
     const Range heads = slice(H, t, T, 1);
-    const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk;
+    const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk, hn = heads.size();
     if (nq > 0) {
       if (c.q_lora_rank) {
         const int64_t rq = *c.q_lora_rank;
@@ -298,10 +299,12 @@ struct Decoder::ThreadStep {
       }
       for (int64_t h = heads.begin; h < heads.end; ++h) {
         // (n, dn) · W_kb_h (dn, rkv): rows h·(dn+dv) .. +dn of kv_b_proj.
-        mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + h * lat,
-           H * lat, false);
+        const int64_t hh = h - heads.begin;
+        mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + hh * lat,
+           hn * lat, false);
         for (int64_t i = 0; i < n; ++i)
-          rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * H + h) * lat + rkv, pos[i]);
+          rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * hn + hh) * lat + rkv,
+                      pos[i]);
       }
     }
 #pragma omp barrier
@@ -309,25 +312,31 @@ struct Decoder::ThreadStep {
       std::fill_n(part, n * D, 0.0f);
       return;
     }
-    // Per row, this thread's heads in two products: every head attends over the same cached
-    // latents (one shared "key/value head"), so the cache is streamed once per thread and row, not
-    // once per head, and oneDNN's kernels do the dot products and the weighted sum.
-    const int64_t hn = heads.size();
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t len = pos[i] + 1;
-      const float* rows = cache.latent_at(l, seq[i]);
-      float* scores = d.attn_scratch_.data() + (i * H + heads.begin) * L;  // (hn, L)
-      float* o = buf.o_lat + (i * H + heads.begin) * rkv;                  // (hn, rkv)
-      mm(true, hn, len, lat, buf.q_cat + (i * H + heads.begin) * lat, lat, rows, lat, scores, L, false);
-      softmax_rows(scores, hn, L, len, scale);
+    // Per run of rows of one sequence at consecutive positions (a verification's rows), this
+    // thread's heads in two products: every head attends over the same cached latents (one shared
+    // "key/value head"), so the cache is streamed once per thread and run, not once per head and
+    // row, and oneDNN's kernels do the dot products and the weighted sum. A row sees the positions
+    // up to its own: the later ones get weight 0. This thread's score rows: hn per row from h0 * n.
+    for (int64_t i0 = 0, i1; i0 < n; i0 = i1) {
+      for (i1 = i0 + 1; i1 < n && seq[i1] == seq[i0] && pos[i1] == pos[i1 - 1] + 1;) ++i1;
+      const int64_t m = (i1 - i0) * hn, len = pos[i1 - 1] + 1;
+      const float* rows = cache.latent_at(l, seq[i0]);
+      float* scores = d.attn_scratch_.data() + (heads.begin * n + i0 * hn) * L;  // (m, L)
+      float* o = buf.o_lat + i0 * hn * rkv;                                      // (m, rkv)
+      mm(true, m, len, lat, buf.q_cat + i0 * hn * lat, lat, rows, lat, scores, L, false);
+      for (int64_t i = i0; i < i1; ++i) {
+        float* row_scores = scores + (i - i0) * hn * L;
+        softmax_rows(row_scores, hn, L, pos[i] + 1, scale, buf.head_norm + (i - i0) * hn);
+        for (int64_t h = 0; h < hn; ++h) std::fill(row_scores + h * L + pos[i] + 1, row_scores + h * L + len, 0.0f);
+      }
       // Σ_j p_j c_j over the latent part of each cached row (its first rkv floats).
-      mm(false, hn, rkv, len, scores, L, rows, lat, o, rkv, false);
-      normalise_rows(o, hn, rkv);
+      mm(false, m, rkv, len, scores, L, rows, lat, o, rkv, false);
+      normalise_rows(o, m, rkv);
     }
     // out_h (n, dv) = o_lat_h (n, rkv) · W_vb_hᵀ, W_vb_h = rows h·(dn+dv)+dn .. +dv of kv_b_proj.
     for (int64_t h = heads.begin; h < heads.end; ++h)
-      mm(true, n, dv, rkv, buf.o_lat + h * rkv, H * rkv, lw.kv_b_proj + (h * (dn + dv) + dn) * rkv, rkv,
-         a.attn + h * dv, H * dv, false);
+      mm(true, n, dv, rkv, buf.o_lat + (h - heads.begin) * rkv, hn * rkv, lw.kv_b_proj + (h * (dn + dv) + dn) * rkv,
+         rkv, a.attn + h * dv, H * dv, false);
     // o_proj (D, H·dv): this thread's heads' columns -> a partial sum.
     mm(true, n, D, heads.size() * dv, a.attn + heads.begin * dv, H * dv, lw.o_proj + heads.begin * dv, H * dv, part, D,
        false);

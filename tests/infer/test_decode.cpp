@@ -363,6 +363,45 @@ TEST_CASE("MLA latent-cache decode equals the full forward for 1-3 threads and s
   omp_set_num_threads(saved_threads);
 }
 
+TEST_CASE("MLA decode steps with several rows of one sequence (a verification) equal the full forward", "[infer]") {
+  // Rows of one sequence at consecutive positions attend in one product per run; each must see
+  // only the positions up to its own. Runs of 3 and 2 rows, and rows of two sequences alternating
+  // (runs of one), for 1-3 threads (4 heads over 3 threads: one thread has none).
+  ComputeContext ctx;
+  Model model(mla_decode_config(true, true));
+  model.init(37);
+  const int64_t V = model.config.vocab_size;
+  const int saved_threads = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    omp_set_num_threads(threads);
+    Decoder decoder(model, 2, model.config.max_position_embeddings, 5);
+    std::vector<std::vector<int32_t>> seqs = {{'a', 'b', 'c'}, {'x', 'y', 'z', 'w', 'v'}};
+    for (int32_t b = 0; b < 2; ++b) decoder.prefill(ctx, b, seqs[size_t(b)], nullptr);
+    double worst = 0, largest = 0;
+    for (const std::vector<int32_t>& rows :
+         {std::vector<int32_t>{0, 0, 0, 1, 1}, std::vector<int32_t>{1, 0, 1, 0}, std::vector<int32_t>{1, 1, 1, 1, 0}}) {
+      std::vector<int32_t> tokens;
+      std::vector<std::vector<float>> want;
+      for (size_t r = 0; r < rows.size(); ++r) {
+        auto& s = seqs[size_t(rows[r])];
+        s.push_back(int32_t('d' + (r * 5 + s.size()) % 20));
+        tokens.push_back(s.back());
+        want.push_back(full_forward_last(ctx, model, s));
+      }
+      const float* logits = decoder.step(ctx, rows.data(), tokens.data(), int64_t(rows.size()), nullptr);
+      for (size_t r = 0; r < rows.size(); ++r)
+        for (int64_t v = 0; v < V; ++v) {
+          worst = std::max(worst, double(std::fabs(logits[int64_t(r) * V + v] - want[r][size_t(v)])));
+          largest = std::max(largest, double(std::fabs(want[r][size_t(v)])));
+        }
+    }
+    INFO(threads << " threads");
+    CHECK(worst < 1e-4);
+    CHECK(largest > 0.5);
+  }
+  omp_set_num_threads(saved_threads);
+}
+
 TEST_CASE("MLA greedy generation with the latent cache equals recomputing the sequence", "[infer]") {
   const ModelConfig c = mla_decode_config(true, true);
   Model model(c);
