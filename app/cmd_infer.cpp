@@ -64,24 +64,23 @@ nlohmann::json stats_json(const ModelConfig& c, const ExpertTally& tally, bool w
 
 nlohmann::json speculative_json(const ModelConfig& c, const GenerateRequest& request, const GenerateTimings& t) {
   const double moe_steps = double(t.main_steps * c.num_moe_layers());
-  return {
-      {"draft", "mtp"},
-      {"draft_max", request.draft_max},
-      {"draft_precision", t.draft_int8 ? "int8" : "f32"},
-      {"draft_precision_chosen", request.draft_precision == DraftPrecision::automatic ? "auto" : "flag"},
-      {"drafted", t.drafted},
-      {"accepted", t.accepted},
-      {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
-      {"main_steps", t.main_steps},
-      // After the first token (sampled from the prompt's logits), every token comes from a step.
-      {"tokens_per_main_step",
-       t.main_steps > 0 ? double(t.generated_tokens - int64_t(request.prompts.size())) / double(t.main_steps) : 0.0},
-      // Where the time went: the main model's verification steps and the module's draft steps
-      // (the rest of generate_ms is sampling and bookkeeping), and the routed experts a
-      // verification read per MoE layer (the union of its rows' choices; a plain step reads K).
-      {"verify_ms", t.step_seconds * 1e3},
-      {"draft_ms", t.draft_seconds * 1e3},
-      {"experts_per_moe_layer", moe_steps > 0 ? double(t.experts_read) / moe_steps : 0.0}};
+  return {{"draft", "mtp"},
+          {"draft_max", request.draft_max},
+          {"draft_precision", t.draft_int8 ? "int8" : "f32"},
+          {"draft_precision_chosen", request.draft_precision == DraftPrecision::automatic ? "auto" : "flag"},
+          {"drafted", t.drafted},
+          {"accepted", t.accepted},
+          {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
+          {"main_steps", t.main_steps},
+          // Per sequence (at most draft_max + 1): after the first token (sampled from the prompt's
+          // logits), every token comes from a step; several prompts share each step.
+          {"tokens_per_main_step", t.sequence_steps > 0 ? double(t.step_tokens) / double(t.sequence_steps) : 0.0},
+          // Where the time went: the main model's verification steps and the module's draft steps
+          // (the rest of generate_ms is sampling and bookkeeping), and the routed experts a
+          // verification read per MoE layer (the union of its rows' choices; a plain step reads K).
+          {"verify_ms", t.step_seconds * 1e3},
+          {"draft_ms", t.draft_seconds * 1e3},
+          {"experts_per_moe_layer", moe_steps > 0 ? double(t.experts_read) / moe_steps : 0.0}};
 }
 
 }  // namespace
@@ -202,21 +201,24 @@ Run add_infer(CLI::App& app) {
   cmd->add_option("-s,--seed", f->seed, "Sampling seed, 0 to 18446744073709551615 (default: random, printed)")
       ->check(SeedValue());
   cmd->add_option("-t,--threads", f->threads, "Threads (0: all cores)")->check(ThreadCount());
-  cmd->add_option("--draft", f->draft,
-                  "Self-speculative decoding: mtp drafts tokens with the model's multi-token-prediction module "
-                  "and the main model verifies them (same output as without)")
-      ->check(CLI::IsMember({"mtp"}));
+  CLI::Option* draft =
+      cmd->add_option("--draft", f->draft,
+                      "Self-speculative decoding: mtp drafts tokens with the model's multi-token-prediction module "
+                      "and the main model verifies them (same output as without)")
+          ->check(CLI::IsMember({"mtp"}));
   cmd->add_option("--draft-max", f->draft_max,
                   "With --draft mtp: tokens drafted per step (the module applied again "
                   "to its own output)")
       ->capture_default_str()
-      ->check(InRange(1, 16));
+      ->check(InRange(1, 16))
+      ->needs(draft);
   cmd->add_option("--draft-precision", f->draft_precision,
                   "With --draft mtp: the module's FFN and eh_proj in int8 (a quarter of the bytes) or f32; "
                   "auto: int8 when those weights outgrow the threads' L2 caches. The main model verifies in "
                   "f32 either way (greedy: the same text)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "int8", "f32"}));
+      ->check(CLI::IsMember({"auto", "int8", "f32"}))
+      ->needs(draft);
   cmd->add_flag("--expert-stats", f->expert_stats, "Print tokens per expert and MaxVio per MoE layer");
   cmd->add_flag("--json", f->json, "Print one JSON document instead of streaming text");
 
@@ -233,6 +235,7 @@ Run add_infer(CLI::App& app) {
     request.n_predict = f->n_predict;
     request.sampler = f->sampler;
     request.draft_max = f->draft.empty() ? 0 : f->draft_max;
+    check_draft_supported(model->config, request.draft_max);  // before the prompt is echoed
     request.draft_precision = f->draft_precision == "int8"  ? DraftPrecision::int8
                               : f->draft_precision == "f32" ? DraftPrecision::f32
                                                             : DraftPrecision::automatic;
@@ -369,7 +372,9 @@ Run add_eval(CLI::App& app) {
                          {"ctx", T},
                          {"seconds", seconds},
                          {"layers", stats_json(c, tally, c.mtp())}};
-      if (r.mtp_tokens > 0) out["mtp_loss"] = r.mtp_loss, out["mtp_tokens"] = r.mtp_tokens;
+      // A model with the MTP module always reports it; no window of 2 or more tokens: 0 and null.
+      if (c.mtp())
+        out["mtp_tokens"] = r.mtp_tokens, out["mtp_loss"] = r.mtp_tokens > 0 ? nlohmann::json(r.mtp_loss) : nullptr;
       std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
       return 0;
     }
@@ -384,8 +389,10 @@ Run add_eval(CLI::App& app) {
           "predicted tokens, %.1f s\n",
           r.loss, r.bits_per_byte, r.text_bytes / double(r.tokens), r.perplexity, (long long)r.tokens, seconds);
     if (r.mtp_tokens > 0)
-      std::printf("  multi-token prediction (t+2): cross-entropy %.4f nats/byte over %lld positions\n", r.mtp_loss,
-                  (long long)r.mtp_tokens);
+      std::printf("  multi-token prediction (t+2): cross-entropy %.4f nats/%s over %lld positions\n", r.mtp_loss,
+                  tokenizer.is_bytes() ? "byte" : "token", (long long)r.mtp_tokens);
+    else if (c.mtp())
+      std::printf("  multi-token prediction (t+2): no positions (it needs windows of 3 tokens or more)\n");
     std::fputs(format_expert_table(c, counted(c, tally, c.mtp()), "expert load over the file").c_str(), stdout);
     return 0;
   };

@@ -223,9 +223,9 @@ void validate(const ModelConfig& m, const std::string& where) {
   if (m.num_attention_heads % m.num_key_value_heads != 0)
     fail(at + "num_key_value_heads (" + std::to_string(m.num_key_value_heads) + ") must divide num_attention_heads (" +
          std::to_string(m.num_attention_heads) + ")");
-  if (m.first_k_dense_replace > m.num_hidden_layers)
-    fail(at + "first_k_dense_replace (" + std::to_string(m.first_k_dense_replace) +
-         ") must be at most num_hidden_layers (" + std::to_string(m.num_hidden_layers) + ")");
+  // As in HF's modeling_deepseek_v3: layer l (the MTP module's layer L included) is MoE when
+  // l >= first_k_dense_replace; a larger value leaves every layer dense (HF's default is 3, kept by
+  // small configs with fewer layers).
   if (m.first_k_dense_replace > 0) check_value(m.intermediate_size, Check::positive, 0, at + "intermediate_size");
   if (m.num_experts_per_tok > m.n_routed_experts)
     fail(at + "num_experts_per_tok (" + std::to_string(m.num_experts_per_tok) + ") must be at most n_routed_experts (" +
@@ -244,13 +244,13 @@ void validate(const ModelConfig& m, const std::string& where) {
   // Refuse absurd sizes before anything is allocated: parameters alone must fit in 4 GiB of f32
   // (the training arenas hold four copies of them), and per-dimension sizes stay sane.
   const double D = double(m.hidden_size), L = double(m.num_hidden_layers);
-  // The MTP module's layer (index L >= first_k_dense_replace) is an MoE layer, plus eh_proj (D, 2D).
-  const double params = 2 * double(m.vocab_size) * D +
-                        (L + double(m.num_nextn_predict_layers)) * double(attention_params(m)) +
-                        double(m.num_nextn_predict_layers) * 2 * D * D +
-                        double(m.first_k_dense_replace) * 3 * D * double(m.intermediate_size) +
-                        double(m.num_routed_layers()) * 3 * D * double(m.moe_intermediate_size) *
-                            double(m.n_routed_experts + m.n_shared_experts);
+  // The MTP module's layer is dense or MoE by the same rule, plus eh_proj (D, 2D).
+  const double dense_layers = double(m.decoder_layers() - m.num_routed_layers());
+  const double params =
+      2 * double(m.vocab_size) * D + (L + double(m.num_nextn_predict_layers)) * double(attention_params(m)) +
+      double(m.num_nextn_predict_layers) * 2 * D * D + dense_layers * 3 * D * double(m.intermediate_size) +
+      double(m.num_routed_layers()) * 3 * D * double(m.moe_intermediate_size) *
+          double(m.n_routed_experts + m.n_shared_experts);
   if (params > 1.0e9)
     fail(at + "the model would have " + whole(params / 1e6) + "M parameters (" + whole(params * 16 / (1 << 30)) +
          " GiB to train); moe supports at most 1000M on a CPU");

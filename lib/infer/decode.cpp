@@ -625,7 +625,7 @@ const float* Decoder::mtp_step(const int32_t* seq, const float* hidden, const in
     }
   run(mtp_seq_.data(), mtp_pos_.data(), mtp_next_.data(), mtp_input_.data(), n, cache_only);
   for (int64_t i = 0; i < n; ++i) ++cache_.mtp_length[size_t(seq[i])];
-  if (tally) {
+  if (tally && c.is_moe_layer(c.num_hidden_layers)) {
     // The MTP layer's load (the rows that ran its experts): its row of the tally (the last MoE layer).
     const int32_t* expert = step_ws_.layers[size_t(c.num_hidden_layers)].moe.expert;
     auto& row = tally->counts[size_t(c.moe_layer_index(c.num_hidden_layers))];

@@ -82,6 +82,7 @@ void verify_drafts(ComputeContext& ctx, const Model& model, Decoder& decoder, st
     }
     timings.drafted += int64_t(s.drafts.size());
     timings.accepted += k;
+    ++timings.sequence_steps, timings.step_tokens += k + 1;
     // The pending MTP rows: (h_p, t_{p+1}) for the verified positions p, up to the new token.
     s.pending_hidden.assign(decoder.hidden() + s.row * D, decoder.hidden() + (s.row + k + 1) * D);
     s.pending_next.assign(s.drafts.begin(), s.drafts.begin() + k);
@@ -164,6 +165,11 @@ void speculative_round(ComputeContext& ctx, const Model& model, Decoder& decoder
 
 }  // namespace
 
+void check_draft_supported(const ModelConfig& c, int64_t draft_max) {
+  if (draft_max > 0 && !c.mtp())
+    fail("--draft mtp: the model has no multi-token-prediction module (num_nextn_predict_layers is 0)");
+}
+
 bool int8_draft_pays(const ModelConfig& c, int64_t threads) {
   if (!c.mtp()) return false;
   const int64_t D = c.hidden_size, L = c.num_hidden_layers;
@@ -208,8 +214,7 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
   }
 
   const int64_t N = request.draft_max;
-  if (N > 0 && !c.mtp())
-    fail("--draft mtp: the model has no multi-token-prediction module (num_nextn_predict_layers is 0)");
+  check_draft_supported(c, N);
   const auto t_setup = std::chrono::steady_clock::now();
   timings.draft_int8 =
       N > 0 && (request.draft_precision == DraftPrecision::automatic ? int8_draft_pays(c, omp_get_max_threads())
@@ -291,6 +296,7 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
       const int64_t i = seq[j];
       accept(i, samplers[size_t(i)].sample(logits + int64_t(j) * c.vocab_size, history[size_t(i)]));
       active[size_t(i)] = still_active(i);
+      ++timings.sequence_steps, ++timings.step_tokens;
     }
   }
   timings.generate_seconds += seconds_since(t0);

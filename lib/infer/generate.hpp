@@ -24,6 +24,9 @@ enum class DraftPrecision { automatic, int8, f32 };
 // f32 exceed the L2 caches of the threads (1 MiB each where the system does not say).
 bool int8_draft_pays(const ModelConfig& c, int64_t threads);
 
+// Refuses --draft mtp (draft_max > 0) on a model without the MTP module, in one line.
+void check_draft_supported(const ModelConfig& c, int64_t draft_max);
+
 struct GenerateRequest {
   std::vector<std::string> prompts;  // an empty prompt starts from a newline
   int64_t n_predict = 256;
@@ -59,6 +62,9 @@ struct GenerateTimings {
   // Speculative decoding: tokens drafted and accepted, and main-model steps after the prompt (one
   // per verification); the draft's precision as used (automatic resolved).
   int64_t drafted = 0, accepted = 0, main_steps = 0;
+  // Per sequence: its steps summed over the main-model steps (several sequences share a step) and
+  // the tokens those steps gave it (a verification: the accepted drafts and one more).
+  int64_t sequence_steps = 0, step_tokens = 0;
   bool draft_int8 = false;
   // Where decoding's time goes: inside the main model's steps (plain, or verification) and the
   // MTP module's draft steps; the routed experts the main steps read (distinct per MoE layer,

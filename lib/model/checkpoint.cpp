@@ -23,7 +23,8 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 // DeepSeek-V3's release stores the MTP module's embedding and head as copies of the main ones under
 // the module's layer; vLLM and SGLang read them there. moe shares the main tensors (one parameter,
-// one gradient) and writes the copies; on load they must equal the main ones.
+// one gradient) and writes the copies; on load a copy must equal its main tensor, and may be absent
+// (a writer that ties the two, as safetensors' shared-tensor deduplication does, stores it once).
 struct SharedCopy {
   std::string name;  // the copy's name at layer L
   const char* main;  // the main tensor it copies
@@ -85,13 +86,19 @@ ModelConfig load_checkpoint_config(const std::string& dir) {
 
 void check_checkpoint_tensors(const CheckpointTensors& tensors, const ModelConfig& config, const ParamLayout& whole) {
   const std::vector<CheckpointEntry> entries = checkpoint_entries(config, whole);
+  const std::vector<SharedCopy> copies = mtp_shared_copies(config);
+  size_t present = 0;
   for (const CheckpointEntry& entry : entries) {
+    const bool copy =
+        std::any_of(copies.begin(), copies.end(), [&](const SharedCopy& c) { return c.name == entry.name; });
+    if (!tensors.contains(entry.name) && copy) continue;
     if (!tensors.contains(entry.name)) fail(tensors.source() + ": missing tensor \"" + entry.name + "\"");
+    ++present;
     if (tensors.shape(entry.name) != entry.shape)
       fail(tensors.file_of(entry.name) + ": tensor \"" + entry.name + "\" has shape " +
            shape_text(tensors.shape(entry.name)) + ", config implies " + shape_text(entry.shape));
   }
-  if (tensors.size() == entries.size()) return;  // every entry is there: nothing else can be
+  if (tensors.size() == present) return;  // every name is one of the entries: nothing else is there
   std::set<std::string> known;
   for (const CheckpointEntry& entry : entries) known.insert(entry.name);
   for (const std::string& name : tensors.names())
@@ -110,6 +117,7 @@ void read_checkpoint_tensor(const CheckpointTensors& tensors, const TensorSpec& 
 
 void check_shared_copies(const CheckpointTensors& tensors, const Model& model, const float* params) {
   for (const SharedCopy& copy : mtp_shared_copies(model.config)) {
+    if (!tensors.contains(copy.name)) continue;
     const TensorSpec* main = model.find(copy.main);
     std::vector<float> values(size_t(main->numel));
     tensors.copy_f32(copy.name, values.data());

@@ -51,9 +51,9 @@ int64_t load_checkpoint_train_seq(const std::string& dir);
 void load_tensors_into(const CheckpointTensors& tensors, const Model& model, float* dest);
 
 // The pieces of load_tensors_into, for a loader that streams tensors to other processes: the names
-// and shapes (every tensor of `whole` with the shape the config implies, the MTP copies, nothing
-// unknown) before any value is read; one tensor's values (finite); the MTP copies against the main
-// tensors `model` holds (embedding and head are on every process) at `params`.
+// and shapes (every tensor of `whole` with the shape the config implies, the MTP copies if present,
+// nothing unknown) before any value is read; one tensor's values (finite); the MTP copies present
+// against the main tensors `model` holds (embedding and head are on every process) at `params`.
 void check_checkpoint_tensors(const CheckpointTensors& tensors, const ModelConfig& config, const ParamLayout& whole);
 void read_checkpoint_tensor(const CheckpointTensors& tensors, const TensorSpec& spec, float* dest);
 void check_shared_copies(const CheckpointTensors& tensors, const Model& model, const float* params);

@@ -47,7 +47,8 @@ std::string status_line(const StepRecord& r, double last_val_loss, double eta_se
   parts.push_back({buf, 0});
   std::snprintf(buf, sizeof buf, "loss %.4f", r.loss);
   parts.push_back({buf, 0});
-  if (r.mtp_loss) std::snprintf(buf, sizeof buf, "mtp %.4f", *r.mtp_loss), parts.push_back({buf, 5});
+  // Named as in metrics.jsonl, unlike the compact labels around it.
+  if (r.mtp_loss) std::snprintf(buf, sizeof buf, "mtp_loss %.4f", *r.mtp_loss), parts.push_back({buf, 5});
   if (std::isfinite(last_val_loss))
     std::snprintf(buf, sizeof buf, "val %.4f", last_val_loss);
   else

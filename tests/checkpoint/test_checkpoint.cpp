@@ -572,7 +572,8 @@ TEST_CASE("checkpoint: an MTP model writes the shared embedding and head at laye
   const auto loaded = moe::load_checkpoint(ckpt);
   CHECK(std::memcmp(loaded->params.data(), model.params.data(), size_t(model.layout.total) * 4) == 0);
 
-  // A copy that differs from the main tensor, or is missing, is refused naming it.
+  // A copy that differs from the main tensor is refused naming it; a missing one is the main tensor
+  // (a writer that ties them stores them once).
   std::vector<moe::TensorRef> refs;
   std::vector<std::vector<float>> keep;
   for (const auto& [name, entry] : file.tensors) {
@@ -587,8 +588,21 @@ TEST_CASE("checkpoint: an MTP model writes the shared embedding and head at laye
   for (const auto& ref : refs)
     if (ref.name != "model.layers." + L + ".embed_tokens.weight") without.push_back(ref);
   moe::write_safetensors(ckpt + "/model.safetensors", without);
-  REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt),
-                    Contains("missing tensor") && Contains("model.layers." + L + ".embed_tokens.weight"));
+  REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("shared_head.head.weight") && Contains("differs from"));
+  without.clear();
+  for (const auto& [name, entry] : file.tensors)
+    if (name.rfind("model.layers." + L + ".embed_tokens", 0) != 0 &&
+        name.rfind("model.layers." + L + ".shared_head.head", 0) != 0)
+      without.push_back({name, entry.shape, file.f32(name)});
+  REQUIRE(without.size() + 2 == file.tensors.size());
+  moe::write_safetensors(ckpt + "/model.safetensors", without);
+  const auto untied = moe::load_checkpoint(ckpt);
+  CHECK(std::memcmp(untied->params.data(), model.params.data(), size_t(model.layout.total) * 4) == 0);
+  // A main tensor missing is still refused.
+  without.erase(
+      std::find_if(without.begin(), without.end(), [](const moe::TensorRef& r) { return r.name == "lm_head.weight"; }));
+  moe::write_safetensors(ckpt + "/model.safetensors", without);
+  REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("missing tensor") && Contains("lm_head.weight"));
 }
 
 TEST_CASE("checkpoint: an opened file reads each tensor from disk, as a file read whole does", "[checkpoint]") {

@@ -254,10 +254,14 @@ TEST_CASE("config: head_dim must be even", "[config]") {
                     Contains("head_dim: expected an even number") && Contains("15"));
 }
 
-TEST_CASE("config: first_k_dense_replace at most num_hidden_layers", "[config]") {
-  REQUIRE_MOE_ERROR(parse(with_model("first_k_dense_replace", 3)),
-                    Contains("first_k_dense_replace (3) must be at most num_hidden_layers (2)"));
-  CHECK(parse(with_model("first_k_dense_replace", 2)).model.num_moe_layers() == 0);
+TEST_CASE("config: first_k_dense_replace past the last layer leaves every layer dense (HF's rule)", "[config]") {
+  for (const int64_t k : {2, 3, 7}) {
+    const moe::ModelConfig m = parse(with_model("first_k_dense_replace", k)).model;
+    CHECK(m.num_moe_layers() == 0);
+    CHECK(m.num_routed_layers() == 0);
+    CHECK_FALSE(m.is_moe_layer(1));
+  }
+  CHECK(parse(with_model("first_k_dense_replace", 1)).model.num_moe_layers() == 1);
 }
 
 TEST_CASE("config: routing rules", "[config]") {

@@ -174,7 +174,38 @@ TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; r
   const RunResult refused = run_moe({"infer", "-m", other.path(), "-p", "hi", "-n", "4", "--draft", "mtp"});
   CHECK(refused.code == 1);
   CHECK(refused.err.find("no multi-token-prediction module") != std::string::npos);
+  CHECK(refused.out.empty());  // refused before the prompt is echoed
   CHECK(run_moe({"infer", "-m", tmp.path(), "-p", "hi", "--draft", "eagle"}).code != 0);
+  // The draft's options without --draft are a mistake, not silently ignored.
+  for (const char* option : {"--draft-max", "--draft-precision"}) {
+    const RunResult lone =
+        run_moe({"infer", "-m", tmp.path(), "-p", "hi", option, std::string(option) == "--draft-max" ? "2" : "f32"});
+    CHECK(lone.code != 0);
+    CHECK(lone.err.find("requires --draft") != std::string::npos);
+  }
+  // Several prompts share each main-model step: tokens per step stay per sequence (<= draft-max + 1).
+  std::ofstream(tmp / "prompts.txt") << "hello\nworld\nab\n";
+  const RunResult batch = run_moe({"infer", "-m", tmp.path(), "--prompts-file", tmp / "prompts.txt", "-n", "12",
+                                   "--temp", "0", "--draft", "mtp", "--draft-max", "2", "--json"});
+  REQUIRE(batch.ok());
+  const auto bs = nlohmann::json::parse(batch.out).at("speculative");
+  CHECK(bs.at("tokens_per_main_step").get<double>() >= 1.0);
+  CHECK(bs.at("tokens_per_main_step").get<double>() <= 3.0);
+  // 3 sequences x 11 tokens from steps, each step giving a sequence 1 + its accepted drafts.
+  CHECK(bs.at("tokens_per_main_step").get<double>() ==
+        Approx(33.0 / (33.0 - double(bs.at("accepted").get<int64_t>()))).epsilon(1e-12));
+  // eval reports the module's loss whenever the model has it: 7 bytes at --ctx 5 are one window of
+  // 5 (positions 0..3 predict t+2) and one of 1 (none); at --ctx 1 none at all (0 and null).
+  std::ofstream(tmp / "seven.txt") << "abcdefg";
+  const auto ev = nlohmann::json::parse(
+      run_moe({"eval", "-m", tmp.path(), "--data", tmp / "seven.txt", "--ctx", "5", "--json"}).out);
+  CHECK(ev.at("tokens") == 6);
+  CHECK(ev.at("mtp_tokens") == 4);
+  CHECK(ev.at("mtp_loss").get<double>() > 0);
+  const auto ev1 = nlohmann::json::parse(
+      run_moe({"eval", "-m", tmp.path(), "--data", tmp / "seven.txt", "--ctx", "1", "--json"}).out);
+  CHECK(ev1.at("mtp_tokens") == 0);
+  CHECK(ev1.at("mtp_loss").is_null());
 }
 
 TEST_CASE("more threads than cores runs with one warning; the same text as with one thread", "[infer][cli]") {

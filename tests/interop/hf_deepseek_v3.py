@@ -362,6 +362,9 @@ def load_model(d, dtype=torch.float64):
     cfg = read_config(os.path.join(d, "config.json"))
     tensors, problems = read_weight_files(d)
     matched, missing, unexpected = check_names(cfg, tensors)
+    # The MTP copies of the embedding and head may be stored once (tied): nothing is missing then.
+    copies = mtp_copy_names(cfg) if cfg.has_mtp else {}
+    missing = [n for n in missing if n not in copies]
     exp = expected_tensors(cfg)
     bad_shape = [f"{n}: file {list(t.shape)} expected {exp[n]}" for n, t in tensors.items()
                  if n in exp and list(t.shape) != exp[n]]
@@ -377,18 +380,23 @@ def load_model(d, dtype=torch.float64):
         P[n] = t.to(dtype)
     if cfg.has_mtp:
         for copy, orig in mtp_copy_names(cfg).items():
+            if copy not in tensors:
+                continue
             if not torch.equal(tensors[copy].float(), tensors[orig].float()):
                 raise Refuse(f"MTP copy {copy} differs from {orig}")
             del P[copy]
     return cfg, P
 
 
-def write_checkpoint(out, cfg, P, dtype, shards=1):
-    """P: params without the MTP copies (they are added here).  dtype: torch dtype to store."""
+def write_checkpoint(out, cfg, P, dtype, shards=1, tied=False):
+    """P: params without the MTP copies (they are added here, unless tied: stored once, as safetensors'
+    shared-tensor deduplication leaves them).  dtype: torch dtype to store."""
     os.makedirs(out, exist_ok=True)
     full = OrderedDict()
     for n in expected_tensors(cfg):
         if cfg.has_mtp and n in mtp_copy_names(cfg):
+            if tied:
+                continue
             full[n] = P[mtp_copy_names(cfg)[n]]
         else:
             full[n] = P[n]
@@ -806,7 +814,7 @@ def cmd_write(args):
         torch.manual_seed(int(args.seed))
         P = train(P, cfg, _read_bytes(args.data), args.train_steps, args.seq, args.seed,
                   log=lambda s: print(s, file=sys.stderr))
-    count = write_checkpoint(args.out, cfg, P, dtype, args.shards)
+    count = write_checkpoint(args.out, cfg, P, dtype, args.shards, args.tied)
     return OrderedDict(out=args.out, tensors=count)
 
 
@@ -855,6 +863,7 @@ def build_parser():
     p.add_argument("--train-steps", type=int, default=0)
     p.add_argument("--data")
     p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--tied", action="store_true", help="store the MTP module's embedding/head copies once (omit them)")
     p.set_defaults(fn=cmd_write)
     return ap
 

@@ -119,4 +119,21 @@ TEST_CASE("a checkpoint written by the HF-style reference loads in moe with the 
     check_same_eval(model, data, 64);
     check_same_greedy(model, "the old king ", 30);
   }
+  // HF's dense/MoE rule at the MTP module's layer L = 3: with first_k_dense_replace = 3 it is the
+  // only MoE layer, with 4 (past every layer) it is dense; the second written with the module's
+  // embedding/head copies stored once (tied), as safetensors' deduplication leaves them.
+  for (const int dense : {3, 4}) {
+    CAPTURE(dense);
+    json variant = config;
+    variant["first_k_dense_replace"] = dense;
+    const std::string path = dir / ("config-dense" + std::to_string(dense) + ".json");
+    std::ofstream(path) << variant.dump(2);
+    const std::string model = dir / ("hf-dense" + std::to_string(dense));
+    std::vector<std::string> args = {"write",         "--config", path,     "--out", model,   "--seed", "6",
+                                     "--train-steps", "60",       "--data", train,   "--seq", "64"};
+    if (dense == 4) args.push_back("--tied");
+    reference(args);
+    check_same_eval(model, data, 64);
+    check_same_greedy(model, "the old king ", 30);
+  }
 }

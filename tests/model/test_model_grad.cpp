@@ -42,11 +42,17 @@ std::vector<Variant> variants() {
   // DeepSeek-V3's multi-token-prediction module on top: its layer (index L) is MoE.
   moe::ModelConfig t = n;
   t.num_nextn_predict_layers = 1;
+  // HF's rule for the module's layer too: with every main layer dense it can be the only MoE
+  // layer; with first_k_dense_replace past it, it is dense.
+  moe::ModelConfig u = t, v = t;
+  u.first_k_dense_replace = u.num_hidden_layers, v.first_k_dense_replace = v.num_hidden_layers + 1;
   return {{"sigmoid, grouped, GQA", a},
           {"softmax, MHA, no norm", b},
           {"MLA, q latent, interleaved RoPE", m},
           {"MLA, q_proj, half-split RoPE", n},
-          {"MLA + MTP (lambda 0.3)", t, 0.3}};
+          {"MLA + MTP (lambda 0.3)", t, 0.3},
+          {"MLA + MTP, dense main layers: the module's is the only MoE layer", u, 0.3},
+          {"MLA + MTP, all dense: the module's layer too", v, 0.3}};
 }
 
 struct ReferenceResult {
@@ -399,7 +405,13 @@ TEST_CASE("model_backward matches finite differences at sampled coordinates of e
     const char* query = !model.config.mla()        ? "model.layers.1.self_attn.q_proj.weight"
                         : model.config.q_lora_rank ? "model.layers.1.self_attn.q_a_proj.weight"
                                                    : "model.layers.1.self_attn.q_proj.weight";
-    for (const char* name : {"lm_head.weight", query, "model.layers.1.mlp.gate.weight", "model.embed_tokens.weight"}) {
+    // The first MoE layer's router (the MTP module's layer may be the only one), else a dense FFN.
+    const moe::ModelConfig& mc = model.config;
+    const std::string ffn = mc.num_routed_layers() > 0
+                                ? "model.layers." + std::to_string(mc.first_k_dense_replace) + ".mlp.gate.weight"
+                                : "model.layers.1.mlp.gate_proj.weight";
+    for (const std::string& name :
+         {std::string("lm_head.weight"), std::string(query), ffn, std::string("model.embed_tokens.weight")}) {
       const moe::TensorSpec* spec = model.find(name);
       REQUIRE(spec != nullptr);
       float* param = model.params.data() + spec->offset;

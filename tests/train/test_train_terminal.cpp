@@ -73,9 +73,9 @@ TEST_CASE("the status line drops fields in a fixed order as the terminal narrows
   r.layers.back().maxvio = 0.25;
   const std::string wide = moe::status_line(r, 1.3, 75, 200);
   CHECK(wide ==
-        "step 420/1000  loss 1.2345  mtp 1.5000  val 1.3000  lr 3.00e-03  12345 tok/s  maxvio 0.250  eta 1m15s");
-  CHECK(moe::status_line(r, 1.3, 75, 90) ==
-        "step 420/1000  loss 1.2345  mtp 1.5000  val 1.3000  12345 tok/s  maxvio 0.250  eta 1m15s");
+        "step 420/1000  loss 1.2345  mtp_loss 1.5000  val 1.3000  lr 3.00e-03  12345 tok/s  maxvio 0.250  eta 1m15s");
+  CHECK(moe::status_line(r, 1.3, 75, 95) ==
+        "step 420/1000  loss 1.2345  mtp_loss 1.5000  val 1.3000  12345 tok/s  maxvio 0.250  eta 1m15s");
   CHECK(moe::status_line(r, 1.3, 75, 80) ==
         "step 420/1000  loss 1.2345  val 1.3000  12345 tok/s  maxvio 0.250  eta 1m15s");
   CHECK(moe::status_line(r, 1.3, 75, 60) == "step 420/1000  loss 1.2345  val 1.3000  eta 1m15s");
