@@ -71,7 +71,7 @@ TEST_CASE("qgemm_rows equals the naive integer product for row and column slices
   };
   for (const Slice s : {Slice{0, 24, 0, 72}, Slice{5, 11, 0, 72}, Slice{0, 24, 16, 32}, Slice{3, 7, 48, 24},
                         Slice{0, 24, 64, 8}, Slice{2, 4, 0, 16}}) {
-    for (int64_t M : {1, 2, 3}) {
+    for (int64_t M : {1, 2, 3, 4, 5}) {  // one-row calls up to 3, one call from 4
       for (bool accumulate : {false, true}) {
         INFO("rows " << s.row0 << "+" << s.n_rows << ", cols " << s.col0 << "+" << s.K << ", M " << M
                      << (accumulate ? ", accumulate" : ""));
