@@ -58,8 +58,10 @@ std::string status_line(const StepRecord& r, double last_val_loss, double eta_se
   parts.push_back({buf, 6});
   std::snprintf(buf, sizeof buf, "%.0f tok/s", r.tokens_per_s);
   parts.push_back({buf, 4});
-  std::snprintf(buf, sizeof buf, "maxvio %.3f", mean_maxvio(r.layers));
-  parts.push_back({buf, 3});
+  if (!r.layers.empty()) {  // no MoE layer, no load to report
+    std::snprintf(buf, sizeof buf, "maxvio %.3f", mean_maxvio(r.layers));
+    parts.push_back({buf, 3});
+  }
   parts.push_back({"eta " + duration(eta_seconds), 1});
   auto joined = [&](int max_rank) {
     std::string line;
@@ -162,7 +164,7 @@ void ConsoleTrainObserver::on_eval(const EvalRecord& r) {
   words.push_back(buf);
   std::snprintf(buf, sizeof buf, "(%.4f bits/byte)", r.val_bpb), words.push_back(buf);
   if (r.mtp_val_loss) std::snprintf(buf, sizeof buf, "mtp_val_loss %.4f", *r.mtp_val_loss), words.push_back(buf);
-  words.push_back("maxvio_global");
+  if (!r.layers.empty()) words.push_back("maxvio_global");  // none in a model without MoE layers
   for (const auto& l : r.layers)
     std::snprintf(buf, sizeof buf, "L%lld=%.3f", (long long)l.layer, l.maxvio), words.push_back(buf);
   // On a terminal the words wrap at its width (continuation lines indented), so no line wraps by itself.
