@@ -79,6 +79,8 @@ struct ModelConfig {
   int64_t num_moe_layers() const {
     return num_hidden_layers > first_k_dense_replace ? num_hidden_layers - first_k_dense_replace : 0;
   }
+  // Dense layers of the main model (first_k_dense_replace may exceed the layer count: all dense).
+  int64_t num_dense_layers() const { return num_hidden_layers - num_moe_layers(); }
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }
   int64_t shared_intermediate() const { return n_shared_experts * moe_intermediate_size; }

@@ -66,8 +66,7 @@ struct ThreadBuffers {
   int32_t *expert, *counts, *offsets, *cursor;  // (B*K), (E), (E+1), (E): sort_by_expert's
   int32_t *slot_row, *row_slot;                 // (B*K) each
   // MLA only (empty for GQA): rq, rkv the latent ranks, lat = rkv + dr.
-  float *q_lat, *q_lat_n;  // (B, rq) query latent, normed
-  float* q_heads;          // (B, H*(dn+dr)) queries (this thread's heads' columns)
+  float* q_heads;  // (B, H*(dn+dr)) queries (this thread's heads' columns)
   // The thread's hn heads only, row-major (B, hn, ·), so a run of one sequence's rows is one block:
   float* q_cat;      // (B, hn, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
   float* o_lat;      // (B, hn, rkv) attention output in latent space
@@ -90,9 +89,8 @@ struct ThreadBuffers {
     q_rot = f.take(c.num_attention_heads * c.head_dim);
     expert = ib.take(rows), counts = ib.take(E), offsets = ib.take(E + 1), cursor = ib.take(E);
     slot_row = ib.take(rows), row_slot = ib.take(rows);
-    const int64_t H = c.num_attention_heads, rq = c.q_lora_rank.value_or(0), rkv = c.kv_lora_rank.value_or(0);
+    const int64_t H = c.num_attention_heads, rkv = c.kv_lora_rank.value_or(0);
     const int64_t lat = c.mla() ? rkv + c.qk_rope_head_dim : 0;
-    q_lat = f.take(B * rq), q_lat_n = f.take(B * rq);
     q_heads = f.take(c.mla() ? B * H * c.qk_head_dim() : 0);
     q_cat = f.take(B * H * lat), o_lat = f.take(B * H * rkv), kv_lat = f.take(B * lat);
     head_norm = f.take(B * H);
@@ -282,35 +280,47 @@ struct Decoder::ThreadStep {
     const int64_t dqk = dn + dr, rkv = *c.kv_lora_rank, lat = rkv + dr, L = cache.max_len, qd = H * dqk;
     const float scale = 1.0f / std::sqrt(float(dqk));
     float* part = partial(0, t);
-    // Thread 0 appends this step's latent and rotated key to the cache while the others project
-    // their heads' queries; the barrier publishes the new rows.
-    if (t == 0) append_latent(l, lw, buf.xn, seq, pos, n);
+    // Before the barrier, in parallel: thread 0 appends this step's latent and rotated key to the
+    // cache; the last thread projects the query latent of every row (a.q_lat_n, shared), or, with
+    // q_proj, every thread projects its heads' queries. The barrier publishes both. (Every thread
+    // projecting the query latent itself read q_a_proj once per thread and left the others waiting
+    // for thread 0's append.)
+    if (t == 0) {
+      append_latent(l, lw, buf.xn, seq, pos, n);
+      // A run's earlier rows multiply the later rows' latents by weight 0, which keeps an
+      // overflowed (non-finite) latent from reaching them only if there is none: else one row at a time.
+      bool finite = true;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = cache.latent_at(l, seq[i]) + pos[i] * lat;
+        for (int64_t j = 0; j < lat; ++j) finite = finite && std::isfinite(row[j]);
+      }
+      d.latents_finite_ = finite;
+    }
     const Range heads = slice(H, t, T, 1);
     const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk, hn = heads.size();
-    if (nq > 0) {
-      if (c.q_lora_rank) {
-        const int64_t rq = *c.q_lora_rank;
-        mm(true, n, rq, D, buf.xn, D, lw.q_a_proj, D, buf.q_lat, rq, false);
-        for (int64_t i = 0; i < n; ++i)
-          rmsnorm_row(buf.q_lat + i * rq, lw.q_a_layernorm, buf.q_lat_n + i * rq, rq, kMlaLatentNormEps);
-        mm(true, n, nq, rq, buf.q_lat_n, rq, lw.q_b_proj + q0 * rq, rq, buf.q_heads + q0, qd, false);
-      } else {
-        mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, buf.q_heads + q0, qd, false);
-      }
-      for (int64_t h = heads.begin; h < heads.end; ++h) {
-        // (n, dn) · W_kb_h (dn, rkv): rows h·(dn+dv) .. +dn of kv_b_proj.
-        const int64_t hh = h - heads.begin;
-        mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + hh * lat,
-           hn * lat, false);
-        for (int64_t i = 0; i < n; ++i)
-          rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * hn + hh) * lat + rkv,
-                      pos[i]);
-      }
+    if (c.q_lora_rank && t == T - 1) {
+      const int64_t rq = *c.q_lora_rank;
+      mm(true, n, rq, D, buf.xn, D, lw.q_a_proj, D, a.q_lat, rq, false);
+      for (int64_t i = 0; i < n; ++i)
+        rmsnorm_row(a.q_lat + i * rq, lw.q_a_layernorm, a.q_lat_n + i * rq, rq, kMlaLatentNormEps);
     }
+    if (!c.q_lora_rank && nq > 0) mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, buf.q_heads + q0, qd, false);
 #pragma omp barrier
     if (nq == 0) {
       std::fill_n(part, n * D, 0.0f);
       return;
+    }
+    if (c.q_lora_rank) {
+      const int64_t rq = *c.q_lora_rank;
+      mm(true, n, nq, rq, a.q_lat_n, rq, lw.q_b_proj + q0 * rq, rq, buf.q_heads + q0, qd, false);
+    }
+    for (int64_t h = heads.begin; h < heads.end; ++h) {
+      // (n, dn) · W_kb_h (dn, rkv): rows h·(dn+dv) .. +dn of kv_b_proj.
+      const int64_t hh = h - heads.begin;
+      mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + hh * lat,
+         hn * lat, false);
+      for (int64_t i = 0; i < n; ++i)
+        rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * hn + hh) * lat + rkv, pos[i]);
     }
     // Per run of rows of one sequence at consecutive positions (a verification's rows), this
     // thread's heads in two products: every head attends over the same cached latents (one shared
@@ -318,7 +328,7 @@ struct Decoder::ThreadStep {
     // row, and oneDNN's kernels do the dot products and the weighted sum. A row sees the positions
     // up to its own: the later ones get weight 0. This thread's score rows: hn per row from h0 * n.
     for (int64_t i0 = 0, i1; i0 < n; i0 = i1) {
-      for (i1 = i0 + 1; i1 < n && seq[i1] == seq[i0] && pos[i1] == pos[i1 - 1] + 1;) ++i1;
+      for (i1 = i0 + 1; i1 < n && d.latents_finite_ && seq[i1] == seq[i0] && pos[i1] == pos[i1 - 1] + 1;) ++i1;
       const int64_t m = (i1 - i0) * hn, len = pos[i1 - 1] + 1;
       const float* rows = cache.latent_at(l, seq[i0]);
       float* scores = d.attn_scratch_.data() + (heads.begin * n + i0 * hn) * L;  // (m, L)
@@ -595,6 +605,7 @@ const float* Decoder::step(ComputeContext& ctx, const int32_t* seq, const int32_
     check(tokens[i] >= 0 && tokens[i] < c.vocab_size,
           "token id " + std::to_string(tokens[i]) + " is outside the vocabulary");
   row_positions(seq, n, cache_.length, cache_.batch, max_rows_, cache_.max_len, positions_);
+  experts_read_ = 0;
   if (n == 0) return step_ws_.logits;
   run(seq, positions_.data(), tokens, nullptr, n, 0);
   for (int64_t i = 0; i < n; ++i) ++cache_.length[size_t(seq[i])];
@@ -609,6 +620,7 @@ const float* Decoder::mtp_step(const int32_t* seq, const float* hidden, const in
   for (int64_t i = 0; i < n; ++i)
     check(next[i] >= 0 && next[i] < c.vocab_size, "token id " + std::to_string(next[i]) + " is outside the vocabulary");
   row_positions(seq, n, cache_.mtp_length, cache_.batch, max_rows_, cache_.max_len, positions_);
+  experts_read_ = 0;
   if (n == 0) return step_ws_.mtp_logits;
   // The rows in step order: those that only enter the cache (a sequence's rows before its last),
   // then each sequence's last row, in input order.

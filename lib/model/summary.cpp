@@ -64,7 +64,7 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
                   "  %lld layers (%lld dense, %lld MoE), hidden %lld, context %lld\n"
                   "  MLA: %lld heads, query/key %lld (d_n) + %lld (d_r, RoPE %s), value %lld; latents: query %s, "
                   "key/value %lld\n",
-                  (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+                  (long long)c.num_hidden_layers, (long long)c.num_dense_layers(), (long long)c.num_moe_layers(),
                   (long long)c.hidden_size, (long long)c.max_position_embeddings, (long long)c.num_attention_heads,
                   (long long)c.qk_nope_head_dim, (long long)c.qk_rope_head_dim,
                   c.rope_interleave ? "adjacent pairs" : "halves", (long long)c.v_head_dim,
@@ -72,12 +72,12 @@ std::string format_model_summary(const ModelConfig& c, const std::string& source
   } else {
     std::snprintf(line, sizeof line,
                   "  %lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads (%lld kv) x %lld, context %lld\n",
-                  (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+                  (long long)c.num_hidden_layers, (long long)c.num_dense_layers(), (long long)c.num_moe_layers(),
                   (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.num_key_value_heads,
                   (long long)c.head_dim, (long long)c.max_position_embeddings);
   }
   out += line;
-  if (c.num_moe_layers() > 0) {
+  if (c.num_routed_layers() > 0) {  // the MTP module's layer may be the only MoE one
     std::snprintf(
         line, sizeof line,
         "  MoE: %lld routed experts of width %lld, top-%lld, %lld shared, %lld groups keep %lld, %s scores%s, "

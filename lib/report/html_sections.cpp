@@ -403,9 +403,9 @@ std::string model_section(const ModelConfig& c) {
   std::string out =
       "<h3>Model</h3>\n<p class=\"model-line\">" +
       format("%lld layers (%lld dense, %lld MoE), hidden %lld, %lld heads, context %lld",
-             (long long)c.num_hidden_layers, (long long)c.first_k_dense_replace, (long long)c.num_moe_layers(),
+             (long long)c.num_hidden_layers, (long long)c.num_dense_layers(), (long long)c.num_moe_layers(),
              (long long)c.hidden_size, (long long)c.num_attention_heads, (long long)c.max_position_embeddings);
-  if (c.num_moe_layers() > 0)
+  if (c.num_routed_layers() > 0)
     out += format("; MoE: %lld routed experts (top-%lld) + %lld shared, width %lld, ", (long long)c.n_routed_experts,
                   (long long)c.num_experts_per_tok, (long long)c.n_shared_experts, (long long)c.moe_intermediate_size) +
            std::string(to_string(c.scoring_func)) + " scores";

@@ -598,6 +598,13 @@ TEST_CASE("checkpoint: an MTP model writes the shared embedding and head at laye
   moe::write_safetensors(ckpt + "/model.safetensors", without);
   const auto untied = moe::load_checkpoint(ckpt);
   CHECK(std::memcmp(untied->params.data(), model.params.data(), size_t(model.layout.total) * 4) == 0);
+  // One copy left out and an unknown tensor in its place: the unknown one is still refused.
+  std::vector<moe::TensorRef> swapped = without;
+  swapped.push_back({"model.layers." + L + ".embed_tokens.weight", file.tensors.at("model.embed_tokens.weight").shape,
+                     file.f32("model.embed_tokens.weight")});
+  swapped.push_back({"model.layers." + L + ".extra.weight", {2}, file.f32("model.embed_tokens.weight")});
+  moe::write_safetensors(ckpt + "/model.safetensors", swapped);
+  REQUIRE_MOE_ERROR(moe::load_checkpoint(ckpt), Contains("unknown tensor") && Contains("extra.weight"));
   // A main tensor missing is still refused.
   without.erase(
       std::find_if(without.begin(), without.end(), [](const moe::TensorRef& r) { return r.name == "lm_head.weight"; }));
