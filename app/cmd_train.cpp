@@ -70,12 +70,18 @@ Run add_train(CLI::App& app) {
       options.config = init_from_config(f->init_from, f->config, config_given);
       options.init_from = f->init_from;
     } else {
-      options.config = load_config_file(f->config);
+      // Its train section is checked against the model with the flags applied (--seq 16 fixes a
+      // seq longer than the context).
+      options.config = load_config_file(f->config, /*check_train=*/false);
     }
     const TrainConfig stored = options.config.train;
+    bool flags = false;
     for (auto& [opt, apply] : f->given)
-      if (opt->count() > 0) apply(options.config.train);
-    validate(options.config.train, options.config.model, "command line");
+      if (opt->count() > 0) apply(options.config.train), flags = true;
+    validate(options.config.train, options.config.model,
+             f->resume || !f->init_from.empty() ? "command line"
+             : flags                            ? f->config + " with the command-line flags"
+                                                : f->config);
     if (f->resume) {
       options.resume_changes = resume_changes(stored, options.config.train, options.out_dir);
       for (const auto& change : options.resume_changes)

@@ -259,6 +259,20 @@ void validate(const ModelConfig& m, const std::string& where) {
   if (m.vocab_size > 1 << 20) fail(at + "vocab_size: expected at most 1048576, got " + std::to_string(m.vocab_size));
 }
 
+std::string model_difference(const ModelConfig& a, const ModelConfig& b) {
+  auto canonical = [](ModelConfig m) {
+    m.first_k_dense_replace = std::min(m.first_k_dense_replace, m.decoder_layers());
+    return to_json(m);
+  };
+  const json ja = canonical(a), jb = canonical(b);
+  for (const json* side : {&ja, &jb})
+    for (const auto& [key, value] : side->items()) {
+      const json x = ja.contains(key) ? ja[key] : json(), y = jb.contains(key) ? jb[key] : json();
+      if (x != y) return key + ": " + x.dump() + " against " + y.dump();
+    }
+  return "";
+}
+
 json to_json(const ModelConfig& m) {
   json j = fields_json(model_fields(), m);
   if (!m.mla()) {

@@ -100,6 +100,10 @@ void validate(const ModelConfig& m, const std::string& where);
 // "deepseek_v3"); a GQA model keeps "model_type": "moe".
 nlohmann::json to_json(const ModelConfig& m);
 
+// The first field in which two configs build different models, as "name: A against B" (empty when
+// they build the same one; first_k_dense_replace past the last layer counts as the same "all dense").
+std::string model_difference(const ModelConfig& a, const ModelConfig& b);
+
 // Parameters of one layer's attention block (projections and latent norms), in double: validate()
 // forms it before it knows the sizes are sane, so no integer product may overflow.
 double attention_params(const ModelConfig& m);

@@ -96,15 +96,18 @@ void ComputeContext::gemm(const GemmSpec& spec, const float* A, const float* B, 
     // Plain 2-D products go through oneDNN's BLAS-style sgemm: the same JIT kernels as the
     // matmul primitive, measured 0-20% faster on every training shape here, with no primitive per
     // shape (so no memory growth as expert row counts change) and ~0.5 µs fixed cost.
-    auto layout = [](const std::array<int64_t, 4>& st, char& trans, int64_t& ld) {
-      if (st[3] == 1) return trans = 'N', ld = st[2], true;
-      if (st[2] == 1) return trans = 'T', ld = st[3], true;
+    // A (rows, cols) matrix with these strides as sgemm's (trans, ld). A matrix of one row or one
+    // column has both strides 1 (e.g. the gradient of a one-expert router): the layout that
+    // matches its shape, with a leading dimension sgemm accepts.
+    auto layout = [](const std::array<int64_t, 4>& st, int64_t rows, int64_t cols, char& trans, int64_t& ld) {
+      if (st[3] == 1 && (rows == 1 || st[2] >= cols)) return trans = 'N', ld = std::max(st[2], cols), true;
+      if (st[2] == 1 && (cols == 1 || st[3] >= rows)) return trans = 'T', ld = std::max(st[3], rows), true;
       return false;
     };
     char ta = 'N', tb = 'N', tc = 'N';
     int64_t lda = 0, ldb = 0, ldc = 0;
-    if (layout(spec.a_strides, ta, lda) && layout(spec.b_strides, tb, ldb) && layout(spec.c_strides, tc, ldc) &&
-        tc == 'N') {
+    if (layout(spec.a_strides, spec.M, spec.K, ta, lda) && layout(spec.b_strides, spec.K, spec.N, tb, ldb) &&
+        layout(spec.c_strides, spec.M, spec.N, tc, ldc) && tc == 'N') {
       dnnl_status_t status =
           dnnl_sgemm(ta, tb, spec.M, spec.N, spec.K, 1.0f, A, lda, B, ldb, spec.accumulate ? 1.0f : 0.0f, C, ldc);
       if (fail_gemm_after.load(std::memory_order_relaxed) >= 0 && fail_gemm_after.fetch_sub(1) == 0)

@@ -86,15 +86,15 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   for (int32_t id : ids) {
-    check(id >= 0 && id < vocab_, "token id " + std::to_string(id) + " is outside the vocabulary");
-    out += bytes_[size_t(id)];
+    check(id >= 0 && (is_bytes() || id < vocab_), "token id " + std::to_string(id) + " is outside the vocabulary");
+    out += bytes_of(id);
   }
   return out;
 }
 
 std::string Tokenizer::piece(int32_t id) const {
-  check(id >= 0 && id < vocab_, "token id " + std::to_string(id) + " is outside the vocabulary");
-  if (is_bytes()) return bytes_[size_t(id)];
+  check(id >= 0 && (is_bytes() || id < vocab_), "token id " + std::to_string(id) + " is outside the vocabulary");
+  if (is_bytes()) return id < 256 ? bytes_[size_t(id)] : "<unused " + std::to_string(id) + ">";
   return sp_->IdToPiece(id);
 }
 
@@ -151,7 +151,22 @@ std::string train_bpe_tokenizer(const std::vector<std::string>& texts, int64_t v
                            std::to_string(std::max(1, threads));
   std::string model;
   const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
-  if (!status.ok()) fail("tokenizer training failed: " + status.ToString());
+  if (!status.ok()) {
+    // SentencePiece's two answers to a vocabulary that does not fit the text, in moe's terms (its
+    // own text points at options moe does not have).
+    const std::string message = status.ToString(), v = "--vocab " + std::to_string(vocab);
+    int have = 0, need = 0, most = 0;
+    if (const size_t at = message.find("smaller than required_chars.");
+        at != std::string::npos &&
+        std::sscanf(message.c_str() + at, "smaller than required_chars. %d vs %d", &have, &need) == 2)
+      fail(v + ": too small for this text: its characters and the special tokens alone need " + std::to_string(need) +
+           " tokens; give a larger --vocab");
+    if (const size_t at = message.find("Please set it to a value <=");
+        at != std::string::npos && std::sscanf(message.c_str() + at, "Please set it to a value <= %d", &most) == 1)
+      fail(v + ": too large for this little text (it yields at most " + std::to_string(most) +
+           " distinct tokens); give more text");
+    fail("tokenizer training failed: " + message);
+  }
   return model;
 }
 

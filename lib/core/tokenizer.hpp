@@ -35,8 +35,13 @@ class Tokenizer {
   std::vector<int32_t> encode(std::string_view text) const;
   std::string decode(const std::vector<int32_t>& ids) const;
   // The bytes of text one id stands for on its own ("▁the" -> " the", <0x0A> -> "\n", control
-  // tokens -> ""): what it adds to a decoded stream, and its length counts for bits per byte.
-  const std::string& bytes_of(int32_t id) const { return bytes_[size_t(id)]; }
+  // tokens -> ""): what it adds to a decoded stream, and its length counts for bits per byte. A
+  // byte model may have a larger vocabulary than its 256 byte tokens (vocab_size is free): the ids
+  // past them stand for no text, like control tokens.
+  const std::string& bytes_of(int32_t id) const {
+    static const std::string kNone;
+    return id >= 0 && size_t(id) < bytes_.size() ? bytes_[size_t(id)] : kNone;
+  }
   // The piece as the model names it (for display: "▁the", "<0x0A>").
   std::string piece(int32_t id) const;
 

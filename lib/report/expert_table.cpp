@@ -8,6 +8,7 @@ namespace moe {
 
 std::string format_expert_table(const ModelConfig& c, const std::vector<std::vector<int64_t>>& counts,
                                 const std::string& title) {
+  if (counts.empty()) return title + ": none (every layer of this model is dense)\n";
   std::string out = title + " (tokens per expert; MaxVio = (max - mean) / mean)\n";
   char buf[64];
   // One row per MoE layer counted (the MTP module's layer L last, when it ran).

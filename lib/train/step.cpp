@@ -152,7 +152,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     r.step = step + 1;
     r.steps = tc.steps;
     r.loss = loss, r.lr = lr, r.grad_norm = norm;
-    if (ws_.mtp) r.mtp_loss = mtp_loss;
+    if (ws_.mtp_ran) r.mtp_loss = mtp_loss;  // a window of one token has no t+2 to predict: no value
   }
   PhaseScope phase(ctx, Phase::balancing);
   // --bias-freeze-at F: from step F·steps on, the bias stays where it is (DeepSeek-V3 sets γ = 0 for

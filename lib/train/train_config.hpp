@@ -58,10 +58,11 @@ struct Config {
 };
 
 TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& where);
-Config config_from_json(const nlohmann::json& j, const std::string& where);
+// check_train: the train section against the model too (off when command-line flags still apply).
+Config config_from_json(const nlohmann::json& j, const std::string& where, bool check_train = true);
 // A config file, or the name of a shipped config (tiny, tiny-v3, small, small-e64, small-v3) when no
 // file of that name exists.
-Config load_config_file(const std::string& path);
+Config load_config_file(const std::string& path, bool check_train = true);
 
 // Checks every field and the rules between them and the model; throws Error naming the field.
 void validate(const TrainConfig& t, const ModelConfig& m, const std::string& where);

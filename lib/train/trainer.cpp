@@ -269,8 +269,9 @@ ResumePlan plan_resume(const std::string& dir, const std::string& config_file, c
   ResumePlan plan{config_from_json(state["config"], state_path + ": config"), data_path};
   if (!config_file.empty()) {
     const Config file = load_config_file(config_file);
-    if (to_json(file.model) != to_json(plan.config.model))
-      fail(config_file + ": its model differs from the one the run in " + dir + " was trained with");
+    if (const std::string diff = model_difference(file.model, plan.config.model); !diff.empty())
+      fail(config_file + ": its model differs from the one the run in " + dir + " was trained with (model." + diff +
+           " in the run)");
   }
   if (data_path.empty() && state.contains("data") && state["data"].is_object()) {
     const auto it = state["data"].find("source");
@@ -310,9 +311,9 @@ Config init_from_config(const std::string& dir, const std::string& config_file, 
   config.model = load_checkpoint_config(dir);
   if (given) {
     const Config stated = load_config_file(config_file);
-    if (to_json(stated.model) != to_json(config.model))
-      fail(config_file + ": its model differs from the checkpoint " + dir +
-           " (--init-from); leave --config out to train the checkpoint's model with the default settings, or give "
+    if (const std::string diff = model_difference(stated.model, config.model); !diff.empty())
+      fail(config_file + ": its model differs from the checkpoint " + dir + " (--init-from; model." + diff +
+           " in the checkpoint); leave --config out to train the checkpoint's model with the default settings, or give "
            "a config with the same model section");
     config.train = stated.train;
   } else {

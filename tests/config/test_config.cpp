@@ -254,6 +254,19 @@ TEST_CASE("config: head_dim must be even", "[config]") {
                     Contains("head_dim: expected an even number") && Contains("15"));
 }
 
+TEST_CASE("config: model_difference names the first field that builds another model", "[config]") {
+  const moe::ModelConfig a = parse(with_model("first_k_dense_replace", 1)).model;
+  CHECK(moe::model_difference(a, a).empty());
+  CHECK(moe::model_difference(a, parse(with_model("intermediate_size", 96)).model) ==
+        "intermediate_size: 128 against 96");
+  // Past the last layer every value is the same all-dense model.
+  CHECK(moe::model_difference(parse(with_model("first_k_dense_replace", 2)).model,
+                              parse(with_model("first_k_dense_replace", 9)).model)
+            .empty());
+  CHECK(moe::model_difference(a, parse(with_model("first_k_dense_replace", 2)).model) ==
+        "first_k_dense_replace: 1 against 2");
+}
+
 TEST_CASE("config: first_k_dense_replace past the last layer leaves every layer dense (HF's rule)", "[config]") {
   for (const int64_t k : {2, 3, 7}) {
     const moe::ModelConfig m = parse(with_model("first_k_dense_replace", k)).model;

@@ -30,10 +30,12 @@ void naive_gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, con
 // |a|,|b| ~ N(0,1) the sum's magnitude is <= Σ|a b|; 1e-5 · (1 + Σ|a b|) leaves room for any
 // summation order oneDNN picks and is still ~1e5 times smaller than one wrong term.
 void expect_gemm_matches(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, bool accumulate,
-                         moe::ComputeContext& ctx, uint64_t seed) {
-  CAPTURE(trans_a, trans_b, M, N, K, accumulate);
-  // Padded leading dimensions, so a wrapper that assumes packed rows reads the wrong elements.
-  const int64_t lda = (trans_a ? M : K) + 3, ldb = (trans_b ? K : N) + 2, ldc = N + 5;
+                         moe::ComputeContext& ctx, uint64_t seed, bool padded = true) {
+  CAPTURE(trans_a, trans_b, M, N, K, accumulate, padded);
+  // Padded leading dimensions, so a wrapper that assumes packed rows reads the wrong elements; or
+  // packed ones, down to 1 for a one-wide matrix (a one-expert router's gradient).
+  const int64_t pad = padded ? 1 : 0;
+  const int64_t lda = (trans_a ? M : K) + 3 * pad, ldb = (trans_b ? K : N) + 2 * pad, ldc = N + 5 * pad;
   const int64_t a_rows = trans_a ? K : M, b_rows = trans_b ? N : K;
   const ref::Vec A = ref::randn(a_rows * lda, seed), B = ref::randn(b_rows * ldb, seed + 1);
   ref::Vec C = ref::randn(M * ldc, seed + 2);
@@ -71,6 +73,16 @@ TEST_CASE("gemm matches a naive loop for every transposition, odd sizes and accu
       for (int tb = 0; tb < 2; ++tb)
         for (int acc = 0; acc < 2; ++acc)
           expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3);
+}
+
+TEST_CASE("gemm with packed leading dimensions: one-wide matrices (leading dimension 1) in every layout", "[core]") {
+  moe::ComputeContext ctx;
+  const int64_t shapes[][3] = {{1, 13, 5}, {7, 1, 5}, {7, 13, 1}, {1, 1, 9}, {9, 1, 1}, {1, 9, 1}, {6, 4, 3}};
+  uint64_t seed = 900;
+  for (const auto& shape : shapes)
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], false, ctx, seed += 3, /*padded=*/false);
 }
 
 TEST_CASE("2-D gemm needs no primitive and batched gemm reuses one cached primitive per shape", "[core]") {

@@ -438,6 +438,42 @@ TEST_CASE("an overflowed (non-finite) latent of a later row does not reach the e
   omp_set_num_threads(saved_threads);
 }
 
+TEST_CASE("a byte model with a vocabulary past 256 generates: the ids past the bytes stand for no text", "[infer]") {
+  // vocab_size 320 with byte tokens: zero head rows for the bytes and rows 300 = v, 301 = -v, so
+  // every greedy token is 300 or 301 (one logit > 0 = the bytes' logits), for plain and speculative
+  // decoding alike.
+  ModelConfig c = mla_decode_config(true, true);
+  c.vocab_size = 320, c.num_nextn_predict_layers = 1;
+  validate(c, "test");
+  Model model(c);
+  model.init(47);
+  const TensorSpec* head = model.find("lm_head.weight");
+  REQUIRE(head != nullptr);
+  const int64_t D = c.hidden_size;
+  float* rows = model.params.data() + head->offset;
+  std::fill_n(rows, 300 * D, 0.0f);
+  for (int64_t k = 0; k < D; ++k) rows[301 * D + k] = -rows[300 * D + k];
+  std::fill_n(rows + 302 * D, 18 * D, 0.0f);
+  const Tokenizer bytes;
+  CHECK(bytes.bytes_of(300).empty());
+  CHECK(bytes.decode({'h', 300, 'i'}) == "hi");
+  CHECK(bytes.piece(301) == "<unused 301>");
+  ComputeContext ctx;
+  for (const int64_t draft : {int64_t(0), int64_t(2)}) {
+    GenerateRequest request;
+    request.prompts = {"hello"};
+    request.n_predict = 12;
+    request.sampler.temp = 0;
+    request.draft_max = draft;
+    GenerateTimings timings;
+    const auto out = generate(
+        ctx, model, request, [](size_t, int32_t) {}, timings, nullptr);
+    INFO("draft " << draft);
+    CHECK(out[0].generated == 12);
+    CHECK(out[0].text.empty());
+  }
+}
+
 TEST_CASE("MLA greedy generation with the latent cache equals recomputing the sequence", "[infer]") {
   const ModelConfig c = mla_decode_config(true, true);
   Model model(c);

@@ -182,6 +182,14 @@ TEST_CASE("real data: bad inputs are one-line errors and nothing is written", "[
   const std::string prep = tmp / "prep";
   moe_ok({"data", "prepare", "--data", kShakespeare, "--tokenizer", tok, "--out", prep});
 
+  // A vocabulary that does not fit the text, in moe's words (not SentencePiece's options).
+  std::ofstream(tmp / "little.txt") << "hello world\n";
+  refused({"tokenizer", "train", "--data", tmp / "little.txt", "--vocab", "300", "--out", tmp / "t1"},
+          "--vocab 300: too large for this little text");
+  CHECK_FALSE(fs::exists(tmp / "t1"));
+  moe_ok({"data", "synth", "--out", tmp / "synth.txt", "--bytes", "200000"});
+  refused({"tokenizer", "train", "--data", tmp / "synth.txt", "--vocab", "300", "--out", tmp / "t2"},
+          "--vocab 300: too small for this text");
   // Model vocabulary against the tokenizer's.
   refused({"train", "--config", write_config(tmp, 256), "--data", prep, "--out", tmp / "r1"}, "vocab_size");
   CHECK_FALSE(fs::exists(tmp / "r1"));
