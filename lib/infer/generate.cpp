@@ -224,6 +224,15 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     Workspace warm(c, 1, 1, false);
     const int32_t token = '\n';
     model_forward(ctx, model, warm, &token, nullptr);
+    // And the decoder's own products (their shapes differ from the forward's): a two-token prompt,
+    // one step and one draft step in slot 0, then forgotten.
+    if (max_len >= 3) {
+      decoder.prefill(ctx, 0, {token, token}, nullptr);
+      const int32_t seq = 0;
+      decoder.step(ctx, &seq, &token, 1, nullptr);
+      if (N > 0) decoder.mtp_step(&seq, decoder.hidden(), &token, 1, nullptr);
+      decoder.truncate(0, 0, 0);
+    }
   }
   timings.setup_seconds += seconds_since(t_setup);
   std::vector<SpecSequence> spec(static_cast<size_t>(S));
