@@ -226,12 +226,21 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
 std::string format_comparison(const std::vector<const RunMetrics*>& runs, const std::vector<const LoadReport*>& reports,
                               bool color) {
   std::string out = "comparison\n";
-  char buf[512];
-  std::snprintf(buf, sizeof buf, "  %-24s %11s %10s %16s %16s %10s  %s\n", "run", "steps", "val loss", "MaxVio_global",
-                "MaxVio_batch", "tok/s", "settings");
+  char buf[1024];
+  // The run column fits the longest name (sweep names differ anywhere: a cut end could make two
+  // runs look alike); past 64 characters a name keeps its start and end around "...".
+  constexpr size_t kMaxName = 64;
+  size_t width = 24;
+  for (const RunMetrics* r : runs) width = std::max(width, std::min(r->name.size(), kMaxName));
+  auto shown = [&](const std::string& name) {
+    return name.size() <= kMaxName ? name : name.substr(0, 30) + "..." + name.substr(name.size() - (kMaxName - 33));
+  };
+  const int w = int(width);
+  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10s  %s\n", w, "run", "steps", "val loss",
+                "MaxVio_global", "MaxVio_batch", "tok/s", "settings");
   out += buf;
-  std::snprintf(buf, sizeof buf, "  %-24s %11s %10s %16s %16s %10s  %s\n", "", "(planned)", "(last)", "(last, mean L)",
-                "(recent, mean L)", "(mean)", "balance; lr; batch x seq x accum; data");
+  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10s  %s\n", w, "", "(planned)", "(last)",
+                "(last, mean L)", "(recent, mean L)", "(mean)", "balance; lr; batch x seq x accum; data");
   out += buf;
   for (size_t i = 0; i < runs.size(); ++i) {
     const RunMetrics& r = *runs[i];
@@ -243,10 +252,11 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
       batch += l.recent_maxvio;
     }
     const double layers = std::max<double>(1.0, double(rep.layers.size()));
-    char val[32] = "-", glob[32] = "-";
+    char val[32] = "-", glob[32] = "-", recent[32] = "-";  // "-": no eval, no MoE layer
     if (!r.eval.empty()) std::snprintf(val, sizeof val, "%.4f", r.eval.back().val_loss);
     if (n_global) std::snprintf(glob, sizeof glob, "%.3f", global / double(n_global));
-    std::string name = r.name.size() > 24 ? r.name.substr(r.name.size() - 24) : r.name;
+    if (!rep.layers.empty()) std::snprintf(recent, sizeof recent, "%.3f", batch / layers);
+    const std::string name = shown(r.name);
     std::string steps = std::to_string(r.train.empty() ? 0 : r.train.back().step);
     if (r.settings) steps.append("/").append(std::to_string(r.settings->steps));
     std::string settings = "-";
@@ -255,8 +265,8 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
       std::snprintf(lr, sizeof lr, "%g", r.settings->lr);
       settings = r.settings->balance_text() + "; " + lr + "; " + r.settings->shape_text() + "; " + r.settings->data;
     }
-    std::snprintf(buf, sizeof buf, "  %-24s %11s %10s %16s %16.3f %10.0f  %s\n", name.c_str(), steps.c_str(), val, glob,
-                  batch / layers, mean_tokens_per_s(r), settings.c_str());
+    std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10.0f  %s\n", w, name.c_str(), steps.c_str(), val, glob,
+                  recent, mean_tokens_per_s(r), settings.c_str());
     out += buf;
   }
   for (const std::string& note : comparison_notes(runs)) out += "  note: " + note + "\n";

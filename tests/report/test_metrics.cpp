@@ -174,3 +174,21 @@ TEST_CASE("metrics of a run on several ranks give per-rank rows with their MaxVi
   }
   CHECK_THROWS_WITH(moe::read_metrics(path), Catch::Contains("\"n\" has the wrong type"));
 }
+
+TEST_CASE("the runs' comparison keeps names that differ anywhere apart; no MaxVio without MoE layers", "[report]") {
+  // Grid sweep names: long, alike at the end, different at the start.
+  RunMetrics a, b;
+  a.name = "first_k_dense_replace=0,num_nextn_predict_layers=1";
+  b.name = "first_k_dense_replace=3,num_nextn_predict_layers=1";
+  RunMetrics c;
+  c.name = std::string(40, 'x') + "-long-middle-" + std::string(40, 'y') + "-end";
+  const LoadReport none;  // no MoE layer
+  const std::string table = format_comparison({&a, &b, &c}, {&none, &none, &none}, false);
+  CHECK(table.find(a.name) != std::string::npos);
+  CHECK(table.find(b.name) != std::string::npos);
+  CHECK(table.find(std::string(30, 'x') + "...") != std::string::npos);  // past 64: start ... end
+  CHECK(table.find("y-end") != std::string::npos);
+  // The row of a: no eval, no load: dashes, not zeros.
+  const std::string row = table.substr(table.find(a.name));
+  CHECK(row.substr(0, row.find('\n')).find("0.000") == std::string::npos);
+}
