@@ -227,15 +227,11 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
                               bool color) {
   std::string out = "comparison\n";
   char buf[1024];
-  // The run column fits the longest name (sweep names differ anywhere: a cut end could make two
-  // runs look alike); past 64 characters a name keeps its start and end around "...".
-  constexpr size_t kMaxName = 64;
+  // The run column fits the longest name, uncut: sweep names differ anywhere, and any cut could
+  // make two runs look alike (a sweep's names are at most 100 characters).
   size_t width = 24;
-  for (const RunMetrics* r : runs) width = std::max(width, std::min(r->name.size(), kMaxName));
-  auto shown = [&](const std::string& name) {
-    return name.size() <= kMaxName ? name : name.substr(0, 30) + "..." + name.substr(name.size() - (kMaxName - 33));
-  };
-  const int w = int(width);
+  for (const RunMetrics* r : runs) width = std::max(width, r->name.size());
+  const int w = int(std::min<size_t>(width, 200));
   std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10s  %s\n", w, "run", "steps", "val loss",
                 "MaxVio_global", "MaxVio_batch", "tok/s", "settings");
   out += buf;
@@ -256,7 +252,7 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
     if (!r.eval.empty()) std::snprintf(val, sizeof val, "%.4f", r.eval.back().val_loss);
     if (n_global) std::snprintf(glob, sizeof glob, "%.3f", global / double(n_global));
     if (!rep.layers.empty()) std::snprintf(recent, sizeof recent, "%.3f", batch / layers);
-    const std::string name = shown(r.name);
+    const std::string& name = r.name;
     std::string steps = std::to_string(r.train.empty() ? 0 : r.train.back().step);
     if (r.settings) steps.append("/").append(std::to_string(r.settings->steps));
     std::string settings = "-";
@@ -265,9 +261,9 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
       std::snprintf(lr, sizeof lr, "%g", r.settings->lr);
       settings = r.settings->balance_text() + "; " + lr + "; " + r.settings->shape_text() + "; " + r.settings->data;
     }
-    std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10.0f  %s\n", w, name.c_str(), steps.c_str(), val, glob,
-                  recent, mean_tokens_per_s(r), settings.c_str());
-    out += buf;
+    std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10.0f  ", w, name.c_str(), steps.c_str(), val, glob,
+                  recent, mean_tokens_per_s(r));
+    out += buf + settings + "\n";  // the settings end with the data path: any length
   }
   for (const std::string& note : comparison_notes(runs)) out += "  note: " + note + "\n";
   out += "\n  MaxVio_batch over training (mean over layers; each line scaled to its own max)\n";

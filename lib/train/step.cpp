@@ -85,7 +85,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     loss += pass_loss / passes;
     if (ws_.mtp_ran) mtp_loss += ws_.mtp_loss_sum / double(ws_.mtp_tokens) / passes;
     size_t m = 0;
-    for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp); ++l) {
+    for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp_ran); ++l) {
       if (!mc.is_moe_layer(l)) continue;
       const MoeSaved& saved = ws_.layers[size_t(l)].moe;
       for (int64_t e = 0; e < E; ++e) counts_[m][size_t(e)] += saved.counts[e];
@@ -160,7 +160,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
   const bool bias_moves = bias_balancing_ && finite && double(step) < tc.bias_freeze_at * double(tc.steps);
   if (balance_.z_alpha > 0) r.z_loss = 0.0;
   size_t m = 0;
-  for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp); ++l) {
+  for (int64_t l = 0; l < ran_layers_of(mc, ws_.mtp_ran); ++l) {
     if (!mc.is_moe_layer(l)) continue;
     float* bias = model.weights.layers[size_t(l)].moe.router_bias;
     // No bias update for a step that went non-finite.

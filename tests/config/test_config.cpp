@@ -265,6 +265,10 @@ TEST_CASE("config: model_difference names the first field that builds another mo
             .empty());
   CHECK(moe::model_difference(a, parse(with_model("first_k_dense_replace", 2)).model) ==
         "first_k_dense_replace: 1 against 2");
+  // Layers of another count: that field, with the values as written (not as clamped).
+  const moe::ModelConfig wide = parse(with_model({{"first_k_dense_replace", 5}, {"num_hidden_layers", 3}})).model;
+  const moe::ModelConfig narrow = parse(with_model({{"first_k_dense_replace", 5}, {"num_hidden_layers", 2}})).model;
+  CHECK(moe::model_difference(wide, narrow) == "num_hidden_layers: 3 against 2");
 }
 
 TEST_CASE("config: first_k_dense_replace past the last layer leaves every layer dense (HF's rule)", "[config]") {

@@ -186,8 +186,7 @@ TEST_CASE("the runs' comparison keeps names that differ anywhere apart; no MaxVi
   const std::string table = format_comparison({&a, &b, &c}, {&none, &none, &none}, false);
   CHECK(table.find(a.name) != std::string::npos);
   CHECK(table.find(b.name) != std::string::npos);
-  CHECK(table.find(std::string(30, 'x') + "...") != std::string::npos);  // past 64: start ... end
-  CHECK(table.find("y-end") != std::string::npos);
+  CHECK(table.find(c.name) != std::string::npos);  // uncut
   // The row of a: no eval, no load: dashes, not zeros.
   const std::string row = table.substr(table.find(a.name));
   CHECK(row.substr(0, row.find('\n')).find("0.000") == std::string::npos);

@@ -920,3 +920,25 @@ TEST_CASE("reports say how a run ended, with its settings and the step of its la
   CHECK(page.find("aux (alpha 0.01)") != std::string::npos);
   CHECK(page.find("Note: the runs trained on different data: ") != std::string::npos);
 }
+
+TEST_CASE("windows of one token: the MTP module has nothing to predict, so no mtp_loss and no load of its layer",
+          "[train]") {
+  // tiny-v3: MoE layers 1 and 2, the module's layer 3. With --seq 1 it never runs.
+  TempDir tmp("train_seq1");
+  const RunResult r = run_moe({"train", "--config", "tiny-v3", "--steps", "2", "--seq", "1", "--batch", "4",
+                               "--eval-every", "0", "--out", tmp / "run", "-t", "1"});
+  INFO(r.describe());
+  REQUIRE(r.ok());
+  std::ifstream in(tmp / "run/metrics.jsonl");
+  int train_lines = 0;
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    if (j.value("kind", "") != "train") continue;
+    ++train_lines;
+    CHECK_FALSE(j.contains("mtp_loss"));
+    std::set<int64_t> layers;
+    for (const auto& l : j.at("layers")) layers.insert(l.at("layer").get<int64_t>());
+    CHECK(layers == std::set<int64_t>{1, 2});
+  }
+  CHECK(train_lines == 2);
+}
