@@ -1,7 +1,9 @@
-// The oneDNN GEMM wrapper against naive double loops: all transpositions, odd sizes, padded
-// leading dimensions, accumulation, batched strided layouts and K = 0.
+// The oneDNN GEMM wrapper against naive double loops: all transpositions, odd sizes, padded and
+// packed leading dimensions, accumulation, batched strided layouts and K = 0.
+#include <array>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -65,24 +67,20 @@ void expect_gemm_matches(bool trans_a, bool trans_b, int64_t M, int64_t N, int64
 }  // namespace
 
 TEST_CASE("gemm matches a naive loop for every transposition, odd sizes and accumulate", "[core]") {
+  // Padded leading dimensions, then packed ones: one-wide matrices get leading dimension 1 (a
+  // one-expert router's gradient), which sgemm accepts only in the layout matching the shape.
   moe::ComputeContext ctx;
-  const int64_t shapes[][3] = {{7, 13, 5}, {1, 1, 1}, {7, 1, 5}, {1, 13, 5}, {7, 13, 1}, {33, 17, 65}, {2, 3, 129}};
+  const std::vector<std::array<int64_t, 3>> padded_shapes = {{7, 13, 5}, {1, 1, 1},    {7, 1, 5},  {1, 13, 5},
+                                                             {7, 13, 1}, {33, 17, 65}, {2, 3, 129}},
+                                            packed_shapes = {{1, 13, 5}, {7, 1, 5}, {7, 13, 1}, {1, 1, 9},
+                                                             {9, 1, 1},  {1, 9, 1}, {6, 4, 3}};
   uint64_t seed = 100;
-  for (const auto& shape : shapes)
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb)
-        for (int acc = 0; acc < 2; ++acc)
-          expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3);
-}
-
-TEST_CASE("gemm with packed leading dimensions: one-wide matrices (leading dimension 1) in every layout", "[core]") {
-  moe::ComputeContext ctx;
-  const int64_t shapes[][3] = {{1, 13, 5}, {7, 1, 5}, {7, 13, 1}, {1, 1, 9}, {9, 1, 1}, {1, 9, 1}, {6, 4, 3}};
-  uint64_t seed = 900;
-  for (const auto& shape : shapes)
-    for (int ta = 0; ta < 2; ++ta)
-      for (int tb = 0; tb < 2; ++tb)
-        expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], false, ctx, seed += 3, /*padded=*/false);
+  for (const bool padded : {true, false})
+    for (const auto& shape : padded ? padded_shapes : packed_shapes)
+      for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb)
+          for (int acc = 0; acc < 2; ++acc)
+            expect_gemm_matches(ta, tb, shape[0], shape[1], shape[2], acc, ctx, seed += 3, padded);
 }
 
 TEST_CASE("2-D gemm needs no primitive and batched gemm reuses one cached primitive per shape", "[core]") {
