@@ -70,11 +70,11 @@ nlohmann::json speculative_json(const ModelConfig& c, const GenerateRequest& req
           {"draft_precision_chosen", request.draft_precision == DraftPrecision::automatic ? "auto" : "flag"},
           {"drafted", t.drafted},
           {"accepted", t.accepted},
-          {"acceptance_rate", t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0},
+          {"acceptance_rate", t.acceptance()},
           {"main_steps", t.main_steps},
           // Per sequence (at most draft_max + 1): after the first token (sampled from the prompt's
           // logits), every token comes from a step; several prompts share each step.
-          {"tokens_per_main_step", t.sequence_steps > 0 ? double(t.step_tokens) / double(t.sequence_steps) : 0.0},
+          {"tokens_per_main_step", t.tokens_per_step()},
           // Where the time went: the main model's verification steps and the module's draft steps
           // (the rest of generate_ms is sampling and bookkeeping), and the routed experts a
           // verification read per MoE layer (the union of its rows' choices; a plain step reads K).

@@ -187,17 +187,13 @@ SpecDecode speculative_rates(const Model& model, const std::vector<uint8_t>& tex
       }
     }
   }
-  auto acceptance = [](const GenerateTimings& t) {
-    return t.drafted > 0 ? double(t.accepted) / double(t.drafted) : 0.0;
-  };
   SpecDecode r;
   r.plain_tokens_per_s = mean_sd(rates[0]);
   r.tokens_per_s = mean_sd(rates[1]);
-  r.acceptance = acceptance(stats[1]);
-  r.tokens_per_step =
-      stats[1].main_steps > 0 ? double(stats[1].generated_tokens - 1) / double(stats[1].main_steps) : 0.0;
+  r.acceptance = stats[1].acceptance();
+  r.tokens_per_step = stats[1].tokens_per_step();
   r.f32_tokens_per_s = mean_sd(rates[2]);
-  r.f32_acceptance = acceptance(stats[2]);
+  r.f32_acceptance = stats[2].acceptance();
   const double moe_layers = double(model.config.num_moe_layers());
   if (steps[0] > 0 && steps[1] > 0 && step_seconds[0] > 0) {
     const double plain_step = step_seconds[0] / steps[0];

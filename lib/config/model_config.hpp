@@ -75,7 +75,7 @@ struct ModelConfig {
   }
   bool is_moe_layer(int64_t layer) const { return layer >= first_k_dense_replace; }
   // Position of MoE layer `layer` among the MoE layers.
-  int64_t moe_layer_index(int64_t layer) const { return layer - std::min(first_k_dense_replace, num_hidden_layers); }
+  int64_t moe_layer_index(int64_t layer) const { return layer - num_dense_layers(); }
   int64_t num_moe_layers() const {
     return num_hidden_layers > first_k_dense_replace ? num_hidden_layers - first_k_dense_replace : 0;
   }

@@ -18,6 +18,17 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A main-model step (plain or verification), its time and its expert reads into `timings`.
+const float* timed_step(ComputeContext& ctx, Decoder& decoder, const std::vector<int32_t>& seq,
+                        const std::vector<int32_t>& tokens, GenerateTimings& timings, ExpertTally* tally) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
+  timings.step_seconds += seconds_since(t0);
+  timings.experts_read += decoder.experts_read();
+  ++timings.main_steps;
+  return logits;
+}
+
 // One sequence of self-speculative decoding. `pending` holds the MTP module's inputs not yet in its
 // cache: (the main model's hidden state h_p, the token t_{p+1}) for consecutive positions p.
 struct SpecSequence {
@@ -48,11 +59,7 @@ void verify_drafts(ComputeContext& ctx, const Model& model, Decoder& decoder, st
   }
   std::vector<int64_t> length_before(active_ids.size());
   for (size_t a = 0; a < active_ids.size(); ++a) length_before[a] = decoder.cache().length[size_t(active_ids[a])];
-  const auto t_step = std::chrono::steady_clock::now();
-  const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
-  timings.step_seconds += seconds_since(t_step);
-  timings.experts_read += decoder.experts_read();
-  ++timings.main_steps;
+  const float* logits = timed_step(ctx, decoder, seq, tokens, timings, tally);
   for (size_t a = 0; a < active_ids.size(); ++a) {
     const int64_t i = active_ids[a];
     SpecSequence& s = spec[size_t(i)];
@@ -296,11 +303,7 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     for (int64_t i = 0; i < S; ++i)
       if (active[size_t(i)]) seq.push_back(int32_t(i)), tokens.push_back(last[size_t(i)]);
     if (seq.empty()) break;
-    const auto t_step = std::chrono::steady_clock::now();
-    const float* logits = decoder.step(ctx, seq.data(), tokens.data(), int64_t(seq.size()), tally);
-    timings.step_seconds += seconds_since(t_step);
-    timings.experts_read += decoder.experts_read();
-    ++timings.main_steps;
+    const float* logits = timed_step(ctx, decoder, seq, tokens, timings, tally);
     for (size_t j = 0; j < seq.size(); ++j) {
       const int64_t i = seq[j];
       accept(i, samplers[size_t(i)].sample(logits + int64_t(j) * c.vocab_size, history[size_t(i)]));

@@ -71,6 +71,10 @@ struct GenerateTimings {
   // summed over layers and steps). What is left of generate_seconds is sampling and bookkeeping.
   double step_seconds = 0, draft_seconds = 0;
   int64_t experts_read = 0;
+
+  double acceptance() const { return drafted > 0 ? double(accepted) / double(drafted) : 0.0; }
+  // Tokens per main-model step and sequence (at most draft_max + 1).
+  double tokens_per_step() const { return sequence_steps > 0 ? double(step_tokens) / double(sequence_steps) : 0.0; }
 };
 
 // on_token(sequence index, token) is called as each token is produced (for streaming).

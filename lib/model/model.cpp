@@ -127,7 +127,7 @@ Workspace::Workspace(const ModelConfig& c, int64_t B_, int64_t T_, bool training
     d_logits = f.take(N * V);
     ffn_scratch = f.take(2 * N * I);
     // Any MoE layer among this workspace's (the MTP module's layer can be the only one).
-    if (L + (mtp ? 1 : 0) > c.first_k_dense_replace) {
+    if (layer_count > c.first_k_dense_replace) {
       const int64_t K = c.num_experts_per_tok, E = c.n_routed_experts;
       MoeScratch& m = moe_scratch;
       const int64_t R = remote ? N * K : moe_row_capacity(c, N), local_rows = remote ? 0 : R;

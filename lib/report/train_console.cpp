@@ -107,9 +107,8 @@ void ConsoleTrainObserver::on_start(const RunStart& start) {
   const TrainConfig& t = c.train;
   const ParamSummary params = summarize_params(m);
   // Lines that fit 80 columns for the shipped configs; the full config is in the run directory.
-  const int64_t dense = std::min(m.first_k_dense_replace, m.num_hidden_layers);
   std::fprintf(out_, "model    %lld layers (%lld MoE), hidden %lld, %s, %lld experts top-%lld + %lld shared%s\n",
-               (long long)m.num_hidden_layers, (long long)(m.num_hidden_layers - dense), (long long)m.hidden_size,
+               (long long)m.num_hidden_layers, (long long)m.num_moe_layers(), (long long)m.hidden_size,
                m.mla() ? "MLA" : "GQA", (long long)m.n_routed_experts, (long long)m.num_experts_per_tok,
                (long long)m.n_shared_experts, m.mtp() ? ", MTP" : "");
   std::fprintf(out_, "params   %.3gM, %.3gM active per token\n", double(params.total) / 1e6,
