@@ -150,6 +150,11 @@ bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* 
   return dnnl_sgemm('N', trans_b ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) == dnnl_success;
 }
 
+int64_t sgemm_exact_rows() {
+  const unsigned isa = unsigned(dnnl_get_effective_cpu_isa()), avx512 = unsigned(dnnl_cpu_isa_avx512_core);
+  return (isa & avx512) == avx512 ? 2 : 1;
+}
+
 void linear_backward(ComputeContext& ctx, const float* x, const float* W, const float* dy, float* dx, float* dW,
                      int64_t rows, int64_t in, int64_t out, bool accumulate_dx) {
   // dx (rows, in) = dy (rows, out) · W (out, in)

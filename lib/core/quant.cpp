@@ -43,7 +43,7 @@ QuantMatrix quantize_rows(const float* W, int64_t rows, int64_t cols) {
     for (int64_t b = 0; b < blocks; ++b) {
       int32_t sum = 0;
       for (int64_t c = b * QuantMatrix::kBlock; c < std::min(cols, (b + 1) * QuantMatrix::kBlock); ++c) sum += q[c];
-      m.block_sum[size_t(r * blocks + b)] = int16_t(sum);
+      m.block_sum[size_t(b * rows + r)] = int16_t(sum);
       total += sum;
     }
     m.row_sum[size_t(r)] = total;
@@ -92,11 +92,12 @@ bool qgemm_rows(int64_t M, const uint8_t* xq, const float* xs, const QuantMatrix
 #pragma omp simd
       for (int64_t j = 0; j < n_rows; ++j) acc[m * n_rows + j] -= 128 * sum[j];
   } else {
-    for (int64_t j = 0; j < n_rows; ++j) {
-      const int16_t* bs = W.block_sum.data() + (row0 + j) * W.blocks();
-      int32_t sum = 0;
-      for (int64_t b = b0; b < b1; ++b) sum += bs[b];
-      for (int64_t m = 0; m < M; ++m) acc[m * n_rows + j] -= 128 * sum;
+    // Block-major sums: one pass over the slice's rows per block, vectorized across the rows.
+    for (int64_t b = b0; b < b1; ++b) {
+      const int16_t* bs = W.block_sum.data() + b * W.rows + row0;
+      for (int64_t m = 0; m < M; ++m)
+#pragma omp simd
+        for (int64_t j = 0; j < n_rows; ++j) acc[m * n_rows + j] -= 128 * int32_t(bs[j]);
     }
   }
   const float* ws = W.scale.data() + row0;

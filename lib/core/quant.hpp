@@ -22,7 +22,7 @@ struct QuantMatrix {
   std::vector<int8_t> q;           // (rows, cols): round(w / scale[row])
   std::vector<float> scale;        // (rows): max |w| over the row / 63
   std::vector<int32_t> row_sum;    // (rows): Σ q over the row
-  std::vector<int16_t> block_sum;  // (rows, ceil(cols / 16)): Σ q over each 16-column block (|Σ| ≤ 1008)
+  std::vector<int16_t> block_sum;  // (ceil(cols / 16), rows): Σ q over each 16-column block (|Σ| ≤ 1008)
   int64_t blocks() const { return (cols + kBlock - 1) / kBlock; }
 };
 

@@ -74,11 +74,13 @@ struct ThreadBuffers {
   float* head_norm;  // (B * H) 1 / softmax sum of each score row (both attentions)
   float* mtp_cat;    // (B, 2D) the MTP module's [enorm(embed(t)) | hnorm(h)]
   // int8 drafting only: quantized activation rows, their scales, the int32 products.
-  uint8_t* xq;      // (rows, max(2D, width))
-  float* xq_scale;  // (rows)
-  int32_t* acc;     // (rows, max(D, width))
+  uint8_t* xq;             // (rows, max(2D, width))
+  float* xq_scale;         // (rows)
+  int32_t* acc;            // (rows, max(D, width))
+  float *pair_a, *pair_c;  // (2, widest) each: a lone row's product as a two-row one (see mm)
+  int64_t widest;          // the largest N or K of a decode product
 
-  void plan(const ModelConfig& c, int64_t B, Bump<float>& f, Bump<int32_t>& ib) {
+  void plan(const ModelConfig& c, int64_t B, int64_t max_len, Bump<float>& f, Bump<int32_t>& ib) {
     const int64_t D = c.hidden_size, E = c.n_routed_experts, rows = B * std::max<int64_t>(c.num_experts_per_tok, 1);
     const int64_t width = std::max({c.intermediate_size, c.moe_intermediate_size, c.shared_intermediate()});
     x = f.take(B * D), h = f.take(B * D), xn = f.take(B * D);
@@ -99,6 +101,9 @@ struct ThreadBuffers {
     xq = reinterpret_cast<uint8_t*>(ib.take((qrows * std::max(2 * D, width) + 3) / 4));
     xq_scale = f.take(qrows);
     acc = ib.take(qrows * std::max(D, width));
+    widest = std::max({max_len, 2 * D, width, int64_t(c.vocab_size), E, H * c.qk_head_dim(), H * c.v_head_dim,
+                       H * c.head_dim, int64_t(c.q_lora_rank.value_or(0)), lat});
+    pair_a = f.take(2 * widest), pair_c = f.take(2 * widest);
   }
 };
 
@@ -129,16 +134,33 @@ struct Decoder::ThreadStep {
         B(decoder.max_rows_) {
     Bump<float> f(d.scratch_[size_t(t)].floats.data());
     Bump<int32_t> ib(d.scratch_[size_t(t)].ints.data());
-    buf.plan(c, B, f, ib);
+    buf.plan(c, B, d.cache_.max_len, f, ib);
   }
 
   float* partial(int which, int thread) const {
     return d.partial_.data() + ((which * d.max_threads_ + thread) * B) * D;
   }
 
+  // C (M, N) (+)= A (M, Kd) · op(B) in calls of exactly d.exact_rows_ rows (core/compute.hpp,
+  // sgemm_exact_rows): a row gets the same bits in a verification's batch as alone in plain
+  // decoding, so greedy speculative text is plain greedy text even at a near-tie. With two rows per
+  // call, a lone last row is paired with a copy of itself.
   void mm(bool trans_b, int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* Bm, int64_t ldb,
           float* C, int64_t ldc, bool acc) {
-    if (!sgemm_rowmajor(trans_b, M, N, Kd, A, lda, Bm, ldb, C, ldc, acc)) ok.store(false);
+    const int64_t G = d.exact_rows_;
+    for (int64_t m = 0; m + G <= M; m += G)
+      if (!sgemm_rowmajor(trans_b, G, N, Kd, A + m * lda, lda, Bm, ldb, C + m * ldc, ldc, acc)) ok.store(false);
+    if (M % G == 0) return;
+    if (Kd > buf.widest || N > buf.widest) {  // cannot happen: every product of a step fits
+      ok.store(false);
+      return;
+    }
+    const float* a = A + (M - 1) * lda;
+    float* c = C + (M - 1) * ldc;
+    std::copy_n(a, Kd, buf.pair_a), std::copy_n(a, Kd, buf.pair_a + Kd);
+    if (acc) std::copy_n(c, N, buf.pair_c), std::copy_n(c, N, buf.pair_c + N);
+    if (!sgemm_rowmajor(trans_b, 2, N, Kd, buf.pair_a, Kd, Bm, ldb, buf.pair_c, N, acc)) ok.store(false);
+    std::copy_n(buf.pair_c, N, c);
   }
 
   // out (n, D) = base + all threads' partial sums of `which`, added in thread order (the same bits
@@ -285,17 +307,7 @@ struct Decoder::ThreadStep {
     // q_proj, every thread projects its heads' queries. The barrier publishes both. (Every thread
     // projecting the query latent itself read q_a_proj once per thread and left the others waiting
     // for thread 0's append.)
-    if (t == 0) {
-      append_latent(l, lw, buf.xn, seq, pos, n);
-      // A run's earlier rows multiply the later rows' latents by weight 0, which keeps an
-      // overflowed (non-finite) latent from reaching them only if there is none: else one row at a time.
-      bool finite = true;
-      for (int64_t i = 0; i < n; ++i) {
-        const float* row = cache.latent_at(l, seq[i]) + pos[i] * lat;
-        for (int64_t j = 0; j < lat; ++j) finite = finite && std::isfinite(row[j]);
-      }
-      d.latents_finite_ = finite;
-    }
+    if (t == 0) append_latent(l, lw, buf.xn, seq, pos, n);
     const Range heads = slice(H, t, T, 1);
     const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk, hn = heads.size();
     if (c.q_lora_rank && t == T - 1) {
@@ -322,26 +334,21 @@ struct Decoder::ThreadStep {
       for (int64_t i = 0; i < n; ++i)
         rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * hn + hh) * lat + rkv, pos[i]);
     }
-    // Per run of rows of one sequence at consecutive positions (a verification's rows), this
-    // thread's heads in two products: every head attends over the same cached latents (one shared
-    // "key/value head"), so the cache is streamed once per thread and run, not once per head and
-    // row, and oneDNN's kernels do the dot products and the weighted sum. A row sees the positions
-    // up to its own: the later ones get weight 0. This thread's score rows: hn per row from h0 * n.
-    for (int64_t i0 = 0, i1; i0 < n; i0 = i1) {
-      for (i1 = i0 + 1; i1 < n && d.latents_finite_ && seq[i1] == seq[i0] && pos[i1] == pos[i1 - 1] + 1;) ++i1;
-      const int64_t m = (i1 - i0) * hn, len = pos[i1 - 1] + 1;
-      const float* rows = cache.latent_at(l, seq[i0]);
-      float* scores = d.attn_scratch_.data() + (heads.begin * n + i0 * hn) * L;  // (m, L)
-      float* o = buf.o_lat + i0 * hn * rkv;                                      // (m, rkv)
-      mm(true, m, len, lat, buf.q_cat + i0 * hn * lat, lat, rows, lat, scores, L, false);
-      for (int64_t i = i0; i < i1; ++i) {
-        float* row_scores = scores + (i - i0) * hn * L;
-        softmax_rows(row_scores, hn, L, pos[i] + 1, scale, buf.head_norm + (i - i0) * hn);
-        for (int64_t h = 0; h < hn; ++h) std::fill(row_scores + h * L + pos[i] + 1, row_scores + h * L + len, 0.0f);
-      }
+    // Per row, this thread's heads in two products: every head attends over the same cached latents
+    // (one shared "key/value head"), so the cache is streamed once per thread and row, not once per
+    // head, and oneDNN's kernels do the dot products and the weighted sum. One row at a time, over
+    // exactly its own positions: a verification's rows get the bits plain decoding gives them (on
+    // AVX2 a sum over a few more positions of weight 0 already changes them; see mm).
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t len = pos[i] + 1;
+      const float* rows = cache.latent_at(l, seq[i]);
+      float* scores = d.attn_scratch_.data() + (heads.begin * n + i * hn) * L;  // (hn, L)
+      float* o = buf.o_lat + i * hn * rkv;                                      // (hn, rkv)
+      mm(true, hn, len, lat, buf.q_cat + i * hn * lat, lat, rows, lat, scores, L, false);
+      softmax_rows(scores, hn, L, len, scale, buf.head_norm);
       // Σ_j p_j c_j over the latent part of each cached row (its first rkv floats).
-      mm(false, m, rkv, len, scores, L, rows, lat, o, rkv, false);
-      normalise_rows(o, m, rkv);
+      mm(false, hn, rkv, len, scores, L, rows, lat, o, rkv, false);
+      normalise_rows(o, hn, rkv);
     }
     // out_h (n, dv) = o_lat_h (n, rkv) · W_vb_hᵀ, W_vb_h = rows h·(dn+dv)+dn .. +dv of kv_b_proj.
     for (int64_t h = heads.begin; h < heads.end; ++h)
@@ -500,6 +507,7 @@ Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max
       attn_scratch_((max_rows > 0 ? max_rows : batch) * model.config.num_attention_heads * max_len),
       max_threads_(std::max(1, omp_get_max_threads())),
       max_rows_(max_rows > 0 ? max_rows : batch),
+      exact_rows_(sgemm_exact_rows()),
       positions_(size_t(max_rows_)),
       hidden_(max_rows_ * model.config.hidden_size),
       mtp_hidden_(model.config.mtp() ? max_rows_ * model.config.hidden_size : 0),
@@ -512,7 +520,7 @@ Decoder::Decoder(const Model& model, int64_t batch, int64_t max_len, int64_t max
     Bump<float> f;
     Bump<int32_t> n;
     ThreadBuffers sizes;
-    sizes.plan(model.config, max_rows_, f, n);
+    sizes.plan(model.config, max_rows_, max_len, f, n);
     s.floats.resize(f.used());
     s.ints.resize(n.used());
     s.route.resize(model.config);

@@ -118,6 +118,7 @@ class Decoder {
   std::vector<ThreadScratch> scratch_;
   Buffer<float> partial_;  // (2, threads, rows, D): attention and FFN partial sums
   int64_t max_rows_ = 1;
+  int64_t exact_rows_ = 1;          // rows per product call (sgemm_exact_rows)
   std::vector<int64_t> positions_;  // (rows) position of each row of the current step
   Buffer<float> hidden_;            // (rows, D)
   Buffer<float> mtp_hidden_;        // (rows, D)
@@ -127,7 +128,6 @@ class Decoder {
   Buffer<float> mtp_input_;              // (rows, D)
   std::unique_ptr<DraftWeights> draft_;  // int8_draft only
   int64_t experts_read_ = 0;             // written by thread 0 of a step
-  bool latents_finite_ = true;           // this MLA layer's new cache rows (thread 0, before a barrier)
   // Runs one step (main layers, or the MTP module) over n rows at positions pos in one parallel
   // region; in the MTP module the first cache_only rows stop after appending to its cache.
   void run(const int32_t* seq, const int64_t* pos, const int32_t* tokens, const float* mtp_input, int64_t n,

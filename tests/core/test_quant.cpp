@@ -42,7 +42,7 @@ TEST_CASE("int8 quantization: weights to 7 bits per row, activations to 8 bits p
       sum += v, block[c / 16] += v;
     }
     CHECK(q.row_sum[size_t(r)] == sum);
-    for (int b = 0; b < 3; ++b) CHECK(q.block_sum[size_t(r * 3 + b)] == block[b]);
+    for (int b = 0; b < 3; ++b) CHECK(q.block_sum[size_t(b * q.rows + r)] == block[b]);
   }
   CHECK(q.scale[1] == 1.0f);  // the zero row
 

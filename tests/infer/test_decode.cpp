@@ -402,10 +402,57 @@ TEST_CASE("MLA decode steps with several rows of one sequence (a verification) e
   omp_set_num_threads(saved_threads);
 }
 
-TEST_CASE("an overflowed (non-finite) latent of a later row does not reach the earlier rows of its run", "[infer]") {
+TEST_CASE("a row of a decode step gets the same bits with or without other rows (speculative == plain, exactly)",
+          "[infer]") {
+  // oneDNN's sgemm sums in an order that depends on the rows per call and, on AVX2, on how many
+  // terms of weight 0 a sum has: a verification's row would differ in its last bits from the same
+  // row decoded alone, and greedy text at a near-tie. Every step layout here (several rows of one
+  // sequence, rows of two sequences interleaved, a plain batch) must give each row exactly the
+  // logits and hidden state of one-row steps taken in the same order. GQA and MLA (with and without
+  // the query latent), 1-3 threads; `ctest` also runs this with oneDNN held to AVX2 kernels.
+  ModelConfig gqa = decode_config();
+  gqa.hidden_size = 64, gqa.moe_intermediate_size = 40, gqa.intermediate_size = 96;  // sums of 40-96 terms
+  validate(gqa, "test");
+  ComputeContext ctx;
+  const int saved_threads = omp_get_max_threads();
+  for (const ModelConfig& c : {gqa, mla_decode_config(true, true), mla_decode_config(false, false)}) {
+    Model model(c);
+    model.init(53);
+    const int64_t V = c.vocab_size, D = c.hidden_size;
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+      Decoder many(model, 2, c.max_position_embeddings, 6), one(model, 2, c.max_position_embeddings, 1);
+      const std::vector<std::vector<int32_t>> prompts = {{'a', 'b', 'c', 'd', 'e'}, {'x', 'y'}};
+      for (int32_t b = 0; b < 2; ++b) many.prefill(ctx, b, prompts[size_t(b)], nullptr);
+      for (int32_t b = 0; b < 2; ++b) one.prefill(ctx, b, prompts[size_t(b)], nullptr);
+      int32_t next = 'f';
+      for (const std::vector<int32_t>& rows : {std::vector<int32_t>{0, 0, 0}, std::vector<int32_t>{1, 0, 1, 0},
+                                               std::vector<int32_t>{0, 1}, std::vector<int32_t>{1, 1, 0, 0, 0, 1}}) {
+        std::vector<int32_t> tokens;
+        for (size_t r = 0; r < rows.size(); ++r) tokens.push_back(next = int32_t('a' + (next * 7 + 3) % 26));
+        const int64_t n = int64_t(rows.size());
+        const float* logits = many.step(ctx, rows.data(), tokens.data(), n, nullptr);
+        const std::vector<float> batch_logits(logits, logits + n * V),
+            batch_hidden(many.hidden(), many.hidden() + n * D);
+        int differing = 0;
+        for (int64_t r = 0; r < n; ++r) {
+          const float* alone = one.step(ctx, &rows[size_t(r)], &tokens[size_t(r)], 1, nullptr);
+          differing += !std::equal(alone, alone + V, batch_logits.begin() + r * V);
+          differing += !std::equal(one.hidden(), one.hidden() + D, batch_hidden.begin() + r * D);
+        }
+        INFO((c.mla() ? "MLA" : "GQA") << ", q latent " << c.q_lora_rank.has_value() << ", " << threads << " threads, "
+                                       << n << " rows");
+        CHECK(differing == 0);
+      }
+    }
+  }
+  omp_set_num_threads(saved_threads);
+}
+
+TEST_CASE("an overflowed (non-finite) latent of a later row does not reach the earlier rows of its step", "[infer]") {
   // Token 'z' embeds to +inf, so its latent is NaN. A step of rows [a, z] of one sequence: row a's
-  // logits must be the single-row step's (finite); weight 0 times NaN would not be. (oneDNN 2.6's
-  // AVX-512 kernel here happens to give 0 for that product; the decoder does not rely on it.)
+  // logits must be the single-row step's (finite). Row a attends over exactly its own positions; a
+  // product over the later row's position too, with weight 0, would give NaN where 0 · NaN is NaN.
   ComputeContext ctx;
   Model model(mla_decode_config(true, true));
   model.init(43);
