@@ -105,11 +105,11 @@ bool sgemm_rowmajor(bool trans_b, int64_t M, int64_t N, int64_t K, const float* 
 // Rows per dnnl_sgemm call with which a row's result does not depend on the other rows of a
 // product, and which is fastest for one or two rows: oneDNN sums a one-row product in its
 // matrix-vector kernel, in another order than its kernels for several rows, and which of those it
-// takes depends on the row count. With AVX-512, calls of two rows give every row the same bits (and
-// beat one-row calls); with AVX2 only one-row calls do (a two-row call there costs ~3x a one-row call,
-// and a third row changes the order again). A caller that needs a row's bits independent of its
-// batch (speculative decoding verifies rows a plain step would compute alone) multiplies in
-// groups of exactly this many rows.
+// takes depends on the row count (with AVX2 a third row changes the order again). Calls of exactly
+// one row, or exactly two, give every row the same bits wherever it is; with AVX-512 two-row calls
+// also beat one-row calls, with AVX2 a two-row call costs about two one-row calls (or more), so
+// one. A caller that needs a row's bits independent of its batch (speculative decoding verifies
+// rows a plain step computes alone) multiplies in groups of exactly this many rows.
 int64_t sgemm_exact_rows();
 
 // Linear layer y = x Wᵀ with W stored [out, in] (Hugging Face layout).

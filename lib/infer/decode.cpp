@@ -67,7 +67,7 @@ struct ThreadBuffers {
   int32_t *slot_row, *row_slot;                 // (B*K) each
   // MLA only (empty for GQA): rq, rkv the latent ranks, lat = rkv + dr.
   float* q_heads;  // (B, H*(dn+dr)) queries (this thread's heads' columns)
-  // The thread's hn heads only, row-major (B, hn, ·), so a run of one sequence's rows is one block:
+  // The thread's hn heads only, row-major (B, hn, ·): a row's heads are one block.
   float* q_cat;      // (B, hn, lat) absorbed queries: [q_nope · W_kb | rope(q_rope)]
   float* o_lat;      // (B, hn, rkv) attention output in latent space
   float* kv_lat;     // (B, lat) kv_a_proj_with_mqa output (thread 0)
@@ -141,26 +141,24 @@ struct Decoder::ThreadStep {
     return d.partial_.data() + ((which * d.max_threads_ + thread) * B) * D;
   }
 
-  // C (M, N) (+)= A (M, Kd) · op(B) in calls of exactly d.exact_rows_ rows (core/compute.hpp,
+  // C (M, N) = A (M, Kd) · op(B) in calls of exactly d.exact_rows_ rows (core/compute.hpp,
   // sgemm_exact_rows): a row gets the same bits in a verification's batch as alone in plain
   // decoding, so greedy speculative text is plain greedy text even at a near-tie. With two rows per
   // call, a lone last row is paired with a copy of itself.
   void mm(bool trans_b, int64_t M, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* Bm, int64_t ldb,
-          float* C, int64_t ldc, bool acc) {
+          float* C, int64_t ldc) {
     const int64_t G = d.exact_rows_;
     for (int64_t m = 0; m + G <= M; m += G)
-      if (!sgemm_rowmajor(trans_b, G, N, Kd, A + m * lda, lda, Bm, ldb, C + m * ldc, ldc, acc)) ok.store(false);
+      if (!sgemm_rowmajor(trans_b, G, N, Kd, A + m * lda, lda, Bm, ldb, C + m * ldc, ldc, false)) ok.store(false);
     if (M % G == 0) return;
     if (Kd > buf.widest || N > buf.widest) {  // cannot happen: every product of a step fits
       ok.store(false);
       return;
     }
     const float* a = A + (M - 1) * lda;
-    float* c = C + (M - 1) * ldc;
     std::copy_n(a, Kd, buf.pair_a), std::copy_n(a, Kd, buf.pair_a + Kd);
-    if (acc) std::copy_n(c, N, buf.pair_c), std::copy_n(c, N, buf.pair_c + N);
-    if (!sgemm_rowmajor(trans_b, 2, N, Kd, buf.pair_a, Kd, Bm, ldb, buf.pair_c, N, acc)) ok.store(false);
-    std::copy_n(buf.pair_c, N, c);
+    if (!sgemm_rowmajor(trans_b, 2, N, Kd, buf.pair_a, Kd, Bm, ldb, buf.pair_c, N, false)) ok.store(false);
+    std::copy_n(buf.pair_c, N, C + (M - 1) * ldc);
   }
 
   // out (n, D) = base + all threads' partial sums of `which`, added in thread order (the same bits
@@ -192,29 +190,29 @@ struct Decoder::ThreadStep {
   };
 
   // A SwiGLU FFN slice: rows of xs (M, D) through gate/up rows [r.begin, r.end) and the matching
-  // columns of down -> y (M, D), written or accumulated. `scale_rows` (M) multiplies each row's
+  // columns of down -> y (M, D). `scale_rows` (M) multiplies each row's
   // activation (the routed gate weights) when given.
-  void ffn_slice(const float* xs, int64_t M, const FfnRef& f, Range r, const float* scale_rows, float* y, bool acc) {
+  void ffn_slice(const float* xs, int64_t M, const FfnRef& f, Range r, const float* scale_rows, float* y) {
     const int64_t W = r.size();
     if (W == 0) {
-      if (!acc) std::fill_n(y, M * D, 0.0f);
+      std::fill_n(y, M * D, 0.0f);
       return;
     }
     if (f.q) {
       qmm(M, xs, D, f.q->gate, f.q_gate_row0 + r.begin, W, 0, D, buf.gate, W, false);
       qmm(M, xs, D, f.q->up, f.q_gate_row0 + r.begin, W, 0, D, buf.up, W, false, /*quantized=*/true);
     } else {
-      mm(true, M, W, D, xs, D, f.gate + r.begin * D, D, buf.gate, W, false);
-      mm(true, M, W, D, xs, D, f.up + r.begin * D, D, buf.up, W, false);
+      mm(true, M, W, D, xs, D, f.gate + r.begin * D, D, buf.gate, W);
+      mm(true, M, W, D, xs, D, f.up + r.begin * D, D, buf.up, W);
     }
     for (int64_t m = 0; m < M; ++m) {
       const float s = scale_rows ? scale_rows[m] : 1.0f;
       for (int64_t j = 0; j < W; ++j) buf.gate[m * W + j] = swiglu_value(buf.gate[m * W + j], buf.up[m * W + j]) * s;
     }
     if (f.q)
-      qmm(M, buf.gate, W, f.q->down, f.q_down_row0, D, r.begin, W, y, D, acc);
+      qmm(M, buf.gate, W, f.q->down, f.q_down_row0, D, r.begin, W, y, D, false);
     else
-      mm(true, M, D, W, buf.gate, W, f.down + r.begin, f.ld_down, y, D, acc);
+      mm(true, M, D, W, buf.gate, W, f.down + r.begin, f.ld_down, y, D);
   }
 
   // exp(scale · (s - max)) over the first len entries of each of `rows` score rows (stride ld), in
@@ -253,9 +251,9 @@ struct Decoder::ThreadStep {
       std::fill_n(part, n * D, 0.0f);
       return;
     }
-    mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, ws.q_flat + q0, qd, false);
-    mm(true, n, nk, D, buf.xn, D, lw.k_proj + k0 * D, D, ws.k_flat + k0, kvd, false);
-    mm(true, n, nk, D, buf.xn, D, lw.v_proj + k0 * D, D, ws.v_flat + k0, kvd, false);
+    mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, ws.q_flat + q0, qd);
+    mm(true, n, nk, D, buf.xn, D, lw.k_proj + k0 * D, D, ws.k_flat + k0, kvd);
+    mm(true, n, nk, D, buf.xn, D, lw.v_proj + k0 * D, D, ws.v_flat + k0, kvd);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t b = seq[i], p = pos[i], len = p + 1;
       for (int64_t kh = heads.begin; kh < heads.end; ++kh) {
@@ -268,14 +266,14 @@ struct Decoder::ThreadStep {
           rope_rotate(d.model_.rope, ws.q_flat + i * qd + (kh * g + r) * hd, buf.q_rot + r * hd, p);
         float* scores = d.attn_scratch_.data() + (i * c.num_attention_heads + kh * g) * L;  // (g, L)
         float* out = a.attn + i * qd + kh * g * hd;                                         // (g, hd)
-        mm(true, g, len, hd, buf.q_rot, hd, cache.k_at(l, b, kh), hd, scores, L, false);
+        mm(true, g, len, hd, buf.q_rot, hd, cache.k_at(l, b, kh), hd, scores, L);
         softmax_rows(scores, g, L, len, scale, buf.head_norm);
-        mm(false, g, hd, len, scores, L, cache.v_at(l, b, kh), hd, out, hd, false);
+        mm(false, g, hd, len, scores, L, cache.v_at(l, b, kh), hd, out, hd);
         normalise_rows(out, g, hd);
       }
     }
     // o_proj (D, qd): this thread's columns -> a partial sum over its heads.
-    mm(true, n, D, nq, a.attn + q0, qd, lw.o_proj + q0, qd, part, D, false);
+    mm(true, n, D, nq, a.attn + q0, qd, lw.o_proj + q0, qd, part, D);
   }
 
   // The MLA cache rows [rmsnorm(c_kv) | rope(k_rope)] of `rows` normed inputs xn (sequence seq[i],
@@ -283,7 +281,7 @@ struct Decoder::ThreadStep {
   void append_latent(int64_t l, const LayerWeights& lw, const float* xn, const int32_t* seqs, const int64_t* positions,
                      int64_t rows) {
     const int64_t rkv = *c.kv_lora_rank, lat = rkv + c.qk_rope_head_dim;
-    mm(true, rows, lat, D, xn, D, lw.kv_a_proj_with_mqa, D, buf.kv_lat, lat, false);
+    mm(true, rows, lat, D, xn, D, lw.kv_a_proj_with_mqa, D, buf.kv_lat, lat);
     for (int64_t i = 0; i < rows; ++i) {
       float* row = d.cache_.latent_at(l, seqs[i]) + positions[i] * lat;
       rmsnorm_row(buf.kv_lat + i * lat, lw.kv_a_layernorm, row, rkv, kMlaLatentNormEps);
@@ -312,11 +310,11 @@ struct Decoder::ThreadStep {
     const int64_t q0 = heads.begin * dqk, nq = heads.size() * dqk, hn = heads.size();
     if (c.q_lora_rank && t == T - 1) {
       const int64_t rq = *c.q_lora_rank;
-      mm(true, n, rq, D, buf.xn, D, lw.q_a_proj, D, a.q_lat, rq, false);
+      mm(true, n, rq, D, buf.xn, D, lw.q_a_proj, D, a.q_lat, rq);
       for (int64_t i = 0; i < n; ++i)
         rmsnorm_row(a.q_lat + i * rq, lw.q_a_layernorm, a.q_lat_n + i * rq, rq, kMlaLatentNormEps);
     }
-    if (!c.q_lora_rank && nq > 0) mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, buf.q_heads + q0, qd, false);
+    if (!c.q_lora_rank && nq > 0) mm(true, n, nq, D, buf.xn, D, lw.q_proj + q0 * D, D, buf.q_heads + q0, qd);
 #pragma omp barrier
     if (nq == 0) {
       std::fill_n(part, n * D, 0.0f);
@@ -324,13 +322,13 @@ struct Decoder::ThreadStep {
     }
     if (c.q_lora_rank) {
       const int64_t rq = *c.q_lora_rank;
-      mm(true, n, nq, rq, a.q_lat_n, rq, lw.q_b_proj + q0 * rq, rq, buf.q_heads + q0, qd, false);
+      mm(true, n, nq, rq, a.q_lat_n, rq, lw.q_b_proj + q0 * rq, rq, buf.q_heads + q0, qd);
     }
     for (int64_t h = heads.begin; h < heads.end; ++h) {
       // (n, dn) · W_kb_h (dn, rkv): rows h·(dn+dv) .. +dn of kv_b_proj.
       const int64_t hh = h - heads.begin;
       mm(false, n, rkv, dn, buf.q_heads + h * dqk, qd, lw.kv_b_proj + h * (dn + dv) * rkv, rkv, buf.q_cat + hh * lat,
-         hn * lat, false);
+         hn * lat);
       for (int64_t i = 0; i < n; ++i)
         rope_rotate(d.model_.rope, buf.q_heads + i * qd + h * dqk + dn, buf.q_cat + (i * hn + hh) * lat + rkv, pos[i]);
     }
@@ -344,19 +342,18 @@ struct Decoder::ThreadStep {
       const float* rows = cache.latent_at(l, seq[i]);
       float* scores = d.attn_scratch_.data() + (heads.begin * n + i * hn) * L;  // (hn, L)
       float* o = buf.o_lat + i * hn * rkv;                                      // (hn, rkv)
-      mm(true, hn, len, lat, buf.q_cat + i * hn * lat, lat, rows, lat, scores, L, false);
+      mm(true, hn, len, lat, buf.q_cat + i * hn * lat, lat, rows, lat, scores, L);
       softmax_rows(scores, hn, L, len, scale, buf.head_norm);
       // Σ_j p_j c_j over the latent part of each cached row (its first rkv floats).
-      mm(false, hn, rkv, len, scores, L, rows, lat, o, rkv, false);
+      mm(false, hn, rkv, len, scores, L, rows, lat, o, rkv);
       normalise_rows(o, hn, rkv);
     }
     // out_h (n, dv) = o_lat_h (n, rkv) · W_vb_hᵀ, W_vb_h = rows h·(dn+dv)+dn .. +dv of kv_b_proj.
     for (int64_t h = heads.begin; h < heads.end; ++h)
       mm(true, n, dv, rkv, buf.o_lat + (h - heads.begin) * rkv, hn * rkv, lw.kv_b_proj + (h * (dn + dv) + dn) * rkv,
-         rkv, a.attn + h * dv, H * dv, false);
+         rkv, a.attn + h * dv, H * dv);
     // o_proj (D, H·dv): this thread's heads' columns -> a partial sum.
-    mm(true, n, D, heads.size() * dv, a.attn + heads.begin * dv, H * dv, lw.o_proj + heads.begin * dv, H * dv, part, D,
-       false);
+    mm(true, n, D, heads.size() * dv, a.attn + heads.begin * dv, H * dv, lw.o_proj + heads.begin * dv, H * dv, part, D);
   }
 
   // Phase 2 of an MoE layer: route every token (redundantly on each thread: tiny), then this
@@ -364,7 +361,7 @@ struct Decoder::ThreadStep {
   void moe(const MoeWeights& mw, LayerActivations& a, RouteScratch& route, const DraftWeights* dq) {
     const int64_t Im = c.moe_intermediate_size, Is = c.shared_intermediate();
     float* part = partial(1, t);
-    mm(true, n, E, D, buf.xn, D, mw.router, D, buf.router_logits, E, false);
+    mm(true, n, E, D, buf.xn, D, mw.router, D, buf.router_logits, E);
     for (int64_t i = 0; i < n; ++i) {
       router_scores_row(buf.router_logits + i * E, buf.scores + i * E, E, c.scoring_func);
       route_token(c, buf.scores + i * E, mw.router_bias, buf.expert + i * K, buf.weight + i * K, route);
@@ -372,7 +369,7 @@ struct Decoder::ThreadStep {
     }
     if (t == 0) std::copy_n(buf.expert, n * K, a.moe.expert);
     ffn_slice(buf.xn, n, {mw.shared_gate, mw.shared_up, mw.shared_down, Is, dq ? &dq->ffn : nullptr},
-              slice(Is, t, T, kSliceAlign), nullptr, part, false);
+              slice(Is, t, T, kSliceAlign), nullptr, part);
     // Tokens grouped by expert (the shared counting sort, no padding: a padded row would cost as
     // much as a token), so an expert chosen twice is read once. Each thread takes a slice of every
     // expert's intermediate width, so a skewed load splits over the threads like any other.
@@ -391,7 +388,7 @@ struct Decoder::ThreadStep {
       ffn_slice(buf.x_rows, M,
                 {mw.experts_gate + e * Im * D, mw.experts_up + e * Im * D, mw.experts_down + e * D * Im, Im,
                  dq ? &dq->experts : nullptr, e * Im, e * D},
-                r, buf.row_scale, buf.y_rows, false);
+                r, buf.row_scale, buf.y_rows);
       for (int64_t m = 0; m < M; ++m) {
         float* dst = part + (buf.row_slot[first + m] / K) * D;
         const float* src = buf.y_rows + m * D;
@@ -418,7 +415,7 @@ struct Decoder::ThreadStep {
       moe(lw.moe, a, d.scratch_[size_t(t)].route, dq);
     else
       ffn_slice(buf.xn, n, {lw.gate_proj, lw.up_proj, lw.down_proj, c.intermediate_size, dq ? &dq->ffn : nullptr},
-                slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t), false);
+                slice(c.intermediate_size, t, T, kSliceAlign), nullptr, partial(1, t));
 #pragma omp barrier
     reduce(buf.h, 1, buf.x);
   }
@@ -428,7 +425,7 @@ struct Decoder::ThreadStep {
     const int64_t V = c.vocab_size;
     const Range vr = slice(V, t, T, kSliceAlign);
     for (int64_t i = 0; i < n; ++i) rmsnorm_row(buf.x + i * D, norm, buf.xn + i * D, D, float(c.rms_norm_eps));
-    mm(true, n, vr.size(), D, buf.xn, D, d.model_.weights.lm_head + vr.begin * D, D, logits + vr.begin, V, false);
+    mm(true, n, vr.size(), D, buf.xn, D, d.model_.weights.lm_head + vr.begin * D, D, logits + vr.begin, V);
   }
 
   void run(const int32_t* tokens) {
@@ -457,7 +454,7 @@ struct Decoder::ThreadStep {
     if (dq)
       qmm(n, buf.mtp_cat, 2 * D, dq->eh_proj, 0, D, 0, 2 * D, buf.x, D, false);
     else
-      mm(true, n, D, 2 * D, buf.mtp_cat, 2 * D, w.mtp.eh_proj, 2 * D, buf.x, D, false);
+      mm(true, n, D, 2 * D, buf.mtp_cat, 2 * D, w.mtp.eh_proj, 2 * D, buf.x, D);
     if (cache_only > 0) {
       // Thread 0 appends them before the layer's first barrier, which every thread passes before
       // it reads the cache.

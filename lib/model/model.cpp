@@ -317,7 +317,7 @@ double model_forward(ComputeContext& ctx, const Model& model, Workspace& ws, con
   ws.z_loss = 0.0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     layer_forward(ctx, model, l, ws.resid[size_t(l)], ws.resid[size_t(l + 1)], ws, balance);
-  ws.mtp_ran = ws.mtp && targets && T > 1;
+  ws.mtp_ran = ws.mtp && ws.run_mtp && targets && T > 1;
   ws.mtp_loss_sum = ws.mtp_ran ? mtp_forward(ctx, model, ws, balance) : 0.0;
   if (!ws.mtp_ran) ws.mtp_tokens = 0;
   PhaseScope phase(ctx, Phase::head_loss);

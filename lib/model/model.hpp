@@ -66,8 +66,9 @@ struct Workspace {
   int64_t B = 0, T = 0;
   bool training = false;
   // Built with the multi-token-prediction module's activations: a forward with targets then also
-  // runs the module (mtp_ran), which predicts t_{i+2} from h_i and t_{i+1} = targets[i].
-  bool mtp = false, mtp_ran = false;
+  // runs the module (mtp_ran), which predicts t_{i+2} from h_i and t_{i+1} = targets[i], unless
+  // run_mtp is cleared (training with mtp_weight 0: the module is evaluated, not trained).
+  bool mtp = false, mtp_ran = false, run_mtp = true;
   Buffer<float> floats;
   Buffer<int32_t> ints;
   int32_t* tokens = nullptr;   // (N)

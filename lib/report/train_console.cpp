@@ -134,8 +134,8 @@ void ConsoleTrainObserver::on_start(const RunStart& start) {
   if (start.start_step > 0) std::fprintf(out_, "resuming after step %lld\n", (long long)start.start_step);
   if (m.mtp() && t.mtp_weight == 0.0)
     std::fprintf(out_,
-                 "note: mtp_weight is 0: the multi-token-prediction module is not run and not trained (it keeps "
-                 "its initial or loaded weights)\n");
+                 "note: mtp_weight is 0: the multi-token-prediction module is not trained (it keeps its initial "
+                 "or loaded weights); evaluations still run it (mtp_val_loss)\n");
   flush();
 }
 

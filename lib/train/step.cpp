@@ -18,9 +18,10 @@ int64_t ran_layers_of(const ModelConfig& c, bool mtp) { return c.num_hidden_laye
 TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel parallel)
     : config_(config),
       parallel_(parallel),
-      // The MTP module runs (and trains) only with a positive weight.
-      ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true,
-          /*with_mtp=*/config.mtp_weight > 0, parallel.experts),
+      // A model's MTP module trains only with a positive weight; with 0 its forward still runs in
+      // evaluations (mtp_val_loss), from this workspace: run_mtp is cleared for the steps.
+      ws_(model.config, config.batch / parallel.ranks(), config.seq, /*training=*/true, /*with_mtp=*/true,
+          parallel.experts),
       bias_balancing_(uses_bias(config.balance)),
       inputs_(static_cast<size_t>(config.accum * config.batch * config.seq)),
       targets_(static_cast<size_t>(config.accum * config.batch * config.seq)),
@@ -73,6 +74,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
                  targets_.data() + micro * global_rows);
   // Each pass is 1/(accum·ranks) of the step's tokens: its losses and gradients enter with that share.
   const double passes = double(tc.accum * ranks);
+  ws_.run_mtp = tc.mtp_weight > 0;
   const float mtp_weight = ws_.mtp ? float(tc.mtp_weight) : 0.0f;
   auto forward = [&](int64_t micro) {
     const int64_t first = micro * global_rows + parallel_.rank() * local_rows;
@@ -148,7 +150,8 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
     const double norm = global_grad_norm(model);
     const double lr = learning_rate(step, tc.steps, tc.warmup, tc.lr, tc.min_lr);
     finite = std::isfinite(loss) && std::isfinite(mtp_loss) && std::isfinite(norm);
-    if (finite) adam.step(model, lr, tc.weight_decay, clip_scale(norm, tc.grad_clip), /*train_mtp=*/ws_.mtp);
+    if (finite)
+      adam.step(model, lr, tc.weight_decay, clip_scale(norm, tc.grad_clip), /*train_mtp=*/ws_.run_mtp && ws_.mtp);
     r.step = step + 1;
     r.steps = tc.steps;
     r.loss = loss, r.lr = lr, r.grad_norm = norm;

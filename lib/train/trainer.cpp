@@ -71,7 +71,9 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
       data.copy(s, T, inputs.data() + b * T);
       data.copy(s + 1, T, targets.data() + b * T);
     }
-    // With targets, a workspace built with the MTP module runs it too (its t_{i+2} predictions).
+    // With targets, a workspace built with the MTP module runs it too (its t_{i+2} predictions),
+    // trained or not (mtp_weight 0: the steps skip it).
+    ws.run_mtp = true;
     model_forward(ctx, model, ws, inputs.data(), targets.data());
     if (rows == 0) continue;
     loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);

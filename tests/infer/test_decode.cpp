@@ -409,13 +409,18 @@ TEST_CASE("a row of a decode step gets the same bits with or without other rows 
   // row decoded alone, and greedy text at a near-tie. Every step layout here (several rows of one
   // sequence, rows of two sequences interleaved, a plain batch) must give each row exactly the
   // logits and hidden state of one-row steps taken in the same order. GQA and MLA (with and without
-  // the query latent), 1-3 threads; `ctest` also runs this with oneDNN held to AVX2 kernels.
+  // the query latent), 1-3 threads, even and odd heads per thread (a lone row of a two-row call);
+  // `ctest` also runs this with oneDNN held to AVX2 kernels.
   ModelConfig gqa = decode_config();
   gqa.hidden_size = 64, gqa.moe_intermediate_size = 40, gqa.intermediate_size = 96;  // sums of 40-96 terms
   validate(gqa, "test");
+  ModelConfig gqa3 = gqa, mla3 = mla_decode_config(true, false);
+  gqa3.num_attention_heads = 3, gqa3.num_key_value_heads = 1;  // 3 query heads per KV head
+  mla3.num_attention_heads = mla3.num_key_value_heads = 3;     // 3, 2 + 1 or 1 + 1 + 1 heads per thread
+  validate(gqa3, "test"), validate(mla3, "test");
   ComputeContext ctx;
   const int saved_threads = omp_get_max_threads();
-  for (const ModelConfig& c : {gqa, mla_decode_config(true, true), mla_decode_config(false, false)}) {
+  for (const ModelConfig& c : {gqa, gqa3, mla_decode_config(true, true), mla_decode_config(false, false), mla3}) {
     Model model(c);
     model.init(53);
     const int64_t V = c.vocab_size, D = c.hidden_size;

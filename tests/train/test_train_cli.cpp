@@ -19,6 +19,8 @@
 #include "../support/run_moe.hpp"
 #include "../support/temp_dir.hpp"
 #include "core/safetensors.hpp"
+#include "model/checkpoint.hpp"
+#include "model/model.hpp"
 #include "train/run_dir.hpp"
 
 namespace {
@@ -919,6 +921,58 @@ TEST_CASE("reports say how a run ended, with its settings and the step of its la
   CHECK(page.find("<th>balancing</th>") != std::string::npos);
   CHECK(page.find("aux (alpha 0.01)") != std::string::npos);
   CHECK(page.find("Note: the runs trained on different data: ") != std::string::npos);
+}
+
+TEST_CASE("mtp_weight 0: the MTP module is not trained, yet evaluated (mtp_val_loss), and keeps its weights",
+          "[train]") {
+  // tiny-v3 (MTP layer 3) with --mtp-weight 0: train lines have no mtp_loss and no load of layer 3;
+  // eval lines have mtp_val_loss and layer 3's load; the module's tensors are bit-identical to a
+  // λ = 0.3 run's initial ones (same seed), the main model's are not (it trained).
+  TempDir tmp("train_mtp0");
+  const RunResult r =
+      run_moe({"train", "--config", "tiny-v3", "--steps", "3", "--seq", "16", "--batch", "4", "--eval-every", "3",
+               "--eval-tokens", "64", "--mtp-weight", "0", "--out", tmp / "run", "-t", "1"});
+  INFO(r.describe());
+  REQUIRE(r.ok());
+  CHECK(r.out.find("evaluations still run it (mtp_val_loss)") != std::string::npos);
+  std::ifstream in(tmp / "run/metrics.jsonl");
+  int train_lines = 0, eval_lines = 0;
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    std::set<int64_t> layers;
+    if (j.contains("layers"))
+      for (const auto& l : j.at("layers")) layers.insert(l.at("layer").get<int64_t>());
+    if (j.value("kind", "") == "train") {
+      ++train_lines;
+      CHECK_FALSE(j.contains("mtp_loss"));
+      CHECK(layers == std::set<int64_t>{1, 2});
+    } else if (j.value("kind", "") == "eval") {
+      ++eval_lines;
+      REQUIRE(j.contains("mtp_val_loss"));
+      CHECK(j.at("mtp_val_loss").get<double>() > 4.0);  // untrained: about ln 256 = 5.5 nats
+      CHECK(layers == std::set<int64_t>{1, 2, 3});
+    }
+  }
+  CHECK(train_lines == 3);
+  CHECK(eval_lines >= 1);
+  // The module's weights after 3 steps are its initial ones: the same config and seed (tiny-v3's 1234).
+  const auto trained = moe::load_checkpoint(tmp / "run");
+  moe::Model initial(trained->config);
+  initial.init(1234);
+  int mtp_tensors = 0, main_changed = 0;
+  for (const moe::TensorSpec& spec : trained->layout.tensors) {
+    const float* a = trained->params.data() + spec.offset;
+    const float* b = initial.params.data() + spec.offset;
+    const bool same = std::equal(a, a + spec.numel, b);
+    if (spec.mtp) {
+      ++mtp_tensors;
+      CHECK(same);
+    } else {
+      main_changed += !same;
+    }
+  }
+  CHECK(mtp_tensors > 5);
+  CHECK(main_changed > 5);
 }
 
 TEST_CASE("windows of one token: the MTP module has nothing to predict, so no mtp_loss and no load of its layer",
