@@ -42,6 +42,20 @@ svg::Points val_loss_series(const RunMetrics& run) {
   return p;
 }
 
+// The MTP module's losses (a model with the module): the train lines' and eval lines' that have one.
+svg::Points mtp_train_series(const RunMetrics& run) {
+  svg::Points p;
+  for (const StepRecord& t : run.train)
+    if (t.mtp_loss) p.add(double(t.step), *t.mtp_loss);
+  return p;
+}
+svg::Points mtp_val_series(const RunMetrics& run) {
+  svg::Points p;
+  for (const EvalRecord& e : run.eval)
+    if (e.mtp_val_loss) p.add(double(e.step), *e.mtp_val_loss);
+  return p;
+}
+
 // Per-step MaxVio_batch averaged over the MoE layers (finite values only).
 svg::Points mean_maxvio_series(const RunMetrics& run) {
   svg::Points p;
@@ -124,6 +138,14 @@ std::string loss_chart(const HtmlRun& r) {
   svg::Series val{"validation loss", "eval", kEvalColor, val_loss_series(*r.metrics)};
   val.markers = val.points.size() <= 60, val.width = 2.2;
   c.series.push_back(std::move(val));
+  // The MTP module's (the token after next), dashed in their own colours.
+  if (const svg::Points mtp = mtp_train_series(*r.metrics); !mtp.x.empty())
+    add_noisy_series(c, "train MTP loss", svg::kPalette[2], mtp, " stroke-dasharray=\"4 3\"", true);
+  if (svg::Series mtp{"validation MTP loss", "eval", svg::kPalette[3], mtp_val_series(*r.metrics)};
+      !mtp.points.x.empty()) {
+    mtp.markers = mtp.points.size() <= 60, mtp.width = 2.2, mtp.attributes = " stroke-dasharray=\"4 3\"";
+    c.series.push_back(std::move(mtp));
+  }
   return svg::render_line_chart(c);
 }
 
@@ -458,6 +480,10 @@ std::string run_facts(const RunMetrics& m, const LoadReport& report) {
                                    : std::to_string(m.eval.size()) + " (steps " + std::to_string(m.eval.front().step) +
                                          kDash + std::to_string(m.eval.back().step) + ")");
   out += fact("final validation loss", escape(m.final_val_text()) + (m.eval.empty() ? "" : " nats/byte"));
+  if (const EvalRecord* e = m.last_mtp_eval())
+    out += fact("final MTP validation loss",
+                format("%.4f (step %lld) nats/byte, the module's loss on the token after next", *e->mtp_val_loss,
+                       (long long)e->step));
   const double tps = mean_tokens_per_s(m);
   out += fact("mean throughput", std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) + " tokens/s" : kDash);
   if (!m.train.empty())
@@ -489,6 +515,13 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
     return best;
   };
   const double best_val = lowest([](const HtmlRun& r) { return last_finite_val_loss(*r.metrics); });
+  // Runs of a model with the MTP module: its validation loss too (the lowest highlighted).
+  auto mtp_val = [](const HtmlRun& r) {
+    const EvalRecord* e = r.metrics->last_mtp_eval();
+    return e ? *e->mtp_val_loss : std::nan("");
+  };
+  const double best_mtp = lowest(mtp_val);
+  const bool mtp = std::isfinite(best_mtp);
   const double best_recent = lowest([](const HtmlRun& r) { return recent_maxvio_mean(*r.report); });
   auto cell = [](double v, double best, int decimals) {
     return std::string(std::isfinite(v) && v == best ? "<td class=\"best\">" : "<td>") + fixed(v, decimals) + "</td>";
@@ -497,6 +530,7 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
   std::string out =
       "<div class=\"table-wrap\"><table class=\"compare\">\n"
       "<thead><tr><th>run</th><th>steps</th><th>final val loss<br><small>nats/byte</small></th>";
+  if (mtp) out += "<th>final MTP val loss<br><small>the token after next</small></th>";
   for (int64_t id : layer_ids)
     out += "<th>MaxVio_global<br><small>layer " + std::to_string(id) + ", last eval</small></th>";
   out +=
@@ -512,6 +546,7 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
            (r.metrics->settings ? " <small>of " + thousands(r.metrics->settings->steps) + "</small>" : std::string()) +
            (r.metrics->ended ? "" : " <small>(running)</small>") + "</td>" +
            cell(last_finite_val_loss(*r.metrics), best_val, 4);
+    if (mtp) out += cell(mtp_val(r), best_mtp, 4);
     for (int64_t id : layer_ids) {
       std::optional<double> g;
       for (const auto& l : r.report->layers)

@@ -107,6 +107,12 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     out += buf;
   }
   out += "  final validation loss: " + run.final_val_text() + "\n";
+  if (const EvalRecord* e = run.last_mtp_eval()) {
+    std::snprintf(buf, sizeof buf,
+                  "  final MTP validation loss: %.4f (step %lld; the module's loss on the token after next)\n",
+                  *e->mtp_val_loss, (long long)e->step);
+    out += buf;
+  }
   for (const auto& note : run.notes) out += "  note: " + note + "\n";
   if (run.train.empty()) {
     out += "  no training steps logged yet\n";
@@ -232,10 +238,13 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
   size_t width = 24;
   for (const RunMetrics* r : runs) width = std::max(width, r->name.size());
   const int w = int(std::min<size_t>(width, 200));
-  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10s  %s\n", w, "run", "steps", "val loss",
+  // Runs of a model with the MTP module: its validation loss too, after the main one.
+  const bool mtp = std::any_of(runs.begin(), runs.end(), [](const RunMetrics* r) { return r->last_mtp_eval(); });
+  const char* mtp_head[2] = {mtp ? "    MTP val" : "", mtp ? "     (last)" : ""};
+  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s%s %16s %16s %10s  %s\n", w, "run", "steps", "val loss", mtp_head[0],
                 "MaxVio_global", "MaxVio_batch", "tok/s", "settings");
   out += buf;
-  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10s  %s\n", w, "", "(planned)", "(last)",
+  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s%s %16s %16s %10s  %s\n", w, "", "(planned)", "(last)", mtp_head[1],
                 "(last, mean L)", "(recent, mean L)", "(mean)", "balance; lr; batch x seq x accum; data");
   out += buf;
   for (size_t i = 0; i < runs.size(); ++i) {
@@ -261,8 +270,12 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
       std::snprintf(lr, sizeof lr, "%g", r.settings->lr);
       settings = r.settings->balance_text() + "; " + lr + "; " + r.settings->shape_text() + "; " + r.settings->data;
     }
-    std::snprintf(buf, sizeof buf, "  %-*s %11s %10s %16s %16s %10.0f  ", w, name.c_str(), steps.c_str(), val, glob,
-                  recent, mean_tokens_per_s(r));
+    char mtp_val[32] = "";
+    if (mtp) std::snprintf(mtp_val, sizeof mtp_val, " %10s", "-");
+    if (const EvalRecord* e = mtp ? r.last_mtp_eval() : nullptr)
+      std::snprintf(mtp_val, sizeof mtp_val, " %10.4f", *e->mtp_val_loss);
+    std::snprintf(buf, sizeof buf, "  %-*s %11s %10s%s %16s %16s %10.0f  ", w, name.c_str(), steps.c_str(), val,
+                  mtp_val, glob, recent, mean_tokens_per_s(r));
     out += buf + settings + "\n";  // the settings end with the data path: any length
   }
   for (const std::string& note : comparison_notes(runs)) out += "  note: " + note + "\n";

@@ -100,6 +100,12 @@ std::string RunMetrics::final_val_text() const {
   return "none yet";
 }
 
+const EvalRecord* RunMetrics::last_mtp_eval() const {
+  for (auto it = eval.rbegin(); it != eval.rend(); ++it)
+    if (it->mtp_val_loss && std::isfinite(*it->mtp_val_loss)) return &*it;
+  return nullptr;
+}
+
 std::vector<std::string> comparison_notes(const std::vector<const RunMetrics*>& runs) {
   std::vector<std::string> notes;
   if (runs.size() < 2) return notes;
@@ -332,8 +338,13 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
   }
   json losses = json::array();
   for (const auto& p : run.train) losses.push_back({p.step, p.loss});
-  json evals = json::array();
+  json evals = json::array(), mtp_losses = json::array(), mtp_evals = json::array();
   for (const auto& p : run.eval) evals.push_back({p.step, p.val_loss});
+  for (const auto& p : run.train)
+    if (p.mtp_loss) mtp_losses.push_back({p.step, *p.mtp_loss});
+  for (const auto& p : run.eval)
+    if (p.mtp_val_loss) mtp_evals.push_back({p.step, *p.mtp_val_loss});
+  const EvalRecord* mtp = run.last_mtp_eval();
   json settings = nullptr;
   if (run.settings) {
     const RunSettings& st = *run.settings;
@@ -369,6 +380,7 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
           {"end_reason", run.ended ? json(run.end_reason) : json(nullptr)},
           {"settings", settings},
           {"final_val", final_val},
+          {"final_mtp_val", mtp ? json{{"value", *mtp->mtp_val_loss}, {"step", mtp->step}} : json(nullptr)},
           {"resumes", resumes},
           {"notes", run.notes},
           {"window", report.window},
@@ -377,6 +389,8 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
           {"final_val_loss", run.eval.empty() ? json(nullptr) : json(run.eval.back().val_loss)},
           {"train_loss", losses},
           {"val_loss", evals},
+          {"mtp_train_loss", mtp_losses},
+          {"mtp_val_loss", mtp_evals},
           {"layers", layers},
           {"routing_settling", settling_json(report)}};
 }

@@ -43,6 +43,9 @@ struct RunMetrics {
   // The last evaluation with a finite loss: "0.4173 (step 1000)", "5.5766 (step 0, the only
   // evaluation: before training)", or "none yet".
   std::string final_val_text() const;
+  // The last evaluation with a finite MTP validation loss (a model with the multi-token-prediction
+  // module), or null.
+  const EvalRecord* last_mtp_eval() const;
   std::vector<std::string> notes;  // e.g. a torn last line of a run in progress
   int64_t num_experts() const;
 };

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -20,6 +21,7 @@
 #include "../support/temp_dir.hpp"
 #include "model/summary.hpp"
 #include "report/html.hpp"
+#include "report/load_console.hpp"
 
 namespace {
 
@@ -383,6 +385,65 @@ TEST_CASE("html report compares several runs first", "[html]") {
   char val[32];
   std::snprintf(val, sizeof val, "%.4f", b.metrics.eval.back().val_loss);
   CHECK(html.find(std::string("<td>") + val + "</td>") != std::string::npos);
+}
+
+TEST_CASE("the MTP module's losses show in every report of a run that has them, and only there", "[html]") {
+  // Two fixtures, one with mtp_loss on its train lines and mtp_val_loss on its eval lines (a model
+  // with the MTP module), one without: the console report, its comparison table, the JSON and the
+  // HTML (loss chart, facts, comparison table) show the module's losses for the first only.
+  TempDir dir("html_mtp");
+  const std::string plain_path = write_fixture(dir, "plain", 30, 2, 8, 3, 0.9, true);
+  const std::string mtp_source = write_fixture(dir, "mtp", 30, 2, 8, 3, 0.9, true);
+  std::ifstream in(mtp_source);
+  std::ostringstream with_mtp;
+  for (std::string line; std::getline(in, line);) {
+    json j = json::parse(line);
+    const double step = j.value("step", 0.0);
+    if (j["kind"] == "train") j["mtp_loss"] = 2.0 + 1.0 / step;
+    if (j["kind"] == "eval") j["mtp_val_loss"] = 1.5 + 1.0 / step;
+    with_mtp << j.dump() << "\n";
+  }
+  in.close();
+  dir.write("mtp/metrics.jsonl", with_mtp.str());
+  LoadedRun mtp(mtp_source, "mtp"), plain(plain_path, "plain");
+  REQUIRE(mtp.metrics.last_mtp_eval() != nullptr);
+  CHECK(mtp.metrics.last_mtp_eval()->step == 30);
+  CHECK(plain.metrics.last_mtp_eval() == nullptr);
+  const double last = 1.5 + 1.0 / 30;
+  char value[32];
+  std::snprintf(value, sizeof value, "%.4f", last);
+
+  const std::string text = format_load_report(mtp.metrics, mtp.report, false);
+  CHECK(text.find(std::string("final MTP validation loss: ") + value + " (step 30;") != std::string::npos);
+  CHECK(format_load_report(plain.metrics, plain.report, false).find("MTP") == std::string::npos);
+  const std::string table = format_comparison({&mtp.metrics, &plain.metrics}, {&mtp.report, &plain.report}, false);
+  CHECK(table.find("MTP val") != std::string::npos);
+  CHECK(table.find(value) != std::string::npos);
+  CHECK(format_comparison({&plain.metrics}, {&plain.report}, false).find("MTP") == std::string::npos);
+
+  const json j = load_report_json(mtp.metrics, mtp.report);
+  CHECK(j.at("final_mtp_val").at("value").get<double>() == Approx(last));
+  CHECK(j.at("final_mtp_val").at("step") == 30);
+  CHECK(j.at("mtp_val_loss").size() == 3);
+  CHECK(j.at("mtp_train_loss").size() == 30);
+  const json p = load_report_json(plain.metrics, plain.report);
+  CHECK(p.at("final_mtp_val").is_null());
+  CHECK(p.at("mtp_val_loss").empty());
+
+  const std::string html = render_html_report(
+      {{"mtp", &mtp.metrics, &mtp.report, nullptr}, {"plain", &plain.metrics, &plain.report, nullptr}}, "mtp");
+  const auto all = charts(html);
+  const Chart* loss = find_chart(all, "loss", "", "mtp");
+  REQUIRE(loss != nullptr);
+  CHECK(loss->body.find("data-series=\"validation MTP loss\" data-role=\"eval\" data-points=\"3\"") !=
+        std::string::npos);
+  CHECK(loss->body.find("data-series=\"train MTP loss\"") != std::string::npos);
+  const Chart* plain_loss = find_chart(all, "loss", "", "plain");
+  REQUIRE(plain_loss != nullptr);
+  CHECK(plain_loss->body.find("MTP") == std::string::npos);
+  CHECK(html.find("final MTP val loss") != std::string::npos);  // the comparison table's column
+  CHECK(html.find(std::string("<td class=\"best\">") + value + "</td>") != std::string::npos);
+  CHECK(count(html, "final MTP validation loss") == 1);  // the facts of the run that has it
 }
 
 TEST_CASE("html report renders in headless chromium", "[html]") {
