@@ -76,7 +76,13 @@ std::string Tokenizer::describe() const {
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text) const {
-  if (is_bytes()) return std::vector<int32_t>(text.begin(), text.end());
+  if (is_bytes()) {
+    // Each byte as 0..255: `char` is signed here, so UTF-8's bytes past 0x7f would become negative ids.
+    std::vector<int32_t> ids;
+    ids.reserve(text.size());
+    for (const unsigned char byte : text) ids.push_back(int32_t(byte));
+    return ids;
+  }
   std::vector<int> ids;
   const auto status = sp_->Encode(text, &ids);
   if (!status.ok()) fail("tokenizer: cannot encode text (" + status.ToString() + ")");

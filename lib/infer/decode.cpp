@@ -161,6 +161,14 @@ struct Decoder::ThreadStep {
     std::copy_n(buf.pair_c, N, C + (M - 1) * ldc);
   }
 
+  // An attention product of one row's heads (the thread's query heads of one token against its
+  // sequence's cache): the same heads, positions and widths whether the row is decoded alone or in
+  // a verification, so one call of all of them is exact, and streams the cache once, not per head.
+  void mm_heads(bool trans_b, int64_t heads, int64_t N, int64_t Kd, const float* A, int64_t lda, const float* Bm,
+                int64_t ldb, float* C, int64_t ldc) {
+    if (!sgemm_rowmajor(trans_b, heads, N, Kd, A, lda, Bm, ldb, C, ldc, false)) ok.store(false);
+  }
+
   // out (n, D) = base + all threads' partial sums of `which`, added in thread order (the same bits
   // on every thread).
   void reduce(const float* base, int which, float* out) const {
@@ -266,9 +274,9 @@ struct Decoder::ThreadStep {
           rope_rotate(d.model_.rope, ws.q_flat + i * qd + (kh * g + r) * hd, buf.q_rot + r * hd, p);
         float* scores = d.attn_scratch_.data() + (i * c.num_attention_heads + kh * g) * L;  // (g, L)
         float* out = a.attn + i * qd + kh * g * hd;                                         // (g, hd)
-        mm(true, g, len, hd, buf.q_rot, hd, cache.k_at(l, b, kh), hd, scores, L);
+        mm_heads(true, g, len, hd, buf.q_rot, hd, cache.k_at(l, b, kh), hd, scores, L);
         softmax_rows(scores, g, L, len, scale, buf.head_norm);
-        mm(false, g, hd, len, scores, L, cache.v_at(l, b, kh), hd, out, hd);
+        mm_heads(false, g, hd, len, scores, L, cache.v_at(l, b, kh), hd, out, hd);
         normalise_rows(out, g, hd);
       }
     }
@@ -336,16 +344,16 @@ struct Decoder::ThreadStep {
     // (one shared "key/value head"), so the cache is streamed once per thread and row, not once per
     // head, and oneDNN's kernels do the dot products and the weighted sum. One row at a time, over
     // exactly its own positions: a verification's rows get the bits plain decoding gives them (on
-    // AVX2 a sum over a few more positions of weight 0 already changes them; see mm).
+    // AVX2 a sum over a few more positions of weight 0 already changes them; see mm_heads).
     for (int64_t i = 0; i < n; ++i) {
       const int64_t len = pos[i] + 1;
       const float* rows = cache.latent_at(l, seq[i]);
       float* scores = d.attn_scratch_.data() + (heads.begin * n + i * hn) * L;  // (hn, L)
       float* o = buf.o_lat + i * hn * rkv;                                      // (hn, rkv)
-      mm(true, hn, len, lat, buf.q_cat + i * hn * lat, lat, rows, lat, scores, L);
+      mm_heads(true, hn, len, lat, buf.q_cat + i * hn * lat, lat, rows, lat, scores, L);
       softmax_rows(scores, hn, L, len, scale, buf.head_norm);
       // Σ_j p_j c_j over the latent part of each cached row (its first rkv floats).
-      mm(false, hn, rkv, len, scores, L, rows, lat, o, rkv);
+      mm_heads(false, hn, rkv, len, scores, L, rows, lat, o, rkv);
       normalise_rows(o, hn, rkv);
     }
     // out_h (n, dv) = o_lat_h (n, rkv) · W_vb_hᵀ, W_vb_h = rows h·(dn+dv)+dn .. +dv of kv_b_proj.

@@ -202,8 +202,10 @@ std::vector<GenerateOutput> generate(ComputeContext& ctx, const Model& model, co
     o.prompt = request.prompts[size_t(i)].empty() ? std::string("\n") : request.prompts[size_t(i)];
     // A prompt that leaves no room for n_predict new tokens keeps its end: the last context - n
     // tokens, but never less than half the context (a prompt needs room too) nor more than
-    // context - 1 (one token at least is generated).
-    const int64_t keep = std::clamp(std::max(max_len - request.n_predict, max_len / 2), int64_t(1), max_len - 1);
+    // context - 1 (one token at least is generated), nor less than 1 (a context of 1 holds the
+    // prompt's last token and generates nothing: it stops at the context limit).
+    const int64_t keep =
+        std::clamp(std::max(max_len - request.n_predict, max_len / 2), int64_t(1), std::max<int64_t>(1, max_len - 1));
     std::vector<int32_t> ids = request.tokenizer.encode(o.prompt);
     if (ids.empty()) ids = request.tokenizer.encode("\n");
     for (int32_t id : ids)

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "core/format.hpp"
+
 namespace moe {
 
 namespace {
@@ -57,19 +59,18 @@ std::string format_load_summary(const RunMetrics& run, const LoadReport& report,
     if (width > 1 && int(line.size()) >= width) line.resize(size_t(width - 1));
     return line + "\n";
   };
-  char buf[256];
+  std::string buf;  // any length: paths and values are not bounded
   const int64_t last = run.train.empty() ? 0 : run.train.back().step;
   std::string out;
   (void)last;
-  std::snprintf(buf, sizeof buf, "%s: %s", run.name.empty() ? run.path.c_str() : run.name.c_str(),
-                run.status_text().c_str());
+  buf = format("%s: %s", run.name.empty() ? run.path.c_str() : run.name.c_str(), run.status_text().c_str());
   std::string head = buf;
   if (!run.train.empty()) {
-    std::snprintf(buf, sizeof buf, ", loss %.4f", run.train.back().loss);
+    buf = format(", loss %.4f", run.train.back().loss);
     head += buf;
   }
   if (!run.eval.empty()) {
-    std::snprintf(buf, sizeof buf, ", val %.4f @%lld", run.eval.back().val_loss, (long long)run.eval.back().step);
+    buf = format(", val %.4f @%lld", run.eval.back().val_loss, (long long)run.eval.back().step);
     head += buf;
   }
   out += fit(head);
@@ -79,8 +80,8 @@ std::string format_load_summary(const RunMetrics& run, const LoadReport& report,
     int64_t expert = 0;
     for (const auto& e : l.experts)
       if (e.recent > busiest) busiest = e.recent, expert = e.expert;
-    std::snprintf(buf, sizeof buf, "  L%lld %-10s MaxVio %.3f -> %.3f  busiest e%lld %.1f%%", (long long)l.layer,
-                  to_string(l.verdict), l.early_maxvio, l.recent_maxvio, (long long)expert, 100 * busiest);
+    buf = format("  L%lld %-10s MaxVio %.3f -> %.3f  busiest e%lld %.1f%%", (long long)l.layer, to_string(l.verdict),
+                 l.early_maxvio, l.recent_maxvio, (long long)expert, 100 * busiest);
     std::string line = fit(buf);
     if (color) {  // the verdict word in its colour (escape codes take no columns)
       const std::string word = to_string(l.verdict);
@@ -94,23 +95,22 @@ std::string format_load_summary(const RunMetrics& run, const LoadReport& report,
 
 std::string format_load_report(const RunMetrics& run, const LoadReport& report, bool color) {
   std::string out;
-  char buf[256];
+  std::string buf;  // any length: paths and values are not bounded
   const int64_t last = run.train.empty() ? 0 : run.train.back().step;
-  std::snprintf(buf, sizeof buf, "load report: %s — %zu train steps (last %lld), %zu evaluation%s, %s\n",
-                run.path.c_str(), run.train.size(), (long long)last, run.eval.size(), run.eval.size() == 1 ? "" : "s",
-                run.status_text().c_str());
+  buf = format("load report: %s — %zu train steps (last %lld), %zu evaluation%s, %s\n", run.path.c_str(),
+               run.train.size(), (long long)last, run.eval.size(), run.eval.size() == 1 ? "" : "s",
+               run.status_text().c_str());
   out += buf;
   if (run.settings) {
     const RunSettings& st = *run.settings;
-    std::snprintf(buf, sizeof buf, "  settings: balance %s, lr %g -> %g, batch x seq x accum %s, data %s\n",
-                  st.balance_text().c_str(), st.lr, st.min_lr, st.shape_text().c_str(), st.data.c_str());
+    buf = format("  settings: balance %s, lr %g -> %g, batch x seq x accum %s, data %s\n", st.balance_text().c_str(),
+                 st.lr, st.min_lr, st.shape_text().c_str(), st.data.c_str());
     out += buf;
   }
   out += "  final validation loss: " + run.final_val_text() + "\n";
   if (const EvalRecord* e = run.last_mtp_eval()) {
-    std::snprintf(buf, sizeof buf,
-                  "  final MTP validation loss: %.4f (step %lld; the module's loss on the token after next)\n",
-                  *e->mtp_val_loss, (long long)e->step);
+    buf = format("  final MTP validation loss: %.4f (step %lld; the module's loss on the token after next)\n",
+                 *e->mtp_val_loss, (long long)e->step);
     out += buf;
   }
   for (const auto& note : run.notes) out += "  note: " + note + "\n";
@@ -119,43 +119,42 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
     return out;
   }
   if (run.eval.empty()) out += "  note: no evaluation lines yet, so no MaxVio_global\n";
-  std::snprintf(buf, sizeof buf, "  early window: steps %lld-%lld, recent window: steps %lld-%lld (%lld steps each)\n",
-                (long long)report.early_from, (long long)report.early_to, (long long)report.recent_from,
-                (long long)report.recent_to, (long long)report.window);
+  buf = format("  early window: steps %lld-%lld, recent window: steps %lld-%lld (%lld steps each)\n",
+               (long long)report.early_from, (long long)report.early_to, (long long)report.recent_from,
+               (long long)report.recent_to, (long long)report.window);
   out += buf;
   for (const auto& l : report.layers) {
     const double uniform = l.experts.empty() ? 0.0 : 1.0 / double(l.experts.size());
-    std::snprintf(buf, sizeof buf, "\nlayer %lld: ", (long long)l.layer);
+    buf = format("\nlayer %lld: ", (long long)l.layer);
     out += buf + verdict_text(l.verdict, color);
-    std::snprintf(buf, sizeof buf, "   MaxVio_batch %.3f (early) -> %.3f (recent)", l.early_maxvio, l.recent_maxvio);
+    buf = format("   MaxVio_batch %.3f (early) -> %.3f (recent)", l.early_maxvio, l.recent_maxvio);
     out += buf;
     if (l.global_first && l.global_last) {
-      std::snprintf(buf, sizeof buf, "   MaxVio_global %.3f @%lld -> %.3f @%lld", *l.global_first,
-                    (long long)l.global_first_step, *l.global_last, (long long)l.global_last_step);
+      buf = format("   MaxVio_global %.3f @%lld -> %.3f @%lld", *l.global_first, (long long)l.global_first_step,
+                   *l.global_last, (long long)l.global_last_step);
       out += buf;
     }
     double max_v = 0;
     for (double v : l.maxvio_batch)
       if (std::isfinite(v)) max_v = std::max(max_v, v);
-    std::snprintf(buf, sizeof buf, "\n  MaxVio_batch over steps %lld-%lld (0 .. %.2f): ", (long long)l.steps.front(),
-                  (long long)l.steps.back(), max_v);
+    buf = format("\n  MaxVio_batch over steps %lld-%lld (0 .. %.2f): ", (long long)l.steps.front(),
+                 (long long)l.steps.back(), max_v);
     out += buf + sparkline(l.maxvio_batch, 60) + "\n";
     for (const auto& [name, w] : {std::pair{"early", &l.early_stats}, std::pair{"recent", &l.recent_stats}}) {
-      std::snprintf(buf, sizeof buf,
-                    "  %-6s CV %.3f  Jain %.3f  dead %.1f of %zu  share p5/p50/p95 %.1f%% / %.1f%% / %.1f%% (uniform "
-                    "%.1f%%)\n",
-                    name, w->cv, w->jain, w->dead, l.experts.size(), 100 * w->share_p5, 100 * w->share_p50,
-                    100 * w->share_p95, 100 * uniform);
+      buf = format(
+          "  %-6s CV %.3f  Jain %.3f  dead %.1f of %zu  share p5/p50/p95 %.1f%% / %.1f%% / %.1f%% (uniform "
+          "%.1f%%)\n",
+          name, w->cv, w->jain, w->dead, l.experts.size(), 100 * w->share_p5, 100 * w->share_p50, 100 * w->share_p95,
+          100 * uniform);
       out += buf;
     }
-    std::snprintf(buf, sizeof buf,
-                  "  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%, \xe2\x96\xb6 past 20)\n",
-                  "expert", "early", "recent", "min", "max", "bias", 100 * uniform);
+    buf = format("  %-6s %7s %7s %7s %7s %9s  recent share (10 cells = uniform %.1f%%, \xe2\x96\xb6 past 20)\n",
+                 "expert", "early", "recent", "min", "max", "bias", 100 * uniform);
     out += buf;
     const double scale = std::max(2.0 * uniform, 1e-9);  // bars span 0 .. twice the uniform share
     for (const auto& e : l.experts) {
-      std::snprintf(buf, sizeof buf, "  %-6lld %6.1f%% %6.1f%% %6.1f%% %6.1f%% %+9.4f  ", (long long)e.expert,
-                    100 * e.early, 100 * e.recent, 100 * e.min, 100 * e.max, e.bias);
+      buf = format("  %-6lld %6.1f%% %6.1f%% %6.1f%% %6.1f%% %+9.4f  ", (long long)e.expert, 100 * e.early,
+                   100 * e.recent, 100 * e.min, 100 * e.max, e.bias);
       out += buf;
       // Bars stop at twice the uniform share; a larger share ends in an arrow so it is not read as
       // exactly that.
@@ -172,25 +171,25 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
   }
   if (report.settling) {
     const RoutingSettling& st = *report.settling;
-    std::snprintf(buf, sizeof buf,
-                  "\nrouting settling over %zu evaluations (%lld evaluated tokens; saturation = top-K set equal to the "
-                  "final evaluation's, churn = changed since the previous one)\n",
-                  st.steps.size(), (long long)st.tokens);
+    buf = format(
+        "\nrouting settling over %zu evaluations (%lld evaluated tokens; saturation = top-K set equal to the "
+        "final evaluation's, churn = changed since the previous one)\n",
+        st.steps.size(), (long long)st.tokens);
     out += buf;
     out += "  step    ";
     for (int64_t layer : st.layers) {
-      std::snprintf(buf, sizeof buf, "  L%-3lld sat  churn", (long long)layer);
+      buf = format("  L%-3lld sat  churn", (long long)layer);
       out += buf;
     }
     out += "\n";
     for (size_t e = 0; e < st.steps.size(); ++e) {
-      std::snprintf(buf, sizeof buf, "  %-8lld", (long long)st.steps[e]);
+      buf = format("  %-8lld", (long long)st.steps[e]);
       out += buf;
       for (size_t l = 0; l < st.layers.size(); ++l) {
         if (std::isfinite(st.churn[e][l]))
-          std::snprintf(buf, sizeof buf, "  %6.1f%% %6.1f%%", 100 * st.saturation[e][l], 100 * st.churn[e][l]);
+          buf = format("  %6.1f%% %6.1f%%", 100 * st.saturation[e][l], 100 * st.churn[e][l]);
         else
-          std::snprintf(buf, sizeof buf, "  %6.1f%% %7s", 100 * st.saturation[e][l], "-");
+          buf = format("  %6.1f%% %7s", 100 * st.saturation[e][l], "-");
         out += buf;
       }
       out += "\n";
@@ -210,19 +209,18 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
       }
     double comm = 0, total = 0;
     for (const auto& p : run.train) comm += p.comm_seconds, total += p.seconds;
-    std::snprintf(buf, sizeof buf, "\nranks: %lld processes; %.1f%% of step time in MPI collectives (rank 0)\n",
-                  (long long)end.ranks, total > 0 ? 100 * comm / total : 0.0);
+    buf = format("\nranks: %lld processes; %.1f%% of step time in MPI collectives (rank 0)\n", (long long)end.ranks,
+                 total > 0 ? 100 * comm / total : 0.0);
     out += buf;
     for (size_t l = 0; l < end.layers.size() && l < report.layers.size(); ++l) {
-      std::snprintf(buf, sizeof buf, "  layer %lld: rows per rank at step %lld:", (long long)report.layers[l].layer,
-                    (long long)end.step);
+      buf = format("  layer %lld: rows per rank at step %lld:", (long long)report.layers[l].layer, (long long)end.step);
       out += buf;
       for (int64_t r : end.layers[l].rank_rows) {
-        std::snprintf(buf, sizeof buf, " %lld", (long long)r);
+        buf = format(" %lld", (long long)r);
         out += buf;
       }
-      std::snprintf(buf, sizeof buf, "   MaxVio_ranks %.3f @%lld -> %.3f @%lld\n", start->layers[l].rank_maxvio,
-                    (long long)start->step, end.layers[l].rank_maxvio, (long long)end.step);
+      buf = format("   MaxVio_ranks %.3f @%lld -> %.3f @%lld\n", start->layers[l].rank_maxvio, (long long)start->step,
+                   end.layers[l].rank_maxvio, (long long)end.step);
       out += buf;
     }
   }
@@ -232,7 +230,7 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
 std::string format_comparison(const std::vector<const RunMetrics*>& runs, const std::vector<const LoadReport*>& reports,
                               bool color) {
   std::string out = "comparison\n";
-  char buf[1024];
+  std::string buf;  // any length: paths and values are not bounded
   // The run column fits the longest name, uncut: sweep names differ anywhere, and any cut could
   // make two runs look alike (a sweep's names are at most 100 characters).
   size_t width = 24;
@@ -241,11 +239,11 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
   // Runs of a model with the MTP module: its validation loss too, after the main one.
   const bool mtp = std::any_of(runs.begin(), runs.end(), [](const RunMetrics* r) { return r->last_mtp_eval(); });
   const char* mtp_head[2] = {mtp ? "    MTP val" : "", mtp ? "     (last)" : ""};
-  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s%s %16s %16s %10s  %s\n", w, "run", "steps", "val loss", mtp_head[0],
-                "MaxVio_global", "MaxVio_batch", "tok/s", "settings");
+  buf = format("  %-*s %11s %10s%s %16s %16s %10s  %s\n", w, "run", "steps", "val loss", mtp_head[0], "MaxVio_global",
+               "MaxVio_batch", "tok/s", "settings");
   out += buf;
-  std::snprintf(buf, sizeof buf, "  %-*s %11s %10s%s %16s %16s %10s  %s\n", w, "", "(planned)", "(last)", mtp_head[1],
-                "(last, mean L)", "(recent, mean L)", "(mean)", "balance; lr; batch x seq x accum; data");
+  buf = format("  %-*s %11s %10s%s %16s %16s %10s  %s\n", w, "", "(planned)", "(last)", mtp_head[1], "(last, mean L)",
+               "(recent, mean L)", "(mean)", "balance; lr; batch x seq x accum; data");
   out += buf;
   for (size_t i = 0; i < runs.size(); ++i) {
     const RunMetrics& r = *runs[i];
@@ -257,25 +255,21 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
       batch += l.recent_maxvio;
     }
     const double layers = std::max<double>(1.0, double(rep.layers.size()));
-    char val[32] = "-", glob[32] = "-", recent[32] = "-";  // "-": no eval, no MoE layer
-    if (!r.eval.empty()) std::snprintf(val, sizeof val, "%.4f", r.eval.back().val_loss);
-    if (n_global) std::snprintf(glob, sizeof glob, "%.3f", global / double(n_global));
-    if (!rep.layers.empty()) std::snprintf(recent, sizeof recent, "%.3f", batch / layers);
+    // "-": no eval, no MoE layer; any width (a loss of 1e300 stays on its line).
+    const std::string val = r.eval.empty() ? "-" : format("%.4f", r.eval.back().val_loss);
+    const std::string glob = n_global ? format("%.3f", global / double(n_global)) : "-";
+    const std::string recent = rep.layers.empty() ? "-" : format("%.3f", batch / layers);
     const std::string& name = r.name;
     std::string steps = std::to_string(r.train.empty() ? 0 : r.train.back().step);
     if (r.settings) steps.append("/").append(std::to_string(r.settings->steps));
     std::string settings = "-";
-    if (r.settings) {
-      char lr[32];
-      std::snprintf(lr, sizeof lr, "%g", r.settings->lr);
-      settings = r.settings->balance_text() + "; " + lr + "; " + r.settings->shape_text() + "; " + r.settings->data;
-    }
-    char mtp_val[32] = "";
-    if (mtp) std::snprintf(mtp_val, sizeof mtp_val, " %10s", "-");
-    if (const EvalRecord* e = mtp ? r.last_mtp_eval() : nullptr)
-      std::snprintf(mtp_val, sizeof mtp_val, " %10.4f", *e->mtp_val_loss);
-    std::snprintf(buf, sizeof buf, "  %-*s %11s %10s%s %16s %16s %10.0f  ", w, name.c_str(), steps.c_str(), val,
-                  mtp_val, glob, recent, mean_tokens_per_s(r));
+    if (r.settings)
+      settings = r.settings->balance_text() + "; " + format("%g", r.settings->lr) + "; " + r.settings->shape_text() +
+                 "; " + r.settings->data;
+    std::string mtp_val = mtp ? format(" %10s", "-") : "";
+    if (const EvalRecord* e = mtp ? r.last_mtp_eval() : nullptr) mtp_val = format(" %10.4f", *e->mtp_val_loss);
+    buf = format("  %-*s %11s %10s%s %16s %16s %10.0f  ", w, name.c_str(), steps.c_str(), val.c_str(), mtp_val.c_str(),
+                 glob.c_str(), recent.c_str(), mean_tokens_per_s(r));
     out += buf + settings + "\n";  // the settings end with the data path: any length
   }
   for (const std::string& note : comparison_notes(runs)) out += "  note: " + note + "\n";
@@ -291,7 +285,7 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
     double max_v = 0;
     for (double v : mean) max_v = std::max(max_v, v);
     std::string name = r.name.size() > 24 ? r.name.substr(r.name.size() - 24) : r.name;
-    std::snprintf(buf, sizeof buf, "  %-24s (max %5.2f) ", name.c_str(), max_v);
+    buf = format("  %-24s (max %5.2f) ", name.c_str(), max_v);
     out += buf + sparkline(mean, 50) + "\n";
   }
   (void)color;

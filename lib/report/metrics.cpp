@@ -10,6 +10,7 @@
 
 #include "config/fields.hpp"
 #include "core/error.hpp"
+#include "core/format.hpp"
 #include "moe/balance.hpp"
 #include "train/eval_routing.hpp"
 #include "train/run_dir.hpp"
@@ -92,10 +93,8 @@ std::string RunMetrics::status_text() const {
 std::string RunMetrics::final_val_text() const {
   for (auto it = eval.rbegin(); it != eval.rend(); ++it) {
     if (!std::isfinite(it->val_loss)) continue;
-    char buf[96];
-    std::snprintf(buf, sizeof buf, "%.4f (step %lld%s)", it->val_loss, (long long)it->step,
+    return format("%.4f (step %lld%s)", it->val_loss, (long long)it->step,
                   eval.size() == 1 && it->step == 0 ? ", the only evaluation: before training" : "");
-    return buf;
   }
   return "none yet";
 }

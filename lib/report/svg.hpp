@@ -11,18 +11,14 @@
 #include <utility>
 #include <vector>
 
+#include "core/format.hpp"
+
 namespace moe::svg {
 
 // ---------------------------------------------------------------------------------------------
 // Text
 
-// printf into a string; for short pieces of markup (at most 255 characters).
-template <class... Args>
-std::string format(const char* pattern, Args... args) {
-  char buffer[256];
-  std::snprintf(buffer, sizeof buffer, pattern, args...);
-  return buffer;
-}
+using moe::format;  // printf into a string (core/format.hpp)
 
 // Escapes for both element content and quoted attribute values; drops control characters, which
 // are not allowed in HTML text.

@@ -50,6 +50,11 @@ bool convert(const json& v, int64_t& out) {
   return false;
 }
 bool convert(const json& v, double& out) {
+  // The writer stores a non-finite number (a step whose loss or gradient overflowed) as null.
+  if (v.is_null()) {
+    out = std::nan("");
+    return true;
+  }
   if (!v.is_number()) return false;
   out = v.get<double>();
   return true;

@@ -103,6 +103,49 @@ TEST_CASE("eval --json reports loss, perplexity, tokens and per-layer counts", "
   CHECK(run_moe({"infer", "-m", dir + "/nope", "-p", "x"}).code != 0);
 }
 
+TEST_CASE("UTF-8 text (bytes past 0x7f) works in infer, eval and inspect --text of a byte model", "[infer][cli]") {
+  // The byte tokenizer once turned such bytes into negative ids: "prompt token -61 is outside the
+  // model's vocabulary". Now they are ids 128..255, and the counts cover every byte.
+  const TempDir tmp("infer_utf8");
+  make_checkpoint(tmp);
+  const std::string& dir = tmp.path();
+  const std::string text = "caf\xc3\xa9 na\xc3\xafve \xe2\x82\xac";  // "café naïve €": 16 bytes
+  const RunResult r = run_moe({"infer", "-m", dir, "-p", text, "-n", "4", "--temp", "0", "--json"});
+  INFO(r.describe());
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j.at("prompt_tokens") == 16);
+  CHECK(j.at("generated_tokens") == 4);
+  const std::string data = dir + "/utf8.txt";
+  std::ofstream(data) << text << text;
+  const RunResult e = run_moe({"eval", "-m", dir, "--data", data, "--ctx", "16", "--json"});
+  INFO(e.describe());
+  REQUIRE(e.code == 0);
+  CHECK(nlohmann::json::parse(e.out).at("tokens") == 31);  // 32 bytes: 31 predicted
+  const RunResult t = run_moe({"inspect", dir, "--text", text, "--json"});
+  INFO(t.describe());
+  REQUIRE(t.code == 0);
+  CHECK(nlohmann::json::parse(t.out).at("token_ids").size() == 16);
+}
+
+TEST_CASE("a model with a context of 1 holds its prompt's last token and stops at the limit", "[infer][cli]") {
+  const TempDir tmp("infer_ctx1");
+  ModelConfig c;
+  c.hidden_size = 16, c.num_hidden_layers = 1, c.num_attention_heads = 2, c.num_key_value_heads = 1;
+  c.head_dim = 8, c.intermediate_size = 16, c.first_k_dense_replace = 1, c.max_position_embeddings = 1;
+  Model model(c);
+  model.init(5);
+  save_checkpoint(tmp.path(), model);
+  const RunResult r = run_moe({"infer", "-m", tmp.path(), "-p", "ab", "-n", "5", "--temp", "0", "--json"});
+  INFO(r.describe());
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j.at("prompt_tokens") == 1);
+  CHECK(j.at("prompt_cut") == 1);
+  CHECK(j.at("generated_tokens") == 0);
+  CHECK(j.at("context_limit") == true);
+}
+
 TEST_CASE("infer --draft mtp prints the same greedy text and reports drafting; refused without the module",
           "[infer][cli]") {
   const TempDir tmp("infer_draft");

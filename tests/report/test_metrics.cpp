@@ -1,5 +1,6 @@
 // The load report computed from a recorded metrics.jsonl fixture, and robustness of the reader
 // against files that training is still writing or that are damaged.
+#include <cmath>
 #include <fstream>
 
 #include <catch2/catch.hpp>
@@ -120,6 +121,46 @@ TEST_CASE("a torn last line is skipped with a note and damaged lines are named",
   CHECK_THROWS_WITH(read_metrics(tmp.write("kind.jsonl", "{\"kind\":\"weird\",\"step\":1}\n")),
                     Catch::Contains("unknown kind"));
   CHECK_THROWS_WITH(read_metrics("/nonexistent/metrics.jsonl"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("metrics with null numbers (non-finite when written) and report lines of any length", "[report]") {
+  // Training writes a non-finite number as null: the reader takes it as NaN (optional fields too),
+  // and the report skips it. A 300-character data path and a loss of 1e300 keep their lines whole.
+  const TempDir tmp("metrics_null");
+  const std::string layers = "\"layers\":[{\"layer\":1,\"counts\":[3,1],\"maxvio\":0.5,\"bias\":[null,0.0]}]";
+  const std::string path = tmp.write(
+      "metrics.jsonl",
+      "{\"kind\":\"train\",\"step\":1,\"loss\":4.0,\"grad_norm\":1.0,\"mtp_loss\":4.5," + layers + "}\n" +
+          "{\"kind\":\"train\",\"step\":2,\"loss\":null,\"grad_norm\":null,\"mtp_loss\":null,\"skipped\":true," +
+          layers + "}\n" + "{\"kind\":\"eval\",\"step\":1,\"val_loss\":3.5,\"mtp_val_loss\":3.75," + layers + "}\n" +
+          "{\"kind\":\"eval\",\"step\":2,\"val_loss\":null,\"mtp_val_loss\":null," + layers + "}\n");
+  RunMetrics run = read_metrics(path);
+  REQUIRE(run.train.size() == 2);
+  REQUIRE(run.eval.size() == 2);
+  CHECK(std::isnan(run.train[1].loss));
+  CHECK(std::isnan(run.train[1].grad_norm));
+  REQUIRE(run.train[1].mtp_loss.has_value());
+  CHECK(std::isnan(*run.train[1].mtp_loss));
+  CHECK(std::isnan(run.train[0].layers[0].bias[0]));
+  REQUIRE(run.last_mtp_eval() != nullptr);
+  CHECK(run.last_mtp_eval()->step == 1);  // the null one is skipped
+  CHECK(run.final_val_text() == "3.5000 (step 1)");
+  LoadReport report = build_load_report(run, 1);
+  std::string text = format_load_report(run, report, false);
+  CHECK(text.find("\n  final validation loss: 3.5000 (step 1)\n") != std::string::npos);
+  CHECK(text.find("\n  final MTP validation loss: 3.7500 (step 1;") != std::string::npos);
+
+  run.settings = RunSettings{};
+  run.settings->balance = "none";
+  run.settings->data = std::string(300, 'd');
+  run.eval[0].val_loss = 1e300;
+  run.eval[0].mtp_val_loss = 1e300;
+  text = format_load_report(run, report, false);
+  CHECK(text.find(run.settings->data + "\n  final validation loss: 1") != std::string::npos);
+  CHECK(text.find("\n  final MTP validation loss: 1") != std::string::npos);
+  CHECK(text.find(" (step 1; the module's loss on the token after next)\n") != std::string::npos);
+  const std::string table = format_comparison({&run, &run}, {&report, &report}, false);
+  CHECK(table.find(run.settings->data + "\n") != std::string::npos);
 }
 
 TEST_CASE("sparkline squeezes a series into block characters", "[report]") {

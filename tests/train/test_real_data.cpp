@@ -99,6 +99,9 @@ TEST_CASE("tokenizer: a BPE of 512 tokens round-trips the shared text and any by
   const moe::Tokenizer bytes;
   CHECK(bytes.encode("ab\n") == std::vector<int32_t>{'a', 'b', '\n'});
   CHECK(bytes.decode({'h', 'i'}) == "hi");
+  // Bytes past 0x7f are ids 128..255 (a signed char made them negative), and decode back.
+  CHECK(bytes.encode("caf\xc3\xa9\xff") == std::vector<int32_t>{'c', 'a', 'f', 0xc3, 0xa9, 0xff});
+  CHECK(bytes.decode(bytes.encode(odd)) == odd);
   // A file that is not a model is refused naming it.
   const std::string junk = tmp.write("junk.model", "not a model");
   CHECK_THROWS_WITH(moe::Tokenizer::load(junk), Catch::Contains(junk) && Catch::Contains("not a SentencePiece model"));

@@ -787,6 +787,12 @@ TEST_CASE("non-finite steps are skipped and logged; --max-bad-steps consecutive 
     CHECK(same_files(dir + "/model.safetensors", first + "/model.safetensors"));
     // The optimizer took one step only (its header records Adam's step count).
     CHECK(read_bytes(dir + "/optimizer.safetensors").find("\"adam_step\":\"1\"") != std::string::npos);
+    // The skipped steps' non-finite numbers are null in metrics.jsonl; inspect reads them as such.
+    const RunResult report = run_moe({"inspect", dir});
+    INFO(report.describe());
+    CHECK(report.code == 0);
+    CHECK(report.out.find("(non-finite)") != std::string::npos);
+    CHECK(run_moe({"inspect", dir, "--json"}).code == 0);
   }
   // Without any checkpoint the message says so instead of pointing at one.
   const RunResult none =
