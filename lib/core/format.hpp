@@ -1,18 +1,26 @@
 // printf into a std::string of any length: report lines carry paths and numbers of no fixed size
 // (a 220-character --data path, a loss of 1e300), which a fixed buffer would cut mid-line.
 #pragma once
+#include <cstdarg>
 #include <cstdio>
 #include <string>
 
 namespace moe {
 
-template <class... Args>
-std::string format(const char* pattern, Args... args) {
-  const int n = std::snprintf(nullptr, 0, pattern, args...);
-  if (n <= 0) return {};
-  std::string out(size_t(n) + 1, '\0');
-  std::snprintf(out.data(), out.size(), pattern, args...);
-  out.resize(size_t(n));
+// The format attribute keeps the compiler's printf checks of every call.
+[[gnu::format(printf, 1, 2)]] inline std::string format(const char* pattern, ...) {
+  va_list args, again;
+  va_start(args, pattern);
+  va_copy(again, args);
+  const int n = std::vsnprintf(nullptr, 0, pattern, args);
+  va_end(args);
+  std::string out;
+  if (n > 0) {
+    out.resize(size_t(n) + 1);
+    std::vsnprintf(out.data(), out.size(), pattern, again);
+    out.resize(size_t(n));
+  }
+  va_end(again);
   return out;
 }
 

@@ -78,9 +78,8 @@ double mean_tokens_per_s(const RunMetrics& run) {
 }
 
 double last_finite_val_loss(const RunMetrics& run) {
-  for (auto it = run.eval.rbegin(); it != run.eval.rend(); ++it)
-    if (std::isfinite(it->val_loss)) return it->val_loss;
-  return std::nan("");
+  const EvalRecord* e = run.last_val_eval();
+  return e ? e->val_loss : std::nan("");
 }
 
 double recent_maxvio_mean(const LoadReport& report) {
@@ -132,7 +131,7 @@ std::string loss_chart(const HtmlRun& r) {
   c.step_markers = resume_markers(r);
   c.kind = "loss", c.run = r.label;
   c.title = "Loss";
-  c.x_title = "step", c.y_title = "loss (nats/byte)";
+  c.x_title = "step", c.y_title = "loss (nats/token)";
   c.empty_message = "no train or eval lines yet";
   add_noisy_series(c, "train loss", kTrainColor, train_series(*r.metrics, &StepRecord::loss), "", true);
   svg::Series val{"validation loss", "eval", kEvalColor, val_loss_series(*r.metrics)};
@@ -479,11 +478,11 @@ std::string run_facts(const RunMetrics& m, const LoadReport& report) {
                                    ? "1 (step " + std::to_string(m.eval.front().step) + ")"
                                    : std::to_string(m.eval.size()) + " (steps " + std::to_string(m.eval.front().step) +
                                          kDash + std::to_string(m.eval.back().step) + ")");
-  out += fact("final validation loss", escape(m.final_val_text()) + (m.eval.empty() ? "" : " nats/byte"));
+  out += fact("final validation loss", escape(m.final_val_text()) + (m.eval.empty() ? "" : " nats/token"));
   if (const EvalRecord* e = m.last_mtp_eval())
     out += fact("final MTP validation loss",
-                format("%.4f (step %lld) nats/byte, the module's loss on the token after next", *e->mtp_val_loss,
-                       (long long)e->step));
+                format("%.4f (step %lld) nats/token, the module's loss on the token after next%s", *e->mtp_val_loss,
+                       (long long)e->step, m.mtp_untrained() ? "; untrained: mtp_weight 0" : ""));
   const double tps = mean_tokens_per_s(m);
   out += fact("mean throughput", std::isfinite(tps) ? thousands(int64_t(std::llround(tps))) + " tokens/s" : kDash);
   if (!m.train.empty())
@@ -516,12 +515,14 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
   };
   const double best_val = lowest([](const HtmlRun& r) { return last_finite_val_loss(*r.metrics); });
   // Runs of a model with the MTP module: its validation loss too (the lowest highlighted).
+  // An untrained module's (mtp_weight 0) is shown, marked, and not a candidate for the best.
   auto mtp_val = [](const HtmlRun& r) {
     const EvalRecord* e = r.metrics->last_mtp_eval();
     return e ? *e->mtp_val_loss : std::nan("");
   };
-  const double best_mtp = lowest(mtp_val);
-  const bool mtp = std::isfinite(best_mtp);
+  const double best_mtp =
+      lowest([&](const HtmlRun& r) { return r.metrics->mtp_untrained() ? std::nan("") : mtp_val(r); });
+  const bool mtp = std::any_of(runs.begin(), runs.end(), [](const HtmlRun& r) { return r.metrics->last_mtp_eval(); });
   const double best_recent = lowest([](const HtmlRun& r) { return recent_maxvio_mean(*r.report); });
   auto cell = [](double v, double best, int decimals) {
     return std::string(std::isfinite(v) && v == best ? "<td class=\"best\">" : "<td>") + fixed(v, decimals) + "</td>";
@@ -529,7 +530,7 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
 
   std::string out =
       "<div class=\"table-wrap\"><table class=\"compare\">\n"
-      "<thead><tr><th>run</th><th>steps</th><th>final val loss<br><small>nats/byte</small></th>";
+      "<thead><tr><th>run</th><th>steps</th><th>final val loss<br><small>nats/token</small></th>";
   if (mtp) out += "<th>final MTP val loss<br><small>the token after next</small></th>";
   for (int64_t id : layer_ids)
     out += "<th>MaxVio_global<br><small>layer " + std::to_string(id) + ", last eval</small></th>";
@@ -546,7 +547,10 @@ std::string comparison_table(const std::vector<HtmlRun>& runs) {
            (r.metrics->settings ? " <small>of " + thousands(r.metrics->settings->steps) + "</small>" : std::string()) +
            (r.metrics->ended ? "" : " <small>(running)</small>") + "</td>" +
            cell(last_finite_val_loss(*r.metrics), best_val, 4);
-    if (mtp) out += cell(mtp_val(r), best_mtp, 4);
+    if (mtp && r.metrics->mtp_untrained())
+      out += "<td>" + fixed(mtp_val(r), 4) + " <small>untrained (mtp_weight 0)</small></td>";
+    else if (mtp)
+      out += cell(mtp_val(r), best_mtp, 4);
     for (int64_t id : layer_ids) {
       std::optional<double> g;
       for (const auto& l : r.report->layers)
@@ -635,7 +639,7 @@ std::string compare_val_loss_chart(const std::vector<HtmlRun>& runs) {
   svg::LineChart val;
   val.kind = "compare-val-loss";
   val.title = "Validation loss";
-  val.x_title = "step", val.y_title = "validation loss (nats/byte)";
+  val.x_title = "step", val.y_title = "validation loss (nats/token)";
   val.empty_message = "no evaluations yet";
   for (size_t i = 0; i < runs.size(); ++i) {
     svg::Series s{runs[i].label, "eval", svg::palette_color(i), val_loss_series(*runs[i].metrics)};

@@ -69,8 +69,8 @@ std::string format_load_summary(const RunMetrics& run, const LoadReport& report,
     buf = format(", loss %.4f", run.train.back().loss);
     head += buf;
   }
-  if (!run.eval.empty()) {
-    buf = format(", val %.4f @%lld", run.eval.back().val_loss, (long long)run.eval.back().step);
+  if (const EvalRecord* e = run.last_val_eval()) {
+    buf = format(", val %.4f @%lld", e->val_loss, (long long)e->step);
     head += buf;
   }
   out += fit(head);
@@ -109,8 +109,8 @@ std::string format_load_report(const RunMetrics& run, const LoadReport& report, 
   }
   out += "  final validation loss: " + run.final_val_text() + "\n";
   if (const EvalRecord* e = run.last_mtp_eval()) {
-    buf = format("  final MTP validation loss: %.4f (step %lld; the module's loss on the token after next)\n",
-                 *e->mtp_val_loss, (long long)e->step);
+    buf = format("  final MTP validation loss: %.4f (step %lld; the module's loss on the token after next%s)\n",
+                 *e->mtp_val_loss, (long long)e->step, run.mtp_untrained() ? "; untrained: mtp_weight 0" : "");
     out += buf;
   }
   for (const auto& note : run.notes) out += "  note: " + note + "\n";
@@ -256,7 +256,8 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
     }
     const double layers = std::max<double>(1.0, double(rep.layers.size()));
     // "-": no eval, no MoE layer; any width (a loss of 1e300 stays on its line).
-    const std::string val = r.eval.empty() ? "-" : format("%.4f", r.eval.back().val_loss);
+    const EvalRecord* last_val = r.last_val_eval();
+    const std::string val = last_val ? format("%.4f", last_val->val_loss) : "-";
     const std::string glob = n_global ? format("%.3f", global / double(n_global)) : "-";
     const std::string recent = rep.layers.empty() ? "-" : format("%.3f", batch / layers);
     const std::string& name = r.name;
@@ -267,12 +268,16 @@ std::string format_comparison(const std::vector<const RunMetrics*>& runs, const 
       settings = r.settings->balance_text() + "; " + format("%g", r.settings->lr) + "; " + r.settings->shape_text() +
                  "; " + r.settings->data;
     std::string mtp_val = mtp ? format(" %10s", "-") : "";
-    if (const EvalRecord* e = mtp ? r.last_mtp_eval() : nullptr) mtp_val = format(" %10.4f", *e->mtp_val_loss);
+    if (const EvalRecord* e = mtp ? r.last_mtp_eval() : nullptr)
+      mtp_val = format(r.mtp_untrained() ? " %9.4f*" : " %10.4f", *e->mtp_val_loss);
     buf = format("  %-*s %11s %10s%s %16s %16s %10.0f  ", w, name.c_str(), steps.c_str(), val.c_str(), mtp_val.c_str(),
                  glob.c_str(), recent.c_str(), mean_tokens_per_s(r));
     out += buf + settings + "\n";  // the settings end with the data path: any length
   }
   for (const std::string& note : comparison_notes(runs)) out += "  note: " + note + "\n";
+  if (std::any_of(runs.begin(), runs.end(),
+                  [](const RunMetrics* r) { return r->last_mtp_eval() && r->mtp_untrained(); }))
+    out += "  *: mtp_weight 0, the MTP module's loss untrained (evaluated, not trained)\n";
   out += "\n  MaxVio_batch over training (mean over layers; each line scaled to its own max)\n";
   for (size_t i = 0; i < runs.size(); ++i) {
     const RunMetrics& r = *runs[i];

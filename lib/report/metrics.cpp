@@ -91,12 +91,16 @@ std::string RunMetrics::status_text() const {
 }
 
 std::string RunMetrics::final_val_text() const {
-  for (auto it = eval.rbegin(); it != eval.rend(); ++it) {
-    if (!std::isfinite(it->val_loss)) continue;
-    return format("%.4f (step %lld%s)", it->val_loss, (long long)it->step,
-                  eval.size() == 1 && it->step == 0 ? ", the only evaluation: before training" : "");
-  }
-  return "none yet";
+  const EvalRecord* e = last_val_eval();
+  if (!e) return "none yet";
+  return format("%.4f (step %lld%s)", e->val_loss, (long long)e->step,
+                eval.size() == 1 && e->step == 0 ? ", the only evaluation: before training" : "");
+}
+
+const EvalRecord* RunMetrics::last_val_eval() const {
+  for (auto it = eval.rbegin(); it != eval.rend(); ++it)
+    if (std::isfinite(it->val_loss)) return &*it;
+  return nullptr;
 }
 
 const EvalRecord* RunMetrics::last_mtp_eval() const {
@@ -139,6 +143,7 @@ std::optional<RunSettings> read_run_settings(const std::string& metrics_path) {
     s.lr = t.at("lr").get<double>(), s.min_lr = t.value("min_lr", 0.0);
     s.batch = t.at("batch").get<int64_t>(), s.seq = t.at("seq").get<int64_t>(), s.accum = t.value("accum", int64_t(1));
     s.steps = t.at("steps").get<int64_t>();
+    s.mtp_weight = t.value("mtp_weight", 0.3);
     std::ifstream state(dir + "/trainer_state.json");
     if (state) s.data = json::parse(state).value(json::json_pointer("/data/source"), std::string());
     return s;
@@ -361,14 +366,11 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
                 {"seq", st.seq},
                 {"accum", st.accum},
                 {"planned_steps", st.steps},
+                {"mtp_weight", st.mtp_weight},
                 {"data", st.data}};
   }
-  json final_val = nullptr;
-  for (auto it = run.eval.rbegin(); it != run.eval.rend(); ++it)
-    if (std::isfinite(it->val_loss)) {
-      final_val = {{"value", it->val_loss}, {"step", it->step}};
-      break;
-    }
+  const EvalRecord* last_val = run.last_val_eval();
+  const json final_val = last_val ? json{{"value", last_val->val_loss}, {"step", last_val->step}} : json(nullptr);
   json resumes = json::array();
   for (const ResumeRecord& r : run.resumes) resumes.push_back(to_json(r));
   return {{"metrics", run.path},
@@ -379,13 +381,15 @@ nlohmann::json load_report_json(const RunMetrics& run, const LoadReport& report)
           {"end_reason", run.ended ? json(run.end_reason) : json(nullptr)},
           {"settings", settings},
           {"final_val", final_val},
-          {"final_mtp_val", mtp ? json{{"value", *mtp->mtp_val_loss}, {"step", mtp->step}} : json(nullptr)},
+          {"final_mtp_val",
+           mtp ? json{{"value", *mtp->mtp_val_loss}, {"step", mtp->step}, {"trained", !run.mtp_untrained()}}
+               : json(nullptr)},
           {"resumes", resumes},
           {"notes", run.notes},
           {"window", report.window},
           {"early_steps", {report.early_from, report.early_to}},
           {"recent_steps", {report.recent_from, report.recent_to}},
-          {"final_val_loss", run.eval.empty() ? json(nullptr) : json(run.eval.back().val_loss)},
+          {"final_val_loss", last_val ? json(last_val->val_loss) : json(nullptr)},
           {"train_loss", losses},
           {"val_loss", evals},
           {"mtp_train_loss", mtp_losses},

@@ -21,7 +21,8 @@ struct RunSettings {
   bool bias_center = false;
   double bias_freeze_at = 1.0, z_loss = 0.0;
   int64_t batch = 0, seq = 0, accum = 1, steps = 0;
-  std::string data;  // the data source (a path or synthetic:<bytes>:<seed>)
+  double mtp_weight = 0.3;  // λ of the MTP loss (0: the module, if any, was evaluated, not trained)
+  std::string data;         // the data source (a path or synthetic:<bytes>:<seed>)
   // "loss-free (u 0.001)", "loss-free (proportional u 0.001, centred, frozen at 80%)", "aux (alpha
   // 0.01)", "none"; "; z-loss 0.001" appended when the router z-loss is on.
   std::string balance_text() const;
@@ -43,9 +44,12 @@ struct RunMetrics {
   // The last evaluation with a finite loss: "0.4173 (step 1000)", "5.5766 (step 0, the only
   // evaluation: before training)", or "none yet".
   std::string final_val_text() const;
-  // The last evaluation with a finite MTP validation loss (a model with the multi-token-prediction
-  // module), or null.
+  // The last evaluation with a finite validation loss (a skipped step's is null in the file), or
+  // null; and the same for the MTP validation loss (a model with the multi-token-prediction module).
+  const EvalRecord* last_val_eval() const;
   const EvalRecord* last_mtp_eval() const;
+  // A model with the MTP module trained with mtp_weight 0: its MTP losses are an untrained module's.
+  bool mtp_untrained() const { return settings && settings->mtp_weight == 0.0; }
   std::vector<std::string> notes;  // e.g. a torn last line of a run in progress
   int64_t num_experts() const;
 };

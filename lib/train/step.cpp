@@ -49,6 +49,7 @@ TrainStep::TrainStep(const TrainConfig& config, const Model& model, Parallel par
     balance_.aux_step_fractions = aux_fractions_.data();
   }
   if (config.balance == Balance::loss_free_seq) balance_.seq_aux_alpha = float(config.seq_aux_alpha);
+  ws_.run_mtp = config.mtp_weight > 0;
 }
 
 StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const TextData& data, Rng& rng, int64_t step,
@@ -74,7 +75,7 @@ StepRecord TrainStep::run(ComputeContext& ctx, Model& model, AdamW& adam, const 
                  targets_.data() + micro * global_rows);
   // Each pass is 1/(accum·ranks) of the step's tokens: its losses and gradients enter with that share.
   const double passes = double(tc.accum * ranks);
-  ws_.run_mtp = tc.mtp_weight > 0;
+  ws_.run_mtp = tc.mtp_weight > 0;  // (evaluate() runs the module and restores this)
   const float mtp_weight = ws_.mtp ? float(tc.mtp_weight) : 0.0f;
   auto forward = [&](int64_t micro) {
     const int64_t first = micro * global_rows + parallel_.rank() * local_rows;

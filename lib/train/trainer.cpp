@@ -62,6 +62,10 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   // Expert id + 1 per slot, 0 where another rank evaluated the token: one sum over ranks combines them.
   std::vector<int64_t> chosen(size_t(routing.layers * routing.tokens * K), 0);
   double loss_sum = 0.0, mtp_sum = 0.0, text_bytes = 0.0;  // text_bytes: UTF-8 bytes of the targets
+  // The module runs here trained or not (mtp_weight 0: the steps skip it, cleared run_mtp); an
+  // untrained router's load is not logged with the balanced ones.
+  const bool mtp_trained = ws.run_mtp;
+  ws.run_mtp = true;
   for (int64_t g0 = 0; g0 < windows; g0 += B * ranks) {
     const int64_t w0 = g0 + rank * B;
     const int64_t rows = std::clamp<int64_t>(windows - w0, 0, B);
@@ -71,9 +75,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
       data.copy(s, T, inputs.data() + b * T);
       data.copy(s + 1, T, targets.data() + b * T);
     }
-    // With targets, a workspace built with the MTP module runs it too (its t_{i+2} predictions),
-    // trained or not (mtp_weight 0: the steps skip it).
-    ws.run_mtp = true;
+    // With targets, a workspace built with the MTP module runs it too (its t_{i+2} predictions).
     model_forward(ctx, model, ws, inputs.data(), targets.data());
     if (rows == 0) continue;
     loss_sum += cross_entropy_forward_backward(ws.logits, targets.data(), nullptr, rows * T, V, 0.0f);
@@ -111,7 +113,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
   r.val_bpb = text_bytes > 0 ? loss_sum / std::log(2.0) / text_bytes : 0.0;
   if (ws.mtp_ran) r.mtp_val_loss = mtp_sum / double(windows * (T - 1));
   size_t m = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers + (ws.mtp_ran ? 1 : 0); ++l) {
+  for (int64_t l = 0; l < c.num_hidden_layers + (ws.mtp_ran && mtp_trained ? 1 : 0); ++l) {
     if (!c.is_moe_layer(l)) continue;
     LayerLoad load;
     load.layer = l;
@@ -119,6 +121,7 @@ EvalRecord evaluate(ComputeContext& ctx, const Model& model, Workspace& ws, cons
     load.maxvio = max_violation(load.counts.data(), c.n_routed_experts);
     r.layers.push_back(std::move(load));
   }
+  ws.run_mtp = mtp_trained;
   return r;
 }
 

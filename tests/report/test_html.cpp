@@ -192,7 +192,7 @@ TEST_CASE("html report of one run is self-contained and charts every MoE layer",
   REQUIRE(loss_points.size() == 2);  // 60 steps: train loss drawn raw, plus validation loss
   CHECK(loss_points[0] == 60);
   CHECK(loss_points[1] == 3);
-  CHECK(html.find("loss (nats/byte)") != std::string::npos);
+  CHECK(html.find("loss (nats/token)") != std::string::npos);
 
   const Chart* overview = find_chart(all, "maxvio", "all");
   REQUIRE(overview != nullptr);

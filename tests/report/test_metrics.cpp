@@ -161,6 +161,17 @@ TEST_CASE("metrics with null numbers (non-finite when written) and report lines 
   CHECK(text.find(" (step 1; the module's loss on the token after next)\n") != std::string::npos);
   const std::string table = format_comparison({&run, &run}, {&report, &report}, false);
   CHECK(table.find(run.settings->data + "\n") != std::string::npos);
+  CHECK(table.find("*: mtp_weight 0") == std::string::npos);
+  // A run trained with mtp_weight 0 evaluated an untrained module: said so, marked in the table.
+  run.settings->mtp_weight = 0.0;
+  CHECK(format_load_report(run, report, false).find("; untrained: mtp_weight 0)") != std::string::npos);
+  const std::string marked = format_comparison({&run}, {&report}, false);
+  CHECK(marked.find(".0000*") != std::string::npos);  // 1e300 printed whole, marked
+  CHECK(marked.find("*: mtp_weight 0, the MTP module's loss untrained") != std::string::npos);
+  // The last finite evaluation everywhere: a null (NaN) last val_loss is not "the last".
+  run.eval[0].val_loss = 2.5;
+  CHECK(format_comparison({&run}, {&report}, false).find(" 2.5000 ") != std::string::npos);
+  CHECK(load_report_json(run, report).at("final_val_loss").get<double>() == 2.5);
 }
 
 TEST_CASE("sparkline squeezes a series into block characters", "[report]") {

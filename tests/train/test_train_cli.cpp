@@ -931,9 +931,9 @@ TEST_CASE("reports say how a run ended, with its settings and the step of its la
 
 TEST_CASE("mtp_weight 0: the MTP module is not trained, yet evaluated (mtp_val_loss), and keeps its weights",
           "[train]") {
-  // tiny-v3 (MTP layer 3) with --mtp-weight 0: train lines have no mtp_loss and no load of layer 3;
-  // eval lines have mtp_val_loss and layer 3's load; the module's tensors are bit-identical to a
-  // λ = 0.3 run's initial ones (same seed), the main model's are not (it trained).
+  // tiny-v3 (MTP layer 3) with --mtp-weight 0: train lines have no mtp_loss; eval lines have
+  // mtp_val_loss; neither logs layer 3's load (an untrained router's); the module's tensors are
+  // bit-identical to their initial ones (same seed), the main model's are not (it trained).
   TempDir tmp("train_mtp0");
   const RunResult r =
       run_moe({"train", "--config", "tiny-v3", "--steps", "3", "--seq", "16", "--batch", "4", "--eval-every", "3",
@@ -956,7 +956,7 @@ TEST_CASE("mtp_weight 0: the MTP module is not trained, yet evaluated (mtp_val_l
       ++eval_lines;
       REQUIRE(j.contains("mtp_val_loss"));
       CHECK(j.at("mtp_val_loss").get<double>() > 4.0);  // untrained: about ln 256 = 5.5 nats
-      CHECK(layers == std::set<int64_t>{1, 2, 3});
+      CHECK(layers == std::set<int64_t>{1, 2});
     }
   }
   CHECK(train_lines == 3);
@@ -979,6 +979,9 @@ TEST_CASE("mtp_weight 0: the MTP module is not trained, yet evaluated (mtp_val_l
   }
   CHECK(mtp_tensors > 5);
   CHECK(main_changed > 5);
+  // inspect says the module's loss is an untrained one.
+  const RunResult report = run_moe({"inspect", tmp / "run"});
+  CHECK(report.out.find("untrained: mtp_weight 0") != std::string::npos);
 }
 
 TEST_CASE("windows of one token: the MTP module has nothing to predict, so no mtp_loss and no load of its layer",
